@@ -1,0 +1,1 @@
+"""The embedded local mesh: a Kubernetes API subset, pods as processes, Envoy-like sidecars."""

@@ -1,0 +1,122 @@
+"""Errors of the local mesh.
+
+One tree, rooted at :class:`MeshError`. API-facing errors carry the Kubernetes
+``Status`` fields (code, reason, the offending field) so the API server can turn
+any of them into the body a real API server would send::
+
+    MeshError
+    ├── ApiError                 (code, reason: a Kubernetes Status)
+    │   ├── NotFound             404 NotFound
+    │   ├── AlreadyExists        409 AlreadyExists
+    │   ├── Conflict             409 Conflict (resourceVersion mismatch)
+    │   ├── Invalid              422 Invalid, names the field
+    │   ├── BadRequest           400 BadRequest (malformed body, bad selector)
+    │   └── MethodNotAllowed     405 MethodNotAllowed
+    ├── ManifestError            a file of manifests that cannot be loaded (names file, object, field)
+    ├── StateDirError            a state dir that is live, locked or unreadable
+    ├── ProcessError             a pod's process could not start or stay up
+    └── SidecarConfigError       a pushed sidecar configuration that cannot be applied
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExists",
+    "ApiError",
+    "BadRequest",
+    "Conflict",
+    "Invalid",
+    "ManifestError",
+    "MeshError",
+    "MethodNotAllowed",
+    "NotFound",
+    "ProcessError",
+    "SidecarConfigError",
+    "StateDirError",
+]
+
+
+class MeshError(Exception):
+    """Root of every error the local mesh raises."""
+
+
+class ApiError(MeshError):
+    """An error the Kubernetes API subset reports as a ``Status`` object."""
+
+    code = 500
+    reason = "InternalError"
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "", field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.name = name
+        self.field = field
+
+    def to_status(self) -> dict[str, object]:
+        """Render the error as the ``Status`` body a Kubernetes API server returns."""
+        details: dict[str, object] = {}
+        if self.name:
+            details["name"] = self.name
+        if self.kind:
+            details["kind"] = self.kind
+        if self.field:
+            details["causes"] = [
+                {"reason": "FieldValueInvalid", "message": self.message, "field": self.field}
+            ]
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": details,
+            "code": self.code,
+        }
+
+
+class NotFound(ApiError):
+    code = 404
+    reason = "NotFound"
+
+
+class AlreadyExists(ApiError):
+    code = 409
+    reason = "AlreadyExists"
+
+
+class Conflict(ApiError):
+    code = 409
+    reason = "Conflict"
+
+
+class Invalid(ApiError):
+    code = 422
+    reason = "Invalid"
+
+
+class BadRequest(ApiError):
+    code = 400
+    reason = "BadRequest"
+
+
+class MethodNotAllowed(ApiError):
+    code = 405
+    reason = "MethodNotAllowed"
+
+
+class ManifestError(MeshError, ValueError):
+    """A manifest file that cannot be loaded; the message names file, object and field."""
+
+
+class StateDirError(MeshError):
+    """A state directory that belongs to a live mesh or cannot be used."""
+
+
+class ProcessError(MeshError):
+    """A pod's process that could not be started or supervised."""
+
+
+class SidecarConfigError(MeshError, ValueError):
+    """A sidecar configuration pushed by the control plane that cannot be applied."""

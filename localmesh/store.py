@@ -1,0 +1,401 @@
+"""The object store behind the Kubernetes API subset.
+
+Everything the mesh knows lives here as plain Kubernetes-shaped dicts: what the
+API server serves, what the supervisor runs, what the chaos controller and the
+sidecar configuration push read. Controllers subscribe to changes; admission
+hooks validate and default objects before they are stored, the way admission
+webhooks do on a real cluster.
+
+Semantics kept from the real API server:
+- ``resourceVersion`` is a global counter, bumped on every write;
+- ``metadata.generation`` starts at 1 and grows only when ``spec`` changes;
+- a delete of an object with finalizers (or of a kind with graceful deletion,
+  such as pods) only sets ``deletionTimestamp``; the object disappears once the
+  finalizers are gone (or the owner purges it);
+- an update that names a stale ``resourceVersion`` is a 409 Conflict.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import jsonpatch
+
+from localmesh.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound
+from localmesh.resources import ResourceRegistry, ResourceType
+from localmesh.selectors import parse_field_selector, parse_label_selector
+
+__all__ = [
+    "Admission",
+    "EventType",
+    "ObjectKey",
+    "ObjectStore",
+    "Subscriber",
+    "now_rfc3339",
+]
+
+log = logging.getLogger("localmesh.store")
+
+Obj = dict[str, Any]
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+Subscriber = Callable[[EventType, Obj], None]
+# An admission hook gets (operation, new object, old object or None) and may
+# mutate the new object (defaulting) or raise Invalid.
+Admission = Callable[[str, Obj, Obj | None], None]
+
+
+def now_rfc3339() -> str:
+    """The current time the way Kubernetes writes timestamps."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now_micro() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class ObjectKey:
+    group: str
+    plural: str
+    namespace: str  # "" for cluster-scoped objects
+    name: str
+
+    def __str__(self) -> str:
+        ns = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.plural}.{self.group or 'core'} {ns}{self.name}"
+
+
+class ObjectStore:
+    """Thread-safe in-memory store of Kubernetes objects with change notification."""
+
+    def __init__(self, registry: ResourceRegistry | None = None) -> None:
+        self.registry = registry or ResourceRegistry.with_builtins()
+        self._objects: dict[ObjectKey, Obj] = {}
+        self._lock = threading.RLock()
+        self._versions = itertools.count(1)
+        self._subscribers: list[tuple[tuple[str, str] | None, Subscriber]] = []
+        self._admission: dict[tuple[str, str], list[Admission]] = {}
+        self._graceful: set[tuple[str, str]] = set()
+
+    # -- wiring -----------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber, *, group: str | None = None,
+                  plural: str | None = None) -> None:
+        """Call ``callback(event, obj)`` after every change (of one resource type if given)."""
+        key = (group, plural) if group is not None and plural is not None else None
+        self._subscribers.append((key, callback))
+
+    def add_admission(self, group: str, plural: str, hook: Admission) -> None:
+        """Run ``hook`` on create and update of one resource type, before storing."""
+        self._admission.setdefault((group, plural), []).append(hook)
+
+    def set_graceful_deletion(self, group: str, plural: str) -> None:
+        """Mark a type whose deletes only set deletionTimestamp until its owner purges it."""
+        self._graceful.add((group, plural))
+
+    # -- reads ------------------------------------------------------------------
+
+    def rtype(self, group: str, plural: str) -> ResourceType:
+        rtype = self.registry.by_plural(group, plural)
+        if rtype is None:
+            raise NotFound(f"the server could not find the requested resource ({plural}.{group})")
+        return rtype
+
+    def get(self, group: str, plural: str, namespace: str, name: str) -> Obj:
+        rtype = self.rtype(group, plural)
+        key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
+        with self._lock:
+            obj = self._objects.get(key)
+            if obj is None:
+                raise NotFound(f'{plural}.{group or "core"} "{name}" not found'
+                               .replace(".core", ""), kind=plural, name=name)
+            return copy.deepcopy(obj)
+
+    def list(self, group: str, plural: str, namespace: str | None = None, *,
+             label_selector: str | None = None, field_selector: str | None = None) -> list[Obj]:
+        """List objects of a type, in one namespace or all (namespace None or '')."""
+        self.rtype(group, plural)
+        labels_ok = parse_label_selector(label_selector)
+        fields_ok = parse_field_selector(field_selector)
+        with self._lock:
+            items = [
+                copy.deepcopy(o) for k, o in self._objects.items()
+                if k.group == group and k.plural == plural
+                and (not namespace or k.namespace == namespace)
+                and labels_ok(o.get("metadata", {}).get("labels") or {})
+                and fields_ok(o)
+            ]
+        return sorted(items, key=lambda o: (o["metadata"].get("namespace", ""),
+                                            o["metadata"]["name"]))
+
+    def resource_version(self) -> str:
+        with self._lock:
+            return str(max((int(o["metadata"]["resourceVersion"])
+                            for o in self._objects.values()), default=0))
+
+    # -- writes -----------------------------------------------------------------
+
+    def create(self, obj: Obj, *, namespace: str | None = None) -> Obj:
+        """Store a new object; the namespace argument wins over metadata.namespace."""
+        rtype = self._type_of(obj)
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise BadRequest("metadata must be an object")
+        if rtype.namespaced:
+            meta["namespace"] = namespace or meta.get("namespace") or "default"
+            self._require_namespace(meta["namespace"])
+        else:
+            meta.pop("namespace", None)
+        if not meta.get("name"):
+            if meta.get("generateName"):
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            else:
+                raise Invalid(f"{rtype.kind}: metadata.name: Required value",
+                              kind=rtype.kind, field="metadata.name")
+        obj["apiVersion"] = obj.get("apiVersion") or rtype.api_version()
+        obj["kind"] = rtype.kind
+        self._admit("CREATE", rtype, obj, None)
+        key = self._key(rtype, meta)
+        with self._lock:
+            if key in self._objects:
+                raise AlreadyExists(
+                    f'{rtype.plural}.{rtype.group} "{meta["name"]}" already exists'
+                    .replace(". ", " "), kind=rtype.plural, name=meta["name"])
+            meta["uid"] = str(uuid.uuid4())
+            meta["creationTimestamp"] = now_rfc3339()
+            meta["generation"] = 1
+            meta["resourceVersion"] = str(next(self._versions))
+            self._objects[key] = obj
+            stored = copy.deepcopy(obj)
+        self._notify("ADDED", rtype, stored)
+        return copy.deepcopy(stored)
+
+    def replace(self, obj: Obj, *, subresource: str = "") -> Obj:
+        """Replace an object (PUT); a stale resourceVersion is a Conflict."""
+        rtype = self._type_of(obj)
+        meta = obj.get("metadata") or {}
+        key = self._key(rtype, meta)
+        with self._lock:
+            old = self._objects.get(key)
+            if old is None:
+                raise NotFound(f'{rtype.plural} "{meta.get("name")}" not found',
+                               kind=rtype.plural, name=str(meta.get("name")))
+            wanted = meta.get("resourceVersion")
+            if wanted and wanted != old["metadata"]["resourceVersion"]:
+                raise Conflict(
+                    f'Operation cannot be fulfilled on {rtype.plural} "{meta["name"]}": the '
+                    "object has been modified; please apply your changes to the latest version "
+                    "and try again", kind=rtype.plural, name=meta["name"])
+            return self._write(rtype, key, old, copy.deepcopy(obj), subresource)
+
+    def patch(self, group: str, plural: str, namespace: str, name: str, patch: Any,
+              patch_type: str = "merge", *, subresource: str = "") -> Obj:
+        """Apply a JSON merge patch (also used for strategic merge) or a JSON patch."""
+        rtype = self.rtype(group, plural)
+        key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
+        with self._lock:
+            old = self._objects.get(key)
+            if old is None:
+                raise NotFound(f'{plural} "{name}" not found', kind=plural, name=name)
+            new = self._apply_patch(old, patch, patch_type)
+            return self._write(rtype, key, old, new, subresource)
+
+    def update_status(self, obj_or_key: Obj, status: Obj) -> Obj:
+        """Replace the status of an object (the status subresource)."""
+        rtype = self._type_of(obj_or_key)
+        key = self._key(rtype, obj_or_key["metadata"])
+        with self._lock:
+            old = self._objects.get(key)
+            if old is None:
+                raise NotFound(f'{rtype.plural} "{key.name}" not found', name=key.name)
+            new = copy.deepcopy(old)
+            new["status"] = copy.deepcopy(status)
+            return self._write(rtype, key, old, new, "status")
+
+    def mutate(self, group: str, plural: str, namespace: str, name: str,
+               change: Callable[[Obj], None], *, subresource: str = "") -> Obj:
+        """Read-modify-write an object atomically (controllers use this)."""
+        rtype = self.rtype(group, plural)
+        key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
+        with self._lock:
+            old = self._objects.get(key)
+            if old is None:
+                raise NotFound(f'{plural} "{name}" not found', kind=plural, name=name)
+            new = copy.deepcopy(old)
+            change(new)
+            return self._write(rtype, key, old, new, subresource)
+
+    def delete(self, group: str, plural: str, namespace: str, name: str, *,
+               grace_period_seconds: int | None = None) -> Obj:
+        """Delete an object, or mark it for deletion while finalizers or its owner hold it."""
+        rtype = self.rtype(group, plural)
+        key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
+        with self._lock:
+            old = self._objects.get(key)
+            if old is None:
+                raise NotFound(f'{plural}.{group} "{name}" not found'.replace(". ", " ")
+                               .replace(f"{plural}. ", f"{plural} "), kind=plural, name=name)
+            held = bool(old["metadata"].get("finalizers")) or (group, plural) in self._graceful
+            if not held:
+                del self._objects[key]
+                gone = copy.deepcopy(old)
+            else:
+                gone = None
+                if old["metadata"].get("deletionTimestamp"):
+                    return copy.deepcopy(old)
+                new = copy.deepcopy(old)
+                new["metadata"]["deletionTimestamp"] = now_rfc3339()
+                if grace_period_seconds is not None:
+                    new["metadata"]["deletionGracePeriodSeconds"] = grace_period_seconds
+                return self._write(rtype, key, old, new, "delete")
+        self._notify("DELETED", rtype, gone)
+        return copy.deepcopy(gone)
+
+    def purge(self, group: str, plural: str, namespace: str, name: str) -> None:
+        """Remove an object for good (the owner of a graceful deletion calls this)."""
+        rtype = self.rtype(group, plural)
+        key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
+        with self._lock:
+            gone = self._objects.pop(key, None)
+        if gone is not None:
+            self._notify("DELETED", rtype, gone)
+
+    def record_event(self, involved: Obj, reason: str, message: str, *,
+                     type_: str = "Normal", component: str = "localmesh") -> Obj:
+        """Create a core/v1 Event about an object, as controllers and the kubelet do."""
+        meta = involved.get("metadata", {})
+        namespace = meta.get("namespace") or "default"
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta.get('name')}.{uuid.uuid4().hex[:16]}",
+                         "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                "name": meta.get("name"), "namespace": namespace, "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "source": {"component": component},
+            "firstTimestamp": now_rfc3339(),
+            "lastTimestamp": now_rfc3339(),
+            "eventTime": _now_micro(),
+            "count": 1,
+        }
+        try:
+            return self.create(event)
+        except NotFound:  # the namespace went away: nothing to attach the event to
+            return event
+
+    # -- internals --------------------------------------------------------------
+
+    def _type_of(self, obj: Mapping[str, Any]) -> ResourceType:
+        rtype = self.registry.for_object(dict(obj))
+        if rtype is None:
+            raise NotFound(f"no matches for kind \"{obj.get('kind')}\" in version "
+                           f"\"{obj.get('apiVersion')}\"")
+        return rtype
+
+    @staticmethod
+    def _key(rtype: ResourceType, meta: Mapping[str, Any]) -> ObjectKey:
+        ns = str(meta.get("namespace") or "default") if rtype.namespaced else ""
+        return ObjectKey(rtype.group, rtype.plural, ns, str(meta.get("name", "")))
+
+    def _require_namespace(self, namespace: str) -> None:
+        key = ObjectKey("", "namespaces", "", namespace)
+        with self._lock:
+            if key not in self._objects:
+                raise NotFound(f'namespaces "{namespace}" not found', kind="namespaces",
+                               name=namespace)
+
+    def _admit(self, operation: str, rtype: ResourceType, new: Obj, old: Obj | None) -> None:
+        for hook in self._admission.get((rtype.group, rtype.plural), []):
+            hook(operation, new, old)
+
+    @staticmethod
+    def _apply_patch(old: Obj, patch: Any, patch_type: str) -> Obj:
+        if patch_type == "json":
+            if not isinstance(patch, list):
+                raise BadRequest("json patch must be a list of operations")
+            try:
+                result = jsonpatch.apply_patch(old, patch)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+                raise Invalid(f"the json patch could not be applied: {exc}") from exc
+            if not isinstance(result, dict):
+                raise Invalid("the json patch did not produce an object")
+            return result
+        if not isinstance(patch, dict):
+            raise BadRequest("merge patch must be an object")
+        return _merge_patch(old, patch)
+
+    def _write(self, rtype: ResourceType, key: ObjectKey, old: Obj, new: Obj,
+               subresource: str) -> Obj:
+        """Store ``new`` in place of ``old``: keep identity fields, bump versions, notify."""
+        new_meta = new.setdefault("metadata", {})
+        old_meta = old["metadata"]
+        for immutable in ("uid", "creationTimestamp", "name", "namespace"):
+            if immutable in old_meta:
+                new_meta[immutable] = old_meta[immutable]
+        if old_meta.get("deletionTimestamp") and subresource != "delete":
+            new_meta["deletionTimestamp"] = old_meta["deletionTimestamp"]
+        new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
+        if subresource == "status":
+            new["spec"] = copy.deepcopy(old.get("spec"))
+            if "spec" not in old:
+                new.pop("spec", None)
+        elif subresource not in ("delete",):
+            if "status" in old:
+                new["status"] = copy.deepcopy(old["status"])
+            self._admit("UPDATE", rtype, new, old)
+        generation = int(old_meta.get("generation", 1))
+        if new.get("spec") != old.get("spec"):
+            generation += 1
+        new_meta["generation"] = generation
+        finished = bool(new_meta.get("deletionTimestamp")) and not new_meta.get("finalizers") \
+            and (rtype.group, rtype.plural) not in self._graceful
+        with self._lock:
+            new_meta["resourceVersion"] = str(next(self._versions))
+            if finished:
+                self._objects.pop(key, None)
+            else:
+                self._objects[key] = new
+            stored = copy.deepcopy(new)
+        self._notify("DELETED" if finished else "MODIFIED", rtype, stored)
+        return copy.deepcopy(stored)
+
+    def _notify(self, event: EventType, rtype: ResourceType, obj: Obj) -> None:
+        for key, callback in list(self._subscribers):
+            if key is None or key == (rtype.group, rtype.plural):
+                try:
+                    callback(event, obj)
+                except Exception:  # noqa: BLE001 - one broken controller must not block writes
+                    log.exception("subscriber %r failed on %s %s", callback, event,
+                                  obj.get("metadata", {}).get("name"))
+
+    def load(self, objects: Iterable[Obj]) -> list[Obj]:
+        """Create objects in order (namespaces first), returning what was stored."""
+        ordered = sorted(objects, key=lambda o: 0 if o.get("kind") == "Namespace" else 1)
+        return [self.create(o) for o in ordered]
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result

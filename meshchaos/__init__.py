@@ -1,0 +1,3 @@
+"""meshchaos: chaos experiments for Istio meshes."""
+
+__version__ = "0.1.0"
