@@ -1,0 +1,117 @@
+"""The aiohttp application: routes, and errors rendered as Kubernetes Status bodies."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from localmesh.apiserver import discovery
+from localmesh.apiserver.handlers import ResourceHandlers
+from localmesh.apiserver.logsource import LogSource
+from localmesh.apiserver.paths import parse_target
+from localmesh.apiserver.watch import WatchHub
+from localmesh.errors import ApiError, MethodNotAllowed, NotFound
+from localmesh.store import ObjectStore
+
+__all__ = ["create_api_app"]
+
+log = logging.getLogger("localmesh.apiserver")
+
+_STORE: web.AppKey[ObjectStore] = web.AppKey("store", ObjectStore)
+_HANDLERS: web.AppKey[ResourceHandlers] = web.AppKey("handlers", ResourceHandlers)
+_HUB: web.AppKey[WatchHub] = web.AppKey("hub", WatchHub)
+
+
+def _status_response(error: ApiError) -> web.Response:
+    return web.json_response(error.to_status(), status=error.code)
+
+
+@web.middleware
+async def _kubernetes_errors(request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                             ) -> web.StreamResponse:
+    """Every failure leaves as a Status with the code and reason Kubernetes uses."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return _status_response(error)
+    except web.HTTPMethodNotAllowed as error:
+        return _status_response(MethodNotAllowed(
+            f"method {error.method} is not supported on {request.path}"))
+    except web.HTTPNotFound:
+        return _status_response(NotFound("the server could not find the requested resource"))
+    except web.HTTPException:
+        raise
+    except Exception as error:
+        # A bug here must still answer like an API server (500 InternalError), and be seen.
+        log.exception("%s %s failed", request.method, request.path)
+        return _status_response(ApiError(f"internal error: {error!r}"))
+
+
+async def _version(request: web.Request) -> web.Response:
+    return web.json_response(discovery.version_info())
+
+
+async def _api(request: web.Request) -> web.Response:
+    return web.json_response(discovery.api_versions(request.host))
+
+
+async def _apis(request: web.Request) -> web.Response:
+    return web.json_response(discovery.api_groups(request.app[_STORE].registry))
+
+
+async def _group(request: web.Request) -> web.Response:
+    doc = discovery.group_document(request.app[_STORE].registry, request.match_info["group"])
+    if doc is None:
+        raise NotFound("the server could not find the requested resource")
+    return web.json_response(doc)
+
+
+async def _resources(request: web.Request, group: str, version: str) -> web.StreamResponse:
+    store = request.app[_STORE]
+    tail = request.match_info.get("tail", "").strip("/")
+    if not tail:
+        if request.method != "GET":
+            raise MethodNotAllowed(f"method {request.method} is not supported on "
+                                   f"{request.path}")
+        doc = discovery.api_resources(store.registry, group, version)
+        if doc is None:
+            raise NotFound("the server could not find the requested resource")
+        return web.json_response(doc)
+    target = parse_target(store.registry, group, version, tail.split("/"))
+    return await request.app[_HANDLERS].handle(request, target)
+
+
+async def _core(request: web.Request) -> web.StreamResponse:
+    return await _resources(request, "", "v1")
+
+
+async def _grouped(request: web.Request) -> web.StreamResponse:
+    return await _resources(request, request.match_info["group"],
+                            request.match_info["version"])
+
+
+async def _close_watches(app: web.Application) -> None:
+    app[_HUB].close_all()
+
+
+def create_api_app(store: ObjectStore, logs: LogSource) -> web.Application:
+    """Build the API server application over ``store``, reading pod logs from ``logs``."""
+    app = web.Application(middlewares=[_kubernetes_errors], client_max_size=8 * 1024 * 1024)
+    hub = WatchHub(store)
+    app[_STORE] = store
+    app[_HUB] = hub
+    app[_HANDLERS] = ResourceHandlers(store, logs, hub)
+    app.on_shutdown.append(_close_watches)
+    router = app.router
+    router.add_get("/version", _version)
+    router.add_get("/api", _api)
+    router.add_get("/apis", _apis)
+    router.add_route("*", "/api/v1", _core)
+    router.add_route("*", "/api/v1/{tail:.*}", _core)
+    router.add_get("/apis/{group}", _group)
+    router.add_route("*", "/apis/{group}/{version}", _grouped)
+    router.add_route("*", "/apis/{group}/{version}/{tail:.*}", _grouped)
+    return app

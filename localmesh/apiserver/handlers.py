@@ -1,0 +1,270 @@
+"""CRUD on resource collections and objects, over the ObjectStore.
+
+Each handler gets a parsed :class:`Target` and returns the JSON body and status
+a Kubernetes API server would. Objects are stored once per group; responses
+carry the apiVersion the client asked for (Istio kinds under v1, v1beta1 and
+v1alpha3 share storage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+from typing import Any
+
+from aiohttp import web
+
+from localmesh.apiserver.bodies import patch_type, query_bool, query_int, read_body
+from localmesh.apiserver.logsource import LogSource
+from localmesh.apiserver.paths import Target
+from localmesh.apiserver.watch import Watcher, WatchHub
+from localmesh.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound
+from localmesh.selectors import parse_field_selector, parse_label_selector
+from localmesh.store import ObjectStore
+
+__all__ = ["ResourceHandlers"]
+
+Obj = dict[str, Any]
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+def _present(obj: Obj, target: Target) -> Obj:
+    obj["apiVersion"] = target.api_version
+    obj["kind"] = target.rtype.kind
+    return obj
+
+
+class ResourceHandlers:
+    """The verbs of every registered resource type."""
+
+    def __init__(self, store: ObjectStore, logs: LogSource, hub: WatchHub) -> None:
+        self.store = store
+        self.logs = logs
+        self.hub = hub
+
+    async def handle(self, request: web.Request, target: Target) -> web.StreamResponse:
+        method = request.method
+        if target.subresource == "log":
+            if method != "GET":
+                raise MethodNotAllowed(f"method {method} is not allowed on pods/log")
+            return await self.pod_log(request, target)
+        if target.name is None:
+            if method == "GET":
+                if query_bool(request, "watch"):
+                    return await self.watch(request, target)
+                return self.list(request, target)
+            if method == "POST":
+                return await self.create(request, target)
+            if method == "DELETE":
+                return self.delete_collection(request, target)
+        else:
+            if method == "GET":
+                return self.get(target)
+            if method == "PUT":
+                return await self.replace(request, target)
+            if method == "PATCH":
+                return await self.patch(request, target)
+            if method == "DELETE" and not target.subresource:
+                return await self.delete(request, target)
+        raise MethodNotAllowed(f"method {method} is not supported on this resource")
+
+    # -- reads ----------------------------------------------------------------------
+
+    def _list_items(self, request: web.Request, target: Target) -> list[Obj]:
+        rtype = target.rtype
+        return self.store.list(rtype.group, rtype.plural, target.namespace,
+                               label_selector=request.query.get("labelSelector"),
+                               field_selector=request.query.get("fieldSelector"))
+
+    def list(self, request: web.Request, target: Target) -> web.Response:
+        items = [_present(o, target) for o in self._list_items(request, target)]
+        return _json({"kind": f"{target.rtype.kind}List", "apiVersion": target.api_version,
+                      "metadata": {"resourceVersion": self.store.resource_version()},
+                      "items": items})
+
+    def get(self, target: Target) -> web.Response:
+        rtype, name = target.rtype, str(target.name)
+        obj = self.store.get(rtype.group, rtype.plural, target.namespace or "", name)
+        return _json(_present(obj, target))
+
+    # -- writes ---------------------------------------------------------------------
+
+    async def _object_body(self, request: web.Request, target: Target) -> Obj:
+        body = await read_body(request)
+        if not isinstance(body, dict):
+            raise BadRequest(f"the request body must be a {target.rtype.kind} object")
+        kind = body.get("kind")
+        if kind and kind != target.rtype.kind:
+            raise BadRequest(f"the body kind '{kind}' does not match the resource "
+                             f"'{target.rtype.plural}' ({target.rtype.kind})")
+        api_version = str(body.get("apiVersion") or target.api_version)
+        group = api_version.split("/", 1)[0] if "/" in api_version else ""
+        if group != target.rtype.group:
+            raise BadRequest(f"the body apiVersion '{api_version}' does not match the "
+                             f"request group '{target.rtype.group or 'core'}'")
+        body["apiVersion"], body["kind"] = api_version, target.rtype.kind
+        meta = body.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise BadRequest("metadata must be an object")
+        if target.namespace is not None:
+            if meta.get("namespace") not in (None, "", target.namespace):
+                raise BadRequest("the namespace of the provided object does not match "
+                                 "the namespace sent on the request")
+            meta["namespace"] = target.namespace
+        return body
+
+    async def create(self, request: web.Request, target: Target) -> web.Response:
+        body = await self._object_body(request, target)
+        stored = self.store.create(body, namespace=target.namespace)
+        return _json(_present(stored, target), 201)
+
+    async def replace(self, request: web.Request, target: Target) -> web.Response:
+        body = await self._object_body(request, target)
+        meta = body["metadata"]
+        if meta.get("name") not in (None, target.name):
+            raise BadRequest(f"the name of the object ({meta.get('name')}) does not "
+                             f"match the name on the URL ({target.name})")
+        meta["name"] = target.name
+        stored = self.store.replace(body, subresource=target.subresource)
+        return _json(_present(stored, target))
+
+    async def patch(self, request: web.Request, target: Target) -> web.Response:
+        kind = patch_type(request.content_type)
+        if kind is None:
+            return _json(_unsupported(request.content_type), 415)
+        body = await read_body(request)
+        rtype = target.rtype
+        stored = self.store.patch(rtype.group, rtype.plural, target.namespace or "",
+                                  str(target.name), body, kind,
+                                  subresource=target.subresource)
+        return _json(_present(stored, target))
+
+    async def delete(self, request: web.Request, target: Target) -> web.Response:
+        options = await read_body(request) or {}
+        if not isinstance(options, dict):
+            raise BadRequest("the request body must be DeleteOptions")
+        grace = query_int(request, "gracePeriodSeconds")
+        if grace is None and options.get("gracePeriodSeconds") is not None:
+            grace = int(options["gracePeriodSeconds"])
+        rtype, ns, name = target.rtype, target.namespace or "", str(target.name)
+        _check_preconditions(self.store.get(rtype.group, rtype.plural, ns, name),
+                             options.get("preconditions") or {})
+        result = self.store.delete(rtype.group, rtype.plural, ns, name,
+                                   grace_period_seconds=grace)
+        try:
+            self.store.get(rtype.group, rtype.plural, ns, name)
+        except NotFound:
+            return _json(_deleted_status(result, target))
+        # Still held by finalizers or by its owner (pods): Kubernetes returns the object.
+        return _json(_present(result, target))
+
+    def delete_collection(self, request: web.Request, target: Target) -> web.Response:
+        rtype = target.rtype
+        deleted = []
+        for obj in self._list_items(request, target):
+            meta = obj["metadata"]
+            with contextlib.suppress(NotFound):  # gone meanwhile: nothing left to delete
+                deleted.append(_present(self.store.delete(
+                    rtype.group, rtype.plural, meta.get("namespace", ""), meta["name"]),
+                    target))
+        return _json({"kind": f"{rtype.kind}List", "apiVersion": target.api_version,
+                      "metadata": {"resourceVersion": self.store.resource_version()},
+                      "items": deleted})
+
+    # -- pod logs -------------------------------------------------------------------
+
+    async def pod_log(self, request: web.Request, target: Target) -> web.Response:
+        pod = self.store.get("", "pods", target.namespace or "", str(target.name))
+        container = _pick_container(pod, request.query.get("container") or None)
+        text = self.logs.read(
+            target.namespace or "", str(target.name), container,
+            since_seconds=query_int(request, "sinceSeconds"),
+            tail_lines=query_int(request, "tailLines"),
+            timestamps=query_bool(request, "timestamps"),
+            previous=query_bool(request, "previous"))
+        return web.Response(text=text, content_type="text/plain")
+
+    # -- watch ----------------------------------------------------------------------
+
+    async def watch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        labels_ok = parse_label_selector(request.query.get("labelSelector"))
+        fields_ok = parse_field_selector(request.query.get("fieldSelector"))
+        watcher = Watcher(
+            target.rtype.group, target.rtype.kind, target.namespace,
+            lambda o: labels_ok(o.get("metadata", {}).get("labels") or {}) and fields_ok(o),
+            asyncio.get_running_loop())
+        timeout = query_int(request, "timeoutSeconds")
+        since = request.query.get("resourceVersion", "")
+        self.hub.add(watcher)
+        try:
+            # Without a resourceVersion (or "0") a watch starts with the current state.
+            initial = self._list_items(request, target) if since in ("", "0") else []
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                # timeoutSeconds elapsing ends the stream normally, as on a real server;
+                # a client that hung up needs no more events.
+                for obj in initial:
+                    await _send(response, "ADDED", _present(obj, target))
+                async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
+                    while (item := await watcher.queue.get()) is not None:
+                        event, obj = item
+                        await _send(response, event, _present(copy.deepcopy(obj), target))
+        finally:
+            self.hub.remove(watcher)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
+
+
+async def _send(response: web.StreamResponse, event: str, obj: Obj) -> None:
+    await response.write(json.dumps({"type": event, "object": obj}).encode() + b"\n")
+
+
+def _check_preconditions(obj: Obj, preconditions: dict[str, Any]) -> None:
+    meta = obj["metadata"]
+    for field in ("uid", "resourceVersion"):
+        wanted = preconditions.get(field)
+        if wanted and wanted != meta.get(field):
+            raise Conflict(f"Precondition failed: {field} in precondition: {wanted}, "
+                           f"{field} in object meta: {meta.get(field)}",
+                           name=str(meta.get("name")))
+
+
+def _pick_container(pod: Obj, container: str | None) -> str:
+    """Resolve the log container as the API server does (the only one, or by name)."""
+    name = pod["metadata"]["name"]
+    spec_names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    status_names = [c.get("name") for c in
+                    (pod.get("status") or {}).get("containerStatuses") or []]
+    names = [str(n) for n in dict.fromkeys(spec_names + status_names) if n]
+    if container is None:
+        if len(names) == 1:
+            return names[0]
+        raise BadRequest(f"a container name must be specified for pod {name}, "
+                         f"choose one of: [{' '.join(names)}]")
+    if container not in names:
+        raise BadRequest(f"container {container} is not valid for pod {name}")
+    return container
+
+
+def _deleted_status(obj: Obj, target: Target) -> Obj:
+    meta = obj.get("metadata") or {}
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "details": {"name": meta.get("name"), "group": target.rtype.group,
+                        "kind": target.rtype.plural, "uid": meta.get("uid")}}
+
+
+def _unsupported(content_type: str) -> Obj:
+    error = ApiError(f"the body of the request was in an unknown format - accepted media "
+                     f"types include: application/json-patch+json, "
+                     f"application/merge-patch+json, "
+                     f"application/strategic-merge-patch+json (got '{content_type}')")
+    status = error.to_status()
+    status.update(code=415, reason="UnsupportedMediaType")
+    return status

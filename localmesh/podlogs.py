@@ -1,0 +1,162 @@
+"""Container logs of local pods, kept the way the kubelet keeps them.
+
+Each container's output lands in ``<state-dir>/pods/<ns>_<pod>/<container>.log``,
+one line per output line, prefixed with its receive time in RFC3339Nano so that
+``sinceSeconds``, ``tailLines`` and ``timestamps`` work as on a cluster. When a
+container restarts its log moves to ``<container>.previous.log`` (``previous=true``).
+
+Writes are buffered and flushed at most every 100 ms; a read flushes the pod's
+writers first, so readers in the same process never miss a line.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from localmesh.errors import BadRequest, NotFound
+
+__all__ = ["LogWriter", "PodLogs", "format_timestamp", "parse_timestamp"]
+
+_FLUSH_EVERY_NS = 100_000_000
+_PREVIOUS = ".previous.log"
+
+
+def format_timestamp(epoch_ns: int) -> str:
+    """RFC3339 with nine fraction digits, UTC (fixed width, so lines sort as text)."""
+    seconds, nanos = divmod(epoch_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def parse_timestamp(text: str) -> int:
+    """Inverse of :func:`format_timestamp` (epoch nanoseconds)."""
+    base, _, fraction = text.rstrip("Z").partition(".")
+    seconds = time.strptime(base, "%Y-%m-%dT%H:%M:%S")
+    return calendar.timegm(seconds) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
+
+
+def _rfc3339nano(stamp: str) -> str:
+    """Go's RFC3339Nano drops trailing zeros of the fraction, as kubectl shows it."""
+    base, _, fraction = stamp.rstrip("Z").partition(".")
+    fraction = fraction.rstrip("0")
+    return f"{base}.{fraction}Z" if fraction else f"{base}Z"
+
+
+class LogWriter:
+    """Appends timestamped lines to one container's log file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+        self._last_flush = 0
+
+    def write_line(self, text: str) -> None:
+        """Append one output line (a trailing newline is dropped), stamped with now."""
+        now = time.time_ns()
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8", errors="replace")
+        line = text.rstrip("\r\n").replace("\n", "\\n")
+        self._file.write(f"{format_timestamp(now)} {line}\n")
+        if now - self._last_flush >= _FLUSH_EVERY_NS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            self._last_flush = time.time_ns()
+
+    def close(self) -> None:
+        """Flush and close; a later write_line reopens the (possibly new) file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class PodLogs:
+    """The LogSource of local pods, and the writers the supervisor feeds output into."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir) / "pods"
+        self._writers: dict[tuple[str, str, str], LogWriter] = {}
+
+    def _dir(self, namespace: str, pod: str) -> Path:
+        return self.root / f"{namespace}_{pod}"
+
+    def writer(self, namespace: str, pod: str, container: str) -> LogWriter:
+        """The writer of one container (created once; the file exists from now on)."""
+        key = (namespace, pod, container)
+        writer = self._writers.get(key)
+        if writer is None:
+            path = self._dir(namespace, pod) / f"{container}.log"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            writer = self._writers[key] = LogWriter(path)
+        return writer
+
+    def rotate_previous(self, namespace: str, pod: str, container: str) -> None:
+        """Keep the current log as the previous instance's (a container restarted)."""
+        writer = self.writer(namespace, pod, container)
+        writer.close()
+        current = writer.path
+        current.replace(current.with_name(f"{container}{_PREVIOUS}"))
+        current.touch()
+
+    def close(self, namespace: str | None = None, pod: str | None = None) -> None:
+        """Close the writers of one pod (or all): flushes what they buffered."""
+        for (ns, name, container), writer in list(self._writers.items()):
+            if namespace is None or (ns == namespace and name == pod):
+                writer.close()
+                del self._writers[(ns, name, container)]
+
+    def containers(self, namespace: str, pod: str) -> list[str]:
+        folder = self._dir(namespace, pod)
+        return sorted(p.name[:-4] for p in folder.glob("*.log") if not p.name.endswith(_PREVIOUS))
+
+    def read(self, namespace: str, pod: str, container: str | None, *,
+             since_seconds: int | None = None, tail_lines: int | None = None,
+             timestamps: bool = False, previous: bool = False) -> str:
+        """Return a container's log as ``kubectl logs`` shows it."""
+        if not self._dir(namespace, pod).is_dir():
+            raise NotFound(f'pods "{pod}" not found', kind="pods", name=pod)
+        container = self._resolve(namespace, pod, container)
+        for (ns, name, _), writer in self._writers.items():
+            if ns == namespace and name == pod:
+                writer.flush()
+        suffix = _PREVIOUS if previous else ".log"
+        path = self._dir(namespace, pod) / f"{container}{suffix}"
+        if previous and not path.exists():
+            raise BadRequest(f'previous terminated container "{container}" in pod "{pod}" '
+                             "not found")
+        cutoff = (format_timestamp(time.time_ns() - since_seconds * 1_000_000_000)
+                  if since_seconds else None)
+        lines = _read_lines(path, cutoff)
+        if tail_lines is not None and tail_lines >= 0:
+            lines = iter(deque(lines, maxlen=tail_lines))
+        out = [f"{_rfc3339nano(stamp)} {text}" if timestamps else text for stamp, text in lines]
+        return "".join(line + "\n" for line in out)
+
+    def _resolve(self, namespace: str, pod: str, container: str | None) -> str:
+        names = self.containers(namespace, pod)
+        if container is None:
+            if len(names) == 1:
+                return names[0]
+            raise BadRequest(f"a container name must be specified for pod {pod}, "
+                             f"choose one of: [{' '.join(names)}]")
+        if container not in names:
+            raise BadRequest(f"container {container} is not valid for pod {pod}")
+        return container
+
+
+def _read_lines(path: Path, cutoff: str | None) -> Iterator[tuple[str, str]]:
+    # Stamps are fixed-width UTC text, so comparing strings compares times.
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for raw in handle:
+            stamp, _, text = raw.rstrip("\n").partition(" ")
+            if cutoff is not None and stamp < cutoff:
+                continue
+            yield stamp, text

@@ -1,0 +1,101 @@
+"""Serve the Kubernetes API subset on 127.0.0.1:0 in a background thread for client tests.
+
+The official ``kubernetes`` client and chaostoolkit-kubernetes are synchronous, so the
+app runs on its own event loop in a daemon thread; the test thread talks HTTP to it and
+may also write to the (thread-safe) store directly, as the supervisor would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from localmesh.apiserver import LogSource, create_api_app
+from localmesh.kubeconfig import write_kubeconfig
+from localmesh.store import ObjectStore
+
+
+@dataclass
+class ServedApi:
+    store: ObjectStore
+    port: int
+    kubeconfig: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def serve_api(store: ObjectStore, logs: LogSource, tmp_path: Path) -> Iterator[ServedApi]:
+    """Run the API app until the block exits; the kubeconfig points at it."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def start() -> None:
+        runner = web.AppRunner(create_api_app(store, logs), shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        state["runner"] = runner
+        state["port"] = runner.addresses[0][1]
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(start())
+        finally:
+            started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="api-server", daemon=True)
+    thread.start()
+    if not started.wait(10) or "port" not in state:
+        raise RuntimeError("the API server did not start within 10 s")
+    try:
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", state["port"])
+        yield ServedApi(store, state["port"], kubeconfig)
+    finally:
+        asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels or {}}}
+
+
+def pod(name: str, ns: str = "shop", *, labels: dict[str, str] | None = None,
+        phase: str = "Running", containers: tuple[str, ...] = ("app", "istio-proxy"),
+        ) -> dict[str, Any]:
+    """A pod as the supervisor writes it (spec, and a status with the phase)."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
+        "spec": {"containers": [{"name": c, "image": f"local/{c}"} for c in containers]},
+        "status": {"phase": phase, "podIP": "127.0.0.1",
+                   # image and imageID are required by the kubernetes client's models.
+                   "containerStatuses": [{"name": c, "ready": phase == "Running",
+                                          "restartCount": 0, "image": f"local/{c}",
+                                          "imageID": ""} for c in containers]},
+    }
+
+
+def virtual_service(name: str, *, api_version: str = "networking.istio.io/v1",
+                    timeout: str = "500ms") -> dict[str, Any]:
+    return {
+        "apiVersion": api_version, "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"hosts": [name],
+                 "http": [{"route": [{"destination": {"host": name}}], "timeout": timeout}]},
+    }
