@@ -1,0 +1,185 @@
+"""What applying and recovering one record does, per chaos kind and action.
+
+NetworkChaos records become sidecar fault rules (merged per pod across every
+chaos object that touches it) pushed with ``XdsServer.set_faults``; applying
+waits until the sidecar has acknowledged the push, so a record is never marked
+Injected for a fault the data path does not have yet. PodChaos records call the
+store (pod-kill) or the supervisor (pod-failure, container-kill), as Chaos
+Mesh's controller calls the API server or chaos-daemon (mesh-semantics.md §5.3).
+
+A pod that vanished counts as recovered (§5.4); a pod that vanished before the
+apply is a failure the controller retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from localmesh.chaos.faults import SOURCE, TARGET, record_rules
+from localmesh.errors import NotFound
+from localmesh.store import ObjectStore
+
+__all__ = ["EffectError", "Effects", "FaultSink", "PodRunner"]
+
+log = logging.getLogger("localmesh.chaos")
+Obj = dict[str, Any]
+Record = dict[str, Any]
+
+
+class FaultSink(Protocol):
+    """The part of ``XdsServer`` the controller uses."""
+
+    def set_faults(self, namespace: str, pod: str, rules: list[dict[str, Any]]) -> None: ...
+
+    async def wait_synced(self, namespace: str, pod: str, timeout: float = 2.0) -> None: ...  # noqa: ASYNC109 - the XdsServer contract
+
+
+class PodRunner(Protocol):
+    """The part of ``Supervisor`` the controller uses."""
+
+    async def kill_container(self, namespace: str, pod: str, container: str) -> None: ...
+
+    async def fail_pod(self, namespace: str, pod: str) -> None: ...
+
+    async def recover_pod(self, namespace: str, pod: str) -> None: ...
+
+
+class EffectError(Exception):
+    """Raised when a record could not be applied; the message goes into a Failed event."""
+
+
+def _split(record_id: str) -> tuple[str, str, str]:
+    namespace, pod, *rest = record_id.split("/")
+    return namespace, pod, rest[0] if rest else ""
+
+
+class Effects:
+    """Applies and recovers records and remembers what is in force, for ``stop()``."""
+
+    def __init__(self, store: ObjectStore, xds: FaultSink, supervisor: PodRunner,
+                 *, sync_timeout: float = 2.0) -> None:
+        self._store, self._xds, self._supervisor = store, xds, supervisor
+        self._sync_timeout = sync_timeout
+        # pod key "ns/name" -> (chaos id, selector key) -> rules in force on that pod
+        self._rules: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = {}
+        self._failed_pods: dict[str, set[str]] = {}  # pod key -> chaos ids holding it failed
+
+    def _pod_exists(self, pod_key: str) -> bool:
+        namespace, name, _ = _split(pod_key)
+        try:
+            self._store.get("", "pods", namespace, name)
+        except NotFound:
+            return False
+        return True
+
+    async def apply(self, obj: Obj, record: Record, records: list[Record]) -> str:
+        """Inject one record; return the success message or raise EffectError."""
+        chaos_id = _chaos_id(obj)
+        spec: Mapping[str, Any] = obj["spec"]
+        pod_key = "/".join(_split(record["id"])[:2])
+        if not self._pod_exists(pod_key):
+            raise EffectError(f"pod '{pod_key}' not found")
+        if obj["kind"] == "NetworkChaos":
+            sources = [r["id"] for r in records if r["selectorKey"] == SOURCE]
+            targets = [r["id"] for r in records if r["selectorKey"] == TARGET]
+            rules = record_rules(spec, chaos_id, record["selectorKey"], sources, targets)
+            self._rules.setdefault(pod_key, {})[(chaos_id, record["selectorKey"])] = rules
+            await self._push(pod_key, wait=True)
+        else:
+            await self._apply_pod(spec, record["id"], chaos_id)
+        return f"Successfully apply chaos for {record['id']}"
+
+    async def recover(self, obj: Obj, record: Record) -> str:
+        """Recover one record; a vanished pod counts as recovered."""
+        chaos_id = _chaos_id(obj)
+        pod_key = "/".join(_split(record["id"])[:2])
+        if obj["kind"] == "NetworkChaos":
+            owned = self._rules.get(pod_key, {})
+            owned.pop((chaos_id, record["selectorKey"]), None)
+            if self._pod_exists(pod_key):
+                await self._push(pod_key, wait=True)
+        elif obj["spec"]["action"] == "pod-failure":
+            holders = self._failed_pods.get(pod_key, set())
+            holders.discard(chaos_id)
+            if not holders and self._pod_exists(pod_key):
+                namespace, name, _ = _split(pod_key)
+                await self._call(self._supervisor.recover_pod(namespace, name), "recover pod")
+        # pod-kill and container-kill are one-shot: recovering them does nothing (§5.3).
+        return f"Successfully recover chaos for {record['id']}"
+
+    async def recover_all(self) -> None:
+        """Take every fault this controller put in force out again (controller stop)."""
+        for pod_key in [k for k, owned in self._rules.items() if owned]:
+            self._rules[pod_key].clear()
+            if self._pod_exists(pod_key):
+                await self._call_sync_push(pod_key)
+        for pod_key in [k for k, holders in self._failed_pods.items() if holders]:
+            self._failed_pods[pod_key].clear()
+            if self._pod_exists(pod_key):
+                namespace, name, _ = _split(pod_key)
+                try:
+                    await self._supervisor.recover_pod(namespace, name)
+                except Exception:  # keep recovering the other pods
+                    log.exception("could not recover pod '%s' on controller stop", pod_key)
+
+    def forget(self, chaos_id: str) -> list[str]:
+        """Drop the state of a chaos object purged without recovery; return pods to recover."""
+        touched = []
+        for pod_key, owned in self._rules.items():
+            for owner in [o for o in owned if o[0] == chaos_id]:
+                del owned[owner]
+                touched.append(pod_key)
+        return touched
+
+    async def push(self, pod_key: str) -> None:
+        await self._push(pod_key, wait=False)
+
+    def merged_rules(self, pod_key: str) -> list[dict[str, Any]]:
+        """Every rule in force on a pod, from all chaos objects, in a stable order."""
+        owned = self._rules.get(pod_key, {})
+        return [rule for owner in sorted(owned) for rule in owned[owner]]
+
+    async def _push(self, pod_key: str, *, wait: bool) -> None:
+        namespace, name, _ = _split(pod_key)
+        try:
+            self._xds.set_faults(namespace, name, self.merged_rules(pod_key))
+            if wait:
+                await self._xds.wait_synced(namespace, name, timeout=self._sync_timeout)
+        except Exception as exc:  # becomes a Failed event on the record
+            raise EffectError(f"could not push fault rules to pod '{pod_key}': {exc!r}") from exc
+
+    async def _call_sync_push(self, pod_key: str) -> None:
+        try:
+            await self._push(pod_key, wait=True)
+        except EffectError:
+            log.exception("could not clear the fault rules of pod '%s'", pod_key)
+
+    async def _apply_pod(self, spec: Mapping[str, Any], record_id: str, chaos_id: str) -> None:
+        namespace, name, container = _split(record_id)
+        action = spec["action"]
+        if action == "pod-kill":
+            try:
+                self._store.delete("", "pods", namespace, name,
+                                   grace_period_seconds=int(spec.get("gracePeriod") or 0))
+            except NotFound as exc:
+                raise EffectError(f"pod '{namespace}/{name}' not found") from exc
+        elif action == "pod-failure":
+            await self._call(self._supervisor.fail_pod(namespace, name), "fail pod")
+            self._failed_pods.setdefault(f"{namespace}/{name}", set()).add(chaos_id)
+        else:
+            await self._call(self._supervisor.kill_container(namespace, name, container),
+                             f"kill container '{container}' of")
+
+    @staticmethod
+    async def _call(action: Any, what: str) -> None:
+        try:
+            await action
+        except Exception as exc:  # becomes a Failed event on the record
+            raise EffectError(f"could not {what} the pod: {exc!r}") from exc
+
+
+def _chaos_id(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{meta['namespace']}/{meta['name']}"
