@@ -1,0 +1,240 @@
+"""Client side of HTTP/1.1: keep-alive connection pool on asyncio protocols + httptools.
+
+Two levels:
+- :meth:`ConnectionPool.acquire` / :meth:`ClientConnection.send` /
+  :meth:`ConnectionPool.release` give the sidecar full control over each try
+  (it arms its own timers and aborts the connection on expiry, the way Envoy's
+  H1 pool closes the connection when a stream is reset, mesh-semantics.md §1.1);
+- :meth:`ConnectionPool.request` is the one-call API for services:
+  ``await pool.request("GET", "http://orders:8080/x", headers, body, timeout=1.0)``.
+  Cancelling it (or its timeout) closes the connection, so the server sees the
+  caller go away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Mapping
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+
+from localmesh.http.errors import ConnectError, ConnectionTerminated, HttpProtocolError
+from localmesh.http.message import Headers, Response, encode_request
+
+__all__ = ["ClientConnection", "ConnectionPool"]
+
+
+class ClientConnection(asyncio.Protocol):
+    """One upstream connection carrying one request at a time."""
+
+    def __init__(self, key: tuple[str, int]) -> None:
+        self.key = key
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._future: asyncio.Future[Response] | None = None
+        self._headers: Headers = {}
+        self._extra: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._head = False
+        self._framed = False
+        self.headers_at = 0.0
+        self.local = ("", 0)
+        self.reusable = False
+        self.closed = False
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they quack alike.
+        self._transport = cast(asyncio.Transport, transport)
+        self.local = transport.get_extra_info("sockname") or ("", 0)
+
+    def data_received(self, data: bytes) -> None:
+        if self._future is None:
+            self.abort()  # bytes nobody asked for: the connection cannot be trusted
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(HttpProtocolError(f"bad response from {self.key[0]}:{self.key[1]}: {exc}"))
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        self._transport = None
+        fut = self._future
+        if fut is None or fut.done():
+            return
+        if self.headers_at and not self._framed:
+            self.on_message_complete()  # body delimited by close (RFC 9112 §6.3)
+            return
+        self._fail(ConnectionTerminated(
+            f"upstream {self.key[0]}:{self.key[1]} closed the connection",
+            headers_received=bool(self.headers_at)))
+
+    # -- httptools callbacks ----------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        if key == "set-cookie":
+            self._extra.append((key, text))
+            return
+        old = self._headers.get(key)
+        self._headers[key] = text if old is None else f"{old}, {text}"
+
+    def on_headers_complete(self) -> None:
+        self.headers_at = asyncio.get_running_loop().time()
+        h = self._headers
+        self._framed = "content-length" in h or "chunked" in h.get("transfer-encoding", "")
+        if self._head or self._parser.get_status_code() in (204, 304):
+            self._framed = True
+            if self._head:
+                # httptools cannot skip a HEAD body; finish now and never reuse.
+                self.on_message_complete()
+                self.reusable = False
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        fut = self._future
+        if fut is None or fut.done():
+            return
+        self.reusable = (not self.closed and not self._head and self._framed
+                         and self._parser.should_keep_alive())
+        fut.set_result(Response(self._parser.get_status_code(), self._headers,
+                                b"".join(self._body), self._extra or None))
+
+    # -- API ----------------------------------------------------------------------
+
+    def send(self, method: str, target: str, host: str, headers: Headers,
+             body: bytes) -> asyncio.Future[Response]:
+        """Write one request; the future resolves with the whole response."""
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._future = fut
+        self._headers, self._extra, self._body = {}, [], []
+        self._head = method == "HEAD"
+        self.headers_at = 0.0
+        self.reusable = False
+        if self._transport is None:
+            fut.set_exception(ConnectionTerminated(
+                f"upstream {self.key[0]}:{self.key[1]} closed the connection"))
+        else:
+            self._transport.write(encode_request(method, target, host, headers, body))
+        return fut
+
+    def abort(self) -> None:
+        """Close now (a reset, in H1 terms); a pending response fails with a local reset."""
+        self.reusable = False
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _fail(self, exc: Exception) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_exception(exc)
+            # Retrieved by whoever awaits; avoid "exception never retrieved" if nobody does.
+            self._future.exception()
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per ``(host, port)``, newest first."""
+
+    def __init__(self, *, max_idle_per_host: int = 64) -> None:
+        self._idle: dict[tuple[str, int], list[ClientConnection]] = {}
+        self._max_idle = max_idle_per_host
+        self._busy: set[ClientConnection] = set()
+
+    def idle_count(self, host: str, port: int) -> int:
+        return sum(1 for c in self._idle.get((host, port), ()) if not c.closed)
+
+    async def acquire(self, host: str, port: int,
+                      connect_timeout: float | None) -> ClientConnection:
+        """An idle connection to ``host:port``, else a new one (raises :class:`ConnectError`)."""
+        key = (host, port)
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                self._busy.add(conn)
+                return conn
+        conn = await self._connect(key, connect_timeout)
+        self._busy.add(conn)
+        return conn
+
+    def release(self, conn: ClientConnection) -> None:
+        """Give a connection back after its response completed; unusable ones are closed."""
+        self._busy.discard(conn)
+        if not conn.reusable or conn.closed:
+            conn.abort()
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self._max_idle:
+            idle.pop(0).abort()
+        idle.append(conn)
+
+    def discard(self, conn: ClientConnection) -> None:
+        """Abort a connection that must not be reused (timed out, cancelled)."""
+        self._busy.discard(conn)
+        conn.abort()
+
+    async def _connect(self, key: tuple[str, int],
+                       connect_timeout: float | None) -> ClientConnection:
+        loop = asyncio.get_running_loop()
+        host, port = key
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, proto = await loop.create_connection(lambda: ClientConnection(key), host, port)
+        except TimeoutError:
+            raise ConnectError(f"connect to {host}:{port} timed out after {connect_timeout}s",
+                               reason="connection timeout") from None
+        except OSError as exc:
+            name = os.strerror(exc.errno) if exc.errno else str(exc)
+            refused = exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET)
+            raise ConnectError(
+                f"connect to {host}:{port} failed: {name}",
+                reason="remote connection failure" if refused else "local connection failure",
+                transport_failure=f"delayed connect error: {name}") from exc
+        return proto
+
+    async def request(self, method: str, url: str, headers: Mapping[str, str] | None = None,
+                      body: bytes = b"", timeout: float | None = None, *,  # noqa: ASYNC109
+                      connect_timeout: float | None = 10.0) -> Response:
+        """Send one request to an absolute ``http://`` URL and return the whole response.
+
+        ``timeout`` bounds the whole exchange (``TimeoutError``); on timeout or
+        cancellation the connection is closed, so the server sees the caller leave.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"only absolute http:// URLs are supported, got {url!r}")
+        host, port = parts.hostname, parts.port or 80
+        target = parts.path or "/"
+        if parts.query:
+            target = f"{target}?{parts.query}"
+        hdrs = {k.lower(): v for k, v in (headers or {}).items()}
+        async with asyncio.timeout(timeout):
+            conn = await self.acquire(host, port, connect_timeout)
+            try:
+                resp = await conn.send(method, target, hdrs.pop("host", parts.netloc), hdrs, body)
+            except BaseException:
+                self.discard(conn)
+                raise
+        self.release(conn)
+        return resp
+
+    async def close(self) -> None:
+        """Close every connection, idle or busy."""
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.abort()
+        self._idle.clear()
+        for conn in list(self._busy):
+            conn.abort()
+        self._busy.clear()
+        await asyncio.sleep(0)

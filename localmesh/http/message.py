@@ -1,0 +1,97 @@
+"""HTTP/1.1 messages as plain slotted objects, and their wire encoding.
+
+Header names are kept lowercase; repeated request headers are joined with
+``", "`` (RFC 9110 §5.3), which is what every consumer of a request here wants.
+Bodies are whole ``bytes``: the data path forwards buffered bodies with a fresh
+``content-length``, so framing headers never cross a hop.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+__all__ = [
+    "HOP_BY_HOP",
+    "Headers",
+    "Request",
+    "Response",
+    "encode_request",
+    "encode_response",
+    "reason_phrase",
+]
+
+Headers = dict[str, str]
+
+# RFC 9110 §7.6.1 connection-specific fields, plus framing we always recompute.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
+    "upgrade", "proxy-authenticate", "proxy-authorization", "content-length",
+})
+
+_REQUEST_SKIP = HOP_BY_HOP | {"host"}
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def reason_phrase(status: int) -> str:
+    return _REASONS.get(status, "Unknown")
+
+
+class Request:
+    """A parsed request; ``target`` is the raw request-target (origin or absolute form)."""
+
+    __slots__ = ("body", "headers", "keep_alive", "method", "target")
+
+    def __init__(self, method: str, target: str, headers: Headers, body: bytes = b"",
+                 keep_alive: bool = True) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+
+
+class Response:
+    """A response; ``headers`` may hold repeated fields as a list of pairs in ``extra``."""
+
+    __slots__ = ("body", "extra", "headers", "status")
+
+    def __init__(self, status: int, headers: Headers | None = None, body: bytes = b"",
+                 extra: list[tuple[str, str]] | None = None) -> None:
+        self.status = status
+        self.headers = headers if headers is not None else {}
+        self.body = body
+        # Repeated response fields that must not be joined (set-cookie).
+        self.extra = extra
+
+
+def _encode_fields(lines: list[str], headers: Headers,
+                   extra: list[tuple[str, str]] | None, skip: frozenset[str] = HOP_BY_HOP) -> None:
+    for name, value in headers.items():
+        if name not in skip:
+            lines.append(f"{name}: {value}\r\n")
+    if extra:
+        for name, value in extra:
+            lines.append(f"{name}: {value}\r\n")
+
+
+def encode_request(method: str, target: str, host: str, headers: Headers, body: bytes) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
+    _encode_fields(lines, headers, None, _REQUEST_SKIP)
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"content-length: {len(body)}\r\n")
+    lines.append("\r\n")
+    data = "".join(lines).encode("latin-1")
+    return data + body if body else data
+
+
+def encode_response(resp: Response, keep_alive: bool, head: bool = False) -> bytes:
+    lines = [f"HTTP/1.1 {resp.status} {reason_phrase(resp.status)}\r\n"]
+    _encode_fields(lines, resp.headers, resp.extra)
+    if resp.status >= 200 and resp.status not in (204, 304):
+        lines.append(f"content-length: {len(resp.body)}\r\n")
+    if not keep_alive:
+        lines.append("connection: close\r\n")
+    lines.append("\r\n")
+    data = "".join(lines).encode("latin-1")
+    return data + resp.body if resp.body and not head else data

@@ -1,0 +1,143 @@
+"""Server side of HTTP/1.1 on an asyncio protocol with httptools.
+
+One :class:`ServerConnection` per accepted socket. Each complete request runs
+the handler in its own task; pipelined requests wait their turn. When the
+client goes away, the running handler task is cancelled and
+:attr:`ServerConnection.lost` is set, so the handler can tell a downstream
+disconnect (Envoy's ``DC``) from its own shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+import httptools
+
+from localmesh.http.message import Request, Response, encode_response
+
+__all__ = ["Handler", "ServerConnection", "serve"]
+
+log = logging.getLogger("localmesh.http")
+
+Handler = Callable[[Request, "ServerConnection"], Awaitable[Response | None]]
+
+
+class ServerConnection(asyncio.Protocol):
+    """One downstream connection: parses requests, runs the handler, writes responses."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._pending: deque[Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.lost = False
+        self.peer = ("", 0)
+        self.local = ("", 0)
+        self.bytes_received = 0
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they quack alike.
+        self._transport = cast(asyncio.Transport, transport)
+        self.peer = transport.get_extra_info("peername") or ("", 0)
+        self.local = transport.get_extra_info("sockname") or ("", 0)
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reply_and_close(501, b"upgrade not supported")
+        except httptools.HttpParserError as exc:
+            self._reply_and_close(400, f"bad request: {exc}".encode())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._transport = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    # -- httptools callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._body = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        old = self._headers.get(key)
+        self._headers[key] = text if old is None else f"{old}, {text}"
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        req = Request(parser.get_method().decode("ascii"), self._url.decode("latin-1"),
+                      self._headers, b"".join(self._body), parser.should_keep_alive())
+        if self._task is None:
+            self._start(req)
+        else:
+            self._pending.append(req)
+
+    # -- request processing -----------------------------------------------------
+
+    def _start(self, req: Request) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(req))
+
+    async def _run(self, req: Request) -> None:
+        try:
+            resp = await self._handler(req, self)
+        except asyncio.CancelledError:
+            self.close()
+            raise
+        except Exception:
+            log.exception("handler failed for %s %s", req.method, req.target)
+            resp = Response(500, {"content-type": "text/plain"}, b"internal error")
+        self._task = None
+        if self._transport is None:
+            return
+        if resp is not None:
+            self.write(resp, req.keep_alive, req.method == "HEAD")
+        if not req.keep_alive:
+            self.close()
+        elif self._pending:
+            self._start(self._pending.popleft())
+
+    def write(self, resp: Response, keep_alive: bool = True, head: bool = False) -> int:
+        """Write one response; returns the number of bytes handed to the socket."""
+        if self._transport is None:
+            return 0
+        data = encode_response(resp, keep_alive, head)
+        self._transport.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _reply_and_close(self, status: int, body: bytes) -> None:
+        self.write(Response(status, {"content-type": "text/plain"}, body), keep_alive=False)
+        self.close()
+
+
+async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 0, *,
+                backlog: int = 1024) -> asyncio.Server:
+    """Listen on ``host:port`` (0 = pick) and serve every connection with ``handler``."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: ServerConnection(handler), host, port,
+                                    backlog=backlog, reuse_address=True)

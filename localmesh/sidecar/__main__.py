@@ -1,0 +1,95 @@
+"""``python -m localmesh.sidecar``: one pod's Envoy emulation (docs/architecture.md "Sidecar").
+
+stdout carries the access log only; diagnostics go to stderr. The chosen ports
+are announced as one JSON line on ``--ready-fd`` or in ``--ports-file``. SIGTERM
+(or ``POST /quitquitquit``) stops the listeners, flushes logs and spans, exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from localmesh.errors import SidecarConfigError
+from localmesh.http.server import serve
+from localmesh.sidecar.proxy import Sidecar
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m localmesh.sidecar", description=__doc__)
+    p.add_argument("--pod", required=True)
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--service", required=True)
+    p.add_argument("--mode", choices=("sidecar", "gateway"), default="sidecar")
+    p.add_argument("--inbound-port", type=int, default=0)
+    p.add_argument("--outbound-port", type=int, default=0)
+    p.add_argument("--admin-port", type=int, default=0)
+    p.add_argument("--app-port", type=int, default=0)
+    p.add_argument("--ready-fd", type=int, default=None)
+    p.add_argument("--ports-file", type=Path, default=None)
+    p.add_argument("--config", type=Path, default=None,
+                   help="an initial configuration document (JSON), as if pushed to /config")
+    return p.parse_args(argv)
+
+
+def _announce(args: argparse.Namespace, ports: dict[str, int]) -> None:
+    line = json.dumps(ports) + "\n"
+    if args.ready_fd is not None:
+        os.write(args.ready_fd, line.encode())
+        os.close(args.ready_fd)
+    if args.ports_file is not None:
+        tmp = args.ports_file.with_suffix(".tmp")
+        tmp.write_text(line)
+        tmp.replace(args.ports_file)
+    if args.ready_fd is None and args.ports_file is None:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+
+async def run(args: argparse.Namespace) -> None:
+    sidecar = Sidecar(pod=args.pod, namespace=args.namespace, service=args.service,
+                      mode=args.mode, app_port=args.app_port)
+    quit_event = asyncio.Event()
+    sidecar.quit_event = quit_event
+    if args.config is not None:
+        try:
+            sidecar.apply_config(json.loads(args.config.read_text()))
+        except (OSError, ValueError) as exc:
+            raise SidecarConfigError(f"cannot load --config {args.config}: {exc}") from exc
+    servers = [
+        await serve(sidecar.handle_inbound, port=args.inbound_port),
+        await serve(sidecar.handle_outbound, port=args.outbound_port),
+        await serve(sidecar.handle_admin, port=args.admin_port),
+    ]
+    ports = {name: s.sockets[0].getsockname()[1]
+             for name, s in zip(("inbound", "outbound", "admin"), servers, strict=True)}
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, quit_event.set)
+    _announce(args, ports)
+    await quit_event.wait()
+    for s in servers:
+        s.close()  # stop accepting; in-flight requests end with the process
+    await sidecar.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runner = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+        runner = uvloop.run
+    runner(run(args))
+
+
+if __name__ == "__main__":
+    main()

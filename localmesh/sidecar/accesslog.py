@@ -1,0 +1,233 @@
+"""Envoy access log: a format string compiled once, lines written to stdout in batches.
+
+Operators follow Envoy's access log usage page (E-AL in mesh-semantics.md §0);
+empty values print ``-`` (TEXT) or ``null`` (JSON). The writer buffers lines and
+flushes at least every 50 ms and on exit, so one request costs one render.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from localmesh.errors import SidecarConfigError
+from localmesh.sidecar.config import DEFAULT_TEXT_FORMAT
+from localmesh.sidecar.txn import Txn
+
+__all__ = ["DEFAULT_JSON_FORMAT", "AccessLog", "compile_format", "render_start_time"]
+
+Getter = Callable[[Txn], "str | int | None"]
+
+# Istio's JSON access log keys (mesh-semantics.md §2.3, I-AL).
+DEFAULT_JSON_FORMAT: dict[str, str] = {
+    "start_time": "%START_TIME%", "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%", "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
+    "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    "bytes_received": "%BYTES_RECEIVED%", "bytes_sent": "%BYTES_SENT%",
+    "duration": "%DURATION%", "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+    "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%", "user_agent": "%REQ(USER-AGENT)%",
+    "request_id": "%REQ(X-REQUEST-ID)%", "authority": "%REQ(:AUTHORITY)%",
+    "upstream_host": "%UPSTREAM_HOST%", "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%",
+    "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "requested_server_name": "%REQUESTED_SERVER_NAME%", "route_name": "%ROUTE_NAME%",
+}
+
+_OPERATOR = re.compile(r"%([A-Z_]+)(?:\(([^)]*)\))?(?::(\d+))?%")
+_HOSTNAME = socket.gethostname()
+
+
+def render_start_time(wall: float) -> str:
+    """``2026-11-26T17:25:03.123Z``, Envoy's default START_TIME rendering."""
+    t = datetime.fromtimestamp(wall, UTC)
+    return f"{t:%Y-%m-%dT%H:%M:%S}.{t.microsecond // 1000:03d}Z"
+
+
+def _header_getter(arg: str, response: bool) -> Getter:
+    names = [n.strip().lower() for n in arg.split("?")]
+    if not names or not names[0] or len(names) > 2:
+        raise SidecarConfigError(f"access log operator REQ/RESP needs 'X' or 'X?Y', got {arg!r}")
+    pseudo = {":method": "method", ":path": "path", ":authority": "authority", "host": "authority"}
+
+    def one(txn: Txn, name: str) -> str | None:
+        if response:
+            return txn.resp_headers.get(name)
+        if name in pseudo:
+            return str(getattr(txn, pseudo[name])) or None
+        if name == ":scheme":
+            return "http"
+        return txn.req_headers.get(name)
+
+    if len(names) == 1:
+        return lambda txn: one(txn, names[0])
+    first, second = names
+    return lambda txn: one(txn, first) or one(txn, second)
+
+
+def _simple(name: str, arg: str | None) -> Getter:
+    table: dict[str, Getter] = {
+        "PROTOCOL": lambda t: "HTTP/1.1",
+        "RESPONSE_CODE": lambda t: t.status,
+        "RESPONSE_FLAGS": lambda t: t.flags_text(),
+        "RESPONSE_CODE_DETAILS": lambda t: t.details or None,
+        "CONNECTION_TERMINATION_DETAILS": lambda t: None,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda t: t.transport_failure or None,
+        "BYTES_RECEIVED": lambda t: t.bytes_received,
+        "BYTES_SENT": lambda t: t.bytes_sent,
+        "DURATION": lambda t: t.duration_ms(),
+        "REQUEST_DURATION": lambda t: None,
+        "RESPONSE_DURATION": lambda t: None,
+        "UPSTREAM_HOST": lambda t: t.upstream_host or None,
+        "UPSTREAM_CLUSTER": lambda t: t.upstream_cluster or None,
+        "UPSTREAM_CLUSTER_RAW": lambda t: t.upstream_cluster or None,
+        "UPSTREAM_LOCAL_ADDRESS": lambda t: t.upstream_local or None,
+        "DOWNSTREAM_LOCAL_ADDRESS": lambda t: t.downstream_local or None,
+        "DOWNSTREAM_REMOTE_ADDRESS": lambda t: t.downstream_remote or None,
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
+            lambda t: t.downstream_remote.rsplit(":", 1)[0] or None,
+        "DOWNSTREAM_PEER_ADDRESS": lambda t: t.downstream_remote or None,
+        "REQUESTED_SERVER_NAME": lambda t: None,
+        "ROUTE_NAME": lambda t: t.route_name or None,
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT": lambda t: t.attempts,
+        "HOSTNAME": lambda t: _HOSTNAME,
+    }
+    if name == "START_TIME":
+        if arg:
+            return lambda t: datetime.fromtimestamp(t.start_wall, UTC).strftime(arg)
+        return lambda t: render_start_time(t.start_wall)
+    if name in ("REQ", "RESP", "TRAILER"):
+        if arg is None:
+            raise SidecarConfigError(f"access log operator %{name}% needs a header argument")
+        if name == "TRAILER":
+            return lambda t: None
+        return _header_getter(arg, response=name == "RESP")
+    if name not in table:
+        raise SidecarConfigError(f"unknown access log operator %{name}%")
+    return table[name]
+
+
+def _operator(match: re.Match[str]) -> Getter:
+    getter = _simple(match.group(1), match.group(2))
+    if match.group(3) is None:
+        return getter
+    limit = int(match.group(3))
+
+    def truncated(t: Txn) -> str | int | None:
+        value = getter(t)
+        return value[:limit] if isinstance(value, str) else value
+    return truncated
+
+
+def compile_format(fmt: str) -> Callable[[Txn], str]:
+    """Compile a TEXT format once into a function rendering one line."""
+    parts: list[str | Getter] = []
+    pos = 0
+    for m in _OPERATOR.finditer(fmt):
+        if m.start() > pos:
+            parts.append(fmt[pos:m.start()])
+        parts.append(_operator(m))
+        pos = m.end()
+    if pos < len(fmt):
+        parts.append(fmt[pos:])
+    if not fmt.endswith("\n"):
+        parts.append("\n")
+
+    def render(txn: Txn) -> str:
+        out = []
+        for p in parts:
+            if isinstance(p, str):
+                out.append(p)
+            else:
+                v = p(txn)
+                out.append("-" if v is None or v == "" else str(v))
+        return "".join(out)
+    return render
+
+
+def compile_json(fmt: str) -> Callable[[Txn], str]:
+    """Compile a JSON format (a JSON object of key → operator string, or Istio's default)."""
+    spec: dict[str, Any] = DEFAULT_JSON_FORMAT
+    if fmt.strip():
+        try:
+            spec = json.loads(fmt)
+        except ValueError as exc:
+            raise SidecarConfigError(
+                f"JSON access log format is not a JSON object: {exc}") from None
+        if not isinstance(spec, dict):
+            raise SidecarConfigError(f"JSON access log format must be an object, got {fmt!r}")
+    fields: list[tuple[str, Getter | str]] = []
+    for key, value in spec.items():
+        m = _OPERATOR.fullmatch(str(value))
+        fields.append((key, _operator(m) if m else str(value)))
+
+    def render(txn: Txn) -> str:
+        out: dict[str, Any] = {}
+        for key, g in fields:
+            v = g if isinstance(g, str) else g(txn)
+            out[key] = None if v == "" else v
+        return json.dumps(out, separators=(",", ":")) + "\n"
+    return render
+
+
+class AccessLog:
+    """Renders lines with the compiled format and writes them to ``fd`` in batches."""
+
+    def __init__(self, fd: int = 1, *, interval: float = 0.05) -> None:
+        self._fd = fd
+        self._interval = interval
+        self._lines: list[str] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._render: Callable[[Txn], str] | None = compile_format(DEFAULT_TEXT_FORMAT)
+        self.lines_written = 0
+
+    def configure(self, enabled: bool, encoding: str, fmt: str) -> None:
+        """Compile the format (raises SidecarConfigError before anything changes)."""
+        if encoding == "JSON":
+            render = compile_json(fmt)
+        else:
+            render = compile_format(fmt or DEFAULT_TEXT_FORMAT)
+        self._render = render if enabled else None
+
+    @staticmethod
+    def check(encoding: str, fmt: str) -> None:
+        if encoding == "JSON":
+            compile_json(fmt)
+        else:
+            compile_format(fmt or DEFAULT_TEXT_FORMAT)
+
+    def log(self, txn: Txn) -> None:
+        if self._render is None:
+            return
+        self._lines.append(self._render(txn))
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self._interval, self.flush)
+
+    def flush(self) -> None:
+        self._handle = None
+        if not self._lines:
+            return
+        data = "".join(self._lines).encode()
+        self.lines_written += len(self._lines)
+        self._lines.clear()
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._fd, view)
+            except BlockingIOError:
+                continue
+            view = view[n:]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self.flush()

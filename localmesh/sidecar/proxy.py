@@ -1,0 +1,459 @@
+"""The sidecar: inbound and outbound listeners, live configuration, spans and access log.
+
+One :class:`Sidecar` per pod. The listeners share the configuration, which the
+admin endpoint replaces atomically (``apply_config``): a request reads
+``self.cfg`` once and keeps that snapshot to the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from typing import Any
+
+import httptools
+
+from localmesh.errors import SidecarConfigError
+from localmesh.http.client import ConnectionPool
+from localmesh.http.message import Request, Response
+from localmesh.http.server import ServerConnection
+from localmesh.sidecar.accesslog import AccessLog
+from localmesh.sidecar.config import Endpoint, RetryPolicy, Route, SidecarConfig, parse_config
+from localmesh.sidecar.faults import FaultEngine, stall
+from localmesh.sidecar.headers import (
+    PEER_HEADER,
+    clean_request_headers,
+    new_request_id,
+    parse_peer_id,
+    peer_id,
+    strip_internal,
+)
+from localmesh.sidecar.routing import (
+    Picker,
+    default_route,
+    pick_destination,
+    resolve_host,
+    select_route,
+    split_authority,
+)
+from localmesh.sidecar.tracing import (
+    KIND_CLIENT,
+    KIND_SERVER,
+    Span,
+    SpanExporter,
+    format_traceparent,
+    new_span_id,
+    new_trace_id,
+    now_ns,
+    parse_traceparent,
+)
+from localmesh.sidecar.txn import Txn
+from localmesh.sidecar.upstream import TraceCtx, Upstream, call_upstream, local_reply
+
+__all__ = ["Sidecar"]
+
+log = logging.getLogger("localmesh.sidecar")
+
+# Istio's inbound default route: retry only what never reached the app (§2.2).
+_INBOUND_RETRY = RetryPolicy(2, 0.0, frozenset({"reset-before-request"}))
+
+
+class _Reject(Exception):
+    """A request answered locally before any upstream was chosen (NR, UH, NC)."""
+
+    def __init__(self, status: int, body: str, flag: str, details: str) -> None:
+        super().__init__(details)
+        self.status, self.body, self.flag, self.details = status, body, flag, details
+
+
+def _int_header(headers: dict[str, str], name: str) -> int | None:
+    """Pop an integer x-envoy-* header; non-integers are ignored (Envoy SimpleAtoi, §1.4)."""
+    value = headers.pop(name, None)
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+class Sidecar:
+    """State and request handling of one sidecar process."""
+
+    def __init__(self, *, pod: str, namespace: str, service: str, mode: str = "sidecar",
+                 app_port: int = 0, log_fd: int = 1) -> None:
+        self.pod, self.namespace, self.service, self.mode = pod, namespace, service, mode
+        self.app_port = app_port
+        self.cfg: SidecarConfig | None = None
+        self.pool = ConnectionPool(max_idle_per_host=256)
+        self.picker = Picker()
+        self.faults = FaultEngine()
+        self.access_log = AccessLog(log_fd)
+        self.exporter: SpanExporter | None = None
+        self.peer_id = peer_id(pod, namespace)
+        self.fqdn = f"{service}.{namespace}.svc.cluster.local"
+        self.stats: dict[str, int] = {
+            "downstream_rq_inbound": 0, "downstream_rq_outbound": 0, "upstream_rq_retry": 0,
+            "rq_timeout": 0, "downstream_cx_destroy_remote": 0, "config_updates": 0,
+            "config_rejected": 0,
+        }
+        self._old_exporters: set[asyncio.Task[None]] = set()
+
+    # -- configuration ----------------------------------------------------------
+
+    def apply_config(self, doc: Any) -> SidecarConfig:
+        """Check and install a whole configuration document (SidecarConfigError if bad)."""
+        cfg = parse_config(doc)
+        al = cfg.mesh.access_log
+        AccessLog.check(al.encoding, al.format)
+        self.access_log.configure(al.enabled, al.encoding, al.format)
+        self.faults.set_rules(cfg.faults)
+        if cfg.app_port:
+            self.app_port = cfg.app_port
+        self._configure_exporter(cfg.mesh.otlp_endpoint)
+        self.cfg = cfg
+        self.stats["config_updates"] += 1
+        return cfg
+
+    def _configure_exporter(self, endpoint: str) -> None:
+        if self.exporter is not None and self.exporter.endpoint == endpoint.rstrip("/"):
+            return
+        if self.exporter is not None:
+            task = asyncio.get_running_loop().create_task(self.exporter.stop())
+            self._old_exporters.add(task)
+            task.add_done_callback(self._old_exporters.discard)
+            self.exporter = None
+        if endpoint:
+            self.exporter = SpanExporter(
+                endpoint, f"{self.service}.{self.namespace}",
+                {"k8s.pod.name": self.pod, "k8s.namespace.name": self.namespace})
+            self.exporter.start()
+
+    async def close(self) -> None:
+        """Flush the access log and the spans, close upstream connections."""
+        self.access_log.close()
+        if self.exporter is not None:
+            await self.exporter.stop()
+        for task in list(self._old_exporters):
+            await task
+        await self.pool.close()
+
+    # -- tracing ------------------------------------------------------------------
+
+    def _trace(self, cfg: SidecarConfig, headers: dict[str, str], name: str, *,
+               child_spans: bool) -> tuple[TraceCtx | None, str]:
+        """Extract, decide sampling and make this sidecar's span context (§3)."""
+        incoming = headers.get("traceparent")
+        parent = ""
+        if incoming is None:
+            trace_id = new_trace_id()
+            sampled = random.random() * 100.0 < cfg.mesh.sampling_percent
+        else:
+            ctx = parse_traceparent(incoming)
+            if ctx is None:
+                return None, ""  # Envoy's NullSpan: headers pass through unchanged
+            trace_id, sampled, parent = ctx.trace_id, ctx.sampled, ctx.span_id
+        span_id = new_span_id()
+        if not child_spans:
+            headers["traceparent"] = format_traceparent(trace_id, span_id, sampled)
+        record = sampled and self.exporter is not None
+        attrs: dict[str, str | int | float] = {}
+        if record:
+            attrs = {"node_id": self.peer_id, "component": "proxy",
+                     "istio.namespace": self.namespace, "istio.canonical_service": self.service,
+                     "meshchaos.pod": self.pod}
+        return TraceCtx(trace_id, span_id, sampled, record, child_spans, name, attrs, []), parent
+
+    def _finish_spans(self, trace: TraceCtx | None, parent: str, txn: Txn, kind: int,
+                      direction: str, url: str, start_ns: int) -> None:
+        if trace is None or not trace.record or self.exporter is None:
+            return
+        attrs = dict(trace.base_attrs)
+        attrs.update({
+            "http.method": txn.method, "http.url": url, "http.status_code": txn.status,
+            "response_flags": txn.flags_text(), "upstream_cluster": txn.upstream_cluster or "-",
+            "guid:x-request-id": txn.req_headers.get("x-request-id", ""),
+            "meshchaos.direction": direction,
+        })
+        if kind == KIND_CLIENT:
+            attrs["meshchaos.attempt"] = txn.attempts
+            expected = txn.req_headers.get("x-envoy-expected-rq-timeout-ms")
+            if expected and expected.isdigit():
+                attrs["meshchaos.expected_rq_timeout_ms"] = int(expected)
+        span = Span(trace.trace_id, trace.span_id, parent, trace.name, kind, start_ns, now_ns(),
+                    attrs, txn.status == 0 or txn.status >= 500)
+        exporter = self.exporter
+        exporter.add(span)
+        for child in trace.spans:
+            child.attributes["upstream_cluster"] = txn.upstream_cluster or "-"
+            child.attributes["guid:x-request-id"] = attrs["guid:x-request-id"]
+            child.attributes["http.method"] = txn.method
+            child.attributes["http.url"] = url
+            exporter.add(child)
+
+    # -- shared request plumbing ----------------------------------------------------
+
+    def _begin(self, req: Request, conn: ServerConnection, path: str,
+               authority: str) -> tuple[Txn, dict[str, str]]:
+        headers = clean_request_headers(req.headers)
+        txn = Txn(asyncio.get_running_loop().time(), time.time(), req.method, path, authority,
+                  headers)
+        txn.downstream_local = f"{conn.local[0]}:{conn.local[1]}"
+        txn.downstream_remote = f"{conn.peer[0]}:{conn.peer[1]}"
+        txn.bytes_received = len(req.body)
+        return txn, headers
+
+    def _end(self, txn: Txn, resp: Response | None) -> None:
+        txn.end = asyncio.get_running_loop().time()
+        if resp is not None:
+            txn.status = resp.status
+            txn.resp_headers = resp.headers
+            txn.bytes_sent = len(resp.body)
+        self.access_log.log(txn)
+
+    def _disconnected(self, txn: Txn) -> None:
+        """The downstream closed before we answered: Envoy logs ``0 DC`` (§1.6)."""
+        txn.status = 0
+        txn.add_flag("DC")
+        txn.details = "downstream_remote_disconnect"
+        self.stats["downstream_cx_destroy_remote"] += 1
+
+    @staticmethod
+    def _ensure_ids(headers: dict[str, str]) -> None:
+        if "x-request-id" not in headers:
+            headers["x-request-id"] = new_request_id()
+        if "x-forwarded-proto" not in headers:
+            headers["x-forwarded-proto"] = "http"
+
+    # -- inbound ------------------------------------------------------------------------
+
+    async def handle_inbound(self, req: Request, conn: ServerConnection) -> Response | None:
+        """Callers' sidecars → this pod's app (listener ``inbound|<port>||``)."""
+        cfg = self.cfg
+        self.stats["downstream_rq_inbound"] += 1
+        txn, headers = self._begin(req, conn, req.target, req.headers.get("host", ""))
+        peer = parse_peer_id(headers.pop(PEER_HEADER, None))
+        if cfg is None:
+            early = local_reply(503, "no configuration yet")
+            self._end(txn, early)
+            return early
+        if not cfg.mesh.honor_app_envoy_headers:
+            strip_internal(headers)
+        self._ensure_ids(headers)
+        port = self._service_port(cfg)
+        txn.upstream_cluster = f"inbound|{port}||"
+        txn.route_name = "default"
+        start_ns = now_ns()
+        trace, parent = self._trace(cfg, headers, f"{self.fqdn}:{port}/*", child_spans=False)
+        up = Upstream(txn.upstream_cluster,
+                      [Endpoint(self.pod, self.namespace, "127.0.0.1", self.app_port, {}, True)],
+                      ("inbound", ""), cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0,
+                      _INBOUND_RETRY, txn.authority, False)
+        try:
+            if self.faults.active and self.faults.partitioned(peer):
+                await stall()  # packets from a black-holed peer never arrive
+            resp = await call_upstream(self.pool, self.picker, self.faults, up, txn, req.method,
+                                       req.target, headers, req.body, trace)
+        except asyncio.CancelledError:
+            if conn.lost:
+                self._disconnected(txn)
+                self._end(txn, None)
+                self._finish_spans(trace, parent, txn, KIND_SERVER, "inbound",
+                                   self._url(txn), start_ns)
+            raise
+        self._end(txn, resp)
+        self._finish_spans(trace, parent, txn, KIND_SERVER, "inbound", self._url(txn), start_ns)
+        if self.faults.active:
+            # The response is this pod's egress: netem holds it after Envoy wrote it.
+            await self.faults.egress(peer, len(resp.body) + 256)
+        return resp
+
+    def _service_port(self, cfg: SidecarConfig) -> int:
+        svc = cfg.services.get(self.fqdn)
+        if svc is not None and svc.ports:
+            return svc.ports[0]
+        return self.app_port
+
+    @staticmethod
+    def _url(txn: Txn) -> str:
+        return f"http://{txn.authority}{txn.path}"
+
+    # -- outbound -------------------------------------------------------------------------
+
+    async def handle_outbound(self, req: Request, conn: ServerConnection) -> Response | None:
+        """The app's HTTP_PROXY (or, in gateway mode, the ingress) → a Service."""
+        cfg = self.cfg
+        self.stats["downstream_rq_outbound"] += 1
+        path, authority = self._split_target(req)
+        txn, headers = self._begin(req, conn, path, authority)
+        if cfg is None:
+            early = local_reply(503, "no configuration yet")
+            self._end(txn, early)
+            return early
+        overrides = self._sanitize(cfg, headers)
+        headers[PEER_HEADER] = self.peer_id
+        self._ensure_ids(headers)
+        start_ns = now_ns()
+        trace: TraceCtx | None = None
+        parent = ""
+        try:
+            up, name = self._plan(cfg, txn, headers, overrides)
+            trace, parent = self._trace(cfg, headers, name, child_spans=True)
+            resp = await call_upstream(self.pool, self.picker, self.faults, up, txn,
+                                       req.method, path, headers, req.body, trace)
+        except _Reject as rej:
+            txn.add_flag(rej.flag)
+            txn.details = rej.details
+            resp = local_reply(rej.status, rej.body)
+        except asyncio.CancelledError:
+            if conn.lost:
+                self._disconnected(txn)
+                self._end(txn, None)
+                self._finish_spans(trace, parent, txn, KIND_CLIENT, "outbound",
+                                   self._url(txn), start_ns)
+            raise
+        if "UT" in txn.flags:
+            self.stats["rq_timeout"] += 1
+        if txn.attempts > 1:
+            self.stats["upstream_rq_retry"] += txn.attempts - 1
+        self._end(txn, resp)
+        self._finish_spans(trace, parent, txn, KIND_CLIENT, "outbound", self._url(txn), start_ns)
+        return resp
+
+    @staticmethod
+    def _split_target(req: Request) -> tuple[str, str]:
+        """Absolute-form (proxy) or origin-form + Host → (path, authority)."""
+        target = req.target
+        if target.startswith(("http://", "HTTP://")):
+            url = httptools.parse_url(target.encode("latin-1"))
+            host = url.host.decode("latin-1") if url.host else ""
+            authority = f"{host}:{url.port}" if url.port else host
+            path = (url.path or b"/").decode("latin-1")
+            if url.query:
+                path = f"{path}?{url.query.decode('latin-1')}"
+            return path, authority
+        return target, req.headers.get("host", "")
+
+    @staticmethod
+    def _sanitize(cfg: SidecarConfig, headers: dict[str, str]) -> dict[str, Any]:
+        """§1.7: strip the internal-only headers, or (switch on) consume the router's ones."""
+        if not cfg.mesh.honor_app_envoy_headers:
+            strip_internal(headers)
+            return {}
+        out: dict[str, Any] = {
+            "timeout_ms": _int_header(headers, "x-envoy-upstream-rq-timeout-ms"),
+            "per_try_ms": _int_header(headers, "x-envoy-upstream-rq-per-try-timeout-ms"),
+            "max_retries": _int_header(headers, "x-envoy-max-retries"),
+        }
+        retry_on = headers.pop("x-envoy-retry-on", None)
+        if retry_on:
+            out["retry_on"] = frozenset(t.strip() for t in retry_on.split(",") if t.strip())
+        return out
+
+    def _routes_for(self, cfg: SidecarConfig, host: str) -> tuple[Route, ...] | None:
+        if cfg.mode == "gateway" or self.mode == "gateway":
+            for hosts, routes in cfg.gateway_routes:
+                if "*" in hosts or host in hosts:
+                    return routes
+        return None
+
+    def _plan(self, cfg: SidecarConfig, txn: Txn, headers: dict[str, str],
+              overrides: dict[str, Any]) -> tuple[Upstream, str]:
+        host, port = split_authority(txn.authority)
+        routes = self._routes_for(cfg, host)
+        svc = resolve_host(cfg, host)
+        if routes is None:
+            if svc is None:
+                raise _Reject(404, "", "NR", "route_not_found")
+            if port is not None and svc.ports and port not in svc.ports:
+                raise _Reject(404, "", "NR", "route_not_found")
+            routes = cfg.routes.get(svc.fqdn) or (
+                default_route(svc, port or (svc.ports[0] if svc.ports else 80)),)
+        route = select_route(routes, txn.path, headers)
+        if route is None:
+            raise _Reject(404, "", "NR", "route_not_found")
+        txn.route_name = route.name or "default"
+        dest = pick_destination(route)
+        dsvc = resolve_host(cfg, dest.host)
+        if dsvc is None:
+            raise _Reject(503, "", "NC", "cluster_not_found")
+        dport = dest.port or port or (dsvc.ports[0] if dsvc.ports else 80)
+        txn.upstream_cluster = f"outbound|{dport}|{dest.subset}|{dsvc.fqdn}"
+        eps = self.picker.candidates(cfg, dsvc, dest.subset)
+        if not eps:
+            raise _Reject(503, "no healthy upstream", "UH", "no_healthy_upstream")
+        policy = route.retry
+        global_ms = route.timeout_ms
+        per_try = policy.per_try_timeout_ms
+        if overrides:
+            if overrides.get("timeout_ms") is not None:
+                global_ms = float(overrides["timeout_ms"])
+            if overrides.get("per_try_ms") is not None:
+                per_try = float(overrides["per_try_ms"])
+            if overrides.get("max_retries") is not None or overrides.get("retry_on"):
+                policy = RetryPolicy(
+                    overrides["max_retries"] if overrides.get("max_retries") is not None
+                    else policy.num_retries, per_try,
+                    policy.retry_on | overrides.get("retry_on", frozenset()),
+                    policy.retriable_status_codes)
+        if global_ms and per_try >= global_ms:
+            per_try = 0.0  # §1.2: a per-try timeout >= the global one is ignored
+        connect_ms = cfg.connect_timeout_ms.get(dsvc.fqdn) or cfg.mesh.connect_timeout_ms
+        up = Upstream(txn.upstream_cluster, eps, (dsvc.fqdn, dest.subset), connect_ms / 1000.0,
+                      global_ms, per_try, policy, txn.authority or dsvc.fqdn, True)
+        return up, f"{dsvc.fqdn}:{dport}/*"
+
+    # -- admin --------------------------------------------------------------------------
+
+    async def handle_admin(self, req: Request, conn: ServerConnection) -> Response | None:
+        path = req.target.split("?", 1)[0]
+        if path == "/config" and req.method == "POST":
+            return self._admin_config(req.body)
+        if path == "/config" and req.method == "GET":
+            if self.cfg is None:
+                return _json(404, {"error": "no configuration pushed yet"})
+            return _json(200, self.cfg.raw)
+        if path == "/ready":
+            if self.cfg is None:
+                return Response(503, {"content-type": "text/plain"}, b"NOT READY\n")
+            return Response(200, {"content-type": "text/plain"}, b"LIVE\n")
+        if path == "/stats":
+            return _json(200, self.stats_snapshot())
+        if path == "/quitquitquit" and req.method == "POST":
+            asyncio.get_running_loop().call_soon(self._request_quit)
+            return Response(200, {"content-type": "text/plain"}, b"OK\n")
+        return _json(404, {"error": f"no admin endpoint {req.method} {path}"})
+
+    def _admin_config(self, body: bytes) -> Response:
+        try:
+            doc = json.loads(body)
+            cfg = self.apply_config(doc)
+        except ValueError as exc:  # json errors and SidecarConfigError are both ValueErrors
+            self.stats["config_rejected"] += 1
+            message = str(exc) if isinstance(exc, SidecarConfigError) else \
+                f"config body is not JSON: {exc}"
+            return _json(400, {"error": message})
+        return _json(200, {"version": cfg.version})
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.stats)
+        out["config_version"] = self.cfg.version if self.cfg else None
+        out["access_log_lines"] = self.access_log.lines_written
+        out["fault_holds"] = self.faults.holds
+        out["fault_hold_seconds_total"] = round(self.faults.hold_seconds_total, 6)
+        out["fault_last_hold_ms"] = round(self.faults.last_hold_s * 1000, 3)
+        if self.exporter is not None:
+            out["spans_exported"] = self.exporter.exported
+            out["spans_dropped"] = self.exporter.dropped
+            out["span_batches_failed"] = self.exporter.failed_batches
+        return out
+
+    quit_event: asyncio.Event | None = None
+
+    def _request_quit(self) -> None:
+        if self.quit_event is not None:
+            self.quit_event.set()
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(status, {"content-type": "application/json"}, json.dumps(body).encode())

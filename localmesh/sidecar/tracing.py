@@ -1,0 +1,188 @@
+"""Envoy's OpenTelemetry tracer, reduced to what a sidecar does (mesh-semantics.md §3).
+
+- :func:`parse_traceparent` follows Envoy's extractor, not the W3C grammar: exactly
+  55 chars, 2/32/16/2 hex parts, uppercase hex accepted, version ``ff`` accepted,
+  all-zero ids rejected, sampled = ``flags & 1``.
+- A present but invalid ``traceparent`` yields no span and no injection: the
+  headers pass through unchanged (Envoy's ``NullSpan``).
+- No ``traceparent``: a new trace, sampled with the mesh sampling percentage.
+
+Spans are plain :class:`Span` records; :class:`SpanExporter` turns batches of them
+into one OTLP/HTTP protobuf request off the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
+
+from localmesh.http.client import ConnectionPool
+from localmesh.http.errors import HttpError
+
+__all__ = ["KIND_CLIENT", "KIND_SERVER", "Span", "SpanContext", "SpanExporter",
+           "new_span_id", "new_trace_id", "parse_traceparent"]
+
+log = logging.getLogger("localmesh.sidecar.tracing")
+
+KIND_SERVER = PbSpan.SPAN_KIND_SERVER
+KIND_CLIENT = PbSpan.SPAN_KIND_CLIENT
+_HEX = frozenset("0123456789abcdefABCDEF")
+_rand = random.Random()
+
+
+@dataclass(frozen=True, slots=True)
+class SpanContext:
+    trace_id: str  # 32 lowercase hex
+    span_id: str  # 16 lowercase hex
+    sampled: bool
+
+
+def new_trace_id() -> str:
+    return f"{_rand.getrandbits(128) or 1:032x}"
+
+
+def new_span_id() -> str:
+    return f"{_rand.getrandbits(64) or 1:016x}"
+
+
+def parse_traceparent(value: str) -> SpanContext | None:
+    """Envoy's extractor: ``None`` for anything it rejects (§3)."""
+    if len(value) != 55:
+        return None
+    parts = value.split("-")
+    if len(parts) != 4 or [len(p) for p in parts] != [2, 32, 16, 2]:
+        return None
+    if not all(c in _HEX for p in parts for c in p):
+        return None
+    trace_id, span_id = parts[1].lower(), parts[2].lower()
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return SpanContext(trace_id, span_id, bool(int(parts[3], 16) & 1))
+
+
+def format_traceparent(trace_id: str, span_id: str, sampled: bool) -> str:
+    return f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
+
+
+@dataclass(slots=True)
+class Span:
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int = 0
+    attributes: dict[str, str | int | float] = field(default_factory=dict)
+    error: bool = False
+
+
+def _any(value: str | int | float) -> AnyValue:
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    return AnyValue(string_value=value)
+
+
+class SpanExporter:
+    """Batches finished spans and posts them as OTLP/HTTP protobuf every ``interval`` seconds."""
+
+    def __init__(self, endpoint: str, service_name: str, resource: dict[str, str], *,
+                 interval: float = 0.2, max_batch: int = 512, max_queue: int = 20_000) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self._resource = [KeyValue(key="service.name", value=AnyValue(string_value=service_name))]
+        self._resource += [KeyValue(key=k, value=AnyValue(string_value=v))
+                           for k, v in resource.items()]
+        self._queue: list[Span] = []
+        self._interval = interval
+        self._max_batch = max_batch
+        self._max_queue = max_queue
+        self._pool = ConnectionPool(max_idle_per_host=2)
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.exported = 0
+        self.dropped = 0
+        self.failed_batches = 0
+
+    def add(self, span: Span) -> None:
+        if len(self._queue) >= self._max_queue:
+            self.dropped += 1
+            return
+        self._queue.append(span)
+        if len(self._queue) >= self._max_batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send everything queued now, in batches."""
+        while self._queue:
+            batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+            if not self.endpoint:
+                continue
+            body = self._encode(batch)
+            try:
+                resp = await self._pool.request(
+                    "POST", f"{self.endpoint}/v1/traces",
+                    {"content-type": "application/x-protobuf"}, body, timeout=5.0,
+                    connect_timeout=1.0)
+                if resp.status >= 300:
+                    raise HttpError(f"OTLP endpoint {self.endpoint} answered {resp.status}")
+                self.exported += len(batch)
+            except (HttpError, OSError, TimeoutError) as exc:
+                # The trace backend being away must not hurt traffic: count and move on.
+                self.failed_batches += 1
+                log.warning("span export to %s failed: %s", self.endpoint, exc)
+
+    def _encode(self, batch: list[Span]) -> bytes:
+        spans = []
+        for s in batch:
+            pb = PbSpan(trace_id=bytes.fromhex(s.trace_id), span_id=bytes.fromhex(s.span_id),
+                        parent_span_id=bytes.fromhex(s.parent_id) if s.parent_id else b"",
+                        name=s.name, kind=s.kind,  # type: ignore[arg-type]
+                        start_time_unix_nano=s.start_ns, end_time_unix_nano=s.end_ns,
+                        attributes=[KeyValue(key=k, value=_any(v))
+                                    for k, v in s.attributes.items()])
+            if s.error:
+                pb.status.code = PbStatus.STATUS_CODE_ERROR
+            spans.append(pb)
+        req = ExportTraceServiceRequest(resource_spans=[ResourceSpans(
+            resource=Resource(attributes=self._resource),
+            scope_spans=[ScopeSpans(scope=InstrumentationScope(name="envoy"), spans=spans)])])
+        return bytes(req.SerializeToString())
+
+    async def stop(self) -> None:
+        """Stop the timer and send what is left."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+        await self._pool.close()
+
+
+def now_ns() -> int:
+    return time.time_ns()

@@ -1,0 +1,308 @@
+"""Envoy's router for one downstream request: tries, timers, retries and local replies.
+
+Semantics (mesh-semantics.md):
+- the global (route) timeout spans every try and is armed when the downstream
+  request is complete (§1.1); a per-try timeout applies only if it is shorter
+  (§1.2); on expiry the try's connection is closed (H1 reset, §1.1);
+- a per-try timeout is retried only with ``5xx``/``gateway-error``/``reset``
+  (§1.2); connect failures also with ``connect-failure`` (§1.3);
+- backoff is fully jittered with a 25 ms base, capped at 250 ms (§1.3);
+- ``x-envoy-expected-rq-timeout-ms`` is set only when > 0 and recomputed with
+  the elapsed time on each retry (§1.5); ``x-envoy-attempt-count`` on each try;
+- failures become Envoy's local replies with its bodies, details and flags (§1.6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+from localmesh.http.client import ClientConnection, ConnectionPool
+from localmesh.http.errors import ConnectError, ConnectionTerminated, HttpError, HttpProtocolError
+from localmesh.http.message import HOP_BY_HOP, Response
+from localmesh.sidecar.config import Endpoint, RetryPolicy
+from localmesh.sidecar.faults import FaultEngine, stall
+from localmesh.sidecar.routing import Picker
+from localmesh.sidecar.tracing import KIND_CLIENT, Span, format_traceparent, new_span_id, now_ns
+from localmesh.sidecar.txn import Txn
+
+__all__ = ["TraceCtx", "Upstream", "call_upstream", "local_reply"]
+
+_GRPC_RETRY = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8",
+               "internal": "13", "unavailable": "14"}
+_RESET_RETRY = frozenset({"5xx", "gateway-error", "reset"})
+_BACKOFF_BASE_S = 0.025
+_BACKOFF_MAX_S = 0.25
+
+
+@dataclass(slots=True)
+class TraceCtx:
+    """The sidecar's own span context for one request; ``spans`` collects what to export."""
+
+    trace_id: str
+    span_id: str
+    sampled: bool
+    record: bool
+    child_spans: bool
+    name: str
+    base_attrs: dict[str, str | int | float]
+    spans: list[Span]
+
+
+@dataclass(slots=True)
+class Upstream:
+    """Where one request goes and under which policy."""
+
+    cluster: str
+    endpoints: list[Endpoint]
+    pick_key: tuple[str, str]
+    connect_timeout_s: float
+    global_ms: float
+    per_try_ms: float
+    policy: RetryPolicy
+    authority: str
+    # Router-generated x-envoy-* request headers: outbound routes only (§1.3, §1.5).
+    timeout_headers: bool
+
+
+class _TryFailed(Exception):
+    """One try ended without a usable response."""
+
+    def __init__(self, kind: str, reason: str = "", transport: str = "") -> None:
+        super().__init__(kind)
+        self.kind = kind  # connect | reset | protocol | per_try_timeout
+        self.reason = reason
+        self.transport = transport
+
+
+def local_reply(status: int, body: str) -> Response:
+    data = body.encode()
+    return Response(status, {"content-type": "text/plain", "server": "envoy"}, data)
+
+
+def _reset_body(reason: str, transport: str, retried: bool) -> str:
+    text = "upstream connect error or disconnect/reset before headers. "
+    if retried:
+        text += "retried and the latest "
+    text += f"reset reason: {reason}"
+    if transport:
+        text += f", transport failure reason: {transport}"
+    return text
+
+
+def _reset_details(reason: str, transport: str) -> str:
+    inner = reason if not transport else f"{reason}|{transport}"
+    return "upstream_reset_before_response_started{" + inner.replace(" ", "_") + "}"
+
+
+def _flag_for(kind: str) -> str:
+    return {"connect": "UF", "reset": "UC", "protocol": "UPE"}.get(kind, "UT")
+
+
+def _retriable_failure(f: _TryFailed, retry_on: frozenset[str]) -> bool:
+    if retry_on & _RESET_RETRY:
+        return True
+    if f.kind == "connect":
+        return "connect-failure" in retry_on or "reset-before-request" in retry_on
+    return False
+
+
+def _retriable_response(resp: Response, policy: RetryPolicy) -> bool:
+    s, ro = resp.status, policy.retry_on
+    if s >= 500 and "5xx" in ro:
+        return True
+    if s in (502, 503, 504) and "gateway-error" in ro:
+        return True
+    if s == 409 and "retriable-4xx" in ro:
+        return True
+    if "retriable-status-codes" in ro and s in policy.retriable_status_codes:
+        return True
+    grpc = resp.headers.get("grpc-status")
+    return grpc is not None and any(_GRPC_RETRY.get(t) == grpc for t in ro)
+
+
+def _expected_timeout(per_try_ms: float, global_ms: float, elapsed_ms: float) -> int:
+    """§1.5 ``setTimeoutHeaders``: the value to send, 0 = no header."""
+    expected = per_try_ms or global_ms
+    if expected > 0 and global_ms > 0:
+        expected = 1 if elapsed_ms >= global_ms else min(expected, global_ms - elapsed_ms)
+    return int(expected) if expected > 0 else 0
+
+
+async def _connect(pool: ConnectionPool, faults: FaultEngine, ep: Endpoint,
+                   timeout_s: float) -> ClientConnection:
+    if faults.active and faults.partitioned(ep.peer):
+        if pool.idle_count(ep.host, ep.port):
+            await stall()  # established connections to a black hole just stall
+        await asyncio.sleep(timeout_s)  # SYNs vanish: the caller's own connect timeout
+        raise _TryFailed("connect", "connection timeout")
+    try:
+        return await pool.acquire(ep.host, ep.port, timeout_s)
+    except ConnectError as exc:
+        raise _TryFailed("connect", exc.reason, exc.transport_failure) from None
+
+
+async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: Endpoint,
+                   method: str, target: str, headers: dict[str, str], body: bytes,
+                   txn: Txn) -> tuple[Response, float]:
+    conn = await _connect(pool, faults, ep, up.connect_timeout_s)
+    txn.upstream_local = f"{conn.local[0]}:{conn.local[1]}"
+    try:
+        if faults.active:
+            await faults.egress(ep.peer, len(body) + 256)
+        resp = await conn.send(method, target, up.authority, headers, body)
+    except ConnectionTerminated as exc:
+        pool.discard(conn)
+        raise _TryFailed("reset", exc.reason) from None
+    except HttpProtocolError as exc:
+        pool.discard(conn)
+        raise _TryFailed("protocol", exc.reason) from None
+    except HttpError as exc:
+        pool.discard(conn)
+        raise _TryFailed("reset", exc.reason) from None
+    except BaseException:
+        pool.discard(conn)  # timer or downstream gone: close = H1 reset (§1.1)
+        raise
+    pool.release(conn)
+    return resp, conn.headers_at
+
+
+def _backoff(retry_number: int) -> float:
+    upper = min((2 ** retry_number - 1) * _BACKOFF_BASE_S, _BACKOFF_MAX_S)
+    return random.uniform(0, upper)
+
+
+async def call_upstream(pool: ConnectionPool, picker: Picker, faults: FaultEngine,
+                        up: Upstream, txn: Txn, method: str, target: str,
+                        headers: dict[str, str], body: bytes,
+                        trace: TraceCtx | None) -> Response:
+    """Run every try of one request; return the response to send downstream."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    global_deadline = t0 + up.global_ms / 1000.0 if up.global_ms else None
+    policy = up.policy
+    previous: set[tuple[str, int]] = set()
+    last: _TryFailed | None = None
+    attempt = 0
+    while True:
+        attempt += 1
+        txn.attempts = attempt
+        ep = picker.pick(up.pick_key, up.endpoints, previous)
+        previous.add((ep.host, ep.port))
+        txn.upstream_host = f"{ep.host}:{ep.port}"
+        if up.timeout_headers:
+            headers["x-envoy-attempt-count"] = str(attempt)
+            expected = _expected_timeout(up.per_try_ms, up.global_ms, (loop.time() - t0) * 1000)
+            if expected:
+                headers["x-envoy-expected-rq-timeout-ms"] = str(expected)
+        child = _start_child(trace, headers, attempt)
+        try_deadline = loop.time() + up.per_try_ms / 1000.0 if up.per_try_ms else None
+        deadline = _earliest(global_deadline, try_deadline)
+        try:
+            if deadline is None:
+                resp, headers_at = await _one_try(pool, faults, up, ep, method, target,
+                                                  headers, body, txn)
+            else:
+                async with asyncio.timeout_at(deadline):
+                    resp, headers_at = await _one_try(pool, faults, up, ep, method, target,
+                                                      headers, body, txn)
+        except _TryFailed as f:
+            _end_child(trace, child, 0, f.reason)
+            last = f
+        except TimeoutError:
+            if try_deadline is None or (global_deadline is not None
+                                        and global_deadline <= try_deadline):
+                _end_child(trace, child, 0, "response_timeout")
+                txn.add_flag("UT")
+                txn.details = "response_timeout"
+                return local_reply(504, "upstream request timeout")
+            _end_child(trace, child, 0, "upstream_per_try_timeout")
+            last = _TryFailed("per_try_timeout")
+        except BaseException:
+            _end_child(trace, child, 0, "downstream_remote_disconnect")
+            raise
+        else:
+            _end_child(trace, child, resp.status, "")
+            if attempt <= policy.num_retries and _retriable_response(resp, policy):
+                if await _wait_backoff(loop, attempt, global_deadline, txn):
+                    continue
+                return local_reply(504, "upstream request timeout")
+            if attempt > policy.num_retries and _retriable_response(resp, policy) \
+                    and policy.num_retries:
+                txn.add_flag("URX")
+            return _proxied(resp, txn, headers_at - t0)
+        retriable = (_retriable_failure(last, policy.retry_on) if last.kind != "per_try_timeout"
+                     else bool(policy.retry_on & _RESET_RETRY))
+        if retriable and attempt <= policy.num_retries:
+            if await _wait_backoff(loop, attempt, global_deadline, txn):
+                continue
+            return local_reply(504, "upstream request timeout")
+        return _failure_reply(last, txn, retried=attempt > 1,
+                              exhausted=retriable and policy.num_retries > 0)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+async def _wait_backoff(loop: asyncio.AbstractEventLoop, retry_number: int,
+                        global_deadline: float | None, txn: Txn) -> bool:
+    """Sleep the jittered backoff; False when the route timeout fires first (504 UT)."""
+    delay = _backoff(retry_number)
+    if global_deadline is not None and loop.time() + delay >= global_deadline:
+        await asyncio.sleep(max(global_deadline - loop.time(), 0))
+        txn.add_flag("UT")
+        txn.details = "response_timeout"
+        return False
+    await asyncio.sleep(delay)
+    return True
+
+
+def _failure_reply(f: _TryFailed, txn: Txn, *, retried: bool, exhausted: bool) -> Response:
+    txn.add_flag(_flag_for(f.kind))
+    if exhausted:
+        txn.add_flag("URX")
+    if f.kind == "per_try_timeout":
+        txn.details = "upstream_per_try_timeout"
+        return local_reply(504, "upstream request timeout")
+    txn.transport_failure = f.transport
+    txn.details = _reset_details(f.reason, f.transport)
+    status = 502 if f.kind == "protocol" else 503
+    return local_reply(status, _reset_body(f.reason, f.transport, retried))
+
+
+def _proxied(resp: Response, txn: Txn, service_time_s: float) -> Response:
+    headers = {k: v for k, v in resp.headers.items() if k not in HOP_BY_HOP}
+    headers["x-envoy-upstream-service-time"] = str(max(int(service_time_s * 1000), 0))
+    txn.details = "via_upstream"
+    return Response(resp.status, headers, resp.body, resp.extra)
+
+
+def _start_child(trace: TraceCtx | None, headers: dict[str, str], attempt: int) -> Span | None:
+    """Envoy ``start_child_span``: one CLIENT span per try, the parent of the next hop."""
+    if trace is None or not trace.child_spans:
+        return None
+    span_id = new_span_id()
+    headers["traceparent"] = format_traceparent(trace.trace_id, span_id, trace.sampled)
+    if not trace.record:
+        return None
+    attrs = dict(trace.base_attrs)
+    attrs["meshchaos.attempt"] = attempt
+    return Span(trace.trace_id, span_id, trace.span_id, trace.name, KIND_CLIENT, now_ns(),
+                attributes=attrs)
+
+
+def _end_child(trace: TraceCtx | None, span: Span | None, status: int, failure: str) -> None:
+    if trace is None or span is None:
+        return
+    span.end_ns = now_ns()
+    span.attributes["http.status_code"] = status
+    if failure:
+        span.attributes["meshchaos.try_failure"] = failure
+    span.error = status == 0 or status >= 500
+    trace.spans.append(span)
