@@ -118,7 +118,7 @@ def test_random_max_percent_may_select_none_and_never_more_than_the_max() -> Non
     """§5.1: random-max-percent: p' uniform in [0,value], ceil(n·p'/100); may select 0."""
     rng = random.Random(3)
     sizes = {len(pick(PODS, "random-max-percent", "30", rng)) for _ in range(300)}
-    assert sizes == {0, 1, 2, 3}
+    assert {1, 2, 3} <= sizes <= {0, 1, 2, 3}
     assert len(pick(PODS, "random-max-percent", "0", rng)) == 0
 
 
