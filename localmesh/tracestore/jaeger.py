@@ -1,0 +1,243 @@
+"""The Jaeger-style query API over the trace store (what probes read traces through).
+
+Routes and shapes follow Jaeger's HTTP JSON API (``/api/services``,
+``/api/services/{service}/operations``, ``/api/operations``, ``/api/traces/{id}``,
+``/api/traces?service=…``), as docs/architecture.md lists them. OTLP fields map as
+Jaeger's own OTLP translator maps them: the span kind becomes the tag
+``span.kind``, the status ``otel.status_code``/``otel.status_description`` (and
+``error=true``), events become logs with an ``event`` field, the parent becomes a
+``CHILD_OF`` reference and links ``FOLLOWS_FROM`` references.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from localmesh.errors import MeshError
+from localmesh.tracestore.model import Span, TraceQuery, TraceStore
+from localmesh.validation import parse_go_duration
+
+__all__ = ["create_query_app", "render_trace", "span_tags"]
+
+Doc = dict[str, Any]
+_STORE: web.AppKey[TraceStore] = web.AppKey("trace_store", TraceStore)
+_DEFAULT_LIMIT = 100
+
+
+class QueryError(MeshError, ValueError):
+    """A query parameter Jaeger would answer with 400."""
+
+
+# -- rendering ------------------------------------------------------------------------
+
+def _tag(key: str, value: Any) -> Doc:
+    if isinstance(value, bool):
+        return {"key": key, "type": "bool", "value": value}
+    if isinstance(value, int):
+        return {"key": key, "type": "int64", "value": value}
+    if isinstance(value, float):
+        return {"key": key, "type": "float64", "value": value}
+    if isinstance(value, str):
+        return {"key": key, "type": "string", "value": value}
+    return {"key": key, "type": "string", "value": json.dumps(value)}
+
+
+def span_tags(span: Span) -> list[Doc]:
+    """The Jaeger tags of a span: its attributes plus kind and status."""
+    tags = [_tag(k, v) for k, v in span.attributes.items()]
+    if span.kind:
+        tags.append(_tag("span.kind", span.kind))
+    if span.status_code != "UNSET":
+        tags.append(_tag("otel.status_code", span.status_code))
+        if span.status_message:
+            tags.append(_tag("otel.status_description", span.status_message))
+    if span.status_code == "ERROR":
+        tags.append(_tag("error", True))
+    return tags
+
+
+def _tag_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def tag_strings(span: Span) -> dict[str, str]:
+    """Tags as text, for ``tags=`` matching (process tags and log fields count too)."""
+    found = {k: _tag_text(v) for k, v in span.resource.items()}
+    for event in span.events:
+        found.update({k: _tag_text(v) for k, v in event.attributes.items()})
+        found.setdefault("event", event.name)
+    found.update({t["key"]: _tag_text(t["value"]) for t in span_tags(span)})
+    return found
+
+
+def _references(span: Span) -> list[Doc]:
+    refs = []
+    if span.parent_span_id:
+        refs.append({"refType": "CHILD_OF", "traceID": span.trace_id,
+                     "spanID": span.parent_span_id})
+    refs += [{"refType": "FOLLOWS_FROM", "traceID": t, "spanID": s} for t, s in span.links]
+    return refs
+
+
+def _span_doc(span: Span, process_id: str) -> Doc:
+    return {
+        "traceID": span.trace_id, "spanID": span.span_id, "operationName": span.name,
+        "references": _references(span), "startTime": span.start_ns // 1000,
+        "duration": span.duration_ns // 1000, "tags": span_tags(span),
+        "logs": [{"timestamp": e.time_ns // 1000,
+                  "fields": [_tag("event", e.name)]
+                  + [_tag(k, v) for k, v in e.attributes.items()]} for e in span.events],
+        "processID": process_id, "warnings": None, "flags": 1,
+    }
+
+
+def render_trace(spans: list[Span]) -> Doc:
+    """One trace in Jaeger's JSON shape, processes numbered p1, p2, … by first use."""
+    processes: dict[tuple[str, str], str] = {}
+    process_docs: dict[str, Doc] = {}
+    span_docs = []
+    for span in spans:
+        key = (span.service, json.dumps(dict(span.resource), sort_keys=True, default=str))
+        pid = processes.get(key)
+        if pid is None:
+            pid = processes[key] = f"p{len(processes) + 1}"
+            process_docs[pid] = {
+                "serviceName": span.service,
+                "tags": [_tag(k, v) for k, v in span.resource.items() if k != "service.name"]}
+        span_docs.append(_span_doc(span, pid))
+    return {"traceID": spans[0].trace_id, "spans": span_docs, "processes": process_docs,
+            "warnings": None}
+
+
+def _answer(data: Any, status: int = 200, error: str = "") -> web.Response:
+    body: Doc = {"data": data, "total": len(data) if isinstance(data, list) else 0,
+                 "limit": 0, "offset": 0,
+                 "errors": [{"code": status, "msg": error}] if error else None}
+    return web.json_response(body, status=status)
+
+
+# -- query parameters -------------------------------------------------------------------
+
+def _duration_ns(text: str, name: str) -> int:
+    try:
+        if text.endswith("d") and text[:-1].isdigit():
+            return int(text[:-1]) * 86_400 * 1_000_000_000
+        return parse_go_duration(text)
+    except ValueError:
+        raise QueryError(f"unable to parse param '{name}': '{text}' is not a duration") from None
+
+
+def _int(params: Mapping[str, str], name: str) -> int | None:
+    raw = params.get(name)
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise QueryError(f"unable to parse param '{name}': '{raw}' is not an integer") from None
+
+
+def _tags(request: web.Request) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    raw = request.query.get("tags")
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError:
+            raise QueryError(f"malformed 'tags' parameter: '{raw}' is not JSON") from None
+        if not isinstance(parsed, dict):
+            raise QueryError(f"malformed 'tags' parameter: '{raw}' is not a JSON object")
+        tags.update({str(k): _tag_text(v) for k, v in parsed.items()})
+    for pair in request.query.getall("tag", []):
+        key, sep, value = pair.partition(":")
+        if not sep:
+            raise QueryError(f"malformed 'tag' parameter: '{pair}' is not key:value")
+        tags[key] = value
+    return tags
+
+
+def parse_query(request: web.Request) -> TraceQuery:
+    """Read Jaeger's search parameters (start/end in epoch microseconds)."""
+    params = request.query
+    service = params.get("service", "")
+    if not service:
+        raise QueryError("parameter 'service' is required")
+    end_us = _int(params, "end")
+    start_us = _int(params, "start")
+    lookback = params.get("lookback", "")
+    if start_us is None and lookback and lookback != "custom":
+        end_for_lookback = end_us if end_us is not None else time.time_ns() // 1000
+        start_us = end_for_lookback - _duration_ns(lookback, "lookback") // 1000
+    min_d, max_d = params.get("minDuration"), params.get("maxDuration")
+    limit = _int(params, "limit")
+    return TraceQuery(
+        service=service, operation=params.get("operation", ""), tags=_tags(request),
+        start_ns=start_us * 1000 if start_us is not None else None,
+        end_ns=end_us * 1000 if end_us is not None else None,
+        min_duration_ns=_duration_ns(min_d, "minDuration") if min_d else None,
+        max_duration_ns=_duration_ns(max_d, "maxDuration") if max_d else None,
+        limit=limit if limit is not None else _DEFAULT_LIMIT)
+
+
+# -- handlers -----------------------------------------------------------------------------
+
+async def _services(request: web.Request) -> web.Response:
+    return _answer(request.app[_STORE].services())
+
+
+async def _service_operations(request: web.Request) -> web.Response:
+    service = request.match_info["service"]
+    return _answer([name for name, _ in request.app[_STORE].operations(service)])
+
+
+async def _operations(request: web.Request) -> web.Response:
+    service = request.query.get("service", "")
+    if not service:
+        return _answer(None, 400, "parameter 'service' is required")
+    kind = request.query.get("spanKind", "")
+    ops = request.app[_STORE].operations(service)
+    return _answer([{"name": n, "spanKind": k} for n, k in ops if not kind or k == kind])
+
+
+async def _trace(request: web.Request) -> web.Response:
+    trace_id = request.match_info["trace_id"]
+    if not trace_id or len(trace_id) > 32 or any(c not in "0123456789abcdefABCDEF"
+                                                 for c in trace_id):
+        return _answer(None, 400, f"cannot parse traceID '{trace_id}'")
+    spans = request.app[_STORE].trace(trace_id)
+    if spans is None:
+        return _answer(None, 404, "trace not found")
+    return _answer([render_trace(spans)])
+
+
+async def _search(request: web.Request) -> web.Response:
+    store = request.app[_STORE]
+    ids = request.query.getall("traceID", [])
+    if ids:
+        found = [spans for t in ids if (spans := store.trace(t)) is not None]
+        return _answer([render_trace(spans) for spans in found])
+    try:
+        query = parse_query(request)
+    except QueryError as exc:
+        return _answer(None, 400, str(exc))
+    return _answer([render_trace(spans) for spans in store.find(query, tag_strings)])
+
+
+def create_query_app(store: TraceStore) -> web.Application:
+    """The Jaeger-style query application over ``store``."""
+    app = web.Application()
+    app[_STORE] = store
+    router = app.router
+    router.add_get("/api/services", _services)
+    router.add_get("/api/services/{service}/operations", _service_operations)
+    router.add_get("/api/operations", _operations)
+    router.add_get("/api/traces/{trace_id}", _trace)
+    router.add_get("/api/traces", _search)
+    return app
