@@ -38,7 +38,6 @@ log = logging.getLogger("localmesh.sidecar.tracing")
 KIND_SERVER = PbSpan.SPAN_KIND_SERVER
 KIND_CLIENT = PbSpan.SPAN_KIND_CLIENT
 _HEX = frozenset("0123456789abcdefABCDEF")
-_rand = random.Random()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +48,12 @@ class SpanContext:
 
 
 def new_trace_id() -> str:
-    return f"{_rand.getrandbits(128) or 1:032x}"
+    # The module-level generator: it is reseeded after fork (the supervisor's fork server).
+    return f"{random.getrandbits(128) or 1:032x}"
 
 
 def new_span_id() -> str:
-    return f"{_rand.getrandbits(64) or 1:016x}"
+    return f"{random.getrandbits(64) or 1:016x}"
 
 
 def parse_traceparent(value: str) -> SpanContext | None:

@@ -1,0 +1,387 @@
+"""The control-plane push: build each sidecar's configuration from store objects, push it live.
+
+Like istiod's xDS, every relevant change (Services, Pods, VirtualServices,
+DestinationRules, Gateways, the ``istio`` ConfigMap, Telemetry) rebuilds the
+configuration of every registered sidecar and pushes it to its admin
+``POST /config`` (debounced by a few ms); fault rules from the chaos controller
+(:meth:`XdsServer.set_faults`) are pushed at once. ``wait_synced`` returns once
+the sidecar acknowledged the latest version built for it.
+
+Translation follows mesh-semantics.md §2: VS ``timeout`` → route timeout (none
+when unset, §2.1); VS ``retries`` → Envoy policy (``attempts <= 0`` = none,
+integer ``retryOn`` tokens → retriable status codes, unset = Istio's default,
+§2.2); DR subsets by labels and ``connectionPool.tcp.connectTimeout``, else the
+mesh ``connectTimeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from localmesh.errors import NotFound, SidecarConfigError
+from localmesh.http.client import ConnectionPool
+from localmesh.http.errors import HttpError
+from localmesh.meshconfig import MeshConfig, parse_duration_ms
+from localmesh.selectors import match_labels
+from localmesh.store import ObjectStore
+
+__all__ = ["XdsServer", "build_shared", "build_sidecar_config"]
+
+log = logging.getLogger("localmesh.xds")
+
+Obj = dict[str, Any]
+_ISTIO = "networking.istio.io"
+_RELEVANT = {("", "services"), ("", "pods"), ("", "configmaps"), (_ISTIO, "virtualservices"),
+             (_ISTIO, "destinationrules"), (_ISTIO, "gateways"),
+             ("telemetry.istio.io", "telemetries")}
+_DEBOUNCE_S = 0.005
+_RETRY_PUSH_S = 0.05
+
+
+def _fqdn(host: str, namespace: str) -> str:
+    parts = host.lower().split(".")
+    if len(parts) == 1:
+        return f"{host}.{namespace}.svc.cluster.local"
+    if len(parts) == 2:
+        return f"{host}.svc.cluster.local"
+    if len(parts) == 3 and parts[2] == "svc":
+        return f"{host}.cluster.local"
+    return host.lower()
+
+
+def _pod_ready(pod: Obj) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def _pod_port(pod: Obj) -> int | None:
+    """Where callers connect: the sidecar's inbound listener, else the app (no sidecar)."""
+    ann = (pod.get("metadata") or {}).get("annotations") or {}
+    raw = ann.get("meshchaos.io/inbound-port") or ann.get("meshchaos.io/app-port")
+    return int(raw) if raw and str(raw).isdigit() else None
+
+
+def _services(store: ObjectStore) -> dict[str, Obj]:
+    pods = store.list("", "pods")
+    out: dict[str, Obj] = {}
+    for svc in store.list("", "services"):
+        meta, spec = svc["metadata"], svc.get("spec") or {}
+        ns = meta.get("namespace", "default")
+        selector = spec.get("selector") or {}
+        eps = []
+        for pod in pods:
+            pmeta = pod["metadata"]
+            port = _pod_port(pod)
+            if (not selector or pmeta.get("namespace") != ns or port is None
+                    or not match_labels(selector, pmeta.get("labels") or {})):
+                continue
+            eps.append({"pod": pmeta["name"], "namespace": ns,
+                        "host": (pod.get("status") or {}).get("podIP") or "127.0.0.1",
+                        "port": port, "labels": dict(pmeta.get("labels") or {}),
+                        "ready": _pod_ready(pod)})
+        out[f"{meta['name']}.{ns}.svc.cluster.local"] = {
+            "name": meta["name"], "namespace": ns,
+            "ports": [int(p["port"]) for p in spec.get("ports") or [] if "port" in p],
+            "endpoints": eps}
+    return out
+
+
+def _retries(spec: Mapping[str, Any] | None, where: str) -> Obj | None:
+    if spec is None:
+        return None  # Istio's default policy (§2.2)
+    attempts = int(spec.get("attempts") or 0)
+    if attempts <= 0:
+        return {"attempts": 0, "retry_on": [], "retriable_status_codes": []}
+    tokens = [t.strip() for t in str(spec.get("retryOn") or "").split(",") if t.strip()]
+    codes = [int(t) for t in tokens if t.isdigit()]
+    names = [t for t in tokens if not t.isdigit()]
+    if codes and "retriable-status-codes" not in names:
+        names.append("retriable-status-codes")
+    per_try = spec.get("perTryTimeout")
+    return {"attempts": attempts,
+            "per_try_timeout_ms": parse_duration_ms(per_try, f"{where}.perTryTimeout")
+            if per_try else 0,
+            "retry_on": names, "retriable_status_codes": codes}
+
+
+def _match(m: Mapping[str, Any]) -> Obj:
+    out: Obj = {}
+    uri = m.get("uri") or {}
+    for kind in ("prefix", "exact", "regex"):
+        if kind in uri:
+            out[kind] = uri[kind]
+    headers = {name.lower(): {k: v for k, v in cond.items() if k in ("exact", "prefix", "regex")}
+               for name, cond in (m.get("headers") or {}).items()}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _http_routes(vs: Obj) -> list[Obj]:
+    ns = vs["metadata"].get("namespace", "default")
+    where = f"virtualservice {ns}/{vs['metadata']['name']}"
+    routes = []
+    for i, http in enumerate((vs.get("spec") or {}).get("http") or []):
+        dests = []
+        for d in http.get("route") or []:
+            dest = d.get("destination") or {}
+            dests.append({"host": _fqdn(str(dest.get("host", "")), ns),
+                          "subset": dest.get("subset", ""),
+                          "port": int((dest.get("port") or {}).get("number") or 0),
+                          "weight": int(d.get("weight", 100 if len(http["route"]) == 1 else 0))})
+        if not dests:
+            continue  # redirect/direct_response routes are not emulated
+        timeout = http.get("timeout")
+        routes.append({
+            "name": http.get("name") or f"{vs['metadata']['name']}.{i}",
+            "match": [_match(m) for m in http.get("match") or []],
+            "destinations": dests,
+            "timeout_ms": parse_duration_ms(timeout, f"{where}.http[{i}].timeout")
+            if timeout else 0,
+            "retries": _retries(http.get("retries"), f"{where}.http[{i}].retries")})
+    return routes
+
+
+@dataclass
+class Shared:
+    """The parts of every sidecar's document that do not depend on the sidecar."""
+
+    mesh: MeshConfig
+    services: dict[str, Obj]
+    routes: dict[str, list[Obj]]
+    gateway_routes: list[Obj]
+    subsets: dict[str, dict[str, dict[str, str]]]
+    connect_timeout_ms: dict[str, float]
+
+
+def build_shared(store: ObjectStore) -> Shared:
+    """Translate the store's Services, Pods, VirtualServices and DestinationRules once."""
+    routes: dict[str, list[Obj]] = {}
+    gateway_routes: list[Obj] = []
+    for vs in sorted(store.list(_ISTIO, "virtualservices"),
+                     key=lambda o: o["metadata"].get("creationTimestamp", "")):
+        spec = vs.get("spec") or {}
+        ns = vs["metadata"].get("namespace", "default")
+        http = _http_routes(vs)
+        gateways = spec.get("gateways") or ["mesh"]
+        if "mesh" in gateways:
+            for host in spec.get("hosts") or []:
+                routes.setdefault(_fqdn(str(host), ns), []).extend(http)
+        if any(g != "mesh" for g in gateways):
+            gateway_routes.append({"hosts": [str(h).lower() for h in spec.get("hosts") or []],
+                                   "routes": http})
+    subsets: dict[str, dict[str, dict[str, str]]] = {}
+    connect: dict[str, float] = {}
+    for dr in store.list(_ISTIO, "destinationrules"):
+        spec = dr.get("spec") or {}
+        ns = dr["metadata"].get("namespace", "default")
+        host = _fqdn(str(spec.get("host", "")), ns)
+        subsets[host] = {str(s["name"]): {str(k): str(v) for k, v in
+                                          (s.get("labels") or {}).items()}
+                         for s in spec.get("subsets") or [] if "name" in s}
+        tcp = ((spec.get("trafficPolicy") or {}).get("connectionPool") or {}).get("tcp") or {}
+        if tcp.get("connectTimeout"):
+            connect[host] = parse_duration_ms(
+                tcp["connectTimeout"],
+                f"destinationrule {ns}/{dr['metadata']['name']}.connectTimeout")
+    return Shared(MeshConfig.from_store(store), _services(store), routes, gateway_routes,
+                  subsets, connect)
+
+
+def build_sidecar_config(shared: Shared, pod: Obj | None, namespace: str, name: str, *,
+                         version: int, otlp_endpoint: str, faults: list[Obj]) -> Obj:
+    """One sidecar's whole configuration document (docs/architecture.md)."""
+    meta = (pod or {}).get("metadata") or {}
+    labels = meta.get("labels") or {}
+    ann = meta.get("annotations") or {}
+    app_port = ann.get("meshchaos.io/app-port")
+    gateway = labels.get("istio") == "ingressgateway"
+    return {
+        "version": version,
+        "node": {"pod": name, "namespace": namespace,
+                 "service": labels.get("app") or name.rsplit("-", 2)[0],
+                 "mode": "gateway" if gateway else "sidecar",
+                 "app_port": int(app_port) if app_port and str(app_port).isdigit() else 0},
+        "mesh": shared.mesh.for_namespace(namespace).to_doc(otlp_endpoint),
+        "services": shared.services,
+        "routes": shared.routes,
+        "subsets": shared.subsets,
+        "connect_timeout_ms": shared.connect_timeout_ms,
+        "gateway_routes": shared.gateway_routes if gateway else [],
+        "faults": faults,
+    }
+
+
+@dataclass
+class _Target:
+    namespace: str
+    pod: str
+    admin_url: str
+    faults: list[Obj] = field(default_factory=list)
+    built: int = 0
+    acked: int = 0
+    error: str = ""
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class XdsServer:
+    """Pushes live configuration to every registered sidecar."""
+
+    def __init__(self, store: ObjectStore, *, otlp_endpoint: str) -> None:
+        self._store = store
+        self._otlp = otlp_endpoint
+        self._targets: dict[tuple[str, str], _Target] = {}
+        self._versions = itertools.count(1)
+        self._pool = ConnectionPool(max_idle_per_host=2)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._debounce: asyncio.TimerHandle | None = None
+        self._shared: Shared | None = None
+        self._subscribed = False
+        self.pushes = 0
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if not self._subscribed:
+            self._store.subscribe(self._on_change)
+            self._subscribed = True
+
+    async def stop(self) -> None:
+        if self._debounce is not None:
+            self._debounce.cancel()
+        for target in list(self._targets.values()):
+            await self._stop_target(target)
+        self._targets.clear()
+        await self._pool.close()
+
+    # -- store events ---------------------------------------------------------------
+
+    def _on_change(self, event: str, obj: Obj) -> None:
+        group = obj.get("apiVersion", "v1").rpartition("/")[0]
+        kind = obj.get("kind", "")
+        rtype = self._store.registry.by_kind(group, kind)
+        if rtype is None or (rtype.group, rtype.plural) not in _RELEVANT:
+            return
+        if rtype.plural == "configmaps" and (obj["metadata"].get("namespace"),
+                                             obj["metadata"].get("name")) != ("istio-system",
+                                                                              "istio"):
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._schedule_all)
+
+    def _schedule_all(self) -> None:
+        self._shared = None
+        if self._debounce is None and self._loop is not None:
+            self._debounce = self._loop.call_later(_DEBOUNCE_S, self._mark_all)
+
+    def _mark_all(self) -> None:
+        self._debounce = None
+        for target in self._targets.values():
+            target.dirty.set()
+
+    # -- sidecars --------------------------------------------------------------------
+
+    def register_sidecar(self, namespace: str, pod: str, admin_url: str) -> None:
+        """Start pushing to a sidecar's admin URL; the first push goes out at once."""
+        old = self._targets.pop((namespace, pod), None)
+        if old is not None and old.task is not None:
+            old.task.cancel()
+        target = _Target(namespace, pod, admin_url.rstrip("/"),
+                         faults=old.faults if old else [])
+        self._targets[(namespace, pod)] = target
+        target.task = asyncio.get_running_loop().create_task(self._pusher(target))
+        target.dirty.set()
+
+    def unregister_sidecar(self, namespace: str, pod: str) -> None:
+        target = self._targets.pop((namespace, pod), None)
+        if target is not None and target.task is not None:
+            target.task.cancel()
+
+    def set_faults(self, namespace: str, pod: str, rules: list[Obj]) -> None:
+        """Replace one pod's fault rules ([] clears them) and push at once."""
+        target = self._targets.get((namespace, pod))
+        if target is None:
+            # Not registered (yet): keep the rules for when it registers.
+            target = _Target(namespace, pod, "")
+            self._targets[(namespace, pod)] = target
+        target.faults = [dict(r) for r in rules]
+        target.synced.clear()
+        target.dirty.set()
+
+    async def wait_synced(self, namespace: str, pod: str,
+                          timeout: float = 2.0) -> None:  # noqa: ASYNC109 - the contract
+        """Return once the sidecar acknowledged the latest configuration built for it."""
+        target = self._targets.get((namespace, pod))
+        if target is None:
+            raise NotFound(f"sidecar {namespace}/{pod} is not registered", kind="pods",
+                           name=pod)
+        try:
+            async with asyncio.timeout(timeout):
+                while not (target.synced.is_set() and not target.dirty.is_set()):
+                    if target.error:
+                        raise SidecarConfigError(
+                            f"sidecar {namespace}/{pod} rejected config v{target.built}: "
+                            f"{target.error}")
+                    await asyncio.sleep(0.002)
+        except TimeoutError:
+            raise TimeoutError(f"sidecar {namespace}/{pod} did not acknowledge config "
+                               f"v{target.built} within {timeout}s (acked v{target.acked})"
+                               ) from None
+
+    async def _stop_target(self, target: _Target) -> None:
+        if target.task is not None:
+            target.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await target.task
+
+    def _document(self, target: _Target) -> Obj:
+        if self._shared is None:
+            self._shared = build_shared(self._store)
+        try:
+            pod: Obj | None = self._store.get("", "pods", target.namespace, target.pod)
+        except NotFound:
+            pod = None
+        target.built = next(self._versions)
+        return build_sidecar_config(self._shared, pod, target.namespace, target.pod,
+                                    version=target.built, otlp_endpoint=self._otlp,
+                                    faults=target.faults)
+
+    async def _pusher(self, target: _Target) -> None:
+        while True:
+            await target.dirty.wait()
+            target.dirty.clear()
+            if not target.admin_url:
+                continue
+            target.synced.clear()
+            doc = self._document(target)
+            try:
+                resp = await self._pool.request(
+                    "POST", f"{target.admin_url}/config", {"content-type": "application/json"},
+                    json.dumps(doc).encode(), timeout=5.0, connect_timeout=1.0)
+            except (HttpError, OSError, TimeoutError) as exc:
+                log.warning("push to %s/%s failed, retrying: %s", target.namespace, target.pod,
+                            exc)
+                await asyncio.sleep(_RETRY_PUSH_S)
+                target.dirty.set()
+                continue
+            self.pushes += 1
+            if resp.status == 200:
+                target.acked, target.error = doc["version"], ""
+                target.synced.set()
+            else:
+                target.error = resp.body.decode(errors="replace")
+                log.error("sidecar %s/%s rejected config v%s: %s", target.namespace,
+                          target.pod, doc["version"], target.error)
