@@ -1,0 +1,186 @@
+"""The state dir of a running local mesh (default ``.meshchaos/``).
+
+It is how a mesh is found from outside its process: ``mesh.pid`` names the
+owner, ``endpoints.json`` the URLs it serves, ``kubeconfig`` lets kubectl and the
+Kubernetes client reach its API, ``pods/`` holds container logs and ``mesh.log``
+the mesh's own log. A dir whose pid is dead is *stale*: the next ``up`` cleans
+it. A dir whose pid is alive is *live*: a second ``up`` refuses to touch it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from localmesh.errors import StateDirError
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "Endpoints",
+    "StateDir",
+    "pid_alive",
+    "read_endpoints",
+]
+
+DEFAULT_STATE_DIR = Path(".meshchaos")
+
+_PID = "mesh.pid"
+_ENDPOINTS = "endpoints.json"
+_KUBECONFIG = "kubeconfig"
+# Everything a mesh writes here; a stale dir loses exactly these, nothing a user put beside them.
+_OWNED = (_PID, _ENDPOINTS, _KUBECONFIG, "mesh.log", "pods")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """The URLs a running mesh serves (the content of ``endpoints.json``)."""
+
+    api: str
+    ingress: str
+    otlp: str
+    traces: str
+    pid: int
+    started: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, source: Path) -> Endpoints:
+        try:
+            return cls(api=str(data["api"]), ingress=str(data["ingress"]),
+                       otlp=str(data["otlp"]), traces=str(data["traces"]),
+                       pid=int(data["pid"]), started=float(data["started"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateDirError(f"{source}: not a meshchaos endpoints file ({exc!r})") from exc
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this pid exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive all the same
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # The state letter follows the parenthesised command name, which may hold spaces.
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+class StateDir:
+    """One state dir: claim it for this process, publish endpoints, release it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).resolve()
+
+    @property
+    def pid_file(self) -> Path:
+        return self.path / _PID
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.path / _ENDPOINTS
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.path / _KUBECONFIG
+
+    @property
+    def pods_dir(self) -> Path:
+        return self.path / "pods"
+
+    @property
+    def mesh_log(self) -> Path:
+        return self.path / "mesh.log"
+
+    def owner_pid(self) -> int | None:
+        """The pid written in ``mesh.pid``, or None when there is none (or garbage)."""
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def live_pid(self) -> int | None:
+        """The owner's pid when a live mesh holds this dir, else None."""
+        pid = self.owner_pid()
+        return pid if pid is not None and pid_alive(pid) else None
+
+    def claim(self, pid: int | None = None) -> None:
+        """Make this dir ours: refuse a live one, clean a stale one, write ``mesh.pid``.
+
+        The pid file is created with O_EXCL so two ``up`` racing on one dir
+        cannot both win.
+        """
+        pid = os.getpid() if pid is None else pid
+        live = self.live_pid()
+        if live is not None and live != pid:
+            raise StateDirError(
+                f"a mesh is already running from state dir {self.path} (pid {live}); "
+                f"stop it with `meshchaos down --state-dir {self.path}` or pick another "
+                "--state-dir")
+        self.clean()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.pods_dir.mkdir(exist_ok=True)
+        try:
+            fd = os.open(self.pid_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError as exc:
+            raise StateDirError(
+                f"state dir {self.path} was claimed by another mesh while this one "
+                "was starting") from exc
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{pid}\n")
+
+    def write_endpoints(self, endpoints: Endpoints) -> None:
+        """Publish the endpoints atomically (readers never see half a file)."""
+        tmp = self.endpoints_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(endpoints.to_json(), indent=2) + "\n")
+        tmp.replace(self.endpoints_file)
+
+    def release(self) -> None:
+        """Forget the running mesh (pid, endpoints, kubeconfig); logs stay for post-mortems."""
+        for name in (_ENDPOINTS, _KUBECONFIG, _PID):
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+
+    def clean(self) -> None:
+        """Remove what a previous (dead) mesh left; refuses while the owner lives."""
+        live = self.live_pid()
+        if live is not None and live != os.getpid():
+            raise StateDirError(f"refusing to clean state dir {self.path}: pid {live} is alive")
+        for name in _OWNED:
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+
+
+def read_endpoints(state_dir: Path) -> Endpoints:
+    """Read the endpoints of the live mesh of ``state_dir``; raise when none runs there."""
+    sdir = StateDir(state_dir)
+    try:
+        data = json.loads(sdir.endpoints_file.read_text())
+    except FileNotFoundError as exc:
+        raise StateDirError(f"no mesh is running from state dir {sdir.path} "
+                            f"({sdir.endpoints_file.name} is missing)") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StateDirError(f"{sdir.endpoints_file}: unreadable ({exc})") from exc
+    if not isinstance(data, dict):
+        raise StateDirError(f"{sdir.endpoints_file}: not a JSON object")
+    endpoints = Endpoints.from_json(data, source=sdir.endpoints_file)
+    if not pid_alive(endpoints.pid):
+        raise StateDirError(f"the mesh of state dir {sdir.path} is gone (pid {endpoints.pid} "
+                            "is not running); start one with `meshchaos up`")
+    return endpoints

@@ -1,0 +1,190 @@
+"""From a pod object to the processes that run it: command lines, environment, ports.
+
+The annotation contract (docs/architecture.md "Pods as processes"):
+``meshchaos.io/local-command`` is the app's command line (``shlex`` split; a
+leading ``python``/``python3`` means this mesh's interpreter), optional
+``meshchaos.io/local-cwd`` its working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localmesh.errors import ProcessError
+from localmesh.supervisor.injection import PROXY_CONTAINER
+
+__all__ = [
+    "COMMAND_ANNOTATION",
+    "CWD_ANNOTATION",
+    "Launch",
+    "PodPorts",
+    "app_container",
+    "app_launch",
+    "is_gateway",
+    "preload_modules",
+    "service_name",
+    "sidecar_launch",
+]
+
+COMMAND_ANNOTATION = "meshchaos.io/local-command"
+CWD_ANNOTATION = "meshchaos.io/local-cwd"
+SIDECAR_MODULE = "localmesh.sidecar"
+
+Obj = dict[str, Any]
+
+_PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
+# The host environment a container may see: enough to find the interpreter and its packages.
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV",
+              "COVERAGE_PROCESS_START")
+
+
+@dataclass(frozen=True)
+class PodPorts:
+    """The loopback ports of one pod: the app's and the sidecar's three listeners + admin."""
+
+    app: int
+    inbound: int
+    outbound: int
+    admin: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"app": self.app, "inbound": self.inbound, "outbound": self.outbound,
+                "admin": self.admin}
+
+    def annotations(self) -> dict[str, str]:
+        return {f"meshchaos.io/{k}-port": str(v) for k, v in self.as_dict().items()}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One container's process: what to run, where, with which environment."""
+
+    container: str
+    argv: list[str]
+    python: bool
+    cwd: Path
+    env: dict[str, str]
+
+
+def is_gateway(pod: Obj) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return labels.get("istio") == "ingressgateway"
+
+
+def app_container(pod: Obj) -> Obj | None:
+    """The pod's application container (the first one that is not the sidecar)."""
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") != PROXY_CONTAINER:
+            return dict(container)
+    return None
+
+
+def service_name(pod: Obj) -> str:
+    """The pod's canonical service: label ``app``, else its Deployment's name."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    for key in ("app", "app.kubernetes.io/name", "service.istio.io/canonical-name"):
+        if labels.get(key):
+            return str(labels[key])
+    name = str(meta.get("name", ""))
+    # <deployment>-<rs hash>-<suffix>: drop the two generated parts.
+    return name.rsplit("-", 2)[0] if name.count("-") >= 2 else name
+
+
+def _container_port(container: Obj) -> int | None:
+    for port in container.get("ports") or []:
+        if port.get("containerPort"):
+            return int(port["containerPort"])
+    return None
+
+
+def _command(pod: Obj) -> tuple[list[str], bool] | None:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    raw = annotations.get(COMMAND_ANNOTATION)
+    if not raw:
+        return None
+    try:
+        argv = shlex.split(str(raw))
+    except ValueError as exc:
+        raise ProcessError(f"pod {pod['metadata'].get('name')}: annotation {COMMAND_ANNOTATION}"
+                           f" {raw!r} is not a valid command line: {exc}") from exc
+    if not argv:
+        return None
+    if _PYTHON.match(argv[0]):
+        return [sys.executable, *argv[1:]], True
+    return argv, False
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def app_launch(pod: Obj, ports: PodPorts, *, otlp_endpoint: str, sidecar: bool,
+               base_dir: Path) -> Launch | None:
+    """The app container's process, or None when the pod has no local command."""
+    container = app_container(pod)
+    command = _command(pod)
+    if container is None or command is None:
+        return None
+    argv, python = command
+    meta = pod["metadata"]
+    annotations = meta.get("annotations") or {}
+    cwd = base_dir / str(annotations.get(CWD_ANNOTATION) or ".")
+    env = _base_env()
+    for item in container.get("env") or []:
+        if "value" in item and item.get("name"):
+            env[str(item["name"])] = str(item["value"])
+    env.update({
+        "PORT": str(ports.app),
+        "POD_NAME": meta["name"],
+        "POD_NAMESPACE": meta["namespace"],
+        "POD_IP": "127.0.0.1",
+        "OTEL_SERVICE_NAME": service_name(pod),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
+    })
+    if sidecar:
+        proxy = f"http://127.0.0.1:{ports.outbound}"
+        env.update({"HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""})
+    return Launch(str(container.get("name") or "app"), argv, python, cwd.resolve(), env)
+
+
+def sidecar_launch(pod: Obj, ports: PodPorts, *, base_dir: Path, ready_fd: int = 3,
+                   module: str = SIDECAR_MODULE) -> Launch:
+    """The ``istio-proxy`` container's process (``python -m localmesh.sidecar``)."""
+    meta = pod["metadata"]
+    gateway = is_gateway(pod)
+    argv = [sys.executable, "-m", module,
+            "--pod", meta["name"], "--namespace", meta["namespace"],
+            "--service", service_name(pod), "--mode", "gateway" if gateway else "sidecar",
+            "--inbound-port", str(ports.inbound), "--outbound-port", str(ports.outbound),
+            "--admin-port", str(ports.admin), "--app-port", str(ports.app),
+            "--ready-fd", str(ready_fd)]
+    return Launch(PROXY_CONTAINER, argv, True, base_dir.resolve(), _base_env())
+
+
+def declared_app_port(pod: Obj) -> int | None:
+    """The first containerPort of the app container (the port the Service targets)."""
+    container = app_container(pod)
+    return _container_port(container) if container else None
+
+
+def preload_modules(pods_or_templates: list[Obj]) -> list[str]:
+    """Modules worth importing in the fork server: the sidecar and the apps' ``-m`` packages."""
+    modules = [SIDECAR_MODULE, "localmesh.http", "opentelemetry.sdk.trace",
+               "opentelemetry.exporter.otlp.proto.http.trace_exporter"]
+    for obj in pods_or_templates:
+        command = _command(obj)
+        if command is None or not command[1]:
+            continue
+        args = command[0][1:]
+        if args[:1] == ["-m"] and len(args) >= 2:
+            modules.append(args[1])
+    return modules

@@ -1,0 +1,139 @@
+"""The mesh's side of the fork server: start it, ask it for children, learn their exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from localmesh.errors import ProcessError
+
+__all__ = ["Child", "ForkServer"]
+
+_START_TIMEOUT = 20.0
+
+
+class Child:
+    """A process forked by the fork server; ``wait()`` returns its exit code."""
+
+    def __init__(self, pid: int, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.pid = pid
+        self._reader = reader
+        self._writer = writer
+        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._watch = asyncio.ensure_future(self._read_exit())
+
+    async def _read_exit(self) -> None:
+        code = -9  # the fork server vanished: its children died with it (PDEATHSIG)
+        try:
+            line = await self._reader.readline()
+            if line:
+                code = int(json.loads(line).get("exit", -9))
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._writer.close()
+            if not self._exit.done():
+                self._exit.set_result(code)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exit.result() if self._exit.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the child's whole process group (it leads its own session)."""
+        if self.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+
+class ForkServer:
+    """One fork server per mesh, preloaded with the modules pods will import."""
+
+    def __init__(self, preload: Sequence[str] = ()) -> None:
+        self.preload = list(dict.fromkeys(preload))
+        self.address = f"meshchaos-forkserver-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def start(self) -> None:
+        args = [sys.executable, "-m", "localmesh.supervisor.forkserver",
+                "--address", self.address, "--parent", str(os.getpid())]
+        for name in self.preload:
+            args += ["--preload", name]
+        self._proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True)
+        assert self._proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(self._proc.stdout.readline(), _START_TIMEOUT)
+        except TimeoutError as exc:
+            await self.stop()
+            raise ProcessError(f"the fork server did not start within {_START_TIMEOUT:.0f}s"
+                               ) from exc
+        if not line:
+            code = await self._proc.wait()
+            raise ProcessError(f"the fork server exited at start-up (exit code {code})")
+
+    async def spawn(self, argv: Sequence[str], *, env: dict[str, str], cwd: Path,
+                    python: bool, stdout: int, stderr: int,
+                    extra_fds: Sequence[int] = ()) -> Child:
+        """Fork a child running ``argv``; the caller keeps (and closes) its fds."""
+        if self._proc is None or self._proc.returncode is not None:
+            raise ProcessError("the fork server is not running")
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, "\0" + self.address)
+            request = json.dumps({"argv": list(argv), "env": env, "cwd": str(cwd),
+                                  "python": python}).encode() + b"\n"
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            try:
+                sent = socket.send_fds(sock, [request], [devnull, stdout, stderr, *extra_fds])
+            finally:
+                os.close(devnull)
+            if sent != len(request):
+                await loop.sock_sendall(sock, request[sent:])
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+        except OSError as exc:
+            sock.close()
+            raise ProcessError(f"could not reach the fork server to start {argv[0]!r}: {exc}"
+                               ) from exc
+        line = await reader.readline()
+        reply = json.loads(line) if line else {"error": "the fork server closed the connection"}
+        if "pid" not in reply:
+            writer.close()
+            raise ProcessError(f"could not start {' '.join(argv)!r}: {reply.get('error')}")
+        return Child(int(reply["pid"]), reader, writer)
+
+    async def stop(self) -> None:
+        """Stop the server; it kills every child group it still has."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 5.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
