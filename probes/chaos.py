@@ -1,0 +1,459 @@
+"""Chaos Toolkit actions: apply and remove Chaos Mesh objects, the same way on both targets.
+
+Manifests come from ``fixtures/chaos`` (or any path) and go through the official
+Kubernetes client (``CustomObjectsApi``), so the local mesh and a real cluster
+with Chaos Mesh see identical requests. Designed around the traps of
+chaostoolkit-kubernetes 0.39: names are unique per run (``<name>-<run id>``), a
+409 on create is a leftover, never a success, deletes tolerate 404, and an
+injection counts only once Chaos Mesh reports ``AllInjected=True``.
+
+Usage in an experiment::
+
+    {"type": "action", "name": "slow-pricing",
+     "provider": {"type": "python", "module": "probes.chaos", "func": "apply_chaos",
+                  "arguments": {"manifest": "leaf-delay-pricing.yaml", "duration": "60s"}}}
+    ...
+    "rollbacks": [{"type": "action", "name": "remove-chaos",
+                   "provider": {"type": "python", "module": "probes.chaos",
+                                "func": "remove_run_chaos"}}]
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import secrets as _secrets
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from probes import safety
+from probes.errors import (
+    ChaosError,
+    ChaosNotInjected,
+    ChaosNotRemoved,
+    ChaosNotSelected,
+    ConfigurationError,
+)
+
+__all__ = ["apply_chaos", "remove_chaos", "remove_run_chaos", "remove_suite_chaos"]
+
+logger = logging.getLogger("chaostoolkit")
+
+GROUP, VERSION = "chaos-mesh.org", "v1alpha1"
+PLURALS = {"NetworkChaos": "networkchaos", "PodChaos": "podchaos"}
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chaos"
+_POLL_S = 0.2
+_REQUEST_TIMEOUT_S = 10
+_CREATE_ATTEMPTS = 3
+Obj = dict[str, Any]
+Configuration = Mapping[str, Any] | None
+
+
+# -- the Kubernetes client ------------------------------------------------------------
+
+def _kubeconfig(configuration: Configuration) -> str | None:
+    """Explicit ``kubeconfig``, else the local mesh's (target local), else the default."""
+    config = configuration or {}
+    if config.get("kubeconfig"):
+        return str(config["kubeconfig"])
+    if str(config.get("target", "local")) == "local":
+        local = Path(str(config.get("meshchaos_state_dir") or ".meshchaos")) / "kubeconfig"
+        if local.is_file():
+            return str(local)
+    return None
+
+
+@contextmanager
+def _api(configuration: Configuration) -> Iterator[Any]:
+    """An ``ApiClient`` for the target (closed afterwards); in-cluster config as a fallback."""
+    from kubernetes import client  # heavy import, only when an action runs
+    from kubernetes import config as kube_config
+    from kubernetes.config.config_exception import ConfigException
+
+    config: Any = kube_config  # the kubernetes package ships without type hints here
+    path = _kubeconfig(configuration)
+    try:
+        api_client = config.new_client_from_config(config_file=path)
+    except (ConfigException, OSError) as exc:
+        if path is not None:
+            raise ConfigurationError(f"cannot load kubeconfig '{path}': {exc}") from exc
+        try:
+            config.load_incluster_config()
+        except ConfigException as inner:
+            raise ConfigurationError("no kubeconfig found and not running in a cluster: "
+                                     f"{exc}") from inner
+        api_client = client.ApiClient()
+    try:
+        yield api_client
+    finally:
+        api_client.close()
+
+
+def _status_of(exc: Exception) -> int:
+    return int(getattr(exc, "status", 0) or 0)
+
+
+def _api_exception() -> type[Exception]:
+    from kubernetes.client.exceptions import ApiException
+
+    exc_type: type[Exception] = ApiException
+    return exc_type
+
+
+# -- building the object ----------------------------------------------------------------
+
+def _resolve_manifest(manifest: str) -> Path:
+    path = Path(manifest)
+    for candidate in (path, FIXTURES / path, FIXTURES / f"{manifest}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigurationError(f"chaos manifest '{manifest}' not found (looked in the working "
+                             f"directory and '{FIXTURES}')")
+
+
+def _load(manifest: str) -> tuple[Obj, str]:
+    path = _resolve_manifest(manifest)
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigurationError(f"cannot read chaos manifest '{path}': {exc}") from exc
+    if not isinstance(obj, dict) or obj.get("kind") not in PLURALS:
+        raise ConfigurationError(f"chaos manifest '{path}' must hold one NetworkChaos or "
+                                 f"PodChaos object, not '{(obj or {}).get('kind')}'")
+    return obj, path.stem
+
+
+def _retarget(obj: Obj, old_ns: str, namespace: str) -> None:
+    """Move the object and every selector that pointed at its old namespace."""
+    obj["metadata"]["namespace"] = namespace
+    spec = obj["spec"]
+    for block in (spec, spec.get("target") or {}):
+        selector = block.get("selector")
+        if selector is not None and selector.get("namespaces") in (None, [], [old_ns]):
+            selector["namespaces"] = [namespace]
+
+
+def _build(manifest: str, run_id: str, *, duration: str | None,
+           selector: Mapping[str, Any] | None, namespace: str | None) -> Obj:
+    obj, stem = _load(manifest)
+    obj = copy.deepcopy(obj)
+    meta = obj.setdefault("metadata", {})
+    old_ns = str(meta.get("namespace") or "shop")
+    if namespace:
+        _retarget(obj, old_ns, namespace)
+    else:
+        meta["namespace"] = old_ns
+    if selector is not None:
+        if not isinstance(selector, Mapping):
+            raise ConfigurationError(f"argument 'selector' must be a Chaos Mesh selector "
+                                     f"mapping, not '{selector}'")
+        obj["spec"]["selector"] = dict(selector)
+    if duration:
+        obj["spec"]["duration"] = str(duration)
+    meta["name"] = f"{meta.get('name') or stem}-{run_id}"
+    for key in ("uid", "resourceVersion", "creationTimestamp", "generation"):
+        meta.pop(key, None)
+    obj.pop("status", None)
+    safety.stamp(obj, run_id=run_id, manifest=stem)
+    return obj
+
+
+def _run_id(configuration: Configuration) -> str:
+    run_id = str((configuration or {}).get("run_id") or "")
+    if not run_id:
+        # Without the safety control there is no run: still keep names unique and labelled.
+        run_id = safety.new_run_id()
+        logger.warning("no run_id in the configuration (is the probes.controls.safety "
+                       "control enabled?); using '%s' for this object only", run_id)
+    return run_id
+
+
+# -- the actions ------------------------------------------------------------------------
+
+def apply_chaos(manifest: str, duration: str = "", selector: dict[str, Any] | None = None,
+                namespace: str = "", wait_timeout: float = 30.0,
+                configuration: Configuration = None, secrets: Any = None) -> dict[str, Any]:
+    """Apply a Chaos Mesh manifest for this run and wait until it is injected.
+
+    ``manifest``: a file in fixtures/chaos (``leaf-delay-pricing.yaml``) or a path.
+    Overrides: ``duration`` (Go duration), ``selector`` (a whole Chaos Mesh selector),
+    ``namespace`` (moves the object and its selectors). The object is named
+    ``<name>-<run id>``, labelled for the run and checked against the namespace
+    allowlist before anything is sent. Waits (at most ``wait_timeout`` s) for
+    ``AllInjected=True``; "no pod is selected" fails at once.
+
+    Returns ``{"name", "namespace", "kind", "run_id", "applied", "dry_run",
+    "records": [{"id", "selectorKey", "phase"}], "injected_at", "duration",
+    "manifest"}``.
+    """
+    run_id = _run_id(configuration)
+    obj = _build(manifest, run_id, duration=duration or None, selector=selector,
+                 namespace=namespace or None)
+    kind, meta = obj["kind"], obj["metadata"]
+    safety.check_namespaces(safety.namespaces_of(obj), configuration,
+                            f"{kind} '{meta['name']}'")
+    result: dict[str, Any] = {"name": meta["name"], "namespace": meta["namespace"],
+                              "kind": kind, "run_id": run_id, "duration":
+                              obj["spec"]["duration"], "records": [], "injected_at": None,
+                              "applied": False, "dry_run": False,
+                              "manifest": yaml.safe_dump(obj, sort_keys=False)}
+    if safety.is_dry_run(configuration):
+        print(f"# dry run: would apply\n---\n{result['manifest']}", flush=True)
+        return {**result, "dry_run": True}
+    with _api(configuration) as api_client:
+        created = _create_unique(api_client, obj)
+        result["name"] = created["metadata"]["name"]
+        try:
+            status = _wait_injected(api_client, created, wait_timeout)
+        except ChaosError:
+            _delete_quietly(api_client, created)
+            raise
+    records = (status.get("experiment") or {}).get("containerRecords") or []
+    return {**result, "applied": True,
+            "records": [{k: r.get(k) for k in ("id", "selectorKey", "phase")} for r in records],
+            "injected_at": datetime.now(UTC).isoformat()}
+
+
+def remove_chaos(name: str = "", manifest: str = "", namespace: str = "",
+                 kind: str = "NetworkChaos", wait_timeout: float = 30.0,
+                 configuration: Configuration = None, secrets: Any = None) -> dict[str, Any]:
+    """Remove one chaos object (by ``name``) or this run's objects of a ``manifest``.
+
+    Waits until the objects are gone (Chaos Mesh recovers before it drops its
+    finalizer). An object that is already gone is fine. Returns
+    ``{"removed": [{"kind", "namespace", "name"}], "already_gone": [...], "dry_run"}``.
+    """
+    if bool(name) == bool(manifest):
+        raise ConfigurationError("remove_chaos needs exactly one of 'name' or 'manifest'")
+    namespace = namespace or str((configuration or {}).get("namespace") or "shop")
+    if name:
+        if kind not in PLURALS:
+            raise ConfigurationError(f"kind '{kind}' is not one of {sorted(PLURALS)}")
+        targets = [{"kind": kind, "metadata": {"name": name, "namespace": namespace}}]
+        return _remove(targets, wait_timeout, configuration)
+    stem = _resolve_manifest(manifest).stem
+    selector = safety.label_selector(str((configuration or {}).get("run_id") or ""), stem)
+    if not (configuration or {}).get("run_id"):
+        raise ConfigurationError("remove_chaos by manifest needs the run_id of the safety "
+                                 "control (or pass 'name')")
+    return _remove_labelled(selector, namespace, wait_timeout, configuration)
+
+
+def remove_run_chaos(wait_timeout: float = 60.0, configuration: Configuration = None,
+                     secrets: Any = None) -> dict[str, Any]:
+    """Remove every chaos object labelled with this run's id, in every namespace."""
+    run_id = str((configuration or {}).get("run_id") or "")
+    if not run_id:
+        raise ConfigurationError("remove_run_chaos needs configuration 'run_id' (set by the "
+                                 "probes.controls.safety control)")
+    return _remove_labelled(safety.label_selector(run_id), "", wait_timeout, configuration)
+
+
+def remove_suite_chaos(run_id: str = "", namespace: str = "", wait_timeout: float = 60.0,
+                       configuration: Configuration = None,
+                       secrets: Any = None) -> dict[str, Any]:
+    """Remove every chaos object the suite created (all namespaces unless one is given)."""
+    return _remove_labelled(safety.label_selector(run_id), namespace, wait_timeout,
+                            configuration)
+
+
+# -- internals --------------------------------------------------------------------------
+
+def _create_unique(api_client: Any, obj: Obj) -> Obj:
+    """Create the object; on 409 (a leftover with that name) retry under a fresh name."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(api_client)
+    meta, base = obj["metadata"], obj["metadata"]["name"]
+    plural = PLURALS[obj["kind"]]
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            created: Any = api.create_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], plural, obj,
+                _request_timeout=_REQUEST_TIMEOUT_S)
+        except _api_exception() as exc:
+            if _status_of(exc) != 409 or attempt == _CREATE_ATTEMPTS - 1:
+                raise ChaosError(f"could not create {obj['kind']} '{meta['namespace']}/"
+                                 f"{meta['name']}': {_reason(exc)}") from exc
+            meta["name"] = f"{base}-{_secrets.token_hex(2)}"
+            logger.warning("%s '%s' already exists (a leftover); retrying as '%s'",
+                           obj["kind"], base, meta["name"])
+            continue
+        if created.get("kind") != obj["kind"] or not (created.get("metadata") or {}).get("uid"):
+            raise ChaosError(f"creating {obj['kind']} '{meta['name']}' returned no object: "
+                             f"{created}")
+        return dict(created)
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def _reason(exc: Exception) -> str:
+    body = getattr(exc, "body", None)
+    try:
+        return str(yaml.safe_load(body).get("message")) if body else str(exc)
+    except (yaml.YAMLError, AttributeError):
+        return str(exc)
+
+
+def _conditions(status: Mapping[str, Any]) -> dict[str, str]:
+    return {c.get("type", ""): c.get("status", "") for c in status.get("conditions") or []}
+
+
+def _no_pod_selected(api_client: Any, obj: Obj) -> str | None:
+    """The "no pod is selected" Failed event of the object, if Chaos Mesh reported one."""
+    from kubernetes import client
+
+    meta = obj["metadata"]
+    events = client.CoreV1Api(api_client).list_namespaced_event(
+        meta["namespace"], field_selector=f"involvedObject.name={meta['name']}",
+        _request_timeout=_REQUEST_TIMEOUT_S)
+    for event in events.items:
+        if event.reason == "Failed" and "no pod is selected" in (event.message or ""):
+            return str(event.message)
+    return None
+
+
+def _wait_injected(api_client: Any, obj: Obj, wait_timeout: float) -> Obj:
+    """Poll until ``AllInjected=True``; fail at once when no pod is selected."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(api_client)
+    meta, plural = obj["metadata"], PLURALS[obj["kind"]]
+    label = f"{obj['kind']} '{meta['namespace']}/{meta['name']}'"
+    deadline = time.monotonic() + wait_timeout
+    status: Obj = {}
+    while True:
+        current: Any = api.get_namespaced_custom_object(GROUP, VERSION, meta["namespace"], plural,
+                                                   meta["name"],
+                                                   _request_timeout=_REQUEST_TIMEOUT_S)
+        status = current.get("status") or {}
+        if _conditions(status).get("AllInjected") == "True":
+            return status
+        if _conditions(status).get("Selected") != "True":
+            message = _no_pod_selected(api_client, obj)
+            if message:
+                raise ChaosNotSelected(f"{label} selected no pod: {message}")
+        if time.monotonic() >= deadline:
+            raise ChaosNotInjected(f"{label} did not reach condition AllInjected=True within "
+                                   f"{wait_timeout:g}s; last status: {_summary(status)}")
+        time.sleep(_POLL_S)
+
+
+def _summary(status: Mapping[str, Any]) -> str:
+    """A short, readable last status: conditions plus each record's phase and last event."""
+    records = (status.get("experiment") or {}).get("containerRecords")
+    parts = [f"conditions {_conditions(status) or '{}'}"]
+    if records is None:
+        parts.append("records nil")
+    for r in records or []:
+        last = (r.get("events") or [{}])[-1]
+        parts.append(f"{r.get('id')} {r.get('phase')}"
+                     + (f" ({last.get('message')})" if last.get("message") else ""))
+    return "; ".join(parts)
+
+
+def _delete_quietly(api_client: Any, obj: Obj) -> None:
+    """Take back an object whose injection failed, so it cannot inject later unseen."""
+    try:
+        _remove_with(api_client, [obj], wait_timeout=10.0)
+    except ChaosError:
+        logger.warning("could not remove %s '%s' after a failed injection", obj["kind"],
+                       obj["metadata"]["name"], exc_info=True)
+
+
+def _remove(targets: list[Obj], wait_timeout: float,
+            configuration: Configuration) -> dict[str, Any]:
+    if safety.is_dry_run(configuration):
+        for t in targets:
+            print(f"# dry run: would delete {t['kind']} {t['metadata']['namespace']}/"
+                  f"{t['metadata']['name']}", flush=True)
+        return {"removed": [], "already_gone": [], "dry_run": True,
+                "would_remove": [_ref(t) for t in targets]}
+    with _api(configuration) as api_client:
+        return _remove_with(api_client, targets, wait_timeout)
+
+
+def _remove_labelled(selector: str, namespace: str, wait_timeout: float,
+                     configuration: Configuration) -> dict[str, Any]:
+    if safety.is_dry_run(configuration):
+        print(f"# dry run: would delete chaos objects labelled '{selector}'", flush=True)
+        return {"removed": [], "already_gone": [], "dry_run": True, "selector": selector}
+    with _api(configuration) as api_client:
+        targets = _list_labelled(api_client, selector, namespace)
+        return {**_remove_with(api_client, targets, wait_timeout), "selector": selector}
+
+
+def _list_labelled(api_client: Any, selector: str, namespace: str) -> list[Obj]:
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(api_client)
+    found: list[Obj] = []
+    for kind, plural in PLURALS.items():
+        listing: Any
+        if namespace:
+            listing = api.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, label_selector=selector,
+                _request_timeout=_REQUEST_TIMEOUT_S)
+        else:
+            listing = api.list_cluster_custom_object(GROUP, VERSION, plural,
+                                                     label_selector=selector,
+                                                     _request_timeout=_REQUEST_TIMEOUT_S)
+        found += [{**item, "kind": kind} for item in listing.get("items") or []]
+    return found
+
+
+def _ref(obj: Mapping[str, Any]) -> dict[str, str]:
+    return {"kind": obj["kind"], "namespace": obj["metadata"]["namespace"],
+            "name": obj["metadata"]["name"]}
+
+
+def _remove_with(api_client: Any, targets: list[Obj], wait_timeout: float) -> dict[str, Any]:
+    """Delete each object (404 = already gone) and wait until all are gone."""
+    from kubernetes import client
+
+    api = client.CustomObjectsApi(api_client)
+    removed, already_gone, waiting = [], [], []
+    for obj in targets:
+        ref = _ref(obj)
+        try:
+            api.delete_namespaced_custom_object(GROUP, VERSION, ref["namespace"],
+                                                PLURALS[ref["kind"]], ref["name"],
+                                                _request_timeout=_REQUEST_TIMEOUT_S)
+        except _api_exception() as exc:
+            if _status_of(exc) != 404:
+                raise ChaosError(f"could not delete {ref['kind']} '{ref['namespace']}/"
+                                 f"{ref['name']}': {_reason(exc)}") from exc
+            already_gone.append(ref)
+            continue
+        waiting.append(ref)
+    deadline = time.monotonic() + wait_timeout
+    for ref in waiting:
+        _wait_gone(api, ref, deadline, wait_timeout)
+        removed.append(ref)
+    return {"removed": removed, "already_gone": already_gone, "dry_run": False}
+
+
+def _wait_gone(api: Any, ref: Mapping[str, str], deadline: float, wait_timeout: float) -> None:
+    status: Obj = {}
+    while True:
+        try:
+            current: Any = api.get_namespaced_custom_object(GROUP, VERSION, ref["namespace"],
+                                                       PLURALS[ref["kind"]], ref["name"],
+                                                       _request_timeout=_REQUEST_TIMEOUT_S)
+        except _api_exception() as exc:
+            if _status_of(exc) == 404:
+                return
+            raise ChaosError(f"could not read {ref['kind']} '{ref['namespace']}/"
+                             f"{ref['name']}' while removing it: {_reason(exc)}") from exc
+        status = current.get("status") or {}
+        if time.monotonic() >= deadline:
+            raise ChaosNotRemoved(f"{ref['kind']} '{ref['namespace']}/{ref['name']}' was "
+                                  f"still present {wait_timeout:g}s after its deletion "
+                                  f"(finalizer waiting for recovery?); last status: "
+                                  f"{_summary(status)}")
+        time.sleep(_POLL_S)
