@@ -1,0 +1,183 @@
+"""Control: run the experiment against the embedded local mesh when ``target`` is ``local``.
+
+Usage (first in the experiment's ``controls``)::
+
+    {"name": "local-mesh", "provider": {"type": "python", "module": "probes.controls.localmesh"}}
+
+Before the experiment, when ``configuration.target`` is ``local`` (the default), it reuses
+the live mesh of ``meshchaos_state_dir`` (default ``.meshchaos``, e.g. one started with
+``meshchaos up``) or starts a :class:`localmesh.mesh.LocalMesh` in a background thread
+with the manifests of ``meshchaos_manifests`` (default ``fixtures/k8s``) and, when
+``chain_defect`` is set, the twin ``CHAIN_DEFECT=<chain_defect>`` at deployment
+``chain_defect_hop``. It then writes ``kubeconfig``, ``ingress_url``, ``traces_url``,
+``traces_api`` and ``meshchaos_state_dir`` into the configuration *in place*: chaoslib
+1.44 hands the control the very dict it later copies for each activity
+(``provider/python.py``: ``arguments["configuration"] = configuration.copy()`` at call
+time), so the activities see the mesh. ``KUBECONFIG`` is exported for the duration of the
+run so chaostoolkit-kubernetes activities reach the same API.
+
+A mesh this control started is stopped after the experiment (and again, idempotently, in
+``cleanup_control``, which chaoslib calls even when the run blew up). A reused mesh is
+left running. A mesh that cannot start interrupts the run (status ``interrupted``) rather
+than letting probes measure nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from chaoslib.exceptions import InterruptExecution
+
+__all__ = [
+    "after_experiment_control",
+    "before_experiment_control",
+    "cleanup_control",
+    "mesh_env_overrides",
+]
+
+logger = logging.getLogger("chaostoolkit")
+
+DEFAULT_STATE_DIR = ".meshchaos"
+DEFAULT_MANIFESTS = "fixtures/k8s"
+START_TIMEOUT_S = 60.0
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+@dataclass
+class _Owned:
+    thread: _Stoppable | None
+    previous_kubeconfig: str | None
+
+
+_lock = threading.Lock()
+_owned: _Owned | None = None
+
+
+def before_experiment_control(context: dict[str, Any],
+                              configuration: MutableMapping[str, Any] | None = None,
+                              **_: Any) -> None:
+    """Reuse or start the local mesh and publish its endpoints into the configuration."""
+    if configuration is None or str(configuration.get("target") or "local") != "local":
+        return
+    state_dir = Path(str(configuration.get("meshchaos_state_dir") or DEFAULT_STATE_DIR))
+    overrides = mesh_env_overrides(configuration)
+    endpoints = _live_endpoints(state_dir)
+    thread: _Stoppable | None = None
+    if endpoints is not None and overrides:
+        raise InterruptExecution(
+            f"a live mesh runs the correct chain from state dir '{state_dir}' but "
+            f"chain_defect='{configuration.get('chain_defect')}' asks for a twin; stop it "
+            "with `meshchaos down` or set meshchaos_state_dir to another directory")
+    if endpoints is None:
+        thread, endpoints = _start_mesh(configuration, state_dir, overrides)
+    _remember(thread)
+    _publish(configuration, endpoints, state_dir)
+
+
+def after_experiment_control(context: dict[str, Any], **_: Any) -> None:
+    """Stop the mesh this control started (a reused mesh keeps running)."""
+    _release()
+
+
+def cleanup_control() -> None:
+    """Stop the mesh this control started, if the run ended before the after-hook."""
+    _release()
+
+
+def mesh_env_overrides(configuration: MutableMapping[str, Any]
+                       ) -> dict[tuple[str, str], dict[str, str]]:
+    """The ``LocalMesh`` env overrides asked for by ``chain_defect``/``chain_defect_hop``."""
+    defect = str(configuration.get("chain_defect") or "").strip()
+    if not defect or defect == "none":
+        return {}
+    hop = str(configuration.get("chain_defect_hop") or "").strip()
+    if not hop:
+        raise InterruptExecution(
+            f"chain_defect='{defect}' needs chain_defect_hop (the deployment that runs the "
+            "twin, e.g. 'orders')")
+    namespace = str(configuration.get("namespace") or "shop")
+    return {(namespace, hop): {"CHAIN_DEFECT": defect}}
+
+
+def _live_endpoints(state_dir: Path) -> Any | None:
+    from localmesh.errors import StateDirError
+    from localmesh.statedir import StateDir, read_endpoints
+
+    if StateDir(state_dir).live_pid() is None:
+        return None
+    try:
+        return read_endpoints(state_dir)
+    except StateDirError:
+        logger.info("state dir %s holds no live mesh; starting one", state_dir)
+        return None
+
+
+def _start_mesh(configuration: MutableMapping[str, Any], state_dir: Path,
+                overrides: dict[tuple[str, str], dict[str, str]]) -> tuple[_Stoppable, Any]:
+    from localmesh.mesh import LocalMesh, MeshThread
+
+    manifests = [Path(p.strip()) for p in
+                 str(configuration.get("meshchaos_manifests") or DEFAULT_MANIFESTS).split(",")
+                 if p.strip()]
+    missing = [str(p) for p in manifests if not p.exists()]
+    if missing:
+        raise InterruptExecution(f"meshchaos_manifests names missing path(s) {missing} "
+                                 f"(relative to '{Path.cwd()}'; run from the repository root)")
+    logger.info("starting the local mesh from %s in %s", manifests, state_dir)
+    thread = MeshThread(LocalMesh(manifests, state_dir, env_overrides=overrides or None))
+    try:
+        endpoints = thread.start(timeout=START_TIMEOUT_S)
+    except Exception as exc:
+        thread.stop()
+        raise InterruptExecution(f"the local mesh did not start from {manifests}: {exc}") from exc
+    return thread, endpoints
+
+
+def _remember(thread: _Stoppable | None) -> None:
+    global _owned
+    with _lock:
+        previous = _owned
+        _owned = _Owned(thread=thread, previous_kubeconfig=os.environ.get("KUBECONFIG"))
+    if previous is not None and previous.thread is not None:
+        previous.thread.stop()  # a former run that never cleaned up must not leak a mesh
+
+
+def _publish(configuration: MutableMapping[str, Any], endpoints: Any, state_dir: Path) -> None:
+    kubeconfig = state_dir.resolve() / "kubeconfig"
+    configuration["kubeconfig"] = str(kubeconfig)
+    configuration["ingress_url"] = _url(endpoints.ingress)
+    configuration["traces_url"] = _url(endpoints.traces)
+    configuration["traces_api"] = "jaeger"
+    configuration["meshchaos_state_dir"] = str(state_dir.resolve())
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    logger.info("local mesh: ingress %s, traces %s, kubeconfig %s",
+                configuration["ingress_url"], configuration["traces_url"], kubeconfig)
+
+
+def _release() -> None:
+    global _owned
+    with _lock:
+        owned, _owned = _owned, None
+    if owned is None:
+        return
+    if owned.previous_kubeconfig is None:
+        os.environ.pop("KUBECONFIG", None)
+    else:
+        os.environ["KUBECONFIG"] = owned.previous_kubeconfig
+    if owned.thread is not None:
+        logger.info("stopping the local mesh this run started")
+        owned.thread.stop()
+
+
+def _url(value: Any) -> str:
+    text = str(value)
+    return text if "://" in text else f"http://127.0.0.1:{text}"

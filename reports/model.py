@@ -1,0 +1,203 @@
+"""Read a Chaos Toolkit journal into the rows a report shows.
+
+A journal (chaostoolkit-lib 1.44) holds ``steady_states.{before,after,during}`` with the
+runs of the hypothesis probes, ``run`` with the method's runs and ``rollbacks``. Each
+meshchaos probe's output is the dict of ``probes/results.py``: ``passed``, ``reason``,
+``checks`` [{name, passed, expected, observed, hop, rule, evidence}] and ``traces``.
+A probe whose output has no checks (a plain HTTP probe, say) becomes one row judged by
+its tolerance, so every probe of the hypothesis shows up in the report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reports.errors import JournalError
+
+__all__ = ["CheckRow", "ProbeRun", "activity_runs", "all_runs", "ensure_journal",
+           "exception_line", "load_journal", "probe_runs"]
+
+# Keys chaoslib always writes; a file without them is not a journal.
+_REQUIRED = ("status", "experiment")
+_WRAPPER = "chaoslib.exceptions.ActivityFailed:"
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One check of one probe, as a report row."""
+
+    probe: str
+    phase: str
+    name: str
+    passed: bool
+    expected: Any = None
+    observed: Any = None
+    hop: str | None = None
+    rule: str = ""
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """One run of a hypothesis probe: its status, its checks, its reason, its traces."""
+
+    name: str
+    phase: str
+    status: str
+    tolerance_met: bool | None
+    reason: str
+    checks: tuple[CheckRow, ...]
+    traces: tuple[Mapping[str, Any], ...] = ()
+    exception: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "succeeded" and self.tolerance_met is not False
+
+    @property
+    def raised(self) -> bool:
+        """True when the probe could not measure (it raised; chaoslib marked it failed)."""
+        return self.status != "succeeded"
+
+
+def load_journal(path: Path) -> dict[str, Any]:
+    """Read a journal file; raise :class:`JournalError` naming the file when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise JournalError(f"journal '{path}' does not exist") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JournalError(f"journal '{path}' is unreadable: {exc}") from exc
+    ensure_journal(data, source=str(path))
+    return data  # type: ignore[no-any-return]
+
+
+def ensure_journal(data: Any, *, source: str = "journal") -> None:
+    """Raise :class:`JournalError` unless ``data`` has the keys chaoslib writes."""
+    if not isinstance(data, dict):
+        raise JournalError(f"{source} is not a JSON object (got {type(data).__name__})")
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise JournalError(f"{source} is not a Chaos Toolkit journal: missing key(s) "
+                           f"{', '.join(repr(k) for k in missing)}")
+
+
+def exception_line(run: Mapping[str, Any]) -> str | None:
+    """The last line of a run's recorded exception (chaoslib stores the formatted traceback)."""
+    lines = run.get("exception")
+    if not lines:
+        return None
+    if isinstance(lines, str):
+        lines = [lines]
+    text = "".join(str(x) for x in lines).strip()
+    if not text:
+        return None
+    last = text.splitlines()[-1].strip()
+    # chaoslib wraps every provider error as ActivityFailed: the wrapped one is the news.
+    return last.removeprefix(_WRAPPER).strip() or last
+
+
+def activity_runs(journal: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    """The runs of ``journal[key]`` (``run`` or ``rollbacks``), flattened and typed."""
+    return [r for r in _flatten(journal.get(key) or []) if isinstance(r, Mapping)]
+
+
+def all_runs(journal: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Every recorded run: hypothesis probes of each phase, method, rollbacks."""
+    states = journal.get("steady_states") or {}
+    runs = [run for _, state in _phase_states(states) for run in state.get("probes") or []
+            if isinstance(run, Mapping)]
+    return runs + activity_runs(journal, "run") + activity_runs(journal, "rollbacks")
+
+
+def probe_runs(journal: Mapping[str, Any]) -> list[ProbeRun]:
+    """Every hypothesis probe run of the journal, in phase order before, during, after."""
+    states = journal.get("steady_states") or {}
+    runs: list[ProbeRun] = []
+    for phase, state in _phase_states(states):
+        for run in state.get("probes") or []:
+            runs.append(_probe_run(run, phase))
+    return runs
+
+
+def _phase_states(states: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    before = states.get("before")
+    if isinstance(before, Mapping):
+        yield "before", before
+    for state in states.get("during") or []:
+        if isinstance(state, Mapping):
+            yield "during", state
+    after = states.get("after")
+    if isinstance(after, Mapping):
+        yield "after", after
+
+
+def _flatten(items: Sequence[Any]) -> Iterator[Any]:
+    # Background activities may be recorded as nested lists of runs.
+    for item in items:
+        if isinstance(item, list):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def _probe_run(run: Mapping[str, Any], phase: str) -> ProbeRun:
+    activity = run.get("activity") or {}
+    name = str(activity.get("name", "unnamed probe"))
+    output = run.get("output")
+    status = str(run.get("status", "failed"))
+    tolerance_met = run.get("tolerance_met")
+    error = exception_line(run)
+    checks = _checks(name, phase, output)
+    if not checks:
+        checks = (_tolerance_row(name, phase, activity, output, status, tolerance_met, error),)
+    traces = tuple(t for t in (output or {}).get("traces") or [] if isinstance(t, Mapping)) \
+        if isinstance(output, Mapping) else ()
+    return ProbeRun(name=name, phase=phase, status=status,
+                    tolerance_met=None if tolerance_met is None else bool(tolerance_met),
+                    reason=_reason(output, error, tolerance_met), checks=checks,
+                    traces=traces, exception=error)
+
+
+def _checks(probe: str, phase: str, output: Any) -> tuple[CheckRow, ...]:
+    if not isinstance(output, Mapping):
+        return ()
+    rows = []
+    for check in output.get("checks") or []:
+        if not isinstance(check, Mapping):
+            continue
+        evidence = check.get("evidence")
+        rows.append(CheckRow(
+            probe=probe, phase=phase, name=str(check.get("name", "check")),
+            passed=bool(check.get("passed")), expected=check.get("expected"),
+            observed=check.get("observed"), hop=check.get("hop"),
+            rule=str(check.get("rule") or ""),
+            evidence=evidence if isinstance(evidence, Mapping) else {}))
+    return tuple(rows)
+
+
+def _tolerance_row(probe: str, phase: str, activity: Mapping[str, Any], output: Any,
+                   status: str, tolerance_met: Any, error: str | None) -> CheckRow:
+    passed = status == "succeeded" and tolerance_met is not False
+    observed: Any = error if error else _short(output)
+    return CheckRow(probe=probe, phase=phase, name="tolerance", passed=passed,
+                    expected=activity.get("tolerance"), observed=observed)
+
+
+def _reason(output: Any, error: str | None, tolerance_met: Any) -> str:
+    if error:
+        return f"could not measure: {error}"
+    if isinstance(output, Mapping) and output.get("reason"):
+        return str(output["reason"])
+    if tolerance_met is False:
+        return f"tolerance not met by {_short(output)}"
+    return "ok"
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = json.dumps(value, default=str, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 1] + "…"

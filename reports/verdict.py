@@ -1,0 +1,271 @@
+"""The suite's own verdict from a journal: PASS, FAIL or INCONCLUSIVE.
+
+Chaos Toolkit's status is not a verdict to trust (chaostoolkit-lib 1.44): a failed
+injection action, a before-hypothesis miss or a SIGTERM during a python activity can all
+end ``completed`` with exit code 0. So the verdict is computed from the journal alone,
+by rules applied in order, the first that matches deciding:
+
+1. the run was ``interrupted``/``aborted``, a signal interrupted an activity (recorded by
+   chaoslib as a failed activity), or it was a dry run → INCONCLUSIVE;
+2. the experiment has no steady-state hypothesis → INCONCLUSIVE;
+3. the steady state did not hold *before* the fault → INCONCLUSIVE (nothing was proven);
+4. a method action (an injection) failed, or its output does not confirm the Chaos Mesh
+   condition ``AllInjected`` → INCONCLUSIVE;
+5. a fault was injected but no method probe with a tolerance (the *effect probe*)
+   confirmed it had an effect → INCONCLUSIVE;
+6. a hypothesis probe raised ("could not measure") → INCONCLUSIVE;
+7. the hypothesis was not checked after the method → INCONCLUSIVE;
+8. the steady state did not hold during or after the fault → FAIL, with the probe's reason;
+9. a rollback failed → INCONCLUSIVE (the fault may still be in place);
+10. otherwise → PASS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from chaoslib.hypothesis import within_tolerance
+
+from reports.model import (
+    CheckRow,
+    ProbeRun,
+    activity_runs,
+    all_runs,
+    ensure_journal,
+    exception_line,
+    probe_runs,
+)
+
+__all__ = ["Outcome", "Verdict", "compute_verdict", "injection_confirmed"]
+
+_CONDITION = "AllInjected"
+_INTERRUPT = "InterruptExecution"
+
+
+class Outcome(StrEnum):
+    """The three verdicts; only PASS lets ``chaos run`` exit 0."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCONCLUSIVE = "INCONCLUSIVE"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a report says: the outcome, why, and every probe run behind it."""
+
+    outcome: Outcome
+    reason: str
+    title: str
+    status: str
+    deviated: bool
+    probes: tuple[ProbeRun, ...]
+    notes: tuple[str, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def checks(self) -> tuple[CheckRow, ...]:
+        return tuple(row for probe in self.probes for row in probe.checks)
+
+    @property
+    def failed_checks(self) -> tuple[CheckRow, ...]:
+        return tuple(row for row in self.checks if not row.passed)
+
+    def line(self) -> str:
+        """The one-line verdict printed at the end of a run."""
+        return f"meshchaos verdict: {self.outcome.value}: {self.title}: {self.reason}"
+
+
+_Rule = Callable[[Mapping[str, Any], list[ProbeRun]], str | None]
+
+
+def compute_verdict(journal: Mapping[str, Any]) -> Verdict:
+    """Judge a Chaos Toolkit journal by the rules of this module's docstring."""
+    ensure_journal(journal)
+    probes = probe_runs(journal)
+    outcome, reason = _judge(journal, probes)
+    notes = tuple(_injection_notes(journal)) + tuple(_rollback_notes(journal))
+    experiment = journal.get("experiment") or {}
+    meta = {key: journal.get(key) for key in ("start", "end", "duration", "node", "platform")}
+    return Verdict(outcome=outcome, reason=reason,
+                   title=str(experiment.get("title", "untitled experiment")),
+                   status=str(journal.get("status")), deviated=bool(journal.get("deviated")),
+                   probes=tuple(probes), notes=notes, meta=meta)
+
+
+def _judge(journal: Mapping[str, Any], probes: list[ProbeRun]) -> tuple[Outcome, str]:
+    for rule in _INCONCLUSIVE_FIRST:
+        reason = rule(journal, probes)
+        if reason:
+            return Outcome.INCONCLUSIVE, reason
+    failed = _steady_state_failure(probes)
+    if failed:
+        return Outcome.FAIL, failed
+    rollback = _rollback_failure(journal, probes)
+    if rollback:
+        return Outcome.INCONCLUSIVE, rollback
+    count = sum(len(p.checks) for p in probes if p.phase != "before")
+    return Outcome.PASS, (f"the steady state held under the fault: {count} checks passed "
+                          f"across {len({p.name for p in probes})} probes")
+
+
+def _interrupted(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:
+    status = journal.get("status")
+    if status in ("interrupted", "aborted"):
+        return f"the run was {status} before it could conclude"
+    if (journal.get("experiment") or {}).get("dry"):
+        return "the run was a dry run: nothing was injected or measured"
+    for run in all_runs(journal):
+        error = exception_line(run) or ""
+        if _INTERRUPT in error:
+            # chaoslib 1.44 wraps a SIGTERM raised inside a python activity as a failed
+            # activity and carries on, ending "completed": the run was cut short all the same.
+            return (f"the run was interrupted during '{_name(run)}' ({error}); chaoslib "
+                    "recorded a failed activity and carried on")
+    return None
+
+
+def _no_hypothesis(journal: Mapping[str, Any], probes: list[ProbeRun]) -> str | None:
+    hypothesis = (journal.get("experiment") or {}).get("steady-state-hypothesis") or {}
+    if not hypothesis.get("probes"):
+        return "the experiment has no steady-state hypothesis to judge"
+    return None
+
+
+def _before_missed(journal: Mapping[str, Any], probes: list[ProbeRun]) -> str | None:
+    before = (journal.get("steady_states") or {}).get("before")
+    if isinstance(before, Mapping) and before.get("steady_state_met") is False:
+        culprit = next((p for p in probes if p.phase == "before" and not p.passed), None)
+        why = f"{culprit.name}: {culprit.reason}" if culprit else "no probe recorded"
+        return f"the steady state did not hold before the fault, so nothing was proven ({why})"
+    return None
+
+
+def _injection_failed(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:
+    for run in _method_actions(journal):
+        name = _name(run)
+        if run.get("status") != "succeeded":
+            return f"fault injection '{name}' failed: {exception_line(run) or 'no error recorded'}"
+        if not injection_confirmed(run.get("output")):
+            return (f"fault '{name}' was not confirmed injected: its output does not show "
+                    f"condition {_CONDITION}=True")
+    return None
+
+
+def _effect_unseen(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:
+    if not _method_actions(journal):
+        return None
+    effects = [r for r in _method_probes(journal) if "tolerance" in (r.get("activity") or {})]
+    if not effects:
+        return "a fault was injected but no effect probe confirmed it had an effect"
+    for run in effects:
+        if not _effect_met(run):
+            why = exception_line(run) or _output_reason(run.get("output"))
+            return f"the fault had no observed effect: effect probe '{_name(run)}' saw {why}"
+    return None
+
+
+def _probe_raised(_: Mapping[str, Any], probes: list[ProbeRun]) -> str | None:
+    culprit = next((p for p in probes if p.raised), None)
+    if culprit:
+        return f"probe '{culprit.name}' ({culprit.phase}) {culprit.reason}"
+    return None
+
+
+def _after_missing(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:
+    if not isinstance((journal.get("steady_states") or {}).get("after"), Mapping):
+        return "the steady state was never checked after the fault"
+    return None
+
+
+_INCONCLUSIVE_FIRST: tuple[_Rule, ...] = (
+    _interrupted, _no_hypothesis, _before_missed, _injection_failed, _effect_unseen,
+    _probe_raised, _after_missing,
+)
+
+
+def _steady_state_failure(probes: list[ProbeRun]) -> str | None:
+    culprits = [p for p in probes if p.phase != "before" and not p.passed]
+    if not culprits:
+        return None
+    first = culprits[0]
+    more = f" (+{len(culprits) - 1} more failing probe runs)" if len(culprits) > 1 else ""
+    return f"the steady state did not hold ({first.phase} the fault): {first.reason}{more}"
+
+
+def _rollback_failure(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:
+    for run in activity_runs(journal, "rollbacks"):
+        if run.get("status") != "succeeded":
+            return (f"rollback '{_name(run)}' failed, the fault may still be in place: "
+                    f"{exception_line(run) or 'no error recorded'}")
+    return None
+
+
+def injection_confirmed(output: Any) -> bool:
+    """True when an injection's output shows Chaos Mesh's ``AllInjected`` condition True.
+
+    Accepted shapes: the chaos object itself (``status.conditions`` list of
+    ``{type, status}``), a dict with ``conditions`` as that list or as ``{type: bool}``,
+    a dict with ``injected: true``, or a list of any of these (all must confirm).
+    """
+    if isinstance(output, list):
+        return bool(output) and all(injection_confirmed(item) for item in output)
+    if not isinstance(output, Mapping):
+        return False
+    if output.get("injected") is True or output.get("all_injected") is True:
+        return True
+    conditions = output.get("conditions")
+    if conditions is None and isinstance(output.get("status"), Mapping):
+        conditions = output["status"].get("conditions")
+    return _condition_true(conditions)
+
+
+def _condition_true(conditions: Any) -> bool:
+    if isinstance(conditions, Mapping):
+        value = conditions.get(_CONDITION)
+        return value is True or str(value) == "True"
+    if isinstance(conditions, list):
+        return any(isinstance(c, Mapping) and c.get("type") == _CONDITION
+                   and str(c.get("status")) == "True" for c in conditions)
+    return False
+
+
+def _effect_met(run: Mapping[str, Any]) -> bool:
+    if run.get("status") != "succeeded":
+        return False
+    tolerance = (run.get("activity") or {}).get("tolerance")
+    if isinstance(tolerance, Mapping) and tolerance.get("type") == "probe":
+        return False  # judging it would run an activity; effect tolerances must be static
+    return bool(within_tolerance(tolerance, run.get("output")))
+
+
+def _injection_notes(journal: Mapping[str, Any]) -> list[str]:
+    return [f"injected: {_name(r)}" for r in _method_actions(journal)
+            if r.get("status") == "succeeded" and injection_confirmed(r.get("output"))]
+
+
+def _rollback_notes(journal: Mapping[str, Any]) -> list[str]:
+    return [f"rollback {_name(r)}: {r.get('status')}" for r in activity_runs(journal, "rollbacks")]
+
+
+def _method_actions(journal: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [r for r in activity_runs(journal, "run")
+            if (r.get("activity") or {}).get("type") == "action"]
+
+
+def _method_probes(journal: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [r for r in activity_runs(journal, "run")
+            if (r.get("activity") or {}).get("type") == "probe"]
+
+
+def _name(run: Mapping[str, Any]) -> str:
+    return str((run.get("activity") or {}).get("name", "unnamed activity"))
+
+
+def _output_reason(output: Any) -> str:
+    if isinstance(output, Mapping) and output.get("reason"):
+        return str(output["reason"])
+    return repr(output)[:200]
