@@ -99,3 +99,16 @@ def virtual_service(name: str, *, api_version: str = "networking.istio.io/v1",
         "spec": {"hosts": [name],
                  "http": [{"route": [{"destination": {"host": name}}], "timeout": timeout}]},
     }
+
+
+def deployment(name: str, ns: str = "shop", *, labels: dict[str, str] | None = None,
+               ) -> dict[str, Any]:
+    labels = labels or {"app": name}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [{"name": "app", "image": "local/app",
+                                                       "ports": [{"containerPort": 8080}]}]}}},
+    }

@@ -27,6 +27,8 @@ from localmesh.store import ObjectStore
 __all__ = ["ResourceHandlers"]
 
 Obj = dict[str, Any]
+# Types whose Kubernetes registry sets ReturnDeletedObject (the client expects V1Pod etc.).
+_RETURNS_DELETED_OBJECT = {("", "pods"), ("", "services"), ("", "serviceaccounts")}
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -159,8 +161,10 @@ class ResourceHandlers:
         try:
             self.store.get(rtype.group, rtype.plural, ns, name)
         except NotFound:
-            return _json(_deleted_status(result, target))
-        # Still held by finalizers or by its owner (pods): Kubernetes returns the object.
+            if (rtype.group, rtype.plural) not in _RETURNS_DELETED_OBJECT:
+                return _json(_deleted_status(result, target))
+        # Still held by finalizers or by its owner (pods), or a type whose registry
+        # returns the deleted object: Kubernetes answers with the object.
         return _json(_present(result, target))
 
     def delete_collection(self, request: web.Request, target: Target) -> web.Response:
