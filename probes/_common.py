@@ -1,0 +1,38 @@
+"""Plumbing shared by the probe modules (private: not an activity module)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from probes.evidence.request import RequestEvidence
+from probes.results import Check, waterfall
+from probes.traffic import Load, send_load
+
+__all__ = ["run_id", "sample_traces", "send_requests"]
+
+MAX_WATERFALLS = 3
+
+
+def run_id(configuration: Mapping[str, Any] | None) -> str:
+    return str((configuration or {}).get("run_id") or "probe")
+
+
+def send_requests(url: str, configuration: Mapping[str, Any] | None, count: int,
+                  headers: Mapping[str, str] | None, timeout_s: float,
+                  concurrency: int = 2) -> list[Any]:
+    """Send ``count`` requests, a few at a time, each with its own trace context."""
+    load = Load(url=url, run_id=run_id(configuration), count=count, rate=20.0,
+                duration_s=max(1.0, count / 20.0 + 1), concurrency=concurrency,
+                timeout_s=timeout_s, headers=dict(headers or {}))
+    return send_load(load)
+
+
+def sample_traces(evidence: Sequence[RequestEvidence],
+                  checks: Sequence[Check]) -> list[dict[str, Any]]:
+    """Waterfalls for the first failing requests (or one passing one as a sample)."""
+    failing = {t for c in checks if not c.passed for t in c.evidence.trace_ids}
+    chosen = [e for e in evidence if e.sent.trace_id in failing][:MAX_WATERFALLS]
+    if not chosen:
+        chosen = [e for e in evidence if e.spans][:1]
+    return [waterfall(e.sent.trace_id, e.spans) for e in chosen]

@@ -1,0 +1,62 @@
+"""Probe: when a caller times out, the work below it stops (no orphan work).
+
+Drive requests that time out — pass the ``path``/``headers`` that make the chain slow,
+or run while a delay fault is active — then, for every ``504 UT`` at a caller's
+sidecar, check that each hop below stops within ``grace_ms``: its inbound sidecar logs
+``0 DC``/``DR`` or its span ends, and no downstream request completes after the
+deadline (mesh-semantics.md §1.1, §1.6, §6). Usage::
+
+    {"type": "probe", "name": "no-orphan-work",
+     "tolerance": {"type": "jsonpath", "path": "$.passed", "expect": true},
+     "provider": {"type": "python", "module": "probes.cancellation", "func": "orphan_work",
+                  "arguments": {"requests": 3, "grace_ms": 100}}}
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from probes import _common
+from probes.checks import cancellation as rules
+from probes.deadline import Deadline
+from probes.evidence.collect import collect
+from probes.evidence.request import CallTree
+from probes.results import probe_result
+from probes.target import resolve_target
+
+__all__ = ["orphan_work"]
+
+
+def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | None = None,
+                call_tree: dict[str, Any] | None = None, grace_ms: float = 100.0,
+                client_timeout_ms: float | None = None, timeout_s: float = 60.0,
+                configuration: dict[str, Any] | None = None,
+                secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Count orphaned requests and orphan work time per hop after caller timeouts.
+
+    Timeouts are every ``504 UT`` at a caller's sidecar and, when ``client_timeout_ms`` is
+    set, the probe itself giving up on its request (a user leaving): then every hop of the
+    chain must stop within ``grace_ms`` of that moment.
+
+    Returns the probe result dict (``$.passed``; ``measurements.orphaned_requests`` and
+    ``measurements.orphan_work_ms`` per hop); raises ``EvidenceError`` when no request
+    timed out, since then there was nothing to cancel.
+    """
+    deadline = Deadline(timeout_s, "orphan_work")
+    target = resolve_target(configuration)
+    tree = CallTree.from_config(call_tree)
+    request_timeout = (client_timeout_ms / 1000 if client_timeout_ms
+                       else min(30.0, deadline.check("sending requests")))
+    sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
+                                 timeout_s=request_timeout)
+    # Orphans finish *after* the caller gave up: give them time to show up in the evidence.
+    time.sleep(min(2.0, deadline.check("waiting for orphans") * 0.2))
+    gathered = collect(target, sent, tree, deadline)
+    results, orphans = rules.evaluate(gathered.requests, tree, grace_ms, client_timeout_ms)
+    return probe_result("orphan-work", results,
+                        traces=_common.sample_traces(gathered.requests, results),
+                        measurements={"requests": len(sent), "grace_ms": grace_ms,
+                                      "orphaned_requests": orphans.requests,
+                                      "orphan_work_ms": orphans.work_ms,
+                                      "statuses": sorted({str(r.status) for r in sent})})

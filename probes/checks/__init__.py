@@ -1,0 +1,1 @@
+"""Pure checks over normalised evidence (no I/O): each returns findings or a Check."""

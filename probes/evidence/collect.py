@@ -1,0 +1,67 @@
+"""Gather the evidence of a batch of probe requests from a target (logs + traces)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from probes.deadline import Deadline
+from probes.errors import EvidenceError
+from probes.evidence.accesslog import AccessLogRecord
+from probes.evidence.kube import MeshSettings, read_mesh_settings, read_proxy_logs
+from probes.evidence.request import CallTree, LogIndex, RequestEvidence, SentRequest
+from probes.evidence.traceapi import TraceReader
+from probes.target import Target
+
+__all__ = ["Collected", "collect"]
+
+
+@dataclass
+class Collected:
+    """The evidence of every request plus what was read to get it."""
+
+    requests: list[RequestEvidence]
+    mesh: MeshSettings
+    log_lines: int
+    unparsed_lines: int
+
+
+def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadline: Deadline, *,
+            trace_wait_s: float = 8.0, logs: bool = True) -> Collected:
+    """Read traces (bounded wait) then the istio-proxy logs covering the requests."""
+    if not sent:
+        raise EvidenceError("no request was sent, so there is nothing to read back")
+    api_client = target.api_client()
+    try:
+        mesh = read_mesh_settings(api_client, timeout_s=min(5.0, deadline.check("reading mesh")))
+        sampled = [r.trace_id for r in sent if r.sampled]
+        with TraceReader(target.traces_url, target.traces_api) as reader:
+            wait = min(trace_wait_s, deadline.check("waiting for traces") * 0.6)
+            traces = reader.wait_for(sampled, tree.hops(), wait_s=wait) if sampled else {}
+        if sampled and not any(traces.values()):
+            raise EvidenceError(f"none of {len(sampled)} sampled traces (first "
+                                f"{sampled[0]}) appeared at '{target.traces_url}' within "
+                                f"{wait:.1f} s")
+        records: list[AccessLogRecord] = []
+        unparsed = 0
+        if logs:
+            if not mesh.access_log_enabled:
+                raise EvidenceError("the mesh access log is off (istio-system/istio "
+                                    "accessLogFile is empty): no sidecar evidence to read")
+            first = min(r.started_us for r in sent) / 1e6
+            since = math.ceil(time.time() - first) + 5
+            records, unparsed = read_proxy_logs(api_client, target.namespace, mesh.log_format,
+                                                since_seconds=since,
+                                                timeout_s=min(10.0, deadline.check("reading logs")))
+            if not records:
+                raise EvidenceError(f"no access-log line could be read from the istio-proxy "
+                                    f"containers of namespace '{target.namespace}' "
+                                    f"({unparsed} unparsed lines)")
+    finally:
+        api_client.close()
+    index = LogIndex(records)
+    evidence = [RequestEvidence.build(r, traces.get(r.trace_id, []), index.for_request(r))
+                for r in sent]
+    return Collected(evidence, mesh, index.count, unparsed)

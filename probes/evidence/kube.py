@@ -1,0 +1,183 @@
+"""Evidence read through the Kubernetes API: istio-proxy logs, mesh config, VirtualServices.
+
+The same calls work against a real cluster and the local mesh (it serves the same API
+subset). Every call carries a request timeout; API errors become :class:`EvidenceError`
+naming the object.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from probes.errors import EvidenceError
+from probes.evidence.accesslog import AccessLogRecord, LogFormat, compile_format, parse_lines
+from probes.evidence.formats import ISTIO_JSON, ISTIO_TEXT
+from probes.evidence.routes import Route
+
+__all__ = ["MeshSettings", "parse_duration_ms", "parse_mesh_config", "read_mesh_settings",
+           "read_proxy_logs", "read_routes", "routes_from_virtual_services"]
+
+HONOR_ANNOTATION = "meshchaos.io/honor-app-envoy-headers"
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """What the probes need from the mesh config (architecture.md "Mesh config")."""
+
+    access_log_enabled: bool
+    log_format: LogFormat
+    sampling_percent: float
+    honor_app_envoy_headers: bool
+
+
+def parse_mesh_config(mesh_yaml: str | None,
+                      annotations: Mapping[str, str] | None = None) -> MeshSettings:
+    """Parse the ``mesh`` key of ConfigMap istio-system/istio."""
+    try:
+        mesh = yaml.safe_load(mesh_yaml or "") or {}
+    except yaml.YAMLError as exc:
+        raise EvidenceError(f"configmap istio-system/istio key 'mesh' is not YAML: {exc}") from exc
+    if not isinstance(mesh, dict):
+        raise EvidenceError("configmap istio-system/istio key 'mesh' is not a mapping")
+    encoding = str(mesh.get("accessLogEncoding") or "TEXT").upper()
+    fmt: str | Mapping[str, str] | None = mesh.get("accessLogFormat") or None
+    enabled = bool(mesh.get("accessLogFile"))
+    for provider in mesh.get("extensionProviders") or ():
+        file_log = provider.get("envoyFileAccessLog") if isinstance(provider, dict) else None
+        if file_log and not fmt:
+            log_format = file_log.get("logFormat") or {}
+            fmt = log_format.get("text") or log_format.get("labels")
+            encoding = "JSON" if "labels" in log_format else "TEXT"
+            enabled = True
+    if encoding == "JSON":
+        fmt = json.loads(fmt) if isinstance(fmt, str) else (fmt or ISTIO_JSON)
+    sampling = (mesh.get("defaultConfig") or {}).get("tracing", {}).get("sampling", 1.0)
+    flag = (annotations or {}).get(HONOR_ANNOTATION, "false")
+    return MeshSettings(enabled, compile_format(fmt or ISTIO_TEXT, encoding), float(sampling),
+                        str(flag).lower() == "true")
+
+
+def _core(api_client: Any) -> Any:
+    from kubernetes import client  # slow import, only when evidence is read
+
+    return client.CoreV1Api(api_client)
+
+
+def _api_error(what: str, exc: Exception) -> EvidenceError:
+    status = getattr(exc, "status", None)
+    detail = f"http {status}" if status else str(exc)
+    return EvidenceError(f"could not read {what}: {detail}")
+
+
+def read_mesh_settings(api_client: Any, *, timeout_s: float = 5.0) -> MeshSettings:
+    """Read ConfigMap istio-system/istio (absent → Istio's defaults: no access log)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        cm = _core(api_client).read_namespaced_config_map("istio", "istio-system",
+                                                          _request_timeout=timeout_s)
+    except ApiException as exc:
+        if exc.status == 404:
+            return parse_mesh_config(None)
+        raise _api_error("configmap istio-system/istio", exc) from exc
+    except OSError as exc:
+        raise _api_error("configmap istio-system/istio", exc) from exc
+    return parse_mesh_config((cm.data or {}).get("mesh"), cm.metadata.annotations or {})
+
+
+def read_proxy_logs(api_client: Any, namespace: str, log_format: LogFormat, *,
+                    since_seconds: int, timeout_s: float = 5.0,
+                    ) -> tuple[list[AccessLogRecord], int]:
+    """Parse the istio-proxy log of every pod of ``namespace`` written in the last seconds."""
+    from kubernetes.client.exceptions import ApiException
+
+    core = _core(api_client)
+    try:
+        pods = core.list_namespaced_pod(namespace, _request_timeout=timeout_s).items
+    except (ApiException, OSError) as exc:
+        raise _api_error(f"pods of namespace '{namespace}'", exc) from exc
+    records: list[AccessLogRecord] = []
+    skipped = 0
+    for pod in pods:
+        if not any(c.name == "istio-proxy" for c in pod.spec.containers or ()):
+            continue
+        name = pod.metadata.name
+        try:
+            text = core.read_namespaced_pod_log(name, namespace, container="istio-proxy",
+                                                since_seconds=max(1, since_seconds),
+                                                _request_timeout=timeout_s)
+        except ApiException as exc:
+            if exc.status == 404:  # the pod went away (pod-kill): its evidence went with it
+                continue
+            raise _api_error(f"istio-proxy log of pod '{namespace}/{name}'", exc) from exc
+        except OSError as exc:
+            raise _api_error(f"istio-proxy log of pod '{namespace}/{name}'", exc) from exc
+        hop = (pod.metadata.labels or {}).get("app")
+        got, bad = parse_lines(log_format, namespace, name, str(text).splitlines(), hop)
+        records.extend(got)
+        skipped += bad
+    return records, skipped
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)$")
+_UNIT_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0,
+            "h": 3_600_000.0}
+
+
+def parse_duration_ms(value: Any) -> int:
+    """``"0.5s"`` → 500; unset → 0 (Istio: no timeout, §2.1)."""
+    if not value:
+        return 0
+    match = _DURATION.match(str(value).strip())
+    if match is None:
+        raise EvidenceError(f"unparseable duration {value!r} in a VirtualService")
+    return round(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+def routes_from_virtual_services(items: Iterable[Mapping[str, Any]]) -> list[Route]:
+    """Normalise VirtualService HTTP routes (keyed by destination service short name)."""
+    routes: list[Route] = []
+    for vs in items:
+        name = f"{vs['metadata'].get('namespace', '')}/{vs['metadata']['name']}"
+        spec = vs.get("spec") or {}
+        for http in spec.get("http") or ():
+            dests = http.get("route") or [{}]
+            host = str((dests[0].get("destination") or {}).get("host")
+                       or (spec.get("hosts") or ["?"])[0])
+            retries = http.get("retries") or {}
+            retry_on = str(retries.get("retryOn") or "")
+            routes.append(Route(name, host.split(".", 1)[0], parse_duration_ms(http.get("timeout")),
+                                int(retries.get("attempts") or 0),
+                                parse_duration_ms(retries.get("perTryTimeout")),
+                                tuple(t for t in retry_on.split(",") if t)))
+    return routes
+
+
+def read_routes(api_client: Any, namespace: str, *, timeout_s: float = 5.0) -> list[Route]:
+    """Read the namespace's VirtualServices (networking.istio.io v1, then v1beta1)."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    custom = client.CustomObjectsApi(api_client)
+    last: Exception | None = None
+    for version in ("v1", "v1beta1", "v1alpha3"):
+        try:
+            doc = custom.list_namespaced_custom_object("networking.istio.io", version, namespace,
+                                                       "virtualservices",
+                                                       _request_timeout=timeout_s)
+        except ApiException as exc:
+            if exc.status == 404:
+                last = exc
+                continue
+            raise _api_error(f"virtualservices of namespace '{namespace}'", exc) from exc
+        except OSError as exc:
+            raise _api_error(f"virtualservices of namespace '{namespace}'", exc) from exc
+        items = doc.get("items") if isinstance(doc, dict) else None
+        return routes_from_virtual_services(items or ())
+    raise _api_error(f"virtualservices of namespace '{namespace}'", last or Exception("none"))

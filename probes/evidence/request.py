@@ -1,0 +1,195 @@
+"""Per-request evidence: the probe's own request, its trace and its access-log lines by hop.
+
+The probe knows exactly what it sent (trace id, parent id, tracestate, B3 ids,
+x-request-id), so evidence is correlated by those ids, never by time windows:
+a log line belongs to the request when its traceparent carries the trace id or its
+x-request-id equals the one sent (ignoring the 14th hex character, which Envoy's
+UUID extension may rewrite to pack the trace decision, mesh-semantics.md §3).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from probes.errors import ConfigurationError
+from probes.evidence.accesslog import AccessLogRecord
+from probes.evidence.spans import Span
+
+__all__ = [
+    "REFERENCE_CHAIN",
+    "CallTree",
+    "HopEvidence",
+    "LogIndex",
+    "RequestEvidence",
+    "SentRequest",
+    "mask_request_id",
+]
+
+
+@dataclass(frozen=True)
+class CallTree:
+    """Who calls whom: ``entry`` is called by the ingress; ``calls[h]`` are h's callees."""
+
+    entry: str
+    calls: Mapping[str, tuple[str, ...]]
+
+    def hops(self) -> list[str]:
+        """Every hop, breadth-first from the entry (the order breaks are reported in)."""
+        order, queue = [], [self.entry]
+        while queue:
+            hop = queue.pop(0)
+            if hop not in order:
+                order.append(hop)
+                queue.extend(self.calls.get(hop, ()))
+        return order
+
+    def caller(self, hop: str) -> str | None:
+        return next((h for h, callees in self.calls.items() if hop in callees), None)
+
+    def below(self, hop: str) -> list[str]:
+        """Every hop under ``hop`` (its callees, their callees, …)."""
+        out: list[str] = []
+        queue = list(self.calls.get(hop, ()))
+        while queue:
+            nxt = queue.pop(0)
+            if nxt not in out:
+                out.append(nxt)
+                queue.extend(self.calls.get(nxt, ()))
+        return out
+
+    def edges(self) -> list[tuple[str, str]]:
+        return [(h, c) for h in self.hops() for c in self.calls.get(h, ())]
+
+    @classmethod
+    def from_config(cls, value: Mapping[str, object] | None) -> CallTree:
+        """``{"entry": "frontend", "calls": {"frontend": ["orders"], …}}``; None → reference."""
+        if not value:
+            return REFERENCE_CHAIN
+        calls = value.get("calls") or {}
+        if not isinstance(calls, Mapping) or "entry" not in value:
+            raise ConfigurationError(f"call_tree must be {{'entry': str, 'calls': {{hop: [callee, "
+                                     f"...]}}}}, got {dict(value)!r}")
+        return cls(str(value["entry"]), {str(k): tuple(str(c) for c in v)
+                                         for k, v in calls.items()})
+
+
+# fixtures/chain: frontend → orders → inventory → pricing, plus orders → ratings.
+REFERENCE_CHAIN = CallTree("frontend", {"frontend": ("orders",),
+                                        "orders": ("inventory", "ratings"),
+                                        "inventory": ("pricing",)})
+
+
+def mask_request_id(request_id: str | None) -> str | None:
+    """Blank the UUID's version nibble (index 14), which Envoy may rewrite (§3)."""
+    if not request_id or len(request_id) < 15:
+        return request_id
+    return request_id[:14] + "_" + request_id[15:]
+
+
+@dataclass(frozen=True)
+class SentRequest:
+    """What the probe sent and got back for one request."""
+
+    trace_id: str
+    parent_id: str
+    sampled: bool
+    tracestate: str
+    request_id: str
+    b3_trace_id: str | None = None
+    b3_span_id: str | None = None
+    status: int | None = None
+    latency_ms: float | None = None
+    started_us: int = 0
+    error: str | None = None
+
+
+@dataclass
+class HopEvidence:
+    """One hop's spans and access-log lines for one request."""
+
+    hop: str
+    app_server: list[Span] = field(default_factory=list)
+    app_client: list[Span] = field(default_factory=list)
+    sidecar_in: list[Span] = field(default_factory=list)
+    sidecar_out: list[Span] = field(default_factory=list)
+    logs_in: list[AccessLogRecord] = field(default_factory=list)
+    logs_out: list[AccessLogRecord] = field(default_factory=list)
+
+    @property
+    def seen(self) -> bool:
+        return bool(self.app_server or self.sidecar_in or self.logs_in)
+
+
+class LogIndex:
+    """All parsed access-log lines, indexed by trace id and masked request id."""
+
+    def __init__(self, records: Iterable[AccessLogRecord]) -> None:
+        self.by_trace: dict[str, list[AccessLogRecord]] = defaultdict(list)
+        self.by_request: dict[str, list[AccessLogRecord]] = defaultdict(list)
+        self.count = 0
+        for record in records:
+            self.count += 1
+            if record.trace_id:
+                self.by_trace[record.trace_id].append(record)
+            masked = mask_request_id(record.request_id)
+            if masked:
+                self.by_request[masked].append(record)
+
+    def for_request(self, sent: SentRequest) -> list[AccessLogRecord]:
+        seen: dict[int, AccessLogRecord] = {}
+        for record in self.by_trace.get(sent.trace_id, ()):
+            seen[id(record)] = record
+        for record in self.by_request.get(mask_request_id(sent.request_id) or "", ()):
+            seen[id(record)] = record
+        return sorted(seen.values(), key=lambda r: r.start_us or 0)
+
+
+@dataclass
+class RequestEvidence:
+    """Everything known about one probe request, grouped by hop."""
+
+    sent: SentRequest
+    spans: Sequence[Span]
+    logs: Sequence[AccessLogRecord]
+    hops: dict[str, HopEvidence] = field(default_factory=dict)
+    by_id: dict[str, Span] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, sent: SentRequest, spans: Sequence[Span],
+              logs: Sequence[AccessLogRecord]) -> RequestEvidence:
+        evidence = cls(sent, spans, logs)
+        for span in spans:
+            evidence.by_id[span.span_id] = span
+            hop = evidence.hop(span.hop)
+            if span.sidecar:
+                (hop.sidecar_out if span.direction == "outbound" else hop.sidecar_in).append(span)
+            elif span.kind == "server":
+                hop.app_server.append(span)
+            elif span.kind == "client":
+                hop.app_client.append(span)
+        for record in logs:
+            hop = evidence.hop(record.hop)
+            (hop.logs_out if record.direction == "outbound" else hop.logs_in).append(record)
+        return evidence
+
+    def hop(self, name: str) -> HopEvidence:
+        if name not in self.hops:
+            self.hops[name] = HopEvidence(name)
+        return self.hops[name]
+
+    def in_trace(self, hop: str) -> bool:
+        return bool(self.hop(hop).app_server or self.hop(hop).sidecar_in)
+
+    def nearest_app_ancestor(self, span: Span) -> Span | None:
+        """Walk up through sidecar spans to the first app span (bounded by the span count)."""
+        current = self.by_id.get(span.parent_id or "")
+        for _ in range(len(self.spans)):
+            if current is None or not current.sidecar:
+                return current
+            current = self.by_id.get(current.parent_id or "")
+        return None
+
+    def log_lines(self, *hops: str) -> list[str]:
+        return [r.line for h in hops for r in self.hop(h).logs_in + self.hop(h).logs_out]

@@ -1,0 +1,78 @@
+"""Read traces back from a Jaeger-style or Tempo query API, with a bounded wait.
+
+Spans are exported in batches off the hot path, so a trace fills in over time. The
+reader polls every outstanding trace in rounds until each one holds every expected
+hop (then one settle round, to catch late retries), or the wait ends. A trace that
+never appears is "could not measure"; a trace that stays partial is evidence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import requests
+
+from probes.errors import EvidenceError
+from probes.evidence.spans import Span, parse_jaeger, parse_tempo
+
+__all__ = ["TraceReader"]
+
+
+class TraceReader:
+    """``GET <traces_url>/api/traces/<id>`` for Jaeger's or Tempo's API."""
+
+    def __init__(self, url: str, api: str = "jaeger", *, timeout_s: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.api = api
+        self.timeout_s = timeout_s
+        self.session = requests.Session()
+        self.session.trust_env = False
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> TraceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fetch(self, trace_id: str) -> list[Span]:
+        """The trace's spans; ``[]`` when the API does not know it (yet)."""
+        try:
+            resp = self.session.get(f"{self.url}/api/traces/{trace_id}", timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise EvidenceError(f"trace api '{self.url}' unreachable: {exc}") from exc
+        if resp.status_code == 404:
+            return []
+        if resp.status_code != 200:
+            raise EvidenceError(f"trace api '{self.url}' answered {resp.status_code} for trace "
+                                f"{trace_id}: {resp.text[:200]!r}")
+        try:
+            doc: Any = resp.json()
+        except ValueError as exc:
+            raise EvidenceError(f"trace api '{self.url}' sent non-JSON for {trace_id}") from exc
+        spans = parse_tempo(doc) if self.api == "tempo" else parse_jaeger(doc)
+        return [s for s in spans if s.trace_id == trace_id]
+
+    def wait_for(self, trace_ids: Sequence[str], hops: Iterable[str], *, wait_s: float,
+                 poll_s: float = 0.2, settle_s: float = 0.4) -> dict[str, list[Span]]:
+        """Poll until every trace holds an app SERVER span of every hop, or ``wait_s`` ends."""
+        expected = set(hops)
+        found: dict[str, list[Span]] = {t: [] for t in trace_ids}
+        complete_at: dict[str, float] = {}
+        end = time.monotonic() + wait_s
+        while True:
+            now = time.monotonic()
+            pending = [t for t in trace_ids
+                       if t not in complete_at or now - complete_at[t] < settle_s]
+            if not pending or now >= end:
+                return found
+            for trace_id in pending:
+                found[trace_id] = self.fetch(trace_id)
+                have = {s.hop for s in found[trace_id] if not s.sidecar and s.kind == "server"}
+                if expected <= have:
+                    complete_at.setdefault(trace_id, time.monotonic())
+            time.sleep(min(poll_s, max(0.0, end - time.monotonic())))

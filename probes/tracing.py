@@ -1,0 +1,51 @@
+"""Probe: trace continuity across the chain (mesh-semantics.md §3, §4).
+
+Sends its own requests through the ingress, each with a fresh sampled W3C traceparent,
+a tracestate entry, B3 headers and an x-request-id, then reads each request's trace and
+access-log lines back and checks every hop kept the context. Usage::
+
+    {"type": "probe", "name": "trace-survives-every-hop",
+     "tolerance": {"type": "jsonpath", "path": "$.passed", "expect": true},
+     "provider": {"type": "python", "module": "probes.tracing", "func": "trace_continuity",
+                  "arguments": {"requests": 5}}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from probes import _common
+from probes.checks.tracing import evaluate
+from probes.deadline import Deadline
+from probes.evidence.collect import collect
+from probes.evidence.request import CallTree
+from probes.results import probe_result
+from probes.target import resolve_target
+
+__all__ = ["trace_continuity"]
+
+
+def trace_continuity(requests: int = 5, path: str = "/", headers: dict[str, str] | None = None,
+                     call_tree: dict[str, Any] | None = None, checks: list[str] | None = None,
+                     timeout_s: float = 60.0, configuration: dict[str, Any] | None = None,
+                     secrets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check that every hop of the chain keeps each request's trace context.
+
+    Rules (``checks``, default all): ``same-trace``, ``parent-links``,
+    ``new-parent-per-call``, ``tracestate``, ``sampled``, ``b3``, ``request-id``,
+    ``retries``. ``call_tree`` is ``{"entry": "frontend", "calls": {"frontend": ["orders"],
+    ...}}`` (default: the reference chain). Returns the probe result dict (``$.passed``);
+    raises ``EvidenceError`` when a rule has no evidence at all.
+    """
+    deadline = Deadline(timeout_s, "trace_continuity")
+    target = resolve_target(configuration)
+    tree = CallTree.from_config(call_tree)
+    sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
+                                 timeout_s=min(10.0, deadline.check("sending requests")))
+    gathered = collect(target, sent, tree, deadline)
+    results = evaluate(gathered.requests, tree, checks)
+    return probe_result("trace-continuity", results,
+                        traces=_common.sample_traces(gathered.requests, results),
+                        measurements={"requests": len(sent), "log_lines": gathered.log_lines,
+                                      "unparsed_log_lines": gathered.unparsed_lines,
+                                      "statuses": sorted({str(r.status) for r in sent})})
