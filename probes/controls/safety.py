@@ -1,0 +1,221 @@
+"""Control: give the run an id, refuse unsafe namespaces, and always take the run's chaos away.
+
+Usage (in the experiment's ``controls``)::
+
+    {"name": "safety", "provider": {"type": "python", "module": "probes.controls.safety"}}
+
+- ``configure_control`` creates the run id (kept if ``run_id`` is already set) and
+  writes it into the configuration *in place* as ``run_id``: chaoslib 1.44 copies that
+  dict for each activity at call time, so ``probes.chaos`` names and labels its objects
+  with it. It also installs SIGINT/SIGTERM handlers that remove the run's chaos objects
+  before handing the signal to the previous handler (chaoslib's, or Ctrl-C).
+- ``before_experiment_control`` checks, before anything is applied, every
+  ``probes.chaos.apply_chaos`` activity of the experiment (with its overrides) and the
+  configured ``namespace`` against the allowlist (``allowed_namespaces``, default
+  ``["shop"]``; ``kube-system``, ``istio-system`` and ``chaos-mesh`` never) and
+  interrupts the run if any is refused. chaoslib swallows errors raised while a
+  control is configured, so the refusal is raised here, where it stops the run.
+- ``before_activity_control`` checks each chaos action again, with its final arguments.
+- ``after_experiment_control`` removes every chaos object labelled with the run id,
+  whatever the outcome, and records what it removed in the journal
+  (``meshchaos_safety``); ``cleanup_control`` does it again if that did not succeed and
+  restores the signal handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from chaoslib.exceptions import InterruptExecution
+
+from probes import chaos, safety
+from probes.errors import ConfigurationError, ProbeError
+
+__all__ = [
+    "after_experiment_control",
+    "before_activity_control",
+    "before_experiment_control",
+    "cleanup_control",
+    "configure_control",
+]
+
+logger = logging.getLogger("chaostoolkit")
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_CHAOS_MODULE, _APPLY = "probes.chaos", "apply_chaos"
+
+
+@dataclass
+class _Run:
+    run_id: str
+    configuration: MutableMapping[str, Any]
+    refusal: str = ""
+    cleaned: bool = False
+    removed: list[dict[str, str]] = field(default_factory=list)
+    previous: dict[int, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_run: _Run | None = None
+
+
+def configure_control(configuration: MutableMapping[str, Any] | None = None,
+                      experiment: Mapping[str, Any] | None = None, **_: Any) -> None:
+    """Create the run id, remember the refusals, install the signal handlers."""
+    global _run
+    if configuration is None:
+        raise ConfigurationError("the safety control needs the experiment "
+                                 "configuration")
+    run_id = str(configuration.get("run_id") or safety.new_run_id())
+    configuration["run_id"] = run_id
+    _run = _Run(run_id, configuration)
+    _run.refusal = _refusal(experiment or {}, configuration)
+    _install_signal_handlers(_run)
+    logger.info("meshchaos run id '%s'%s", run_id,
+                " (dry run: chaos manifests are printed, nothing is applied)"
+                if safety.is_dry_run(configuration) else "")
+
+
+def before_experiment_control(context: Any = None, **_: Any) -> None:
+    """Stop the run before anything is applied if a chaos action is refused."""
+    if _run is None:
+        raise InterruptExecution("the safety control was not configured (no run id): "
+                                 "refusing to run chaos without it")
+    if _run.refusal:
+        raise InterruptExecution(_run.refusal)
+
+
+def before_activity_control(context: Mapping[str, Any] | None = None,
+                            configuration: Mapping[str, Any] | None = None,
+                            **_: Any) -> None:
+    """Check one chaos action with its final arguments against the allowlist."""
+    if context is None or not _is_apply(context):
+        return
+    message = _check_activity(context, configuration or {})
+    if message:
+        raise InterruptExecution(message)
+
+
+def after_experiment_control(context: Any = None, state: Any = None, **_: Any) -> None:
+    """Remove the run's chaos objects, whatever the outcome; note them in the journal."""
+    _cleanup("after the experiment")
+    if _run is not None and isinstance(state, MutableMapping):
+        state["meshchaos_safety"] = {"run_id": _run.run_id, "removed": list(_run.removed),
+                                     "cleaned": _run.cleaned}
+
+
+def cleanup_control() -> None:
+    """Last chance: remove what is left, then restore the previous signal handlers."""
+    global _run
+    run = _run
+    if run is None:
+        return
+    try:
+        _cleanup("at control cleanup")
+    finally:
+        _restore_signal_handlers(run)
+        _run = None
+
+
+# -- internals --------------------------------------------------------------------------
+
+def _is_apply(activity: Mapping[str, Any]) -> bool:
+    provider = activity.get("provider") or {}
+    return (activity.get("type") == "action" and provider.get("type") == "python"
+            and provider.get("module") == _CHAOS_MODULE and provider.get("func") == _APPLY)
+
+
+def _activities(experiment: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    hypothesis = experiment.get("steady-state-hypothesis") or {}
+    for group in (hypothesis.get("probes") or [], experiment.get("method") or [],
+                  experiment.get("rollbacks") or []):
+        yield from (a for a in group if isinstance(a, Mapping))
+
+
+def _check_activity(activity: Mapping[str, Any], configuration: Mapping[str, Any]) -> str:
+    """The refusal message for one apply_chaos activity, or '' when it is allowed."""
+    args = dict((activity.get("provider") or {}).get("arguments") or {})
+    try:
+        # the same object apply_chaos would build (a sibling module's private helper)
+        obj = chaos._build(str(args.get("manifest", "")), "check",
+                           duration=args.get("duration") or None,
+                           selector=args.get("selector"), namespace=args.get("namespace"))
+        safety.check_namespaces(safety.namespaces_of(obj), configuration,
+                                f"action '{activity.get('name')}'")
+    except ProbeError as exc:
+        return str(exc)
+    return ""
+
+
+def _refusal(experiment: Mapping[str, Any], configuration: Mapping[str, Any]) -> str:
+    try:
+        namespace = configuration.get("namespace")
+        if namespace:
+            safety.check_namespaces([str(namespace)], configuration,
+                                    "configuration 'namespace'")
+    except ProbeError as exc:
+        return str(exc)
+    for activity in _activities(experiment):
+        if _is_apply(activity):
+            message = _check_activity(activity, configuration)
+            if message:
+                return message
+    return ""
+
+
+def _cleanup(when: str) -> None:
+    run = _run
+    if run is None or run.cleaned:
+        return
+    if not run.lock.acquire(blocking=False):
+        return  # a cleanup is already running (a signal arrived during it)
+    try:
+        result = chaos.remove_run_chaos(configuration=dict(run.configuration))
+    except ProbeError:
+        logger.exception("could not remove the chaos objects of run '%s' %s; run "
+                         "`meshchaos abort --run-id %s`", run.run_id, when, run.run_id)
+        return
+    finally:
+        run.lock.release()
+    run.removed += result.get("removed", [])
+    run.cleaned = True
+    names = [f"{r['kind']} {r['namespace']}/{r['name']}" for r in result.get("removed", [])]
+    logger.info("removed the chaos objects of run '%s' %s: %s", run.run_id, when,
+                ", ".join(names) or "none left")
+
+
+def _install_signal_handlers(run: _Run) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        logger.debug("not in the main thread: no signal handlers for run '%s'", run.run_id)
+        return
+    for signum in _SIGNALS:
+        run.previous[signum] = signal.signal(signum, _on_signal)
+
+
+def _restore_signal_handlers(run: _Run) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, previous in run.previous.items():
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, previous)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """Remove the run's chaos, then let the previous handler do what it did before."""
+    run = _run
+    logger.warning("signal %s received: removing the chaos objects of the run first",
+                   signal.Signals(signum).name)
+    _cleanup(f"on {signal.Signals(signum).name}")
+    previous = run.previous.get(signum) if run is not None else None
+    if callable(previous):
+        previous(signum, frame)
+    elif signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    elif previous != signal.SIG_IGN:
+        raise SystemExit(128 + signum)
