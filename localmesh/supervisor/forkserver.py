@@ -258,20 +258,28 @@ class _Server:
             self.children.pop(pid).close()
 
 
-def _preload(names: list[str]) -> None:
-    """Import packages (and their submodules, never ``__main__``) the children will need.
+def _preload(libraries: list[str], trees: list[str]) -> None:
+    """Import what the children will need; a failure only costs them start-up time.
 
-    A plain module is not imported: run as ``-m`` it may start serving at import.
+    ``libraries`` are imported as named. ``trees`` are packages imported with all
+    their submodules except ``__main__``; a plain module is skipped (run as ``-m``
+    it may start serving at import).
     """
+    names = list(libraries)
+    for tree in trees:
+        try:
+            spec = importlib.util.find_spec(tree)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or spec.submodule_search_locations is None:
+            continue
+        names.append(tree)
+        names += [info.name for info in pkgutil.walk_packages(spec.submodule_search_locations,
+                                                              prefix=f"{tree}.")
+                  if info.name.rsplit(".", 1)[-1] != "__main__"]
     for name in names:
         try:
-            spec = importlib.util.find_spec(name)
-            if spec is None or spec.submodule_search_locations is None:
-                continue
-            package = importlib.import_module(name)
-            for info in pkgutil.walk_packages(package.__path__, prefix=f"{name}."):
-                if info.name.rsplit(".", 1)[-1] != "__main__":
-                    importlib.import_module(info.name)
+            importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - preloading is an optimisation, never fatal
             print(f"forkserver: preload of {name!r} failed: {exc!r}", file=sys.stderr,
                   flush=True)
@@ -281,12 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localmesh.supervisor.forkserver")
     parser.add_argument("--address", required=True, help="abstract unix socket name")
     parser.add_argument("--parent", type=int, required=True, help="pid of the mesh")
-    parser.add_argument("--preload", action="append", default=[])
+    parser.add_argument("--preload", action="append", default=[], help="a module to import")
+    parser.add_argument("--preload-tree", action="append", default=[],
+                        help="a package to import with its submodules")
     args = parser.parse_args(argv)
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != args.parent:
         return 1
-    _preload(args.preload)
+    _preload(args.preload, args.preload_tree)
     server = _Server("\0" + args.address, args.parent)
     spec = server.serve()
     if spec is None:

@@ -22,12 +22,13 @@ from localmesh.supervisor.injection import PROXY_CONTAINER
 __all__ = [
     "COMMAND_ANNOTATION",
     "CWD_ANNOTATION",
+    "PRELOAD_LIBRARIES",
     "Launch",
     "PodPorts",
     "app_container",
     "app_launch",
     "is_gateway",
-    "preload_modules",
+    "preload_trees",
     "service_name",
     "sidecar_launch",
 ]
@@ -176,15 +177,20 @@ def declared_app_port(pod: Obj) -> int | None:
     return _container_port(container) if container else None
 
 
-def preload_modules(pods_or_templates: list[Obj]) -> list[str]:
-    """Modules worth importing in the fork server: the sidecar and the apps' ``-m`` packages."""
-    modules = [SIDECAR_MODULE, "localmesh.http", "opentelemetry.sdk.trace",
-               "opentelemetry.exporter.otlp.proto.http.trace_exporter"]
+# Libraries the sidecar and the reference chain import: costly at start-up, safe to import.
+PRELOAD_LIBRARIES = ("asyncio", "json", "httptools", "uvloop", "aiohttp.web",
+                     "opentelemetry.sdk.trace", "opentelemetry.sdk.trace.export",
+                     "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+
+
+def preload_trees(pods_or_templates: list[Obj]) -> list[str]:
+    """Packages worth importing in the fork server: the sidecar and the apps' ``-m`` ones."""
+    trees = [SIDECAR_MODULE, "localmesh.http"]
     for obj in pods_or_templates:
         command = _command(obj)
         if command is None or not command[1]:
             continue
         args = command[0][1:]
         if args[:1] == ["-m"] and len(args) >= 2:
-            modules.append(args[1])
-    return modules
+            trees.append(args[1])
+    return trees

@@ -61,8 +61,9 @@ class Child:
 class ForkServer:
     """One fork server per mesh, preloaded with the modules pods will import."""
 
-    def __init__(self, preload: Sequence[str] = ()) -> None:
+    def __init__(self, preload: Sequence[str] = (), preload_trees: Sequence[str] = ()) -> None:
         self.preload = list(dict.fromkeys(preload))
+        self.preload_trees = list(dict.fromkeys(preload_trees))
         self.address = f"meshchaos-forkserver-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -75,6 +76,8 @@ class ForkServer:
                 "--address", self.address, "--parent", str(os.getpid())]
         for name in self.preload:
             args += ["--preload", name]
+        for name in self.preload_trees:
+            args += ["--preload-tree", name]
         self._proc = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             start_new_session=True)

@@ -19,7 +19,7 @@ from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
 from localmesh.supervisor.injection import install_injection
 from localmesh.supervisor.pods import PodContext, PodRunner, SidecarRegistry
-from localmesh.supervisor.podspec import SIDECAR_MODULE, preload_modules
+from localmesh.supervisor.podspec import PRELOAD_LIBRARIES, SIDECAR_MODULE, preload_trees
 from localmesh.supervisor.ports import PortAllocator
 from localmesh.supervisor.replicasets import ReplicaSetController, is_pod_ready
 from localmesh.supervisor.spawner import ForkServer
@@ -67,10 +67,10 @@ class Supervisor:
         """Start the fork server (preloaded with what the manifests run) and the controllers."""
         templates = [d.get("spec", {}).get("template", {})
                      for d in self.store.list("apps", "deployments")]
-        preload = preload_modules(templates + self.store.list("", "pods"))
+        trees = preload_trees(templates + self.store.list("", "pods"))
         if self._sidecar_module != SIDECAR_MODULE:
-            preload.append(self._sidecar_module)
-        self._forkserver = ForkServer(preload)
+            trees.append(self._sidecar_module)
+        self._forkserver = ForkServer(PRELOAD_LIBRARIES, trees)
         await self._forkserver.start()
         self._loop = asyncio.get_running_loop()
         self._ctx = PodContext(self.store, self._xds, self.logs, self._forkserver, self._ports,
