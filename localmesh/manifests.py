@@ -41,7 +41,7 @@ class Manifest:
 def _label(obj: Obj) -> str:
     meta = obj.get("metadata") or {}
     ns = f"{meta['namespace']}/" if meta.get("namespace") else ""
-    return f"{obj.get('kind')} {ns}{meta.get('name', '<unnamed>')}"
+    return f"{obj.get('kind') or '<no kind>'} {ns}{meta.get('name', '<unnamed>')}"
 
 
 def _error(source: Path, index: int, what: str, message: str, field: str = "") -> ManifestError:
