@@ -169,7 +169,8 @@ class ChaosController:
             retry = await self._drive(obj, records, phase)
             experiment["containerRecords"] = records
         else:
-            experiment["containerRecords"] = None
+            # Chaos Mesh's records are `omitempty`: nil records are an absent key, not null
+            experiment.pop("containerRecords", None)
         status["conditions"] = conditions(records, is_paused(obj))
         if status != (obj.get("status") or {}):
             obj = self._write_status(key, status) or obj

@@ -17,6 +17,7 @@ import pytest
 from localmesh.chaos import ChaosController, install_chaos_admission
 from localmesh.errors import NotFound
 from localmesh.store import ObjectStore
+from localmesh.validation import install_validation
 
 GROUP = "chaos-mesh.org"
 Obj = dict[str, Any]
@@ -61,6 +62,7 @@ class RecordingSupervisor:
 class Harness:
     def __init__(self) -> None:
         self.store = ObjectStore()
+        install_validation(self.store)  # the CRD schemas also check what the controller writes
         install_chaos_admission(self.store)
         self.journal: list[tuple[str, Any]] = []
         self.xds = RecordingXds(self.journal)
@@ -80,7 +82,8 @@ class Harness:
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": name, "namespace": "shop", "labels": {"app": app},
                             "annotations": extra.pop("annotations", {})},
-               "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}]},
+               "spec": {"containers": [{"name": "app", "image": "local/app"},
+                                       {"name": "istio-proxy", "image": "local/proxy"}]},
                "status": {"phase": extra.pop("phase", "Running")}}
         return self.store.create(pod)
 
@@ -247,7 +250,7 @@ async def test_no_matching_pod_is_a_failed_event_and_selected_false(h: Harness) 
     h.create("NetworkChaos", "nothing", {**DELAY, "selector": {"labelSelectors": {"app": "x"}}})
     await eventually(lambda: any("no pod is selected" in m for _, m in h.events("nothing")))
     obj = h.get("networkchaos", "nothing")
-    assert obj["status"]["experiment"]["containerRecords"] is None
+    assert "containerRecords" not in obj["status"]["experiment"]
     assert condition(obj, "Selected") == "False"
     assert condition(obj, "AllInjected") == "False"
     failed = [(r, m) for r, m in h.events("nothing") if r == "Failed"]

@@ -1,0 +1,302 @@
+"""Chaos actions through the official Kubernetes client against the local API subset.
+
+The API server is the real one (aiohttp, loopback); the chaos controller runs on its
+own loop with recording XdsServer/Supervisor doubles (the data-path boundary), so the
+objects go through admission, selection and the status lifecycle of mesh-semantics.md §5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chaoslib.exceptions import InterruptExecution
+
+from localmesh.chaos import ChaosController, install_chaos_admission
+from localmesh.errors import NotFound
+from localmesh.store import ObjectStore
+from localmesh.validation import install_validation
+from meshchaos.commands import abort
+from probes import chaos
+from probes.controls import safety as safety_control
+from probes.errors import ChaosNotInjected, ChaosNotSelected, ConfigurationError, SafetyError
+from tests.apiserver_helpers import namespace, pod, serve_api
+from tests.unit.test_chaos_lifecycle import RecordingSupervisor, RecordingXds
+
+GROUP = "chaos-mesh.org"
+
+
+class NoLogs:
+    def read(self, namespace: str, pod: str, container: str | None, *,
+             since_seconds: int | None, tail_lines: int | None, timestamps: bool,
+             previous: bool) -> str:
+        raise NotFound(f'pods "{pod}" not found')
+
+
+@dataclass
+class Cluster:
+    store: ObjectStore
+    xds: RecordingXds
+    kubeconfig: Path
+
+    def config(self, **extra: Any) -> dict[str, Any]:
+        return {"kubeconfig": str(self.kubeconfig), "run_id": "t1", **extra}
+
+    def chaos_names(self, plural: str = "networkchaos") -> list[str]:
+        return [o["metadata"]["name"] for o in self.store.list(GROUP, plural)]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    store = ObjectStore()
+    install_validation(store)
+    install_chaos_admission(store)
+    for ns in ("shop", "kube-system", "other"):
+        store.create(namespace(ns))
+    for name, app in (("pricing-a", "pricing"), ("inventory-a", "inventory"),
+                      ("orders-a", "orders"), ("ratings-a", "ratings")):
+        store.create(pod(name, labels={"app": app}))
+    journal: list[tuple[str, Any]] = []
+    xds, supervisor = RecordingXds(journal), RecordingSupervisor(journal)
+    controller = ChaosController(store, xds, supervisor, retry_interval=0.05,
+                                 rng=random.Random(1))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="chaos-controller", daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(controller.start(), loop).result(5)
+    try:
+        with serve_api(store, NoLogs(), tmp_path) as api:
+            yield Cluster(store, xds, api.kubeconfig)
+    finally:
+        asyncio.run_coroutine_threadsafe(controller.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_apply_waits_for_all_injected_and_labels_the_object(cluster: Cluster) -> None:
+    """§5.4 AllInjected=True is the only proof of injection; the object carries the run's
+    labels, a name unique to the run and the requested duration."""
+    result = chaos.apply_chaos("leaf-delay-pricing.yaml", duration="30s",
+                               configuration=cluster.config())
+    assert result["applied"] is True
+    assert (result["name"], result["namespace"], result["kind"]) == \
+        ("leaf-delay-pricing-t1", "shop", "NetworkChaos")
+    assert result["records"] == [{"id": "shop/pricing-a", "selectorKey": ".",
+                                  "phase": "Injected"}]
+    assert result["injected_at"]
+    stored = cluster.store.get(GROUP, "networkchaos", "shop", "leaf-delay-pricing-t1")
+    assert stored["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "meshchaos", "meshchaos.io/run-id": "t1",
+        "meshchaos.io/manifest": "leaf-delay-pricing"}
+    assert stored["spec"]["duration"] == "30s"
+    assert cluster.xds.faults["shop/pricing-a"][0]["delay"]["latency_ms"] == 3000.0
+
+
+def test_selector_and_namespace_overrides_reach_the_object(cluster: Cluster) -> None:
+    """Per-run overrides: the selector replaces the manifest's one."""
+    result = chaos.apply_chaos("leaf-delay-pricing", selector={
+        "namespaces": ["shop"], "labelSelectors": {"app": "orders"}},
+        configuration=cluster.config())
+    assert [r["id"] for r in result["records"]] == ["shop/orders-a"]
+
+
+def test_a_409_leftover_never_passes_for_success(cluster: Cluster) -> None:
+    """chaostoolkit-kubernetes 0.39 returns a 409 body as success; here a leftover with the
+    same name leads to a fresh unique name and a real injection."""
+    leftover = chaos._build("leaf-delay-pricing.yaml", "t1", duration=None, selector=None,
+                            namespace=None)
+    leftover["metadata"]["annotations"] = {"experiment.chaos-mesh.org/pause": "true"}
+    cluster.store.create(leftover)
+    result = chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=cluster.config())
+    assert result["name"].startswith("leaf-delay-pricing-t1-")
+    assert result["name"] != "leaf-delay-pricing-t1"
+    stored = cluster.store.get(GROUP, "networkchaos", "shop", result["name"])
+    assert {c["type"]: c["status"] for c in stored["status"]["conditions"]}["AllInjected"] \
+        == "True"
+
+
+def test_remove_waits_until_gone_and_is_idempotent(cluster: Cluster) -> None:
+    """§5.4: delete → recover → finalizer dropped → gone; a second remove (404) is fine."""
+    chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=cluster.config())
+    first = chaos.remove_chaos(name="leaf-delay-pricing-t1", configuration=cluster.config())
+    assert first["removed"] == [{"kind": "NetworkChaos", "namespace": "shop",
+                                 "name": "leaf-delay-pricing-t1"}]
+    assert cluster.chaos_names() == []
+    assert cluster.xds.faults["shop/pricing-a"] == []
+    second = chaos.remove_chaos(name="leaf-delay-pricing-t1", configuration=cluster.config())
+    assert second["removed"] == []
+    assert second["already_gone"] == first["removed"]
+
+
+def test_remove_by_manifest_takes_only_this_runs_objects(cluster: Cluster) -> None:
+    """Objects are found by the run-id and manifest labels, not by a guessed name."""
+    chaos.apply_chaos("pod-failure-ratings.yaml", configuration=cluster.config())
+    chaos.apply_chaos("pod-failure-ratings.yaml", configuration=cluster.config(run_id="t2"))
+    result = chaos.remove_chaos(manifest="pod-failure-ratings.yaml",
+                                configuration=cluster.config())
+    assert [r["name"] for r in result["removed"]] == ["pod-failure-ratings-t1"]
+    assert cluster.chaos_names("podchaos") == ["pod-failure-ratings-t2"]
+
+
+def test_remove_run_chaos_removes_every_object_of_the_run_only(cluster: Cluster) -> None:
+    """The safety cleanup removes everything labelled with the run id, nothing else."""
+    chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=cluster.config())
+    chaos.apply_chaos("pod-failure-ratings.yaml", configuration=cluster.config())
+    chaos.apply_chaos("loss-orders-egress.yaml", configuration=cluster.config(run_id="t2"))
+    result = chaos.remove_run_chaos(configuration=cluster.config())
+    assert sorted(r["name"] for r in result["removed"]) == [
+        "leaf-delay-pricing-t1", "pod-failure-ratings-t1"]
+    assert cluster.chaos_names() == ["loss-orders-egress-t2"]
+    assert cluster.chaos_names("podchaos") == []
+
+
+@pytest.mark.parametrize("target_ns", ["kube-system", "istio-system", "chaos-mesh", "other"])
+def test_allowlist_refuses_before_anything_is_applied(cluster: Cluster, target_ns: str) -> None:
+    """Never kube-system/istio-system/chaos-mesh, only allowed_namespaces (default shop)."""
+    with pytest.raises(SafetyError, match=f"namespace '{target_ns}'"):
+        chaos.apply_chaos("leaf-delay-pricing.yaml", namespace=target_ns,
+                          configuration=cluster.config())
+    assert cluster.chaos_names() == []
+
+
+def test_a_selector_reaching_into_another_namespace_is_refused(cluster: Cluster) -> None:
+    """The allowlist covers the namespaces a chaos object selects from, not only its own."""
+    with pytest.raises(SafetyError, match="namespace 'kube-system'"):
+        chaos.apply_chaos("leaf-delay-pricing.yaml", selector={"namespaces": ["kube-system"]},
+                          configuration=cluster.config())
+    assert cluster.chaos_names() == []
+
+
+def test_dry_run_prints_the_manifest_and_applies_nothing(
+        cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """dry_run: print what would be applied; nothing reaches the API."""
+    result = chaos.apply_chaos("partition-inventory-pricing.yaml",
+                               configuration=cluster.config(dry_run="true"))
+    out = capsys.readouterr().out
+    assert result["dry_run"] is True
+    assert result["applied"] is False
+    assert "name: partition-inventory-pricing-t1" in out
+    assert "meshchaos.io/run-id: t1" in out
+    assert cluster.chaos_names() == []
+
+
+def test_no_pod_selected_fails_at_once_and_leaves_nothing(cluster: Cluster) -> None:
+    """§5.1 "no pod is selected" is a clear failure, not a wait for the timeout."""
+    started = time.monotonic()
+    with pytest.raises(ChaosNotSelected, match="no pod is selected"):
+        chaos.apply_chaos("leaf-delay-pricing.yaml",
+                          selector={"labelSelectors": {"app": "nobody"}},
+                          wait_timeout=20, configuration=cluster.config())
+    assert time.monotonic() - started < 10
+    assert cluster.chaos_names() == []
+
+
+def test_injection_timeout_names_object_condition_and_last_status(cluster: Cluster) -> None:
+    """An injection that did not happen never passes: the error says what was awaited."""
+    cluster.xds.sync_error = TimeoutError("sidecar did not ack")
+    with pytest.raises(ChaosNotInjected) as exc:
+        chaos.apply_chaos("leaf-delay-pricing.yaml", wait_timeout=1.0,
+                          configuration=cluster.config())
+    message = str(exc.value)
+    assert "NetworkChaos 'shop/leaf-delay-pricing-t1'" in message
+    assert "AllInjected=True" in message
+    assert "last status" in message
+    assert "shop/pricing-a Not Injected" in message
+    cluster.xds.sync_error = None
+
+
+def test_missing_manifest_is_a_configuration_error(cluster: Cluster) -> None:
+    with pytest.raises(ConfigurationError, match=r"'no-such\.yaml' not found"):
+        chaos.apply_chaos("no-such.yaml", configuration=cluster.config())
+
+
+def test_abort_removes_every_suite_object_and_prints_them(
+        cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """`meshchaos abort` removes all objects labelled managed-by meshchaos, all runs."""
+    chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=cluster.config())
+    chaos.apply_chaos("pod-failure-ratings.yaml", configuration=cluster.config(run_id="t9"))
+    assert abort.main(["--kubeconfig", str(cluster.kubeconfig)]) == 0
+    out = capsys.readouterr().out
+    assert "removed NetworkChaos shop/leaf-delay-pricing-t1" in out
+    assert "removed PodChaos shop/pod-failure-ratings-t9" in out
+    assert cluster.chaos_names() == [] and cluster.chaos_names("podchaos") == []
+    assert abort.main(["--kubeconfig", str(cluster.kubeconfig)]) == 0
+    assert "no chaos objects of meshchaos in all namespaces" in capsys.readouterr().out
+
+
+def _experiment(ns: str = "") -> dict[str, Any]:
+    args: dict[str, Any] = {"manifest": "leaf-delay-pricing.yaml"}
+    if ns:
+        args["namespace"] = ns
+    return {"method": [{"type": "action", "name": "slow-pricing",
+                        "provider": {"type": "python", "module": "probes.chaos",
+                                     "func": "apply_chaos", "arguments": args}}]}
+
+
+def test_control_sets_the_run_id_and_cleans_up_after_the_experiment(cluster: Cluster) -> None:
+    """The control creates configuration["run_id"] and removes the run's objects after the
+    experiment whatever its outcome."""
+    configuration: dict[str, Any] = {"kubeconfig": str(cluster.kubeconfig)}
+    safety_control.configure_control(configuration=configuration, experiment=_experiment())
+    try:
+        run_id = configuration["run_id"]
+        assert len(run_id) == 8
+        safety_control.before_experiment_control(context={})
+        chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=dict(configuration))
+        assert cluster.chaos_names() == [f"leaf-delay-pricing-{run_id}"]
+        journal: dict[str, Any] = {"status": "failed"}
+        safety_control.after_experiment_control(context={}, state=journal)
+        assert cluster.chaos_names() == []
+        assert journal["meshchaos_safety"]["removed"][0]["name"] == \
+            f"leaf-delay-pricing-{run_id}"
+    finally:
+        safety_control.cleanup_control()
+
+
+def test_control_refuses_a_forbidden_namespace_before_the_experiment(cluster: Cluster) -> None:
+    """The allowlist is checked before anything is applied: the run is interrupted."""
+    configuration: dict[str, Any] = {"kubeconfig": str(cluster.kubeconfig)}
+    safety_control.configure_control(configuration=configuration,
+                                     experiment=_experiment("kube-system"))
+    try:
+        with pytest.raises(InterruptExecution, match="namespace 'kube-system'"):
+            safety_control.before_experiment_control(context={})
+        with pytest.raises(InterruptExecution, match="namespace 'kube-system'"):
+            safety_control.before_activity_control(context=_experiment("kube-system")
+                                                   ["method"][0], configuration=configuration)
+    finally:
+        safety_control.cleanup_control()
+    assert cluster.chaos_names() == []
+
+
+def test_sigterm_removes_the_runs_chaos_then_calls_the_previous_handler(
+        cluster: Cluster) -> None:
+    """An interrupted run still removes its objects (SIGTERM handler), and the previous
+    handler (chaoslib's) still runs."""
+    seen: list[int] = []
+    original = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        configuration: dict[str, Any] = {"kubeconfig": str(cluster.kubeconfig)}
+        safety_control.configure_control(configuration=configuration, experiment={})
+        chaos.apply_chaos("pod-failure-ratings.yaml", configuration=dict(configuration))
+        assert cluster.chaos_names("podchaos") != []
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [signal.SIGTERM]
+        assert cluster.chaos_names("podchaos") == []
+        safety_control.cleanup_control()
+        assert signal.getsignal(signal.SIGTERM) is not safety_control._on_signal
+    finally:
+        signal.signal(signal.SIGTERM, original)
