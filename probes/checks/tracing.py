@@ -96,8 +96,9 @@ def parents_follow_call_tree(ev: RequestEvidence, tree: CallTree) -> list[Findin
             elif caller is not None:
                 ancestor = ev.nearest_app_ancestor(span)
                 if not _is_app_of(ancestor, caller):
+                    # The broken link is the caller's outbound call: name the caller.
                     where = f"{ancestor.hop} {ancestor.name!r}" if ancestor else "nothing"
-                    findings.append(Finding(hop, f"{hop} hangs under {where}, expected its "
+                    findings.append(Finding(caller, f"{hop} hangs under {where}, expected its "
                                             f"caller {caller}", _ids(ev)))
     return findings
 
@@ -175,7 +176,9 @@ def sampled_flag_honoured(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
 def _b3_inbound(ev: RequestEvidence, hop: str) -> list[str | None]:
     values = [s.header("x-b3-traceid") or s.attributes.get("meshchaos.b3_trace_id")
               for s in ev.hop(hop).app_server]
-    values += [r.fields.get("b3_trace_id") for r in ev.hop(hop).logs_in]
+    # Only a log format with %REQ(X-B3-TRACEID)% says anything about B3.
+    values += [r.fields.get("b3_trace_id") for r in ev.hop(hop).logs_in
+               if "b3_trace_id" in r.fields]
     return [str(v) if v is not None else None for v in values]
 
 
@@ -228,8 +231,8 @@ def retries_are_spans(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
 
 _RULE_FUNCS = {
     "same-trace": same_trace,
-    "parent-links": parents_follow_call_tree,
     "new-parent-per-call": new_parent_per_call,
+    "parent-links": parents_follow_call_tree,
     "tracestate": tracestate_survives,
     "sampled": sampled_flag_honoured,
     "b3": b3_agrees,

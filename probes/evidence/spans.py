@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,12 @@ class Span:
     def header(self, name: str) -> str | None:
         """An echoed request header (``http.request.header.<name>``, OTel semconv)."""
         value = self.attributes.get(f"http.request.header.{name}")
+        if isinstance(value, str) and value.startswith("["):
+            # Jaeger renders an array attribute as its JSON text.
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return value
         if isinstance(value, list):
             return str(value[0]) if value else None
         return str(value) if value is not None else None
