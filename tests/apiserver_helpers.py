@@ -34,14 +34,14 @@ class ServedApi:
 
 
 @contextmanager
-def serve_api(store: ObjectStore, logs: LogSource, tmp_path: Path) -> Iterator[ServedApi]:
-    """Run the API app until the block exits; the kubeconfig points at it."""
+def serve_app(app: web.Application) -> Iterator[int]:
+    """Serve an aiohttp app on 127.0.0.1:0 in a daemon thread; yields the port."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     state: dict[str, Any] = {}
 
     async def start() -> None:
-        runner = web.AppRunner(create_api_app(store, logs), shutdown_timeout=1.0)
+        runner = web.AppRunner(app, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -56,18 +56,24 @@ def serve_api(store: ObjectStore, logs: LogSource, tmp_path: Path) -> Iterator[S
             started.set()
         loop.run_forever()
 
-    thread = threading.Thread(target=run, name="api-server", daemon=True)
+    thread = threading.Thread(target=run, name="aiohttp-app", daemon=True)
     thread.start()
     if not started.wait(10) or "port" not in state:
-        raise RuntimeError("the API server did not start within 10 s")
+        raise RuntimeError("the app did not start within 10 s")
     try:
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", state["port"])
-        yield ServedApi(store, state["port"], kubeconfig)
+        yield int(state["port"])
     finally:
         asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@contextmanager
+def serve_api(store: ObjectStore, logs: LogSource, tmp_path: Path) -> Iterator[ServedApi]:
+    """Run the API app until the block exits; the kubeconfig points at it."""
+    with serve_app(create_api_app(store, logs)) as port:
+        yield ServedApi(store, port, write_kubeconfig(tmp_path / "kubeconfig", port))
 
 
 def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:

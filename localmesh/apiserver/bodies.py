@@ -21,7 +21,10 @@ _PATCH_TYPES = {
 
 async def read_body(request: web.Request) -> Any:
     """Decode a JSON (or YAML) body; malformed input raises BadRequest."""
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError as exc:
+        raise BadRequest(f"the request body cannot be read: {exc}") from exc
     if not raw.strip():
         return None
     try:

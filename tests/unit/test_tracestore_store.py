@@ -1,0 +1,58 @@
+"""TraceStore bounds and indexes (docs/architecture.md: ``TraceStore(max_spans=200_000)``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from localmesh.tracestore import Span, TraceStore
+from localmesh.tracestore.jaeger import tag_strings
+from localmesh.tracestore.model import TraceQuery
+
+
+def _span(trace: int, span: int, *, service: str = "orders", start: int = 0,
+          parent: int = 0, name: str = "GET /orders") -> Span:
+    return Span(trace_id=f"{trace:032x}", span_id=f"{span:016x}",
+                parent_span_id=f"{parent:016x}" if parent else "", name=name, kind="server",
+                start_ns=start, end_ns=start + 1_000_000, service=service)
+
+
+def test_oldest_traces_are_evicted_whole_past_the_bound() -> None:
+    """Past max_spans the oldest trace goes, all its spans at once (no half traces)."""
+    store = TraceStore(max_spans=4)
+    store.add([_span(1, 1), _span(1, 2, parent=1)])
+    store.add([_span(2, 3), _span(2, 4, parent=3)])
+    store.add([_span(3, 5)])
+    assert store.trace(f"{1:032x}") is None
+    assert [s.span_id for s in store.trace(f"{2:032x}") or []] == [f"{3:016x}", f"{4:016x}"]
+    assert len(store) == 3
+    found = store.find(TraceQuery(service="orders"), tag_strings)
+    assert {spans[0].trace_id for spans in found} == {f"{2:032x}", f"{3:032x}"}
+
+
+def test_a_span_sent_twice_is_stored_once() -> None:
+    """An exporter retry re-sends spans; the store keeps one copy per span id."""
+    store = TraceStore()
+    assert store.add([_span(1, 1)]) == 1
+    assert store.add([_span(1, 1)]) == 0
+    assert len(store) == 1 and len(store.trace(f"{1:032x}") or []) == 1
+
+
+def test_trace_ids_without_leading_zeros_are_found() -> None:
+    """Jaeger prints ids without leading zeros; lookups pad them back to 32 hex."""
+    store = TraceStore()
+    store.add([_span(0xABC, 1)])
+    assert store.trace("abc") is not None and store.trace("ABC") is not None
+
+
+def test_services_and_operations_are_indexed() -> None:
+    """Every service and its operations (with span kinds) are listed."""
+    store = TraceStore()
+    store.add([_span(1, 1), _span(1, 2, service="leaf", name="GET /price")])
+    assert store.services() == ["leaf", "orders"]
+    assert store.operations("leaf") == [("GET /price", "server")]
+
+
+def test_a_store_must_hold_at_least_one_span() -> None:
+    """A bound below one is a configuration error, said at construction."""
+    with pytest.raises(ValueError, match="max_spans must be positive, not 0"):
+        TraceStore(max_spans=0)
