@@ -248,7 +248,7 @@ class Sidecar:
         up = Upstream(txn.upstream_cluster,
                       [Endpoint(self.pod, self.namespace, "127.0.0.1", self.app_port, {}, True)],
                       ("inbound", ""), cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0,
-                      _INBOUND_RETRY, txn.authority, False)
+                      _INBOUND_RETRY, txn.authority, False, False)
         try:
             if self.faults.active and self.faults.partitioned(peer):
                 await stall()  # packets from a black-holed peer never arrive
@@ -400,7 +400,7 @@ class Sidecar:
             per_try = 0.0  # §1.2: a per-try timeout >= the global one is ignored
         connect_ms = cfg.connect_timeout_ms.get(dsvc.fqdn) or cfg.mesh.connect_timeout_ms
         up = Upstream(txn.upstream_cluster, eps, (dsvc.fqdn, dest.subset), connect_ms / 1000.0,
-                      global_ms, per_try, policy, txn.authority or dsvc.fqdn, True)
+                      global_ms, per_try, policy, txn.authority or dsvc.fqdn, True, True)
         return up, f"{dsvc.fqdn}:{dport}/*"
 
     # -- admin --------------------------------------------------------------------------

@@ -64,6 +64,8 @@ class Upstream:
     authority: str
     # Router-generated x-envoy-* request headers: outbound routes only (§1.3, §1.5).
     timeout_headers: bool
+    # Faults shape the pod's network egress; the sidecar→app hop on lo is not shaped (§5.2).
+    egress_faults: bool
 
 
 class _TryFailed(Exception):
@@ -130,9 +132,9 @@ def _expected_timeout(per_try_ms: float, global_ms: float, elapsed_ms: float) ->
     return int(expected) if expected > 0 else 0
 
 
-async def _connect(pool: ConnectionPool, faults: FaultEngine, ep: Endpoint,
+async def _connect(pool: ConnectionPool, faults: FaultEngine | None, ep: Endpoint,
                    timeout_s: float) -> ClientConnection:
-    if faults.active and faults.partitioned(ep.peer):
+    if faults is not None and faults.partitioned(ep.peer):
         if pool.idle_count(ep.host, ep.port):
             await stall()  # established connections to a black hole just stall
         await asyncio.sleep(timeout_s)  # SYNs vanish: the caller's own connect timeout
@@ -146,11 +148,12 @@ async def _connect(pool: ConnectionPool, faults: FaultEngine, ep: Endpoint,
 async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: Endpoint,
                    method: str, target: str, headers: dict[str, str], body: bytes,
                    txn: Txn) -> tuple[Response, float]:
-    conn = await _connect(pool, faults, ep, up.connect_timeout_s)
+    shaping = faults if up.egress_faults and faults.active else None
+    conn = await _connect(pool, shaping, ep, up.connect_timeout_s)
     txn.upstream_local = f"{conn.local[0]}:{conn.local[1]}"
     try:
-        if faults.active:
-            await faults.egress(ep.peer, len(body) + 256)
+        if shaping is not None:
+            await shaping.egress(ep.peer, len(body) + 256)
         resp = await conn.send(method, target, up.authority, headers, body)
     except ConnectionTerminated as exc:
         pool.discard(conn)
