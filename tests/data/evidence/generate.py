@@ -103,14 +103,16 @@ class Chain:
 
     def log(self, pod: str, start: int, end: int, code: int, flags: str, request_id: str,
             authority: str, cluster: str, traceparent: str | None, expected: int | None,
-            attempt: int | None, tracestate_unused: None = None) -> None:
-        details = {200: "via_upstream", 503: "upstream_reset_before_response_started"
-                   "{connection_failure}", 504: "response_timeout", 0: "downstream_remote_disconnect"}
+            attempt: int | None) -> None:
+        details = {200: "via_upstream",
+                   503: "upstream_reset_before_response_started{connection_failure}",
+                   504: "response_timeout", 0: "downstream_remote_disconnect"}
         line = (f'[{_fmt_time(start)}] "GET /api HTTP/1.1" {code} {flags or "-"} '
                 f'{details.get(code, "via_upstream")} - "-" 0 {0 if code == 0 else 128} '
                 f'{max(0, (end - start) // 1000)} {"-" if code in (0, 504) else 3} "-" '
                 f'"python-requests/2.34" "{request_id}" "{authority}:8080" '
-                f'"127.0.0.1:40{self.rnd.randint(100, 999)}" {cluster} 127.0.0.1:5{self.rnd.randint(1000, 9999)} '
+                f'"127.0.0.1:40{self.rnd.randint(100, 999)}" {cluster} '
+                f'127.0.0.1:5{self.rnd.randint(1000, 9999)} '
                 f'127.0.0.1:8080 127.0.0.1:4{self.rnd.randint(1000, 9999)} - default '
                 f'"{traceparent or "-"}" "{expected if expected is not None else "-"}" '
                 f'"{attempt if attempt is not None else "-"}"')
@@ -128,7 +130,7 @@ class Chain:
                        tracestate=self.tracestate)
         ctx = {"trace": self.trace, "parent": gw, "tracestate": self.tracestate,
                "b3": self.trace, "request_id": self.request_id, "sampled": True}
-        end, code = self.hop("frontend", start + 500, ctx,
+        end, _ = self.hop("frontend", start + 500, ctx,
                              gw_expected if sc.honor else None, gw_expected)
         self._patch_end(gw, end + 300)
 
@@ -164,8 +166,8 @@ class Chain:
         """Run ``hop`` from ``start``; return (end_us, status) as its caller sees it."""
         sc, pod = self.sc, PODS[hop]
         trace, ts = ctx["trace"], ctx["tracestate"]
-        inbound = self.span(trace, ctx["parent"], f"{hop}.{NS}", f"{hop}.{NS}.svc.cluster.local:8080/*",
-                            "server", start, start,
+        inbound = self.span(trace, ctx["parent"], f"{hop}.{NS}",
+                            f"{hop}.{NS}.svc.cluster.local:8080/*", "server", start, start,
                             self._sidecar_tags(hop, pod, "inbound", hop, None, None,
                                                request_id=ctx["request_id"]), tracestate=ts)
         server_start = start + 300
@@ -231,10 +233,10 @@ class Chain:
     def call(self, hop: str, callee: str, now: int, ctx: dict[str, Any], budget: int | None,
              server_start: int, server: str, reset_at: int | None) -> tuple[int, int]:
         """``hop``'s app calls ``callee`` at ``now``: CLIENT span, outbound sidecar, callee."""
-        sc, pod = self.sc, PODS[hop]
+        sc = self.sc
         defective = hop == "orders"
         app_attempts = 3 if defective and sc.defect == "app-retries" and \
-            sc.failing_hop in ([callee] + _below(callee)) else 1
+            sc.failing_hop in [callee, *_below(callee)] else 1
         end, status = now, 200
         for app_attempt in range(1, app_attempts + 1):
             elapsed_ms = (now - server_start) // 1000
@@ -361,7 +363,7 @@ def write_case(sc: Scenario, seed: int) -> None:
             "latency_ms": 60.0, "started_us": T0_US}
     (out / "requests.json").write_text(json.dumps([sent], indent=1) + "\n")
     (out / "traces.json").write_text(json.dumps(jaeger(chain, [chain.trace]), indent=1) + "\n")
-    for hop, pod in PODS.items():
+    for pod in PODS.values():
         lines = chain.logs.get(pod, [])
         (out / "logs" / f"{NS}_{pod}.log").write_text("".join(line + "\n" for line in lines))
 

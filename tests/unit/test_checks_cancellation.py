@@ -1,0 +1,75 @@
+"""Orphan-work checks on recorded evidence (a 504 UT at frontend's sidecar, pricing slow)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from probes.checks import cancellation
+from probes.errors import EvidenceError
+from probes.evidence.recorded import read_recorded
+from probes.evidence.request import REFERENCE_CHAIN, RequestEvidence
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "evidence"
+
+
+def evidence(case: str) -> list[RequestEvidence]:
+    return read_recorded(DATA / case).evidence()
+
+
+def test_correct_chain_stops_every_hop_below_the_timeout() -> None:
+    """§1.1/§1.6: the callee's inbound sidecar logs 0 DC and its work is cancelled (§6)."""
+    checks, orphans = cancellation.evaluate(evidence("timeout-correct"), REFERENCE_CHAIN)
+    assert [c.passed for c in checks] == [True]
+    assert orphans.requests == {}
+
+
+def test_timeout_is_found_in_the_callers_outbound_access_log_line() -> None:
+    """§1.1: on expiry flag UT and local reply 504 at the caller's sidecar."""
+    (timeout,) = cancellation.find_timeouts(evidence("timeout-correct")[0], REFERENCE_CHAIN)
+    assert (timeout.caller, timeout.callee) == ("frontend", "orders")
+    assert " 504 UT " in timeout.line
+
+
+def test_no_cancel_twin_leaves_orphan_work_at_the_hop_itself() -> None:
+    """§6: a caller leaving must cancel the callee's context; no-cancel never notices."""
+    checks, orphans = cancellation.evaluate(evidence("no-cancel"), REFERENCE_CHAIN)
+    (check,) = checks
+    assert not check.passed and check.hop == "orders"
+    assert orphans.requests == {"orders": 1, "inventory": 1, "pricing": 1}
+    assert orphans.work_ms["orders"] > 500
+
+
+def test_cancel_self_only_twin_is_blamed_for_the_calls_it_left_running() -> None:
+    """§1.6: downstream requests must not complete after the caller's deadline."""
+    checks, orphans = cancellation.evaluate(evidence("cancel-self-only"), REFERENCE_CHAIN)
+    (check,) = checks
+    assert not check.passed and check.hop == "orders"
+    assert "did not cancel its call to inventory" in str(check.observed)
+    assert set(orphans.requests) == {"inventory", "pricing"}
+    assert any(" 504 UT " in line for line in check.evidence.log_lines)
+
+
+def test_a_generous_grace_period_forgives_late_stops() -> None:
+    """The grace period bounds how long a hop may take to stop (default 100 ms)."""
+    checks, _ = cancellation.evaluate(evidence("no-cancel"), REFERENCE_CHAIN, grace_ms=5_000)
+    assert checks[0].passed
+
+
+def test_without_any_timeout_there_is_nothing_to_measure() -> None:
+    """"Could not measure" raises: no 504 UT anywhere, so nothing was cancelled."""
+    with pytest.raises(EvidenceError, match="none of 1 requests timed out"):
+        cancellation.evaluate(evidence("correct"), REFERENCE_CHAIN)
+
+
+def test_the_probe_giving_up_is_a_timeout_for_the_whole_chain() -> None:
+    """A client that leaves (no answer within client_timeout_ms) makes every hop orphan-able."""
+    ev = evidence("correct")
+    ev[0].sent = replace(ev[0].sent, status=None)
+    checks, orphans = cancellation.evaluate(ev, REFERENCE_CHAIN, grace_ms=1,
+                                            client_timeout_ms=10)
+    assert not checks[0].passed and checks[0].hop == "frontend"
+    assert "probe's timeout" in str(checks[0].observed)
+    assert "frontend" in orphans.requests

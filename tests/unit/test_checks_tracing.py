@@ -1,0 +1,133 @@
+"""Trace-continuity checks on recorded evidence (tests/data/evidence/, one case per twin).
+
+Each recorded case is what the reference chain, or its defective twin at hop ``orders``,
+leaves in the trace store (Jaeger JSON) and the istio-proxy logs (extended TEXT format).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from probes.checks import tracing
+from probes.errors import ConfigurationError, EvidenceError
+from probes.evidence.recorded import read_recorded
+from probes.evidence.request import REFERENCE_CHAIN, RequestEvidence
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "evidence"
+
+
+def evidence(case: str) -> list[RequestEvidence]:
+    return read_recorded(DATA / case).evidence()
+
+
+def failing(case: str) -> dict[str, tuple[str | None, str]]:
+    checks = tracing.evaluate(evidence(case), REFERENCE_CHAIN)
+    return {c.name: (c.hop, str(c.observed)) for c in checks if not c.passed}
+
+
+def test_correct_chain_passes_every_continuity_rule() -> None:
+    """§3: apps propagate traceparent/tracestate/B3/x-request-id; each sidecar adds its own
+    span as the parent. A correct chain must never be reported (no crying wolf)."""
+    checks = tracing.evaluate(evidence("correct"), REFERENCE_CHAIN)
+    assert [c.name for c in checks if not c.passed] == []
+    assert {c.name for c in checks} == set(tracing.RULES)
+
+
+def test_dropped_traceparent_is_a_new_trace_named_at_the_caller() -> None:
+    """§3: "Not forwarded → the outbound sidecar starts a new trace-id"."""
+    found = failing("drop-traceparent")
+    assert set(found) == {"same-trace"}
+    hop, observed = found["same-trace"]
+    assert hop == "orders"
+    assert "new trace" in observed and "inventory" in observed
+
+
+def test_reused_parent_id_is_named_at_the_hop_that_reused_it() -> None:
+    """W3C-L2 processing model (§4.1): "outgoing requests MUST carry an updated parent-id"."""
+    found = failing("reuse-parent")
+    assert found["new-parent-per-call"][0] == "orders"
+    assert "reused its incoming parent id" in found["new-parent-per-call"][1]
+    assert found["parent-links"][0] == "orders"
+    assert set(found) == {"new-parent-per-call", "parent-links"}
+
+
+def test_dropped_tracestate_is_named_at_the_hop_that_dropped_it() -> None:
+    """§3: the sidecar "copies tracestate unchanged"; §4.2: the entry must survive every hop."""
+    found = failing("drop-tracestate")
+    assert set(found) == {"tracestate"}
+    assert found["tracestate"][0] == "orders"
+    assert "did not propagate" in found["tracestate"][1]
+
+
+def test_dropped_b3_headers_are_named_at_the_caller() -> None:
+    """§3 IO-TRC: apps must propagate x-b3-traceid/spanid/sampled; B3 agrees with W3C."""
+    found = failing("drop-b3")
+    assert set(found) == {"b3"}
+    assert found["b3"][0] == "orders"
+
+
+def test_dropped_request_id_is_seen_in_the_outbound_access_log_line() -> None:
+    """§3: x-request-id is generated if missing; a sidecar keeps an incoming id."""
+    found = failing("drop-request-id")
+    assert set(found) == {"request-id"}
+    hop, observed = found["request-id"]
+    assert hop == "orders" and "outbound sidecar logged x-request-id" in observed
+
+
+def test_mesh_retries_with_one_span_per_attempt_pass() -> None:
+    """architecture.md Spans: "one child CLIENT span per upstream attempt"."""
+    assert failing("retries-correct") == {}
+
+
+def test_retried_attempts_hidden_in_one_span_fail() -> None:
+    """Envoy start_child_span: retried attempts appear as separate spans of the same trace."""
+    found = failing("retries-one-span")
+    assert set(found) == {"retries"}
+    assert found["retries"][0] == "inventory"
+
+
+@pytest.mark.parametrize("case", ["ignore-budget", "add-elapsed", "no-cancel",
+                                  "cancel-self-only", "app-retries", "stripped"])
+def test_deadline_and_cancellation_twins_keep_trace_continuity(case: str) -> None:
+    """Twins whose bug is not about context propagation must not fail continuity (§3)."""
+    assert failing(case) == {}
+
+
+def test_sampled_flag_change_is_reported() -> None:
+    """W3C §4.1: flags bit0 = sampled; §3: "Sampled is inherited"."""
+    ev = evidence("correct")[0]
+    record = ev.hop("orders").logs_in[0]
+    flipped = type(record).build(record.namespace, record.pod,
+                                 record.line.replace("-01\" ", "-00\" "),
+                                 {**record.fields,
+                                  "traceparent": record.fields["traceparent"][:-2] + "00"})
+    ev.hop("orders").logs_in[0] = flipped
+    findings = tracing.sampled_flag_honoured(ev, REFERENCE_CHAIN)
+    assert findings and findings[0].hop == "orders"
+
+
+def test_missing_tracestate_evidence_raises_could_not_measure() -> None:
+    """"Could not measure" raises: no span and no log line carries a tracestate at all."""
+    ev = evidence("correct")
+    for request in ev:
+        request.spans = [s.__class__(**{**s.__dict__, "tracestate": None}) for s in request.spans]
+    with pytest.raises(EvidenceError, match="could not measure 'tracestate'"):
+        tracing.evaluate(ev, REFERENCE_CHAIN, ["tracestate"])
+
+
+def test_unknown_rule_name_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="unknown trace-continuity check"):
+        tracing.evaluate(evidence("correct"), REFERENCE_CHAIN, ["no-such-rule"])
+
+
+def test_failing_check_carries_trace_ids_and_log_lines_as_evidence() -> None:
+    """Results: every failing check names the trace ids and access-log lines it saw."""
+    checks = tracing.evaluate(evidence("drop-traceparent"), REFERENCE_CHAIN)
+    broken = next(c for c in checks if not c.passed).to_json()
+    sent = evidence("drop-traceparent")[0].sent
+    # the request's trace first, then the new traces orders' sidecar started (one per call)
+    assert broken["evidence"]["trace_ids"][0] == sent.trace_id
+    assert len(broken["evidence"]["trace_ids"]) == 3
+    assert any("inventory" in line for line in broken["evidence"]["log_lines"])
