@@ -48,6 +48,8 @@ code{font-size:12px;word-break:break-all}
 .orphaned{position:absolute;top:3px;height:12px;background:repeating-linear-gradient(
 45deg,#e08a00 0 4px,#ffd27a 4px 8px);border-radius:2px}
 .legend span{margin-right:16px;font-size:12px}
+.axis{display:flex;font-size:11px;color:#5a6270}.axis .label{visibility:hidden}
+.axis .ticks{flex:1;display:flex;justify-content:space-between}
 """
 
 
@@ -133,6 +135,8 @@ def _waterfalls(traces: list[tuple[str, Mapping[str, Any]]]) -> str:
 
 def _waterfall(probe: str, fall: Waterfall) -> str:
     rows = "".join(_bar_row(bar) for bar in fall.bars) or "<p>This trace has no spans.</p>"
+    ticks = "".join(f"<span>{fall.extent_ms * i / 4:.0f} ms</span>" for i in range(5))
+    rows += f'<div class="axis"><div class="label">axis</div><div class="ticks">{ticks}</div></div>'
     return (f'<section class="waterfall" data-trace-id="{escape(fall.trace_id)}"><h3>trace '
             f"<code>{escape(fall.trace_id)}</code> from {escape(probe)} "
             f"({fall.extent_ms:.1f} ms)</h3>{rows}</section>")

@@ -2,7 +2,8 @@
 
 Input is one trace of a probe's ``traces`` (``probes/results.py``): ``{"trace_id",
 "spans": [{"span_id", "parent_id", "service", "name", "kind", "start_us", "duration_us",
-"budget_ms", "deadline_us", "status", "cancelled", "sidecar"}]}``. Each span becomes a
+"budget_ms", "deadline_us", "status", "status_code", "response_flags", "cancelled",
+"sidecar"}]}``. Each span becomes a
 :class:`Bar` with its place on a shared time axis (percent of the trace's extent), the
 deadline the hop had, whether its timeout fired, whether its work was cancelled, and
 whether it went on after its caller had already answered or given up (the span ends
@@ -18,8 +19,9 @@ from typing import Any
 
 __all__ = ["Bar", "Waterfall", "layout_trace"]
 
-# Status tokens that say a timer fired here: Envoy's 504 / flag UT, an app's deadline.
-_TIMEOUT_TOKENS = frozenset({"504", "ut"})
+# A timer fired at this span: Envoy's response flag UT (§1.1, §1.2), or an app that says
+# it stopped on its deadline. A bare 504 is not enough: callers pass a 504 on.
+_TIMEOUT_FLAG = "UT"
 _TIMEOUT_WORDS = ("timeout", "deadline")
 
 
@@ -59,6 +61,7 @@ class _Span:
     start: float
     end: float
     status: str
+    flags: str
     deadline: float | None
     budget_ms: float | None
     cancelled: bool
@@ -93,9 +96,13 @@ def _span(raw: Any) -> _Span | None:
     service = str(raw.get("service", "?"))
     sidecar = " (sidecar)" if raw.get("sidecar") else ""
     parent = raw.get("parent_id", raw.get("parent"))
+    flags = str(raw.get("response_flags") or "")
+    flags = "" if flags == "-" else flags
+    code = raw.get("status_code")
+    status = " ".join(str(x) for x in (code, flags, raw.get("status")) if x not in (None, ""))
     return _Span(span_id=str(span_id), parent_id=str(parent) if parent else None,
                  label=f"{service}{sidecar} · {raw.get('name', '')}", start=start,
-                 end=start + max(duration, 0.0), status=str(raw.get("status", "")),
+                 end=start + max(duration, 0.0), status=status, flags=flags,
                  deadline=deadline, budget_ms=budget, cancelled=bool(raw.get("cancelled")))
 
 
@@ -137,15 +144,17 @@ def _bar(span: _Span, depth: int, origin: float, extent: float,
                start_ms=(span.start - origin) / 1000.0,
                duration_ms=(span.end - span.start) / 1000.0, status=span.status,
                deadline=_pct(span.deadline - origin, extent) if span.deadline else None,
-               budget_ms=span.budget_ms, timeout_fired=_timed_out(span.status),
+               budget_ms=span.budget_ms, timeout_fired=_timed_out(span),
                cancelled=span.cancelled,
                orphan_from=_pct(parent.end - origin, extent) if orphan and parent else None)
 
 
-def _timed_out(status: str) -> bool:
-    lowered = status.lower()
-    tokens = set(re.split(r"[^a-z0-9]+", lowered))
-    return bool(tokens & _TIMEOUT_TOKENS) or any(word in lowered for word in _TIMEOUT_WORDS)
+def _timed_out(span: _Span) -> bool:
+    if _TIMEOUT_FLAG in re.split(r"[^A-Z]+", span.flags) or \
+            _TIMEOUT_FLAG in re.split(r"[^A-Za-z]+", span.status):
+        return True
+    lowered = span.status.lower()
+    return any(word in lowered for word in _TIMEOUT_WORDS)
 
 
 def _pct(value: float, extent: float) -> float:

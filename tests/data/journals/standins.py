@@ -22,25 +22,29 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def _span(span_id: str, parent: str | None, service: str, name: str, start: int,
-          duration: int, budget: float | None, status: str, cancelled: bool = False,
-          sidecar: bool = False) -> dict[str, Any]:
+          duration: int, budget: float | None, code: int | None, flags: str = "-",
+          status: str = "ok", cancelled: bool = False, sidecar: bool = False
+          ) -> dict[str, Any]:
+    """One span in the shape of ``probes.results.waterfall``."""
     return {"span_id": span_id, "parent_id": parent, "service": service, "name": name,
-            "kind": "server", "start_us": start, "duration_us": duration,
-            "budget_ms": budget, "deadline_us": None, "status": status,
-            "cancelled": cancelled, "sidecar": sidecar}
+            "kind": "server", "sidecar": sidecar, "start_us": start, "duration_us": duration,
+            "budget_ms": budget, "deadline_us": start + int(budget * 1000) if budget else None,
+            "status": status, "status_code": code, "response_flags": flags,
+            "cancelled": cancelled}
 
 
 def cascade_trace() -> dict[str, Any]:
     """frontend → orders → inventory → pricing: orders' 300 ms timeout fires, pricing goes on."""
     t0 = 1_764_000_000_000_000
     return {"trace_id": TRACE_ID, "spans": [
-        _span("a000000000000001", None, "frontend", "GET /checkout", t0, 320_000, 1000, "504"),
-        _span("a000000000000002", "a000000000000001", "orders", "GET /orders", t0 + 2_000,
-              305_000, 800, "504 UT"),
+        _span("a000000000000001", None, "frontend", "GET /checkout", t0, 320_000, 1000, 504,
+              status="error"),
+        _span("a000000000000002", "a000000000000001", "orders", "outbound inventory",
+              t0 + 2_000, 305_000, 800, 504, "UT", status="error", sidecar=True),
         _span("a000000000000003", "a000000000000002", "inventory", "GET /stock", t0 + 4_000,
-              300_000, None, "ERROR: cancelled: caller-gone", cancelled=True),
+              300_000, 300, None, status="cancelled: caller-gone", cancelled=True),
         _span("a000000000000004", "a000000000000003", "pricing", "GET /price", t0 + 6_000,
-              800_000, None, "200"),
+              800_000, None, 200),
     ]}
 
 
