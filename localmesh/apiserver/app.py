@@ -106,9 +106,10 @@ def create_api_app(store: ObjectStore, logs: LogSource) -> web.Application:
     app[_HANDLERS] = ResourceHandlers(store, logs, hub)
     app.on_shutdown.append(_close_watches)
     router = app.router
-    router.add_get("/version", _version)
-    router.add_get("/api", _api)
-    router.add_get("/apis", _apis)
+    for slash in ("", "/"):  # clients ask for both /version and /version/
+        router.add_get(f"/version{slash}", _version)
+        router.add_get(f"/api{slash}", _api)
+        router.add_get(f"/apis{slash}", _apis)
     router.add_route("*", "/api/v1", _core)
     router.add_route("*", "/api/v1/{tail:.*}", _core)
     router.add_get("/apis/{group}", _group)
