@@ -43,6 +43,7 @@ __all__ = ["Outcome", "Verdict", "compute_verdict", "injection_confirmed"]
 
 _CONDITION = "AllInjected"
 _INTERRUPT = "InterruptExecution"
+_CHAOS_KEYS = frozenset({"applied", "injected", "all_injected", "conditions", "status", "kind"})
 
 
 class Outcome(StrEnum):
@@ -148,15 +149,16 @@ def _injection_failed(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | No
     for run in _method_actions(journal):
         name = _name(run)
         if run.get("status") != "succeeded":
-            return f"fault injection '{name}' failed: {exception_line(run) or 'no error recorded'}"
-        if not injection_confirmed(run.get("output")):
+            what = "fault injection" if _is_injection(run) else "method action"
+            return f"{what} '{name}' failed: {exception_line(run) or 'no error recorded'}"
+        if _is_injection(run) and not injection_confirmed(run.get("output")):
             return (f"fault '{name}' was not confirmed injected: its output does not show "
                     f"condition {_CONDITION}=True")
     return None
 
 
 def _effect_unseen(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:
-    if not _method_actions(journal):
+    if not any(_is_injection(r) for r in _method_actions(journal)):
         return None
     effects = [r for r in _method_probes(journal) if "tolerance" in (r.get("activity") or {})]
     if not effects:
@@ -207,15 +209,19 @@ def _rollback_failure(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | No
 def injection_confirmed(output: Any) -> bool:
     """True when an injection's output shows Chaos Mesh's ``AllInjected`` condition True.
 
-    Accepted shapes: the chaos object itself (``status.conditions`` list of
+    Accepted shapes: the result of ``probes.chaos.apply_chaos`` (it returns only once
+    Chaos Mesh reported ``AllInjected=True``: ``applied: true`` with ``injected_at`` set,
+    never a dry run), the chaos object itself (``status.conditions`` list of
     ``{type, status}``), a dict with ``conditions`` as that list or as ``{type: bool}``,
     a dict with ``injected: true``, or a list of any of these (all must confirm).
     """
     if isinstance(output, list):
         return bool(output) and all(injection_confirmed(item) for item in output)
-    if not isinstance(output, Mapping):
+    if not isinstance(output, Mapping) or output.get("dry_run") is True:
         return False
     if output.get("injected") is True or output.get("all_injected") is True:
+        return True
+    if output.get("applied") is True and output.get("injected_at"):
         return True
     conditions = output.get("conditions")
     if conditions is None and isinstance(output.get("status"), Mapping):
@@ -242,9 +248,20 @@ def _effect_met(run: Mapping[str, Any]) -> bool:
     return bool(within_tolerance(tolerance, run.get("output")))
 
 
+def _is_injection(run: Mapping[str, Any]) -> bool:
+    """A method action that applies a fault: ``probes.chaos.apply_*`` or a chaos-shaped output."""
+    provider = (run.get("activity") or {}).get("provider") or {}
+    if provider.get("module") == "probes.chaos" and str(provider.get("func", "")).startswith(
+            "apply"):
+        return True
+    output = run.get("output")
+    return isinstance(output, Mapping) and bool(_CHAOS_KEYS & set(output))
+
+
 def _injection_notes(journal: Mapping[str, Any]) -> list[str]:
     return [f"injected: {_name(r)}" for r in _method_actions(journal)
-            if r.get("status") == "succeeded" and injection_confirmed(r.get("output"))]
+            if r.get("status") == "succeeded" and _is_injection(r)
+            and injection_confirmed(r.get("output"))]
 
 
 def _rollback_notes(journal: Mapping[str, Any]) -> list[str]:

@@ -58,7 +58,7 @@ def test_failed_injection_is_inconclusive_and_quotes_the_chaos_error() -> None:
     """Chaos Mesh §5.1: no match → "no pod is selected"; nothing was injected, nothing proven."""
     verdict = compute_verdict(journal("inconclusive-injection-failed"))
     assert verdict.outcome is Outcome.INCONCLUSIVE
-    assert "fault injection 'inject-leaf-delay' failed" in verdict.reason
+    assert "'inject-leaf-delay' failed" in verdict.reason
     assert "no pod is selected" in verdict.reason
     assert "ActivityFailed" not in verdict.reason
 
@@ -114,6 +114,12 @@ def test_injection_without_any_effect_probe_is_inconclusive() -> None:
     assert "no effect probe" in verdict.reason
 
 
+def test_a_failed_apply_chaos_action_is_named_a_fault_injection() -> None:
+    data = copy.deepcopy(journal("inconclusive-injection-failed"))
+    data["run"][0]["activity"]["provider"].update(module="probes.chaos", func="apply_chaos")
+    assert "fault injection 'inject-leaf-delay' failed" in compute_verdict(data).reason
+
+
 def test_fault_free_experiment_needs_no_effect_probe() -> None:
     data = copy.deepcopy(journal("pass"))
     data["run"] = []
@@ -137,6 +143,10 @@ def test_dry_run_is_inconclusive() -> None:
                  id="chaos-object"),
     pytest.param({"conditions": {"AllInjected": True}}, True, id="condition-map"),
     pytest.param({"injected": True}, True, id="injected-flag"),
+    pytest.param({"applied": True, "injected_at": "2026-11-26T17:40:00+00:00",
+                  "dry_run": False, "records": []}, True, id="apply-chaos-result"),
+    pytest.param({"applied": False, "injected_at": None, "dry_run": True}, False,
+                 id="apply-chaos-dry-run"),
     pytest.param([{"injected": True}, {"injected": False}], False, id="one-of-two-not"),
     pytest.param([], False, id="empty-list"),
     pytest.param(None, False, id="no-output"),
