@@ -279,11 +279,21 @@ class XdsServer:
                                                                               "istio"):
             return
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is None or loop.is_closed():
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._schedule_all()  # synchronous: a wait_synced right after the write sees it
+        else:
             loop.call_soon_threadsafe(self._schedule_all)
 
     def _schedule_all(self) -> None:
         self._shared = None
+        for target in self._targets.values():
+            target.synced.clear()
         if self._debounce is None and self._loop is not None:
             self._debounce = self._loop.call_later(_DEBOUNCE_S, self._mark_all)
 
@@ -330,7 +340,9 @@ class XdsServer:
                            name=pod)
         try:
             async with asyncio.timeout(timeout):
-                while not (target.synced.is_set() and not target.dirty.is_set()):
+                await asyncio.sleep(0)  # let writes from other threads reach the loop
+                while not (target.synced.is_set() and not target.dirty.is_set()
+                           and self._debounce is None):
                     if target.error:
                         raise SidecarConfigError(
                             f"sidecar {namespace}/{pod} rejected config v{target.built}: "

@@ -17,7 +17,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,9 +67,9 @@ class SidecarProc:
     async def admin_get(self, path: str) -> Response:
         return await self.pool.request("GET", f"{self.admin}{path}", timeout=5)
 
-    async def wait_log(self, predicate: Callable[[str], bool], timeout: float = 5.0) -> str:
+    async def wait_log(self, predicate: Callable[[str], bool], within: float = 5.0) -> str:
         """The first access log line matching ``predicate`` (waits for the 50 ms flush)."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             seen = 0
             while True:
                 for line in self.lines[seen:]:
@@ -237,9 +237,9 @@ class OtlpReceiver:
         return f"http://127.0.0.1:{self.port}"
 
     async def wait_spans(self, predicate: Callable[[list[dict[str, Any]]], bool],
-                         timeout: float = 5.0) -> list[dict[str, Any]]:
-        async with asyncio.timeout(timeout):
-            while not predicate(self.spans):
+                         within: float = 5.0) -> list[dict[str, Any]]:
+        async with asyncio.timeout(within):
+            while not predicate(self.spans):  # noqa: ASYNC110 - spans come from other processes
                 await asyncio.sleep(0.02)
         return self.spans
 
@@ -320,11 +320,11 @@ class Pair:
             assert resp.status == 200, resp.body
 
     async def call(self, path: str = "/work", headers: dict[str, str] | None = None,
-                   timeout: float = 10.0, host: str = "leaf:8080") -> Response:
+                   within: float = 10.0, host: str = "leaf:8080") -> Response:
         """The front app's call: absolute-form through its HTTP_PROXY, as proxy clients send."""
         conn = await self.pool.acquire("127.0.0.1", self.front.ports["outbound"], 5.0)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 resp = await conn.send("GET", f"http://{host}{path}", host,
                                        {k.lower(): v for k, v in (headers or {}).items()}, b"")
         except BaseException:
@@ -350,8 +350,3 @@ def field_of(line: str, index: int) -> str:
     import shlex
     return shlex.split(line)[index]
 
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.02)

@@ -31,7 +31,7 @@ async def test_text_access_log_fields_follow_istio_format(pair: Pair) -> None:
     assert resp.status == 200
     line = await pair.front.wait_log(lambda ln: "rid-1" in ln)
     assert _START.match(line)
-    f = [field_of(line, i) for i in range(0, 25)]
+    f = [field_of(line, i) for i in range(25)]
     assert f[1] == "GET /work?x=1 HTTP/1.1"
     assert f[2:5] == ["200", "-", "via_upstream"]
     assert f[5] == "-"  # CONNECTION_TERMINATION_DETAILS
@@ -44,7 +44,8 @@ async def test_text_access_log_fields_follow_istio_format(pair: Pair) -> None:
     assert f[18] == f"127.0.0.1:{pair.front.ports['outbound']}"
     assert f[20] == "-" and f[21] == "leaf-route"
     trace_field = field_of(line, -3)
-    assert trace_field.startswith(f"00-{'a' * 32}-") and trace_field != f"00-{'a' * 32}-{'b' * 16}-01"
+    assert trace_field.startswith(f"00-{'a' * 32}-")
+    assert trace_field != f"00-{'a' * 32}-{'b' * 16}-01"
     assert field_of(line, -2) == "900" and field_of(line, -1) == "1"
     leaf_line = await pair.leaf.wait_log(lambda ln: "rid-1" in ln)
     assert field_of(leaf_line, 16) == "inbound|8080||"
@@ -141,7 +142,7 @@ async def test_sigterm_flushes_the_access_log_and_exits(pair: Pair) -> None:
     async with asyncio.timeout(5):
         code = await pair.front.proc.wait()
     assert code == 0
-    await pair.front.wait_log(lambda ln: "/last-words" in ln, timeout=2)
+    await pair.front.wait_log(lambda ln: "/last-words" in ln, within=2)
 
 
 async def test_quitquitquit_stops_the_sidecar(pair: Pair) -> None:

@@ -11,7 +11,7 @@ from tests.conformance.conftest import Pair, field_of, leaf_route
 async def test_caller_timeout_makes_callee_sidecar_log_0_dc_and_cancels_the_app(
         pair: Pair) -> None:
     """§1.1 "H1 reset = the upstream connection is closed … The next hop sees a downstream
-    disconnect"; §1.6 "After hop n−1 times out, hop n's inbound sidecar logs `0 DC` (H1) … and
+    disconnect"; §1.6 "After hop n-1 times out, hop n's inbound sidecar logs `0 DC` (H1) … and
     resets its own upstream to the app"; §6 the app's context is Canceled."""
     await pair.configure(routes=leaf_route(timeout_ms=300))
     resp = await pair.call("/work?sleep=3")
@@ -29,7 +29,7 @@ async def test_app_giving_up_makes_its_own_sidecar_log_0_dc(pair: Pair) -> None:
     `0 DC/DR`"; the sidecar closes its upstream so the callee app is cancelled too."""
     await pair.configure()
     with contextlib.suppress(TimeoutError):
-        await pair.call("/work?sleep=3", timeout=0.3)
+        await pair.call("/work?sleep=3", within=0.3)
     line = await pair.front.wait_log(lambda ln: "sleep=3" in ln)
     assert field_of(line, 2) == "0"
     assert " 0 DC downstream_remote_disconnect " in line

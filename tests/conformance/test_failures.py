@@ -37,7 +37,7 @@ async def dropping_server() -> AsyncIterator[tuple[int, list[int]]]:
 
 
 async def test_connect_refused_is_retried_then_503_uf_urx(pair: Pair) -> None:
-    """§2.2 "connect refused/timeout → UF, retried ≤2× on other hosts → 503 UF,URX"; §1.6 body
+    """§2.2 "connect refused/timeout → UF, retried ≤2x on other hosts → 503 UF,URX"; §1.6 body
     "upstream connect error or disconnect/reset before headers. retried and the latest reset
     reason: …", details `upstream_reset_before_response_started{…}`."""
     dead = endpoint("leaf-dead", _closed_port())

@@ -1,5 +1,7 @@
-"""Chaos Mesh network faults applied by the sidecars (mesh-semantics.md §5.2, §2.2; docs/architecture.md
-"Fault rules")."""
+"""Chaos Mesh network faults applied by the sidecars.
+
+mesh-semantics.md §5.2, §2.2; docs/architecture.md "Fault rules".
+"""
 
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ async def test_fault_removal_restores_normal_latency(pair: Pair) -> None:
 async def test_partition_is_a_connect_timeout_not_a_refusal(pair: Pair) -> None:
     """§5.2 partition: "Silent drops: callers see connect timeouts (UF after the … connectTimeout)
     or stalls"; docs: "new connections wait until the caller's connect timeout … nothing is
-    refused"; §2.2 retried ≤2× → 503 UF,URX."""
+    refused"; §2.2 retried ≤2x → 503 UF,URX."""
     rule = {"id": "shop/part", "action": "partition", "peers": ["shop/leaf-1"]}
     await pair.configure(front_faults=[rule], connect_timeout_ms={LEAF: 200})
     status, elapsed = await _timed(pair, "/part")

@@ -74,7 +74,7 @@ async def test_per_try_timeout_not_shorter_than_route_timeout_is_ignored(pair: P
 
 
 async def test_expected_timeout_header_is_sent_and_shrinks_on_retry(pair: Pair) -> None:
-    """§1.5 setTimeoutHeaders: expected = per_try, capped by global − elapsed, "doRetry()
+    """§1.5 setTimeoutHeaders: expected = per_try, capped by global - elapsed, "doRetry()
     recomputes it"; only when > 0. The inbound sidecar passes it on with the switch on (§1.7)."""
     await pair.configure(routes=leaf_route(
         timeout_ms=1000, retries={"attempts": 2, "per_try_timeout_ms": 400,
