@@ -12,11 +12,10 @@ writers first, so readers in the same process never miss a line.
 from __future__ import annotations
 
 import calendar
+import os
 import time
-from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from localmesh.errors import BadRequest, NotFound
 
@@ -24,12 +23,21 @@ __all__ = ["LogWriter", "PodLogs", "format_timestamp", "parse_timestamp"]
 
 _FLUSH_EVERY_NS = 100_000_000
 _PREVIOUS = ".previous.log"
+_BLOCK = 64 * 1024
+_STAMP = len("2026-11-26T17:25:03.123456789Z")  # every stored line starts with one
+
+
+_second_cache: list[tuple[int, str]] = [(-1, "")]
 
 
 def format_timestamp(epoch_ns: int) -> str:
     """RFC3339 with nine fraction digits, UTC (fixed width, so lines sort as text)."""
     seconds, nanos = divmod(epoch_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    cached_second, prefix = _second_cache[0]
+    if cached_second != seconds:  # one strftime per second, not per line
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_cache[0] = (seconds, prefix)
+    return f"{prefix}.{nanos:09d}Z"
 
 
 def parse_timestamp(text: str) -> int:
@@ -134,10 +142,12 @@ class PodLogs:
                              "not found")
         cutoff = (format_timestamp(time.time_ns() - since_seconds * 1_000_000_000)
                   if since_seconds else None)
-        lines = _read_lines(path, cutoff)
-        if tail_lines is not None and tail_lines >= 0:
-            lines = iter(deque(lines, maxlen=tail_lines))
-        out = [f"{_rfc3339nano(stamp)} {text}" if timestamps else text for stamp, text in lines]
+        tail = tail_lines if tail_lines is not None and tail_lines >= 0 else None
+        lines = _select_lines(path, cutoff, tail)
+        if timestamps:
+            out = [f"{_rfc3339nano(line[:_STAMP])}{line[_STAMP:]}" for line in lines]
+        else:
+            out = [line[_STAMP + 1:] for line in lines]
         return "".join(line + "\n" for line in out)
 
     def _resolve(self, namespace: str, pod: str, container: str | None) -> str:
@@ -152,11 +162,64 @@ class PodLogs:
         return container
 
 
-def _read_lines(path: Path, cutoff: str | None) -> Iterator[tuple[str, str]]:
-    # Stamps are fixed-width UTC text, so comparing strings compares times.
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for raw in handle:
-            stamp, _, text = raw.rstrip("\n").partition(" ")
-            if cutoff is not None and stamp < cutoff:
-                continue
-            yield stamp, text
+def _select_lines(path: Path, cutoff: str | None, tail: int | None) -> list[str]:
+    """The stored lines at or after ``cutoff``, the last ``tail`` of them.
+
+    Access logs grow to hundreds of thousands of lines in a run, so neither option
+    scans the whole file: lines are in time order, so the first recent line is found
+    by bisecting byte offsets, and the tail is read backwards in blocks.
+    """
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = _first_line_at_or_after(handle, size, cutoff.encode()) if cutoff else 0
+        if tail is None:
+            handle.seek(start)
+            data = handle.read(size - start)
+        else:
+            data = _last_lines(handle, start, size, tail)
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _line_start(handle: BinaryIO, offset: int) -> int:
+    """Offset of the first line that starts at or after ``offset``."""
+    if offset == 0:
+        return 0
+    handle.seek(offset - 1)
+    handle.readline()  # ends exactly at offset when offset - 1 is a newline
+    return handle.tell()
+
+
+def _first_line_at_or_after(handle: BinaryIO, size: int, cutoff: bytes) -> int:
+    # Stamps are fixed-width UTC text, so comparing bytes compares times.
+    low, high = 0, size
+    while low < high:
+        middle = (low + high) // 2
+        begin = _line_start(handle, middle)
+        handle.seek(begin)
+        line = handle.readline()
+        if not line or line[:len(cutoff)] >= cutoff:
+            high = middle
+        else:
+            low = middle + 1
+    return _line_start(handle, low)
+
+
+def _last_lines(handle: BinaryIO, start: int, end: int, count: int) -> bytes:
+    if count == 0:
+        return b""
+    position, chunks, newlines = end, [], 0
+    while position > start and newlines <= count:
+        step = min(_BLOCK, position - start)
+        position -= step
+        handle.seek(position)
+        chunk = handle.read(step)
+        chunks.append(chunk)
+        newlines += chunk.count(b"\n")
+    data = b"".join(reversed(chunks))
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return b"".join(line + b"\n" for line in lines[-count:])

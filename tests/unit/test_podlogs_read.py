@@ -127,3 +127,29 @@ def test_timestamps_format_and_parse_round_trip() -> None:
     stamp = format_timestamp(1_795_000_000_123_456_789)
     assert stamp.endswith(".123456789Z") and len(stamp) == 30
     assert parse_timestamp(stamp) == 1_795_000_000_123_456_789
+
+
+def test_since_and_tail_combine_over_a_long_log(logs: PodLogs) -> None:
+    """sinceSeconds bounds the window first, tailLines then keeps the last lines of it."""
+    writer = logs.writer("shop", POD, "istio-proxy")
+    for n in range(3000):
+        writer.write_line(f"old {n} " + "x" * 200)
+    time.sleep(1.2)
+    for n in range(40):
+        writer.write_line(f"new {n}")
+    recent = _read(logs, since_seconds=1)
+    assert recent.splitlines() == [f"new {n}" for n in range(40)]
+    assert _read(logs, since_seconds=1, tail_lines=2) == "new 38\nnew 39\n"
+    assert len(_read(logs, since_seconds=1, tail_lines=500).splitlines()) == 40
+    assert _read(logs, tail_lines=41).splitlines()[0].startswith("old 2999 ")
+
+
+def test_unusual_text_survives_the_round_trip(logs: PodLogs) -> None:
+    """Carriage returns, non-ASCII and embedded newlines stay on their own log line."""
+    writer = logs.writer("shop", POD, "app")
+    writer.write_line("progress 10%\rprogress 20%")
+    writer.write_line("déjà vu ✓")
+    writer.write_line("two\nparts")
+    assert _read(logs, "app").split("\n") == [
+        "progress 10%\rprogress 20%", "déjà vu ✓", "two\\nparts", ""]
+    assert _read(logs, "app", tail_lines=1) == "two\\nparts\n"
