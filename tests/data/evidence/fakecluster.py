@@ -1,0 +1,173 @@
+"""A loopback stand-in for a target, serving a recorded case to the probes under test.
+
+One ``ThreadingHTTPServer`` on 127.0.0.1 (port 0) plays three roles:
+- the **ingress**: ``GET /<anything>`` answers 200 (or ``status``) after ``delay_s`` and
+  remembers the trace headers of each request;
+- the **Kubernetes API subset** the probes read: pods of ``shop``, their istio-proxy
+  logs, ConfigMap istio-system/istio and VirtualServices;
+- the **Jaeger query API**: ``GET /api/traces/<id>``.
+Evidence is the recorded case with its ids rewritten to the ids the probe really sent,
+so a probe run sees exactly the recorded chain behaviour for its own request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from probes.evidence.formats import EXTENDED_TEXT
+
+HERE = Path(__file__).resolve().parent
+MESH_YAML = "accessLogFile: /dev/stdout\naccessLogEncoding: TEXT\naccessLogFormat: |\n  " + \
+    EXTENDED_TEXT.rstrip("\n") + "\n"
+
+
+@dataclass
+class Fake:
+    """What the fake serves; tests change it between runs."""
+
+    case: str = "correct"
+    status: int = 200
+    delay_s: float = 0.0
+    honor: bool = True
+    virtual_services: list[dict[str, Any]] = field(default_factory=list)
+    received: list[dict[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    fail_first: int = 0  # the ingress answers 503 this many times first
+
+    def recorded(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+        base = HERE / self.case
+        sent = json.loads((base / "requests.json").read_text())[0]
+        traces = json.loads((base / "traces.json").read_text())
+        logs = {p.stem.split("_", 1)[1]: p.read_text() for p in (base / "logs").glob("*.log")}
+        return sent, traces, logs
+
+    def _rewrite(self, text: str) -> str:
+        sent, _, _ = self.recorded()
+        with self.lock:
+            received = list(self.received)
+        if not received:
+            return text
+        last = received[-1]
+        trace = last["traceparent"].split("-")[1]
+        text = text.replace(sent["trace_id"], trace)
+        text = text.replace(sent["request_id"], last["x-request-id"])
+        return text.replace(sent["tracestate"], last.get("tracestate", ""))
+
+    def trace(self, trace_id: str) -> dict[str, Any] | None:
+        _, traces, _ = self.recorded()
+        doc = json.loads(self._rewrite(json.dumps(traces)))
+        data = [t for t in doc["data"] if t["traceID"] == trace_id]
+        return {"data": data} if data else None
+
+    def log(self, pod: str) -> str:
+        return self._rewrite(self.recorded()[2].get(pod, ""))
+
+    def pods(self) -> list[str]:
+        return sorted(self.recorded()[2])
+
+
+def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # keep test output clean
+            return
+
+        def _send(self, status: int, body: Any, ctype: str = "application/json") -> None:
+            data = body if isinstance(body, bytes) else (
+                body.encode() if isinstance(body, str) else json.dumps(body).encode())
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            path, query = url.path, parse_qs(url.query)
+            if path.startswith("/api/traces/"):
+                doc = fake.trace(path.rsplit("/", 1)[1])
+                return self._send(200, doc) if doc else self._send(404, {"data": None})
+            if path == "/api/v1/namespaces/shop/pods":
+                return self._send(200, {"kind": "PodList", "apiVersion": "v1", "items": [
+                    {"metadata": {"name": pod, "namespace": "shop",
+                                  "labels": {"app": pod.rsplit("-", 2)[0]}},
+                     "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}]}}
+                    for pod in fake.pods()]})
+            match = re.fullmatch(r"/api/v1/namespaces/shop/pods/([^/]+)/log", path)
+            if match:
+                assert query.get("container") == ["istio-proxy"], query
+                assert int(query["sinceSeconds"][0]) > 0
+                return self._send(200, fake.log(match.group(1)), "text/plain")
+            if path == "/api/v1/namespaces/istio-system/configmaps/istio":
+                return self._send(200, {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {
+                    "name": "istio", "namespace": "istio-system", "annotations": {
+                        "meshchaos.io/honor-app-envoy-headers": str(fake.honor).lower()}},
+                    "data": {"mesh": MESH_YAML}})
+            if path == "/apis/networking.istio.io/v1/namespaces/shop/virtualservices":
+                return self._send(200, {"apiVersion": "networking.istio.io/v1",
+                                        "kind": "VirtualServiceList",
+                                        "items": fake.virtual_services})
+            if path.startswith("/api") or path.startswith("/apis"):
+                return self._send(404, {"kind": "Status", "code": 404})
+            return self._ingress()
+
+        def _ingress(self) -> None:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            with fake.lock:
+                fake.received.append(headers)
+                failing = fake.fail_first > 0
+                fake.fail_first -= 1 if failing else 0
+            if fake.delay_s:
+                time.sleep(fake.delay_s)
+            try:
+                self._send(503 if failing else fake.status, b"ok", "text/plain")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the probe gave up first: that is the point of some tests
+
+    return Handler
+
+
+@dataclass
+class Running:
+    fake: Fake
+    url: str
+    kubeconfig: Path
+
+    def configuration(self, **extra: Any) -> dict[str, Any]:
+        return {"target": "kubernetes", "namespace": "shop", "ingress_url": self.url,
+                "traces_url": self.url, "traces_api": "jaeger",
+                "kubeconfig": str(self.kubeconfig), **extra}
+
+
+@contextmanager
+def serve(tmp: Path, fake: Fake | None = None) -> Iterator[Running]:
+    """Run the fake on 127.0.0.1 for the duration of the block, then stop it."""
+    fake = fake or Fake()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="fake-cluster", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    kubeconfig = tmp / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        "users": [{"name": "fake", "user": {}}]}))
+    try:
+        yield Running(fake, url, kubeconfig)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

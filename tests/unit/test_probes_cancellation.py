@@ -1,0 +1,34 @@
+"""The orphan-work probe end to end on a loopback target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from probes.cancellation import orphan_work
+from probes.errors import EvidenceError
+from tests.data.evidence.fakecluster import Fake, serve
+
+
+def test_orphan_probe_counts_orphans_of_the_cancel_self_only_twin(tmp_path: Path) -> None:
+    """§1.6: after a 504 UT no downstream request may complete; orphans are counted per hop."""
+    with serve(tmp_path, Fake(case="cancel-self-only")) as running:
+        result = orphan_work(requests=1, timeout_s=30,
+                             configuration=running.configuration(run_id="run-1"))
+    assert result["passed"] is False and "orphan-work at orders" in result["reason"]
+    assert result["measurements"]["orphaned_requests"] == {"inventory": 1, "pricing": 1}
+    assert result["traces"][0]["spans"]
+
+
+def test_orphan_probe_passes_when_the_chain_cancels(tmp_path: Path) -> None:
+    with serve(tmp_path, Fake(case="timeout-correct")) as running:
+        result = orphan_work(requests=1, timeout_s=30,
+                             configuration=running.configuration(run_id="run-1"))
+    assert result["passed"] is True, result["reason"]
+
+
+def test_orphan_probe_without_a_timeout_cannot_measure(tmp_path: Path) -> None:
+    with serve(tmp_path, Fake(case="correct")) as running, \
+            pytest.raises(EvidenceError, match="timed out"):
+        orphan_work(requests=1, timeout_s=30, configuration=running.configuration())

@@ -1,0 +1,53 @@
+"""The trace-continuity probe end to end: own traffic → loopback target → verdict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from chaoslib.hypothesis import within_tolerance
+
+from probes.errors import EvidenceError
+from probes.tracing import trace_continuity
+from tests.data.evidence.fakecluster import Fake, serve
+
+TOLERANCE = {"type": "jsonpath", "path": "$.passed", "expect": True}
+
+
+def run(tmp_path: Path, case: str, **kwargs: object) -> dict[str, object]:
+    # timeout_s bounds the wait for a trace that stays partial (a broken chain) to 0.6 x 8 s
+    with serve(tmp_path, Fake(case=case)) as running:
+        return trace_continuity(requests=1, timeout_s=8,
+                                configuration=running.configuration(run_id="run-1"),
+                                **kwargs)  # type: ignore[arg-type]
+
+
+def test_correct_chain_passes_and_the_tolerance_judges_it_true(tmp_path: Path) -> None:
+    """Results: a JSON dict that {"type": "jsonpath", "path": "$.passed"} judges."""
+    result = run(tmp_path, "correct")
+    assert result["passed"] is True, result["reason"]
+    assert within_tolerance(TOLERANCE, result)
+    json.dumps(result)  # JSON-serialisable, as a journal needs
+    (waterfall,) = result["traces"]  # type: ignore[misc]
+    assert {s["service"] for s in waterfall["spans"] if not s["sidecar"]} == {
+        "frontend", "orders", "inventory", "pricing", "ratings"}
+
+
+def test_dropped_traceparent_fails_with_the_hop_in_the_reason(tmp_path: Path) -> None:
+    """§3: a hop that does not forward traceparent breaks the trace at that hop."""
+    result = run(tmp_path, "drop-traceparent")
+    assert result["passed"] is False and not within_tolerance(TOLERANCE, result)
+    assert "same-trace at orders" in str(result["reason"])
+    failing = [c for c in result["checks"] if not c["passed"]]  # type: ignore[union-attr]
+    assert failing[0]["evidence"]["trace_ids"] and failing[0]["rule"]
+
+
+def test_a_trace_that_never_appears_is_could_not_measure(tmp_path: Path) -> None:
+    """"Could not measure" (trace not found after a bounded wait) raises a ProbeError."""
+    fake = Fake(case="correct")
+    with serve(tmp_path, fake) as running:
+        config = running.configuration()
+        config["traces_url"] = running.url + "/api/v1"  # the fake answers 404 there
+        with pytest.raises(EvidenceError, match="none of 1 sampled traces"):
+            trace_continuity(requests=1, timeout_s=4, configuration=config)
