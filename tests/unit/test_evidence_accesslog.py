@@ -96,7 +96,7 @@ def test_custom_json_keys_are_mapped_by_operator() -> None:
     pytest.param("%START_TIME%", "JSON", id="json-needs-mapping"),
 ])
 def test_bad_formats_are_refused_with_the_format_named(fmt: str, encoding: str) -> None:
-    with pytest.raises(ConfigurationError, match="format|encoding"):
+    with pytest.raises(ConfigurationError, match=r"format|encoding"):
         compile_format(fmt, encoding)
 
 

@@ -12,6 +12,7 @@ so a probe run sees exactly the recorded chain behaviour for its own request.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -118,7 +119,7 @@ def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, {"apiVersion": "networking.istio.io/v1",
                                         "kind": "VirtualServiceList",
                                         "items": fake.virtual_services})
-            if path.startswith("/api") or path.startswith("/apis"):
+            if path.startswith(("/api", "/apis")):
                 return self._send(404, {"kind": "Status", "code": 404})
             return self._ingress()
 
@@ -130,10 +131,9 @@ def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
                 fake.fail_first -= 1 if failing else 0
             if fake.delay_s:
                 time.sleep(fake.delay_s)
-            try:
+            # The probe may have given up first: that is the point of some tests.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self._send(503 if failing else fake.status, b"ok", "text/plain")
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the probe gave up first: that is the point of some tests
 
     return Handler
 
