@@ -22,7 +22,7 @@ from localmesh.errors import MeshError
 from localmesh.tracestore.model import Span, TraceQuery, TraceStore
 from localmesh.validation import parse_go_duration
 
-__all__ = ["create_query_app", "render_trace", "span_tags"]
+__all__ = ["create_query_app", "render_trace", "span_tags", "tag_value"]
 
 Doc = dict[str, Any]
 _STORE: web.AppKey[TraceStore] = web.AppKey("trace_store", TraceStore)
@@ -67,14 +67,36 @@ def _tag_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def tag_strings(span: Span) -> dict[str, str]:
-    """Tags as text, for ``tags=`` matching (process tags and log fields count too)."""
-    found = {k: _tag_text(v) for k, v in span.resource.items()}
+def tag_value(span: Span, key: str) -> str | None:
+    """One tag of a span as text, for ``tags=`` matching, or None when absent.
+
+    As in Jaeger, span tags, process (resource) tags and log fields all count.
+    """
+    if key in span.attributes:
+        return _tag_text(span.attributes[key])
+    synthesized = _synthesized_tag(span, key)
+    if synthesized is not None:
+        return synthesized
+    if key in span.resource:
+        return _tag_text(span.resource[key])
     for event in span.events:
-        found.update({k: _tag_text(v) for k, v in event.attributes.items()})
-        found.setdefault("event", event.name)
-    found.update({t["key"]: _tag_text(t["value"]) for t in span_tags(span)})
-    return found
+        if key in event.attributes:
+            return _tag_text(event.attributes[key])
+        if key == "event":
+            return event.name
+    return None
+
+
+def _synthesized_tag(span: Span, key: str) -> str | None:
+    if key == "span.kind":
+        return span.kind or None
+    if key == "otel.status_code":
+        return None if span.status_code == "UNSET" else span.status_code
+    if key == "otel.status_description":
+        return span.status_message or None
+    if key == "error":
+        return "true" if span.status_code == "ERROR" else None
+    return None
 
 
 def _references(span: Span) -> list[Doc]:
@@ -227,7 +249,7 @@ async def _search(request: web.Request) -> web.Response:
         query = parse_query(request)
     except QueryError as exc:
         return _answer(None, 400, str(exc))
-    return _answer([render_trace(spans) for spans in store.find(query, tag_strings)])
+    return _answer([render_trace(spans) for spans in store.find(query, tag_value)])
 
 
 def create_query_app(store: TraceStore) -> web.Application:

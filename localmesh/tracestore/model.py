@@ -11,6 +11,7 @@ tests and tools may read from other threads.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -64,7 +65,7 @@ class TraceQuery:
     max_duration_ns: int | None = None
     limit: int = 100
 
-    def matches(self, span: Span, tags_of: Callable[[Span], Mapping[str, str]]) -> bool:
+    def matches(self, span: Span, tag_of: Callable[[Span, str], str | None]) -> bool:
         if span.service != self.service or (self.operation and span.name != self.operation):
             return False
         if self.start_ns is not None and span.start_ns < self.start_ns:
@@ -75,10 +76,7 @@ class TraceQuery:
             return False
         if self.max_duration_ns is not None and span.duration_ns > self.max_duration_ns:
             return False
-        if self.tags:
-            have = tags_of(span)
-            return all(have.get(k) == v for k, v in self.tags.items())
-        return True
+        return all(tag_of(span, key) == value for key, value in self.tags.items())
 
 
 class TraceStore:
@@ -135,12 +133,17 @@ class TraceStore:
             return sorted(self._operations.get(service, {}).items())
 
     def find(self, query: TraceQuery,
-             tags_of: Callable[[Span], Mapping[str, str]]) -> list[list[Span]]:
-        """Traces with a matching span, most recent first, at most ``query.limit``."""
+             tag_of: Callable[[Span, str], str | None]) -> list[list[Span]]:
+        """Traces with a matching span, most recent first, at most ``query.limit``.
+
+        ``tag_of(span, key)`` reads one tag as text (the query API decides which
+        tags a span has).
+        """
         with self._lock:
             candidates = [list(self._traces[t].values())
                           for t in self._by_service.get(query.service, ()) if t in self._traces]
-        found = [spans for spans in candidates if any(query.matches(s, tags_of) for s in spans)]
-        found.sort(key=lambda spans: min(s.start_ns for s in spans), reverse=True)
+        found = [(min(s.start_ns for s in spans), spans) for spans in candidates
+                 if any(query.matches(s, tag_of) for s in spans)]
         limit = query.limit if query.limit > 0 else len(found)
-        return [sorted(spans, key=lambda s: s.start_ns) for spans in found[:limit]]
+        newest = heapq.nlargest(limit, found, key=lambda item: item[0])
+        return [sorted(spans, key=lambda s: s.start_ns) for _, spans in newest]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from localmesh.tracestore import Span, TraceStore
-from localmesh.tracestore.jaeger import tag_strings
+from localmesh.tracestore.jaeger import tag_value
 from localmesh.tracestore.model import TraceQuery
 
 
@@ -25,7 +25,7 @@ def test_oldest_traces_are_evicted_whole_past_the_bound() -> None:
     assert store.trace(f"{1:032x}") is None
     assert [s.span_id for s in store.trace(f"{2:032x}") or []] == [f"{3:016x}", f"{4:016x}"]
     assert len(store) == 3
-    found = store.find(TraceQuery(service="orders"), tag_strings)
+    found = store.find(TraceQuery(service="orders"), tag_value)
     assert {spans[0].trace_id for spans in found} == {f"{2:032x}", f"{3:032x}"}
 
 
@@ -56,3 +56,25 @@ def test_a_store_must_hold_at_least_one_span() -> None:
     """A bound below one is a configuration error, said at construction."""
     with pytest.raises(ValueError, match="max_spans must be positive, not 0"):
         TraceStore(max_spans=0)
+
+
+def test_tag_search_sees_span_process_and_log_tags() -> None:
+    """Jaeger's tag search matches span tags, process tags and log fields."""
+    from localmesh.tracestore import SpanEvent
+
+    store = TraceStore()
+    store.add([Span(trace_id=f"{1:032x}", span_id=f"{1:016x}", parent_span_id="",
+                    name="GET /orders", kind="client", start_ns=1, end_ns=2, service="orders",
+                    attributes={"http.status_code": 504, "retry": True},
+                    events=(SpanEvent("work.cancelled", 1, {"reason": "deadline"}),),
+                    status_code="ERROR", resource={"k8s.pod.name": "orders-1"})])
+
+    def hits(**tags: str) -> int:
+        return len(store.find(TraceQuery(service="orders", tags=tags), tag_value))
+
+    assert hits(**{"http.status_code": "504", "retry": "true"}) == 1
+    assert hits(**{"span.kind": "client", "error": "true", "otel.status_code": "ERROR"}) == 1
+    assert hits(**{"k8s.pod.name": "orders-1", "reason": "deadline"}) == 1
+    assert hits(event="work.cancelled") == 1
+    assert hits(**{"http.status_code": "200"}) == 0
+    assert hits(**{"span.kind": "server"}) == 0
