@@ -16,14 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaoslib.hypothesis import within_tolerance
+
 from reports.errors import JournalError
 
-__all__ = ["CheckRow", "ProbeRun", "activity_runs", "all_runs", "ensure_journal",
-           "exception_line", "load_journal", "probe_runs"]
+__all__ = ["HYPOTHESIS_PHASES", "CheckRow", "ProbeRun", "activity_runs", "all_runs",
+           "ensure_journal", "exception_line", "is_injection", "load_journal", "method_probes",
+           "probe_runs", "tolerance_met"]
+
+# Phases whose probes carry the hypothesis under the fault (a miss there is a FAIL).
+HYPOTHESIS_PHASES = ("during", "after")
 
 # Keys chaoslib always writes; a file without them is not a journal.
 _REQUIRED = ("status", "experiment")
 _WRAPPER = "chaoslib.exceptions.ActivityFailed:"
+_CHAOS_KEYS = frozenset({"applied", "injected", "all_injected", "conditions", "status", "kind"})
 
 
 @dataclass(frozen=True)
@@ -115,13 +122,61 @@ def all_runs(journal: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def probe_runs(journal: Mapping[str, Any]) -> list[ProbeRun]:
-    """Every hypothesis probe run of the journal, in phase order before, during, after."""
+    """Every judged probe run: hypothesis probes and method probes with a tolerance.
+
+    Phases, in report order: ``baseline`` (a method probe with a tolerance before the
+    first fault injection: the steady state the fault starts from),
+    ``before``/``during``/``after`` (the hypothesis) and ``effect`` (a method probe
+    after the injection, or run in the background: proof the fault was felt).
+    """
     states = journal.get("steady_states") or {}
-    runs: list[ProbeRun] = []
-    for phase, state in _phase_states(states):
-        for run in state.get("probes") or []:
-            runs.append(_probe_run(run, phase))
-    return runs
+    runs = [_probe_run(run, phase) for phase, state in _phase_states(states)
+            for run in state.get("probes") or [] if isinstance(run, Mapping)]
+    method = [_probe_run({**run, "tolerance_met": tolerance_met(run)}, phase)
+              for phase, run in method_probes(journal)]
+    return ([p for p in method if p.phase == "baseline"] + runs
+            + [p for p in method if p.phase == "effect"])
+
+
+def method_probes(journal: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """Method probes with a tolerance, each tagged ``baseline`` or ``effect``."""
+    tagged: list[tuple[str, Mapping[str, Any]]] = []
+    injected = False
+    for run in activity_runs(journal, "run"):
+        activity = run.get("activity") or {}
+        if activity.get("type") == "action" and is_injection(run):
+            injected = True
+        elif activity.get("type") == "probe" and "tolerance" in activity:
+            effect = injected or bool(activity.get("background"))
+            tagged.append(("effect" if effect else "baseline", run))
+    return tagged
+
+
+def tolerance_met(run: Mapping[str, Any]) -> bool:
+    """Judge a method probe's output by its tolerance, as chaoslib does for the hypothesis.
+
+    chaoslib records no ``tolerance_met`` for method probes, so the report judges them.
+    A ``probe``-type tolerance would run an activity while reporting: it counts as unmet.
+    """
+    if run.get("status") != "succeeded":
+        return False
+    tolerance = (run.get("activity") or {}).get("tolerance")
+    if isinstance(tolerance, Mapping) and tolerance.get("type") == "probe":
+        return False
+    try:
+        return bool(within_tolerance(tolerance, run.get("output")))
+    except Exception:  # noqa: BLE001 - a malformed tolerance is an unmet one, never a crash
+        return False
+
+
+def is_injection(run: Mapping[str, Any]) -> bool:
+    """A method action that applies a fault: ``probes.chaos.apply_*`` or a chaos-shaped output."""
+    provider = (run.get("activity") or {}).get("provider") or {}
+    if provider.get("module") == "probes.chaos" and str(provider.get("func", "")).startswith(
+            "apply"):
+        return True
+    output = run.get("output")
+    return isinstance(output, Mapping) and bool(_CHAOS_KEYS & set(output))
 
 
 def _phase_states(states: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:

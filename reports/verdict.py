@@ -8,11 +8,14 @@ by rules applied in order, the first that matches deciding:
 1. the run was ``interrupted``/``aborted``, a signal interrupted an activity (recorded by
    chaoslib as a failed activity), or it was a dry run → INCONCLUSIVE;
 2. the experiment has no steady-state hypothesis → INCONCLUSIVE;
-3. the steady state did not hold *before* the fault → INCONCLUSIVE (nothing was proven);
-4. a method action (an injection) failed, or its output does not confirm the Chaos Mesh
+3. the steady state did not hold *before* the fault (the before-hypothesis, or a
+   *baseline* probe: a method probe with a tolerance placed before the first injection,
+   for experiments whose hypothesis runs ``after-method-only`` because some of its probes
+   need the fault to measure anything) → INCONCLUSIVE (nothing was proven);
+4. a method action failed, or an injection's output does not confirm the Chaos Mesh
    condition ``AllInjected`` → INCONCLUSIVE;
-5. a fault was injected but no method probe with a tolerance (the *effect probe*)
-   confirmed it had an effect → INCONCLUSIVE;
+5. a fault was injected but no *effect* probe (a method probe with a tolerance after the
+   injection, or in the background) confirmed it had an effect → INCONCLUSIVE;
 6. a hypothesis probe raised ("could not measure") → INCONCLUSIVE;
 7. the hypothesis was not checked after the method → INCONCLUSIVE;
 8. the steady state did not hold during or after the fault → FAIL, with the probe's reason;
@@ -27,23 +30,24 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from chaoslib.hypothesis import within_tolerance
-
 from reports.model import (
+    HYPOTHESIS_PHASES,
     CheckRow,
     ProbeRun,
     activity_runs,
     all_runs,
     ensure_journal,
     exception_line,
+    is_injection,
+    method_probes,
     probe_runs,
+    tolerance_met,
 )
 
 __all__ = ["Outcome", "Verdict", "compute_verdict", "injection_confirmed"]
 
 _CONDITION = "AllInjected"
 _INTERRUPT = "InterruptExecution"
-_CHAOS_KEYS = frozenset({"applied", "injected", "all_injected", "conditions", "status", "kind"})
 
 
 class Outcome(StrEnum):
@@ -108,9 +112,10 @@ def _judge(journal: Mapping[str, Any], probes: list[ProbeRun]) -> tuple[Outcome,
     rollback = _rollback_failure(journal, probes)
     if rollback:
         return Outcome.INCONCLUSIVE, rollback
-    count = sum(len(p.checks) for p in probes if p.phase != "before")
+    judged = [p for p in probes if p.phase in HYPOTHESIS_PHASES]
+    count = sum(len(p.checks) for p in judged)
     return Outcome.PASS, (f"the steady state held under the fault: {count} checks passed "
-                          f"across {len({p.name for p in probes})} probes")
+                          f"across {len({p.name for p in judged})} probes")
 
 
 def _interrupted(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:
@@ -138,8 +143,10 @@ def _no_hypothesis(journal: Mapping[str, Any], probes: list[ProbeRun]) -> str | 
 
 def _before_missed(journal: Mapping[str, Any], probes: list[ProbeRun]) -> str | None:
     before = (journal.get("steady_states") or {}).get("before")
-    if isinstance(before, Mapping) and before.get("steady_state_met") is False:
-        culprit = next((p for p in probes if p.phase == "before" and not p.passed), None)
+    missed = isinstance(before, Mapping) and before.get("steady_state_met") is False
+    culprit = next((p for p in probes if p.phase in ("before", "baseline") and not p.passed),
+                   None)
+    if missed or culprit:
         why = f"{culprit.name}: {culprit.reason}" if culprit else "no probe recorded"
         return f"the steady state did not hold before the fault, so nothing was proven ({why})"
     return None
@@ -149,29 +156,29 @@ def _injection_failed(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | No
     for run in _method_actions(journal):
         name = _name(run)
         if run.get("status") != "succeeded":
-            what = "fault injection" if _is_injection(run) else "method action"
+            what = "fault injection" if is_injection(run) else "method action"
             return f"{what} '{name}' failed: {exception_line(run) or 'no error recorded'}"
-        if _is_injection(run) and not injection_confirmed(run.get("output")):
+        if is_injection(run) and not injection_confirmed(run.get("output")):
             return (f"fault '{name}' was not confirmed injected: its output does not show "
                     f"condition {_CONDITION}=True")
     return None
 
 
 def _effect_unseen(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:
-    if not any(_is_injection(r) for r in _method_actions(journal)):
+    if not any(is_injection(r) for r in _method_actions(journal)):
         return None
-    effects = [r for r in _method_probes(journal) if "tolerance" in (r.get("activity") or {})]
+    effects = [run for phase, run in method_probes(journal) if phase == "effect"]
     if not effects:
         return "a fault was injected but no effect probe confirmed it had an effect"
     for run in effects:
-        if not _effect_met(run):
+        if not tolerance_met(run):
             why = exception_line(run) or _output_reason(run.get("output"))
             return f"the fault had no observed effect: effect probe '{_name(run)}' saw {why}"
     return None
 
 
 def _probe_raised(_: Mapping[str, Any], probes: list[ProbeRun]) -> str | None:
-    culprit = next((p for p in probes if p.raised), None)
+    culprit = next((p for p in probes if p.raised and p.phase != "effect"), None)
     if culprit:
         return f"probe '{culprit.name}' ({culprit.phase}) {culprit.reason}"
     return None
@@ -190,7 +197,7 @@ _INCONCLUSIVE_FIRST: tuple[_Rule, ...] = (
 
 
 def _steady_state_failure(probes: list[ProbeRun]) -> str | None:
-    culprits = [p for p in probes if p.phase != "before" and not p.passed]
+    culprits = [p for p in probes if p.phase in HYPOTHESIS_PHASES and not p.passed]
     if not culprits:
         return None
     first = culprits[0]
@@ -239,28 +246,9 @@ def _condition_true(conditions: Any) -> bool:
     return False
 
 
-def _effect_met(run: Mapping[str, Any]) -> bool:
-    if run.get("status") != "succeeded":
-        return False
-    tolerance = (run.get("activity") or {}).get("tolerance")
-    if isinstance(tolerance, Mapping) and tolerance.get("type") == "probe":
-        return False  # judging it would run an activity; effect tolerances must be static
-    return bool(within_tolerance(tolerance, run.get("output")))
-
-
-def _is_injection(run: Mapping[str, Any]) -> bool:
-    """A method action that applies a fault: ``probes.chaos.apply_*`` or a chaos-shaped output."""
-    provider = (run.get("activity") or {}).get("provider") or {}
-    if provider.get("module") == "probes.chaos" and str(provider.get("func", "")).startswith(
-            "apply"):
-        return True
-    output = run.get("output")
-    return isinstance(output, Mapping) and bool(_CHAOS_KEYS & set(output))
-
-
 def _injection_notes(journal: Mapping[str, Any]) -> list[str]:
     return [f"injected: {_name(r)}" for r in _method_actions(journal)
-            if r.get("status") == "succeeded" and _is_injection(r)
+            if r.get("status") == "succeeded" and is_injection(r)
             and injection_confirmed(r.get("output"))]
 
 
@@ -271,11 +259,6 @@ def _rollback_notes(journal: Mapping[str, Any]) -> list[str]:
 def _method_actions(journal: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [r for r in activity_runs(journal, "run")
             if (r.get("activity") or {}).get("type") == "action"]
-
-
-def _method_probes(journal: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [r for r in activity_runs(journal, "run")
-            if (r.get("activity") or {}).get("type") == "probe"]
 
 
 def _name(run: Mapping[str, Any]) -> str:

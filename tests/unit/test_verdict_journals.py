@@ -106,6 +106,21 @@ def test_failed_rollback_turns_a_pass_into_inconclusive() -> None:
     assert "may still be in place" in verdict.reason
 
 
+def test_baseline_probe_before_the_injection_stands_in_for_the_before_hypothesis() -> None:
+    """Hypothesis strategy after-method-only: the method's first probe is the baseline."""
+    verdict = compute_verdict(journal("inconclusive-baseline-miss"))
+    assert INDEX["inconclusive-baseline-miss"]["deviated"] is True  # chaoslib says deviated
+    assert verdict.outcome is Outcome.INCONCLUSIVE
+    assert "did not hold before the fault" in verdict.reason and "baseline-slo" in verdict.reason
+    phases = [p.phase for p in verdict.probes]
+    assert phases[0] == "baseline" and phases[-1] == "effect"
+
+
+def test_after_method_only_run_with_a_healthy_baseline_fails_on_the_hypothesis() -> None:
+    verdict = compute_verdict(journal("fail-after-method-only"))
+    assert verdict.outcome is Outcome.FAIL and "no-orphan-work" in verdict.reason
+
+
 def test_injection_without_any_effect_probe_is_inconclusive() -> None:
     data = copy.deepcopy(journal("pass"))
     data["run"] = [r for r in data["run"] if r["activity"]["type"] == "action"]

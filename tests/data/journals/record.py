@@ -33,11 +33,13 @@ def _py(name: str, func: str, kind: str = "probe", tolerance: Any = None,
 
 
 def _experiment(title: str, *, hypothesis: list[dict[str, Any]], method: list[dict[str, Any]],
-                rollbacks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                rollbacks: list[dict[str, Any]] | None = None,
+                strategy: str = "default") -> dict[str, Any]:
     return {"version": "1.0.0", "title": title, "description": title, "tags": ["meshchaos"],
             "steady-state-hypothesis": {"title": "the chain holds", "probes": hypothesis},
             "method": method, "rollbacks": rollbacks or [],
-            "runtime": {"rollbacks": {"strategy": "always"}}}
+            "runtime": {"rollbacks": {"strategy": "always"},
+                        "hypothesis": {"strategy": strategy}}}
 
 
 SLO = _py("chain-keeps-its-slo", "slo_ok", tolerance=PASSED)
@@ -79,6 +81,14 @@ SCENARIOS: dict[str, tuple[dict[str, Any], str]] = {
         "leaf delay, SIGTERM mid-activity", hypothesis=[SLO],
         method=[INJECT, _py("long-probe", "terminate_self"), EFFECT],
         rollbacks=[REMOVE]), "INCONCLUSIVE"),
+    "fail-after-method-only": (_experiment(
+        "leaf delay, hypothesis after the method only", hypothesis=[DEADLINES],
+        method=[_py("baseline-slo", "slo_ok", tolerance=PASSED), INJECT, EFFECT],
+        rollbacks=[REMOVE], strategy="after-method-only"), "FAIL"),
+    "inconclusive-baseline-miss": (_experiment(
+        "leaf delay, baseline misses", hypothesis=[DEADLINES],
+        method=[_py("baseline-slo", "effect", tolerance=PASSED, seen=False), INJECT, EFFECT],
+        rollbacks=[REMOVE], strategy="after-method-only"), "INCONCLUSIVE"),
     "interrupted-sigusr1": (_experiment(
         "leaf delay, operator abort", hypothesis=[SLO],
         method=[INJECT, _py("long-probe", "leave_gracefully"), EFFECT],
