@@ -5,12 +5,13 @@ one line per output line, prefixed with its receive time in RFC3339Nano so that
 ``sinceSeconds``, ``tailLines`` and ``timestamps`` work as on a cluster. When a
 container restarts its log moves to ``<container>.previous.log`` (``previous=true``).
 
-Writes are buffered and flushed at most every 100 ms; a read flushes the pod's
-writers first, so readers in the same process never miss a line.
+Writes are buffered and flushed within 100 ms; a read flushes the pod's writers
+first, so readers in the same process never miss a line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import os
 import time
@@ -55,12 +56,18 @@ def _rfc3339nano(stamp: str) -> str:
 
 
 class LogWriter:
-    """Appends timestamped lines to one container's log file."""
+    """Appends timestamped lines to one container's log file.
+
+    Lines are buffered; the buffer is flushed when 100 ms have passed since the last
+    flush, and otherwise by a timer on the running loop (or at once without a loop),
+    so another process reading the file lags by 100 ms at most.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: IO[str] | None = None
         self._last_flush = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def write_line(self, text: str) -> None:
         """Append one output line (a trailing newline is dropped), stamped with now."""
@@ -72,14 +79,28 @@ class LogWriter:
         self._file.write(f"{format_timestamp(now)} {line}\n")
         if now - self._last_flush >= _FLUSH_EVERY_NS:
             self.flush()
+        elif self._flush_timer is None:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: nobody would flush later
+            self.flush()
+            return
+        self._flush_timer = loop.call_later(_FLUSH_EVERY_NS / 1e9, self.flush)
 
     def flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if self._file is not None:
             self._file.flush()
             self._last_flush = time.time_ns()
 
     def close(self) -> None:
         """Flush and close; a later write_line reopens the (possibly new) file."""
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None

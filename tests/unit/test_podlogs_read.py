@@ -153,3 +153,17 @@ def test_unusual_text_survives_the_round_trip(logs: PodLogs) -> None:
     assert _read(logs, "app").split("\n") == [
         "progress 10%\rprogress 20%", "déjà vu ✓", "two\\nparts", ""]
     assert _read(logs, "app", tail_lines=1) == "two\\nparts\n"
+
+
+async def test_lines_reach_the_file_within_100ms_on_a_running_loop(
+        logs: PodLogs, tmp_path: Path) -> None:
+    """Another process reading the file (evidence readers) lags by 100 ms at most."""
+    import asyncio
+
+    writer = logs.writer("shop", POD, "istio-proxy")
+    writer.write_line("first")  # flushed at once: nothing was flushed before
+    writer.write_line("second")  # buffered, a timer flushes it
+    path = tmp_path / "pods" / f"shop_{POD}" / "istio-proxy.log"
+    await asyncio.sleep(0.3)  # no read() in between: only the timer can have flushed
+    assert path.read_text().splitlines()[-1].endswith(" second")
+    logs.close()
