@@ -152,27 +152,33 @@ class LocalMesh:
     async def start(self) -> Endpoints:
         """Start everything and return once every pod is Ready (or raise, all stopped)."""
         started = time.time()
-        manifests = load_manifests(self.manifest_paths, registry=self.store.registry)
-        objects = prepare_objects(manifests, self.env_overrides)
+        # Parse only (cheap): enough to know what the pods run, and to fail on bad YAML.
+        parsed = load_manifests(self.manifest_paths, registry=self.store.registry,
+                                validate=False)
         self.state.claim()
         self._claimed = True
         self._attach_log()
         try:
-            return await self._start(objects, started)
+            return await self._start(parsed, started)
         except BaseException:
             await self.stop()
             raise
 
-    async def _start(self, objects: list[Obj], started: float) -> Endpoints:
+    async def _start(self, parsed: list[Manifest], started: float) -> Endpoints:
         otlp, traces = await self._serve_traces()
         ingress_port = PortAllocator().allocate()
-        install_validation(self.store)
         self.xds = XdsServer(self.store, otlp_endpoint=otlp)
         self.supervisor = Supervisor(self.store, self.xds, state_dir=self.state.path,
                                      otlp_endpoint=otlp, ingress_port=ingress_port)
+        self.supervisor.warm_up([m.obj for m in parsed])
+        # Validation (CRD schemas) runs here while the fork server imports in its process.
+        manifests = load_manifests(self.manifest_paths, registry=self.store.registry)
+        objects = prepare_objects(manifests, self.env_overrides)
         self.chaos = _chaos_controller(self.store, self.xds, self.supervisor)
         _ensure_namespaces(self.store, objects)
         self.store.load(objects)
+        # Installed after the load: those objects were just validated, with their file named.
+        install_validation(self.store)
         ensure_ingress_objects(self.store)
         self.store.subscribe(self._announce_ready, group="", plural="pods")
         api = await self._serve_api()

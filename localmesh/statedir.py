@@ -124,7 +124,7 @@ class StateDir:
         """
         pid = os.getpid() if pid is None else pid
         live = self.live_pid()
-        if live is not None and live != pid:
+        if live is not None:
             raise StateDirError(
                 f"a mesh is already running from state dir {self.path} (pid {live}); "
                 f"stop it with `meshchaos down --state-dir {self.path}` or pick another "
@@ -156,7 +156,7 @@ class StateDir:
     def clean(self) -> None:
         """Remove what a previous (dead) mesh left; refuses while the owner lives."""
         live = self.live_pid()
-        if live is not None and live != os.getpid():
+        if live is not None:
             raise StateDirError(f"refusing to clean state dir {self.path}: pid {live} is alive")
         for name in _OWNED:
             target = self.path / name

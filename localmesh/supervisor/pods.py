@@ -237,8 +237,9 @@ class PodRunner:
         with contextlib.suppress(ValueError):
             reported = json.loads(line)
             log.debug("sidecar of %s/%s listening: %s", self.namespace, self.name, reported)
-        self.ctx.xds.register_sidecar(self.namespace, self.name,
-                                      f"http://127.0.0.1:{self.ports.admin}")
+        if not self.stopping and child.returncode is None:
+            self.ctx.xds.register_sidecar(self.namespace, self.name,
+                                          f"http://127.0.0.1:{self.ports.admin}")
 
     async def _pause(self, container: ContainerRun) -> None:
         """Pod-failure: the pause image replaces the container until recovery."""
@@ -403,6 +404,8 @@ class PodRunner:
         self.done.set()
         self._allowed.set()
         grace = self._grace() if grace is None else grace
+        if self.sidecar:  # the control plane stops pushing to a draining proxy first
+            self.ctx.xds.unregister_sidecar(self.namespace, self.name)
         children = [c.child for c in self.containers.values() if c.child is not None]
         for name, container in self.containers.items():
             if container.child is not None:
@@ -416,8 +419,6 @@ class PodRunner:
                 if child.returncode is None:
                     child.signal_group(signal.SIGKILL)
         await asyncio.gather(*(c.wait() for c in children))
-        if self.sidecar:
-            self.ctx.xds.unregister_sidecar(self.namespace, self.name)
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()

@@ -45,6 +45,7 @@ class Supervisor:
         self.logs = PodLogs(state_dir)
         self.controller = ReplicaSetController(store)
         self._forkserver: ForkServer | None = None
+        self._forkserver_started: asyncio.Future[None] | None = None
         self._xds = xds
         self._otlp = otlp_endpoint
         self._ingress_port = ingress_port
@@ -63,15 +64,28 @@ class Supervisor:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Start the fork server (preloaded with what the manifests run) and the controllers."""
-        templates = [d.get("spec", {}).get("template", {})
-                     for d in self.store.list("apps", "deployments")]
-        trees = preload_trees(templates + self.store.list("", "pods"))
+    def warm_up(self, objects: list[Obj]) -> None:
+        """Start the fork server now, preloading what these objects' pods will run.
+
+        Its imports are most of a mesh's start-up time; they overlap with whatever
+        the caller does before :meth:`start` (validating manifests, for one).
+        """
+        if self._forkserver is not None:
+            return
+        templates = [(o.get("spec") or {}).get("template") or {} for o in objects
+                     if o.get("kind") == "Deployment"]
+        trees = preload_trees(templates + [o for o in objects if o.get("kind") == "Pod"])
         if self._sidecar_module != SIDECAR_MODULE:
             trees.append(self._sidecar_module)
         self._forkserver = ForkServer(PRELOAD_LIBRARIES, trees)
-        await self._forkserver.start()
+        self._forkserver_started = asyncio.ensure_future(self._forkserver.start())
+
+    async def start(self) -> None:
+        """Start the fork server (unless warmed up already) and the controllers."""
+        if self._forkserver is None:
+            self.warm_up(self.store.list("apps", "deployments") + self.store.list("", "pods"))
+        assert self._forkserver_started is not None and self._forkserver is not None
+        await self._forkserver_started
         self._loop = asyncio.get_running_loop()
         self._ctx = PodContext(self.store, self._xds, self.logs, self._forkserver, self._ports,
                                self._otlp, self._base_dir, self._ingress_port,
@@ -92,6 +106,10 @@ class Supervisor:
         for task in list(self._retired):
             task.cancel()
         await asyncio.gather(*self._retired, return_exceptions=True)
+        if self._forkserver_started is not None and not self._forkserver_started.done():
+            self._forkserver_started.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ProcessError):
+                await self._forkserver_started
         if self._forkserver is not None:
             await self._forkserver.stop()
             self._forkserver = None

@@ -1,0 +1,165 @@
+"""Shared fixtures of the integration suite: a local mesh started once per session.
+
+``local_mesh`` runs the reference chain (``fixtures/k8s``) in a MeshThread and
+yields its :class:`~localmesh.statedir.Endpoints`; ``local_mesh_thread`` gives the
+MeshThread itself (``.mesh.store``, ``.mesh.supervisor``, ``.run(coro)``,
+``.mesh.state.path``). ``echo_manifests`` writes a tiny mesh of the test echo app
+for tests that need one of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localmesh.mesh import MeshThread
+from localmesh.statedir import Endpoints
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAIN_MANIFESTS = ROOT / "fixtures" / "k8s"
+ECHO_APP = ROOT / "tests" / "data" / "echo_app.py"
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root``, read from /proc (no psutil)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True for a running (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def kill_groups(pids: list[int]) -> None:
+    """Last resort in teardown: no process may outlive its test."""
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def write_echo_manifests(folder: Path, *, replicas: int = 1, extra: str = "") -> Path:
+    """A namespace ``shop`` with sidecar injection, the echo app as Deployment + Service,
+    access logs on (the mesh config ConfigMap)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mesh.yaml").write_text(textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Namespace
+        metadata:
+          name: shop
+          labels: {{istio-injection: enabled}}
+        ---
+        apiVersion: v1
+        kind: Namespace
+        metadata:
+          name: istio-system
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata:
+          name: istio
+          namespace: istio-system
+        data:
+          mesh: |
+            accessLogFile: /dev/stdout
+            defaultConfig:
+              tracing:
+                sampling: 100
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata:
+          name: echo
+          namespace: shop
+        spec:
+          replicas: {replicas}
+          selector:
+            matchLabels: {{app: echo}}
+          template:
+            metadata:
+              labels: {{app: echo}}
+              annotations:
+                meshchaos.io/local-command: python {ECHO_APP}
+            spec:
+              terminationGracePeriodSeconds: 2
+              containers:
+              - name: echo
+                image: example/echo:1
+                ports: [{{containerPort: 8080}}]
+                env:
+                - {{name: GREETING, value: hello}}
+                readinessProbe:
+                  httpGet: {{path: /healthz, port: 8080}}
+                  periodSeconds: 1
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata:
+          name: echo
+          namespace: shop
+        spec:
+          selector: {{app: echo}}
+          ports: [{{name: http, port: 8080, targetPort: 8080}}]
+        """) + extra)
+    return folder
+
+
+@pytest.fixture
+def echo_manifests(tmp_path: Path) -> Path:
+    return write_echo_manifests(tmp_path / "manifests")
+
+
+@pytest.fixture(scope="session")
+def local_mesh_thread(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread]:
+    """The reference chain of fixtures/k8s, running for the whole session."""
+    if not CHAIN_MANIFESTS.is_dir():
+        raise RuntimeError(f"{CHAIN_MANIFESTS} is missing: the local_mesh fixture runs it")
+    state_dir = tmp_path_factory.mktemp("local-mesh") / "state"
+    thread = MeshThread([CHAIN_MANIFESTS], state_dir)
+    thread.start(timeout=60)
+    try:
+        yield thread
+    finally:
+        stop_and_reap(thread)
+
+
+def stop_and_reap(thread: MeshThread) -> None:
+    """Stop a MeshThread; then kill whatever of its processes survived (none should)."""
+    supervisor = thread.mesh.supervisor
+    pids = supervisor.all_pids() if supervisor is not None else []
+    forkserver = supervisor.forkserver_pid if supervisor is not None else None
+    pids += descendants(forkserver) if forkserver else []
+    thread.stop()
+    kill_groups(pids)
+
+
+@pytest.fixture(scope="session")
+def local_mesh(local_mesh_thread: MeshThread) -> Endpoints:
+    """Endpoints (api, ingress, otlp, traces) of the session's local mesh."""
+    endpoints = local_mesh_thread.mesh.endpoints
+    assert endpoints is not None
+    return endpoints

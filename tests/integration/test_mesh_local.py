@@ -1,0 +1,273 @@
+"""A LocalMesh from manifests: pods as processes, reached through the API, the ingress
+and the sidecars the way kubectl and clients reach a cluster.
+
+One echo mesh (tests/data/echo_app.py behind its sidecar, plus the ingress gateway)
+serves the module; tests that need a failing or refused start run their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from localmesh.errors import ManifestError, StateDirError
+from localmesh.mesh import MeshThread
+from localmesh.statedir import StateDir
+from tests.integration.conftest import alive, descendants, stop_and_reap, write_echo_manifests
+
+pytestmark = [pytest.mark.integration]
+
+T = TypeVar("T")
+NS = "shop"
+ECHO_HOST = "echo.shop.svc.cluster.local"
+
+
+@pytest.fixture(scope="module")
+def echo_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread]:
+    root = tmp_path_factory.mktemp("echo-mesh")
+    thread = MeshThread([write_echo_manifests(root / "manifests")], root / "state")
+    thread.start(timeout=60)
+    try:
+        yield thread
+    finally:
+        stop_and_reap(thread)
+
+
+def get(url: str, *, host: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def api(thread: MeshThread, path: str, method: str = "GET") -> Any:
+    assert thread.mesh.endpoints is not None
+    req = urllib.request.Request(thread.mesh.endpoints.api + path, method=method)
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def echo_pods(thread: MeshThread) -> list[dict[str, Any]]:
+    items = api(thread, f"/api/v1/namespaces/{NS}/pods?labelSelector=app%3Decho")["items"]
+    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
+
+
+def ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def until(check: Callable[[], T | None], limit_s: float = 10, what: str = "it") -> T:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {limit_s}s")
+
+
+def via_ingress(thread: MeshThread, path: str = "/") -> tuple[int, bytes]:
+    assert thread.mesh.endpoints is not None
+    return get(thread.mesh.endpoints.ingress + path, host=ECHO_HOST)
+
+
+def test_manifest_pods_and_the_gateway_pod_run_ready(echo_mesh: MeshThread) -> None:
+    """Deployment → ReplicaSet → Pod ``<deploy>-<10 hex>-<5 alnum>`` with an injected
+    istio-proxy; the gateway pod runs in istio-system (docs/architecture.md)."""
+    (pod,) = echo_pods(echo_mesh)
+    assert ready(pod) and pod["status"]["phase"] == "Running"
+    deploy, rs_hash, suffix = pod["metadata"]["name"].rsplit("-", 2)
+    assert deploy == "echo" and len(rs_hash) == 10 and len(suffix) == 5
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["echo", "istio-proxy"]
+    gateways = api(echo_mesh, "/api/v1/namespaces/istio-system/pods")["items"]
+    assert [g["metadata"]["labels"]["istio"] for g in gateways] == ["ingressgateway"]
+    assert gateways[0]["metadata"]["name"].startswith("istio-ingressgateway-")
+    assert ready(gateways[0])
+    deployment = api(echo_mesh, f"/apis/apps/v1/namespaces/{NS}/deployments/echo")
+    assert deployment["status"]["readyReplicas"] == 1
+
+
+def test_ingress_reaches_the_app_and_both_containers_log_the_request(
+        echo_mesh: MeshThread) -> None:
+    """App output is the app container's log; Envoy access-log lines are istio-proxy's
+    (docs/architecture.md "Container logs")."""
+    marker = f"/probe-{uuid.uuid4().hex[:8]}"
+    status, body = via_ingress(echo_mesh, marker)
+    assert status == 200 and body.startswith(b"hello from echo-")
+    (pod,) = echo_pods(echo_mesh)
+    base = f"/api/v1/namespaces/{NS}/pods/{pod['metadata']['name']}/log"
+
+    def log(container: str) -> str:
+        assert echo_mesh.mesh.endpoints is not None
+        return get(f"{echo_mesh.mesh.endpoints.api}{base}?container={container}")[1].decode()
+
+    until(lambda: marker in log("istio-proxy"), what="access log line")
+    proxy_line = next(line for line in log("istio-proxy").splitlines() if marker in line)
+    assert f'"GET {marker} HTTP/1.1" 200' in proxy_line
+    assert f"handled GET {marker}" in log("echo")
+
+
+def test_app_environment_follows_the_contract(echo_mesh: MeshThread) -> None:
+    """PORT, POD_NAME, POD_NAMESPACE, POD_IP, OTEL_SERVICE_NAME,
+    OTEL_EXPORTER_OTLP_ENDPOINT, HTTP_PROXY/http_proxy, NO_PROXY="" plus the container's
+    literal env (docs/architecture.md "App environment")."""
+    status, body = via_ingress(echo_mesh, "/env")
+    env = json.loads(body)
+    (pod,) = echo_pods(echo_mesh)
+    ann = pod["metadata"]["annotations"]
+    endpoints = echo_mesh.mesh.endpoints
+    assert status == 200 and endpoints is not None
+    assert env["POD_NAME"] == pod["metadata"]["name"] and env["POD_NAMESPACE"] == NS
+    assert env["PORT"] == ann["meshchaos.io/app-port"] and env["POD_IP"] == "127.0.0.1"
+    assert env["OTEL_SERVICE_NAME"] == "echo"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoints.otlp
+    assert env["HTTP_PROXY"] == f"http://127.0.0.1:{ann['meshchaos.io/outbound-port']}"
+    assert env["http_proxy"] == env["HTTP_PROXY"] and env["NO_PROXY"] == ""
+    assert env["GREETING"] == "hello"
+
+
+def test_pod_deleted_through_the_api_is_replaced_under_a_new_name(
+        echo_mesh: MeshThread) -> None:
+    """kubectl delete pod: the ReplicaSet creates a replacement with a new name that
+    becomes Ready and serves; the old processes are gone (mesh-semantics.md §5.3)."""
+    (old,) = echo_pods(echo_mesh)
+    old_name = old["metadata"]["name"]
+    assert echo_mesh.mesh.supervisor is not None
+    old_pids = echo_mesh.run(_pids(echo_mesh, old_name))
+    assert len(old_pids) == 2
+    api(echo_mesh, f"/api/v1/namespaces/{NS}/pods/{old_name}", method="DELETE")
+    new = until(lambda: [p for p in echo_pods(echo_mesh)
+                         if p["metadata"]["name"] != old_name and ready(p)],
+                what="a Ready replacement")
+    assert len(new) == 1
+    until(lambda: via_ingress(echo_mesh)[1].decode().strip().endswith(new[0]["metadata"]["name"]),
+          what="the replacement serving")
+    until(lambda: not any(alive(pid) for pid in old_pids), what="old processes gone")
+
+
+async def _pids(thread: MeshThread, name: str) -> list[int]:
+    """The pod's process ids, read on the mesh's own loop."""
+    assert thread.mesh.supervisor is not None
+    return list(thread.mesh.supervisor.pod_pids(NS, name).values())
+
+
+def test_killed_container_restarts_and_counts_it(echo_mesh: MeshThread) -> None:
+    """container-kill: restartCount + 1, lastState terminated, Ready again (§5.3)."""
+    (pod,) = echo_pods(echo_mesh)
+    name = pod["metadata"]["name"]
+    supervisor = echo_mesh.mesh.supervisor
+    assert supervisor is not None
+    echo_mesh.run(supervisor.kill_container(NS, name, "echo"))
+
+    def restarted() -> dict[str, Any] | None:
+        current = api(echo_mesh, f"/api/v1/namespaces/{NS}/pods/{name}")
+        app = current["status"]["containerStatuses"][0]
+        return current if app["restartCount"] == 1 and ready(current) else None
+
+    current = until(restarted, what="the restart")
+    assert current["status"]["containerStatuses"][0]["lastState"]["terminated"]["signal"] == 9
+    assert via_ingress(echo_mesh)[0] == 200
+
+
+def test_pod_failure_makes_the_pod_unreachable_until_recovered(echo_mesh: MeshThread) -> None:
+    """pod-failure: every container incl. istio-proxy stops serving, the pod keeps its name;
+    callers get a 503 (mesh-semantics.md §5.3); recovery brings it back."""
+    (pod,) = echo_pods(echo_mesh)
+    name = pod["metadata"]["name"]
+    supervisor = echo_mesh.mesh.supervisor
+    assert supervisor is not None
+    ports = supervisor.pod_ports(NS, name)
+    echo_mesh.run(supervisor.fail_pod(NS, name))
+    try:
+        assert not _listening(ports["inbound"]) and not _listening(ports["app"])
+        status, _ = via_ingress(echo_mesh)
+        assert status == 503
+        assert [p["metadata"]["name"] for p in echo_pods(echo_mesh)] == [name]
+    finally:
+        echo_mesh.run(supervisor.recover_pod(NS, name))
+    until(lambda: via_ingress(echo_mesh)[0] == 200, what="serving again")
+    assert ready(api(echo_mesh, f"/api/v1/namespaces/{NS}/pods/{name}"))
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_second_mesh_on_a_live_state_dir_refuses_naming_pid_and_dir(
+        echo_mesh: MeshThread, tmp_path: Path) -> None:
+    """A live state dir belongs to its mesh: a second start refuses with pid and dir."""
+    state = echo_mesh.mesh.state.path
+    second = MeshThread([write_echo_manifests(tmp_path / "m")], state)
+    with pytest.raises(StateDirError) as info:
+        second.start(timeout=20)
+    assert str(os.getpid()) in str(info.value) and str(state) in str(info.value)
+    assert StateDir(state).live_pid() == os.getpid()
+    assert echo_mesh.mesh.state.endpoints_file.exists()
+
+
+def test_invalid_manifest_fails_start_naming_file_object_and_field(tmp_path: Path) -> None:
+    """Validation like an API server: nothing starts, and the error names the file, the
+    object and the field."""
+    folder = write_echo_manifests(tmp_path / "m", extra="""---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: echo-timeout
+  namespace: shop
+spec:
+  hosts: [echo]
+  http:
+  - route:
+    - destination: {host: echo}
+    timeout: 3 seconds
+""")
+    thread = MeshThread([folder], tmp_path / "state")
+    with pytest.raises(ManifestError) as info:
+        thread.start(timeout=20)
+    message = str(info.value)
+    assert "mesh.yaml" in message and "echo-timeout" in message
+    assert "spec.http[0].timeout" in message
+    assert StateDir(tmp_path / "state").owner_pid() is None
+
+
+def test_stale_state_dir_is_cleaned_and_stop_leaves_no_process(tmp_path: Path) -> None:
+    """A dead owner pid marks the dir stale: start cleans it. Stop ends every process and
+    frees the ports."""
+    state = tmp_path / "state"
+    (state / "pods" / "shop_old-pod").mkdir(parents=True)
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    (state / "mesh.pid").write_text(f"{dead}\n")
+    (state / "endpoints.json").write_text("{not json")
+    thread = MeshThread([write_echo_manifests(tmp_path / "m")], state)
+    endpoints = thread.start(timeout=60)
+    try:
+        assert not (state / "pods" / "shop_old-pod").exists()
+        assert json.loads((state / "endpoints.json").read_text())["pid"] == os.getpid()
+        supervisor = thread.mesh.supervisor
+        assert supervisor is not None and supervisor.forkserver_pid is not None
+        family = [supervisor.forkserver_pid, *descendants(supervisor.forkserver_pid)]
+        assert len(family) >= 4  # fork server, echo app + sidecar, gateway
+    finally:
+        stop_and_reap(thread)
+    assert not [pid for pid in family if alive(pid)]
+    api_port = int(endpoints.api.rsplit(":", 1)[1])
+    ingress_port = int(endpoints.ingress.rsplit(":", 1)[1])
+    assert not _listening(api_port) and not _listening(ingress_port)
+    assert not (state / "mesh.pid").exists() and not (state / "endpoints.json").exists()
