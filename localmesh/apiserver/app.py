@@ -80,8 +80,15 @@ async def _resources(request: web.Request, group: str, version: str) -> web.Stre
         if doc is None:
             raise NotFound("the server could not find the requested resource")
         return web.json_response(doc)
-    target = parse_target(store.registry, group, version, tail.split("/"))
-    return await request.app[_HANDLERS].handle(request, target)
+    segments = tail.split("/")
+    legacy_watch = segments[0] == "watch"  # the deprecated /watch/<resource> paths
+    if legacy_watch:
+        segments = segments[1:]
+    target = parse_target(store.registry, group, version, segments)
+    if legacy_watch and (request.method != "GET" or target.name is not None):
+        # Only collections are watched this way (one object: use fieldSelector).
+        raise NotFound("the server could not find the requested resource")
+    return await request.app[_HANDLERS].handle(request, target, watch=legacy_watch)
 
 
 async def _core(request: web.Request) -> web.StreamResponse:

@@ -49,7 +49,9 @@ class ResourceHandlers:
         self.logs = logs
         self.hub = hub
 
-    async def handle(self, request: web.Request, target: Target) -> web.StreamResponse:
+    async def handle(self, request: web.Request, target: Target, *,
+                     watch: bool = False) -> web.StreamResponse:
+        """Dispatch one verb; ``watch`` is set for the legacy ``/watch/`` paths."""
         method = request.method
         if target.subresource == "log":
             if method != "GET":
@@ -57,7 +59,7 @@ class ResourceHandlers:
             return await self.pod_log(request, target)
         if target.name is None:
             if method == "GET":
-                if query_bool(request, "watch"):
+                if watch or query_bool(request, "watch"):
                     return await self.watch(request, target)
                 return self.list(request, target)
             if method == "POST":
@@ -141,10 +143,27 @@ class ResourceHandlers:
             return _json(_unsupported(request.content_type), 415)
         body = await read_body(request)
         rtype = target.rtype
+        if kind == "merge" and isinstance(body, dict):
+            self._check_patch_version(target, body)
         stored = self.store.patch(rtype.group, rtype.plural, target.namespace or "",
                                   str(target.name), body, kind,
                                   subresource=target.subresource)
         return _json(_present(stored, target))
+
+    def _check_patch_version(self, target: Target, patch: Obj) -> None:
+        """A patch naming metadata.resourceVersion is an optimistic-concurrency write."""
+        wanted = (patch.get("metadata") or {}).get("resourceVersion") \
+            if isinstance(patch.get("metadata"), dict) else None
+        if not wanted:
+            return
+        rtype = target.rtype
+        current = self.store.get(rtype.group, rtype.plural, target.namespace or "",
+                                 str(target.name))["metadata"]["resourceVersion"]
+        if wanted != current:
+            raise Conflict(f'Operation cannot be fulfilled on {rtype.plural} "{target.name}": '
+                           "the object has been modified; please apply your changes to the "
+                           "latest version and try again", kind=rtype.plural,
+                           name=str(target.name))
 
     async def delete(self, request: web.Request, target: Target) -> web.Response:
         options = await read_body(request) or {}

@@ -176,3 +176,30 @@ def test_unsupported_patch_type_is_415(api: ServedApi) -> None:
                               headers={"Content-Type": "application/apply-patch+yaml"},
                               timeout=5)
     assert (response.status_code, response.json()["reason"]) == (415, "UnsupportedMediaType")
+
+
+def test_legacy_watch_path_streams_the_collection(api: ServedApi) -> None:
+    """/api/v1/watch/namespaces/<ns>/pods is the deprecated form of ?watch=true."""
+    api.store.create(pod("orders-a", labels={"app": "orders"}))
+    response = requests.get(f"{api.url}/api/v1/watch/namespaces/shop/pods",
+                            params={"timeoutSeconds": "1"}, timeout=10)
+    events = [json.loads(line) for line in response.text.splitlines()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "orders-a")]
+
+
+def test_merge_patch_with_a_stale_resource_version_is_a_conflict(api: ServedApi) -> None:
+    """A patch that names metadata.resourceVersion is checked like a PUT (409 Conflict)."""
+    created = api.store.create({"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": "x", "namespace": "shop"}})
+    api.store.patch("", "configmaps", "shop", "x", {"data": {"a": "1"}})
+    url = f"{api.url}/api/v1/namespaces/shop/configmaps/x"
+    headers = {"Content-Type": "application/merge-patch+json"}
+    stale = requests.patch(url, headers=headers, timeout=5, data=json.dumps(
+        {"metadata": {"resourceVersion": created["metadata"]["resourceVersion"]},
+         "data": {"a": "2"}}))
+    assert (stale.status_code, stale.json()["reason"]) == (409, "Conflict")
+    current = api.store.get("", "configmaps", "shop", "x")["metadata"]["resourceVersion"]
+    fresh = requests.patch(url, headers=headers, timeout=5, data=json.dumps(
+        {"metadata": {"resourceVersion": current}, "data": {"a": "2"}}))
+    assert fresh.status_code == 200 and fresh.json()["data"] == {"a": "2"}
