@@ -19,6 +19,7 @@ from aiohttp import web
 from localmesh.apiserver.bodies import patch_type, query_bool, query_int, read_body
 from localmesh.apiserver.logsource import LogSource
 from localmesh.apiserver.paths import Target
+from localmesh.apiserver.scale import apply_scale_change, scale_of
 from localmesh.apiserver.watch import Watcher, WatchHub
 from localmesh.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound
 from localmesh.selectors import parse_field_selector, parse_label_selector
@@ -57,6 +58,8 @@ class ResourceHandlers:
             if method != "GET":
                 raise MethodNotAllowed(f"method {method} is not allowed on pods/log")
             return await self.pod_log(request, target)
+        if target.subresource == "scale":
+            return await self.scale(request, target)
         if target.name is None:
             if method == "GET":
                 if watch or query_bool(request, "watch"):
@@ -198,6 +201,34 @@ class ResourceHandlers:
         return _json({"kind": f"{rtype.kind}List", "apiVersion": target.api_version,
                       "metadata": {"resourceVersion": self.store.resource_version()},
                       "items": deleted})
+
+    # -- scale ----------------------------------------------------------------------
+
+    async def scale(self, request: web.Request, target: Target) -> web.Response:
+        rtype, ns, name = target.rtype, target.namespace or "", str(target.name)
+        obj = self.store.get(rtype.group, rtype.plural, ns, name)
+        if request.method == "GET":
+            return _json(scale_of(obj))
+        if request.method not in ("PUT", "PATCH"):
+            raise MethodNotAllowed(f"method {request.method} is not allowed on "
+                                   f"{rtype.plural}/scale")
+        kind = patch_type(request.content_type) if request.method == "PATCH" else None
+        if request.method == "PATCH" and kind is None:
+            return _json(_unsupported(request.content_type), 415)
+        body = await read_body(request)
+        wanted_version = ((body.get("metadata") or {}).get("resourceVersion")
+                          if isinstance(body, dict) else None)
+        if wanted_version and wanted_version != obj["metadata"]["resourceVersion"]:
+            raise Conflict(f'Operation cannot be fulfilled on {rtype.plural} "{name}": the '
+                           "object has been modified; please apply your changes to the "
+                           "latest version and try again", kind=rtype.plural, name=name)
+        replicas = apply_scale_change(obj, body, kind)
+
+        def set_replicas(new: Obj) -> None:
+            new.setdefault("spec", {})["replicas"] = replicas
+
+        return _json(scale_of(self.store.mutate(rtype.group, rtype.plural, ns, name,
+                                                set_replicas)))
 
     # -- pod logs -------------------------------------------------------------------
 

@@ -207,3 +207,18 @@ def test_status_subresource_changes_status_but_not_spec(api: ServedApi) -> None:
     assert after.status.ready_replicas == 1
     assert after.spec.replicas == 1
     assert after.metadata.generation == 1
+
+
+def test_scale_subresource_reads_and_sets_replicas(api: ServedApi) -> None:
+    """deployments/scale is an autoscaling/v1 Scale; writing it changes spec.replicas only."""
+    apps = client.AppsV1Api(config.new_client_from_config(str(api.kubeconfig)))
+    apps.create_namespaced_deployment("shop", deployment("orders"))
+    scale = apps.read_namespaced_deployment_scale("orders", "shop")
+    assert (scale.spec.replicas, scale.status.selector) == (1, "app=orders")
+    patched = apps.patch_namespaced_deployment_scale("orders", "shop",
+                                                     {"spec": {"replicas": 3}})
+    assert patched.spec.replicas == 3
+    assert api.store.get("apps", "deployments", "shop", "orders")["spec"]["replicas"] == 3
+    with pytest.raises(client.ApiException) as caught:
+        apps.patch_namespaced_deployment_scale("orders", "shop", {"spec": {"replicas": -1}})
+    assert _status(caught.value)["details"]["causes"][0]["field"] == "spec.replicas"
