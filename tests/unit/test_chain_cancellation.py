@@ -62,14 +62,15 @@ async def debug_work(app: RunningChain, trace_id: str = TRACE_ID) -> dict[str, o
         return body
 
 
+@pytest.mark.parametrize("http_client", ["lean", "aiohttp"])
 async def test_caller_leaving_closes_the_downstream_call_within_50ms(
-    provider: TracerProvider, exporter: InMemorySpanExporter
+    provider: TracerProvider, exporter: InMemorySpanExporter, http_client: str
 ) -> None:
     """Go's net/http contract the chain mirrors (mesh-semantics §6): the request context "is
     canceled when the client's connection closes"; the downstream connection is closed so the
     next hop sees the disconnect (§1.6 "0 DC"). Measured at the downstream server."""
     async with RecordingServer(delay_s=5.0) as leaf:
-        cfg = ChainConfig(stages=parse_calls(f"seq:{leaf.url}/leaf"))
+        cfg = ChainConfig(stages=parse_calls(f"seq:{leaf.url}/leaf"), http_client=http_client)
         async with serve_chain(cfg, provider.get_tracer("t")) as app:
             ready = asyncio.Event()
             waiter = asyncio.ensure_future(leaf.wait_arrived())
@@ -93,10 +94,14 @@ async def test_caller_leaving_closes_the_downstream_call_within_50ms(
     assert item["outcome"] == "cancelled" and item["ended"] is not None
 
 
-async def test_caller_leaving_closes_every_parallel_call(provider: TracerProvider) -> None:
+@pytest.mark.parametrize("http_client", ["lean", "aiohttp"])
+async def test_caller_leaving_closes_every_parallel_call(
+    provider: TracerProvider, http_client: str
+) -> None:
     """Cancellation reaches every in-flight call of a fan-out, not just the first."""
     async with RecordingServer(delay_s=5.0) as a, RecordingServer(delay_s=5.0) as b:
-        cfg = ChainConfig(stages=parse_calls(f"par:{a.url}/a;par:{b.url}/b"))
+        cfg = ChainConfig(stages=parse_calls(f"par:{a.url}/a;par:{b.url}/b"),
+                          http_client=http_client)
         async with serve_chain(cfg, provider.get_tracer("t")) as app:
             ready = asyncio.Event()
             waiter = asyncio.ensure_future(asyncio.gather(a.wait_arrived(), b.wait_arrived()))

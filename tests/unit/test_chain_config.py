@@ -118,6 +118,7 @@ def test_defaults_listen_on_all_interfaces_without_pod_ip() -> None:
     ({"CHAIN_MARGIN_MS": "-1"}, "CHAIN_MARGIN_MS"),
     ({"CHAIN_BODY_BYTES": "1.5"}, "CHAIN_BODY_BYTES"),
     ({"CHAIN_DEFECT": "bogus"}, "CHAIN_DEFECT"),
+    ({"CHAIN_HTTP_CLIENT": "curl"}, "CHAIN_HTTP_CLIENT"),
 ])
 def test_bad_values_name_their_setting(env: dict[str, str], setting: str) -> None:
     with pytest.raises(ConfigError) as info:
