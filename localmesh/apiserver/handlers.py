@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from localmesh.apiserver.bodies import patch_type, query_bool, query_int, read_body
+from localmesh.apiserver.logfollow import follow_log
 from localmesh.apiserver.logsource import LogSource
 from localmesh.apiserver.paths import Target
 from localmesh.apiserver.scale import apply_scale_change, scale_of
@@ -232,16 +233,30 @@ class ResourceHandlers:
 
     # -- pod logs -------------------------------------------------------------------
 
-    async def pod_log(self, request: web.Request, target: Target) -> web.Response:
+    async def pod_log(self, request: web.Request, target: Target) -> web.StreamResponse:
         pod = self.store.get("", "pods", target.namespace or "", str(target.name))
         container = _pick_container(pod, request.query.get("container") or None)
+        namespace, name = target.namespace or "", str(target.name)
+        follow = query_bool(request, "follow") and not query_bool(request, "previous")
+        timestamps = query_bool(request, "timestamps")
         text = self.logs.read(
-            target.namespace or "", str(target.name), container,
+            namespace, name, container,
             since_seconds=query_int(request, "sinceSeconds"),
             tail_lines=query_int(request, "tailLines"),
-            timestamps=query_bool(request, "timestamps"),
-            previous=query_bool(request, "previous"))
+            timestamps=timestamps or follow, previous=query_bool(request, "previous"))
+        if follow:
+            return await follow_log(request, self.logs, namespace, name, container,
+                                    first=text, timestamps=timestamps,
+                                    done=lambda: self.hub.closed or not self._exists(
+                                        "", "pods", namespace, name))
         return web.Response(text=text, content_type="text/plain")
+
+    def _exists(self, group: str, plural: str, namespace: str, name: str) -> bool:
+        try:
+            self.store.get(group, plural, namespace, name)
+        except NotFound:
+            return False
+        return True
 
     # -- watch ----------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ class WatchHub:
     def __init__(self, store: ObjectStore) -> None:
         self._watchers: set[Watcher] = set()
         self._lock = threading.Lock()
+        self.closed = False  # the server is shutting down: streams (logs too) end
         store.subscribe(self._on_change)
 
     def add(self, watcher: Watcher) -> None:
@@ -70,6 +71,7 @@ class WatchHub:
             self._watchers.discard(watcher)
 
     def close_all(self) -> None:
+        self.closed = True
         with self._lock:
             watchers = list(self._watchers)
         for watcher in watchers:

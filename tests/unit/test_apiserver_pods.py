@@ -166,3 +166,31 @@ def test_previous_log_is_the_one_before_the_restart(core: client.CoreV1Api,
     assert core.read_namespaced_pod_log(name, "shop", container="app", previous=True) \
         == "first life\n"
     assert core.read_namespaced_pod_log(name, "shop", container="app") == "second life\n"
+
+
+def test_follow_streams_new_log_lines_until_the_pod_is_gone(
+        api: ServedApi, logs: PodLogs) -> None:
+    """follow=true (kubectl logs -f) sends the log, then each new line, and ends with the pod."""
+    import threading
+
+    import requests
+
+    name = "orders-5d4f9c7b8-x2x9q"
+    writer = logs.writer("shop", name, "istio-proxy")
+    writer.write_line("before")
+
+    def later() -> None:
+        time.sleep(0.5)
+        writer.write_line("during 1")
+        writer.write_line("during 2")
+        time.sleep(0.5)
+        api.store.delete("", "pods", "shop", name)
+
+    feeder = threading.Thread(target=later)
+    feeder.start()
+    response = requests.get(f"{api.url}/api/v1/namespaces/shop/pods/{name}/log",
+                            params={"container": "istio-proxy", "follow": "true"},
+                            timeout=10, stream=True)
+    lines = [line.decode() for line in response.iter_lines()]
+    feeder.join()
+    assert lines == ["before", "during 1", "during 2"]
