@@ -106,7 +106,8 @@ def _judge(journal: Mapping[str, Any], probes: list[ProbeRun]) -> tuple[Outcome,
         reason = rule(journal, probes)
         if reason:
             return Outcome.INCONCLUSIVE, reason
-    failed = _steady_state_failure(probes)
+    faulted = any(is_injection(r) for r in _method_actions(journal))
+    failed = _steady_state_failure(probes, faulted)
     if failed:
         return Outcome.FAIL, failed
     rollback = _rollback_failure(journal, probes)
@@ -114,8 +115,8 @@ def _judge(journal: Mapping[str, Any], probes: list[ProbeRun]) -> tuple[Outcome,
         return Outcome.INCONCLUSIVE, rollback
     judged = [p for p in probes if p.phase in HYPOTHESIS_PHASES]
     count = sum(len(p.checks) for p in judged)
-    return Outcome.PASS, (f"the steady state held under the fault: {count} checks passed "
-                          f"across {len({p.name for p in judged})} probes")
+    return Outcome.PASS, (f"the steady state held{' under the fault' if faulted else ''}: "
+                          f"{count} checks passed across {len({p.name for p in judged})} probes")
 
 
 def _interrupted(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:
@@ -196,13 +197,14 @@ _INCONCLUSIVE_FIRST: tuple[_Rule, ...] = (
 )
 
 
-def _steady_state_failure(probes: list[ProbeRun]) -> str | None:
+def _steady_state_failure(probes: list[ProbeRun], faulted: bool) -> str | None:
     culprits = [p for p in probes if p.phase in HYPOTHESIS_PHASES and not p.passed]
     if not culprits:
         return None
     first = culprits[0]
     more = f" (+{len(culprits) - 1} more failing probe runs)" if len(culprits) > 1 else ""
-    return f"the steady state did not hold ({first.phase} the fault): {first.reason}{more}"
+    when = f" ({first.phase} the fault)" if faulted else ""
+    return f"the steady state did not hold{when}: {first.reason}{more}"
 
 
 def _rollback_failure(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:

@@ -16,10 +16,11 @@ with the manifests of ``meshchaos_manifests`` (default ``fixtures/k8s``) and, wh
 time), so the activities see the mesh. ``KUBECONFIG`` is exported for the duration of the
 run so chaostoolkit-kubernetes activities reach the same API.
 
-A mesh this control started is stopped after the experiment (and again, idempotently, in
-``cleanup_control``, which chaoslib calls even when the run blew up). A reused mesh is
-left running. A mesh that cannot start interrupts the run (status ``interrupted``) rather
-than letting probes measure nothing.
+A mesh this control started is stopped in ``cleanup_control``, which chaoslib calls after
+every control's after-hook (the safety control still removes the run's chaos through the
+mesh's API there) and even when the run blew up. A reused mesh is left running. A mesh
+that cannot start interrupts the run (status ``interrupted``) rather than letting probes
+measure nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from typing import Any, Protocol
 from chaoslib.exceptions import InterruptExecution
 
 __all__ = [
-    "after_experiment_control",
     "before_experiment_control",
     "cleanup_control",
     "mesh_env_overrides",
@@ -83,13 +83,13 @@ def before_experiment_control(context: dict[str, Any],
     _publish(configuration, endpoints, state_dir)
 
 
-def after_experiment_control(context: dict[str, Any], **_: Any) -> None:
-    """Stop the mesh this control started (a reused mesh keeps running)."""
-    _release()
-
-
 def cleanup_control() -> None:
-    """Stop the mesh this control started, if the run ended before the after-hook."""
+    """Stop the mesh this control started (a reused mesh keeps running).
+
+    Stopping waits for cleanup, not for the after-experiment hook: chaoslib calls the
+    controls' after-hooks in declaration order, and the safety control's after-hook still
+    needs the mesh's API to remove this run's chaos objects.
+    """
     _release()
 
 
@@ -123,7 +123,7 @@ def _live_endpoints(state_dir: Path) -> Any | None:
 
 def _start_mesh(configuration: MutableMapping[str, Any], state_dir: Path,
                 overrides: dict[tuple[str, str], dict[str, str]]) -> tuple[_Stoppable, Any]:
-    from localmesh.mesh import LocalMesh, MeshThread
+    from localmesh.mesh import MeshThread
 
     manifests = [Path(p.strip()) for p in
                  str(configuration.get("meshchaos_manifests") or DEFAULT_MANIFESTS).split(",")
@@ -133,7 +133,8 @@ def _start_mesh(configuration: MutableMapping[str, Any], state_dir: Path,
         raise InterruptExecution(f"meshchaos_manifests names missing path(s) {missing} "
                                  f"(relative to '{Path.cwd()}'; run from the repository root)")
     logger.info("starting the local mesh from %s in %s", manifests, state_dir)
-    thread = MeshThread(LocalMesh(manifests, state_dir, env_overrides=overrides or None))
+    thread = MeshThread(manifests, state_dir, env_overrides=overrides or None,
+                        progress=lambda line: logger.info("local mesh: %s", line))
     try:
         endpoints = thread.start(timeout=START_TIMEOUT_S)
     except Exception as exc:

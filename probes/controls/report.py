@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -62,8 +61,8 @@ def after_experiment_control(context: dict[str, Any], state: MutableMapping[str,
     journal["meshchaos"]["report_dir"] = str(files.directory)
     _rewrite_journal(files.journal, journal)
     line = f"{verdict.line()} (report: {files.html})"
-    logger.info(line)
-    print(line, file=sys.stderr, flush=True)
+    logger.debug(line)
+    print(line, flush=True)
 
 
 def apply_verdict(journal: MutableMapping[str, Any], verdict: Verdict) -> None:
