@@ -64,6 +64,14 @@ RULES = {
 
 def budget(hop: HopEvidence) -> tuple[float, int] | None:
     """``(budget_ms, start_us)`` the hop was given, from its app span or inbound log."""
+    if hop.budget_memo is not None:
+        return hop.budget_memo[0]
+    found = _budget(hop)
+    hop.budget_memo = (found,)  # every rule asks for it, several times per hop
+    return found
+
+
+def _budget(hop: HopEvidence) -> tuple[float, int] | None:
     for span in hop.app_server:
         value = span.attributes.get("meshchaos.budget_ms")
         if value is not None:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from probes.errors import ConfigurationError
@@ -74,8 +75,9 @@ class LogFormat:
             match = self.regex.match(line.rstrip("\r\n"))
             if match is None:
                 return None
-            return {name: _clean(value) for name, value in zip(self.fields, match.groups(),
-                                                               strict=True)}
+            # TEXT values are always strings; "-" is Envoy's empty value.
+            return {name: (None if value in _EMPTY else value)
+                    for name, value in zip(self.fields, match.groups(), strict=True)}
         try:
             doc = json.loads(line)
         except ValueError:
@@ -83,6 +85,9 @@ class LogFormat:
         if not isinstance(doc, dict):
             return None
         return {name: _clean(doc.get(key)) for key, name in self.json_keys.items()}
+
+
+_EMPTY = frozenset(("", "-"))
 
 
 def _clean(value: Any) -> str | None:
@@ -154,6 +159,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+@lru_cache(maxsize=8192)  # lines of one burst share their millisecond stamps
 def _start_us(value: str | None) -> int | None:
     if value is None:
         return None

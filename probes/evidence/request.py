@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from probes.errors import ConfigurationError
 from probes.evidence.accesslog import AccessLogRecord
@@ -37,16 +38,24 @@ class CallTree:
 
     def hops(self) -> list[str]:
         """Every hop, breadth-first from the entry (the order breaks are reported in)."""
+        return list(self._order)
+
+    @cached_property
+    def _order(self) -> tuple[str, ...]:
         order, queue = [], [self.entry]
         while queue:
             hop = queue.pop(0)
             if hop not in order:
                 order.append(hop)
                 queue.extend(self.calls.get(hop, ()))
-        return order
+        return tuple(order)
+
+    @cached_property
+    def _callers(self) -> dict[str, str]:
+        return {c: h for h, callees in reversed(list(self.calls.items())) for c in callees}
 
     def caller(self, hop: str) -> str | None:
-        return next((h for h, callees in self.calls.items() if hop in callees), None)
+        return self._callers.get(hop)
 
     def below(self, hop: str) -> list[str]:
         """Every hop under ``hop`` (its callees, their callees, …)."""
@@ -60,7 +69,11 @@ class CallTree:
         return out
 
     def edges(self) -> list[tuple[str, str]]:
-        return [(h, c) for h in self.hops() for c in self.calls.get(h, ())]
+        return list(self._edges)
+
+    @cached_property
+    def _edges(self) -> tuple[tuple[str, str], ...]:
+        return tuple((h, c) for h in self._order for c in self.calls.get(h, ()))
 
     @classmethod
     def from_config(cls, value: Mapping[str, object] | None) -> CallTree:
@@ -116,6 +129,7 @@ class HopEvidence:
     sidecar_out: list[Span] = field(default_factory=list)
     logs_in: list[AccessLogRecord] = field(default_factory=list)
     logs_out: list[AccessLogRecord] = field(default_factory=list)
+    budget_memo: tuple[tuple[float, int] | None] | None = None  # see checks.deadlines.budget
 
     @property
     def seen(self) -> bool:
@@ -175,9 +189,10 @@ class RequestEvidence:
         return evidence
 
     def hop(self, name: str) -> HopEvidence:
-        if name not in self.hops:
-            self.hops[name] = HopEvidence(name)
-        return self.hops[name]
+        found = self.hops.get(name)
+        if found is None:
+            found = self.hops[name] = HopEvidence(name)
+        return found
 
     def in_trace(self, hop: str) -> bool:
         return bool(self.hop(hop).app_server or self.hop(hop).sidecar_in)

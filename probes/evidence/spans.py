@@ -13,6 +13,7 @@ import binascii
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from probes.errors import EvidenceError
@@ -31,7 +32,7 @@ class SpanEvent:
 
 @dataclass(frozen=True)
 class Span:
-    """One span, whoever emitted it."""
+    """One span, whoever emitted it (derived properties are cached: checks read them often)."""
 
     trace_id: str
     span_id: str
@@ -51,11 +52,11 @@ class Span:
     def end_us(self) -> int:
         return self.start_us + self.duration_us
 
-    @property
+    @cached_property
     def sidecar(self) -> bool:
         return self.attributes.get("component") == "proxy"
 
-    @property
+    @cached_property
     def hop(self) -> str:
         """The chain hop (service name without namespace) the span belongs to."""
         for key in ("meshchaos.hop", "istio.canonical_service"):
@@ -64,12 +65,12 @@ class Span:
                 return str(value)
         return self.service.split(".", 1)[0]
 
-    @property
+    @cached_property
     def direction(self) -> str | None:
         value = self.attributes.get("meshchaos.direction")
         return str(value) if value else None
 
-    @property
+    @cached_property
     def budget_ms(self) -> float | None:
         """Budget the span was given: app ``meshchaos.budget_ms`` or sidecar expected timeout."""
         for key in ("meshchaos.budget_ms", "meshchaos.expected_rq_timeout_ms"):
@@ -78,7 +79,7 @@ class Span:
                 return _number(value)
         return None
 
-    @property
+    @cached_property
     def cancelled(self) -> bool:
         return (self.status_message.startswith("cancelled")
                 or any(e.name in ("work.cancelled", "call.cancelled") for e in self.events))
@@ -126,23 +127,28 @@ def parse_jaeger(doc: Mapping[str, Any]) -> list[Span]:
 
 
 def _jaeger_span(raw: Mapping[str, Any], processes: Mapping[str, Any]) -> Span:
+    # Plain loops: this runs once per span of every trace read (benchmarks/bench_probes.py).
     tags = {t["key"]: t.get("value") for t in raw.get("tags") or ()}
-    parent = next((r["spanID"] for r in raw.get("references") or ()
-                   if r.get("refType", "CHILD_OF") == "CHILD_OF"), None)
+    parent = None
+    for ref in raw.get("references") or ():
+        if ref.get("refType", "CHILD_OF") == "CHILD_OF":
+            parent = ref["spanID"]
+            break
     process = processes.get(raw.get("processID", ""), {})
     status, message = _status(tags)
-    events = tuple(
-        SpanEvent(int(log.get("timestamp", 0)),
-                  str(next((f.get("value") for f in log.get("fields") or ()
-                            if f.get("key") in ("event", "message")), "")),
-                  {f["key"]: f.get("value") for f in log.get("fields") or ()})
-        for log in raw.get("logs") or ())
+    events = tuple(_jaeger_event(log) for log in raw.get("logs") or ())
     return Span(trace_id=str(raw["traceID"]).rjust(32, "0"), span_id=str(raw["spanID"]),
                 parent_id=parent, service=str(process.get("serviceName", "")),
                 name=str(raw.get("operationName", "")), kind=str(tags.get("span.kind", "")),
                 start_us=int(raw.get("startTime", 0)), duration_us=int(raw.get("duration", 0)),
                 attributes=tags, events=events, status=status, status_message=message,
                 tracestate=_tracestate(tags, raw))
+
+
+def _jaeger_event(log: Mapping[str, Any]) -> SpanEvent:
+    fields = {f["key"]: f.get("value") for f in log.get("fields") or ()}
+    name = fields.get("event", fields.get("message", ""))
+    return SpanEvent(int(log.get("timestamp", 0)), str(name), fields)
 
 
 def _tracestate(tags: Mapping[str, Any], raw: Mapping[str, Any]) -> str | None:
