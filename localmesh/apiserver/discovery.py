@@ -16,6 +16,12 @@ __all__ = ["api_groups", "api_resources", "api_versions", "group_document", "ver
 Doc = dict[str, Any]
 
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+# `kubectl get all` and `kubectl get istio-io` resolve these categories.
+_CATEGORIES = {("", "pods"): ["all"], ("", "services"): ["all"],
+               ("apps", "deployments"): ["all"], ("apps", "replicasets"): ["all"],
+               ("chaos-mesh.org", "networkchaos"): ["chaos-mesh"],
+               ("chaos-mesh.org", "podchaos"): ["chaos-mesh"],
+               ("chaos-mesh.org", "httpchaos"): ["chaos-mesh"]}
 _SUBRESOURCE_VERBS = {"status": ["get", "patch", "update"], "log": ["get"],
                       "scale": ["get", "patch", "update"]}
 
@@ -37,6 +43,12 @@ def _singular(rtype: ResourceType) -> str:
     return rtype.kind.lower()
 
 
+def _categories(rtype: ResourceType) -> list[str]:
+    if rtype.group == "networking.istio.io":
+        return ["istio-io", "networking-istio-io"]
+    return list(_CATEGORIES.get((rtype.group, rtype.plural), []))
+
+
 def api_resources(registry: ResourceRegistry, group: str, version: str) -> Doc | None:
     """The APIResourceList of one group version, or None when it is not served."""
     types = [r for r in registry.all() if r.group == group and version in r.versions]
@@ -47,7 +59,7 @@ def api_resources(registry: ResourceRegistry, group: str, version: str) -> Doc |
         resources.append({
             "name": rtype.plural, "singularName": _singular(rtype),
             "namespaced": rtype.namespaced, "kind": rtype.kind, "verbs": list(_VERBS),
-            "shortNames": list(rtype.short_names),
+            "shortNames": list(rtype.short_names), "categories": _categories(rtype),
         })
         for sub in rtype.subresources:
             kind = "Scale" if sub == "scale" else ("Pod" if sub == "log" else rtype.kind)

@@ -70,6 +70,7 @@ def test_discovery_documents_list_verbs_scope_and_subresources(api: ServedApi) -
     pods = next(r for r in core["resources"] if r["name"] == "pods")
     assert pods["namespaced"] is True and pods["kind"] == "Pod"
     assert "po" in pods["shortNames"] and "watch" in pods["verbs"]
+    assert pods["categories"] == ["all"]
     assert any(r["name"] == "pods/log" for r in core["resources"])
     namespaces = next(r for r in core["resources"] if r["name"] == "namespaces")
     assert namespaces["namespaced"] is False
