@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,8 @@ def test_no_budget_anywhere_raises_could_not_measure() -> None:
     ev = evidence("correct")
     for request in ev:
         for hop in request.hops.values():
-            hop.app_server = [s.__class__(**{**s.__dict__, "attributes": {
-                k: v for k, v in s.attributes.items() if k != "meshchaos.budget_ms"}})
+            hop.app_server = [replace(s, attributes={
+                k: v for k, v in s.attributes.items() if k != "meshchaos.budget_ms"})
                 for s in hop.app_server]
             hop.sidecar_out, hop.logs_in, hop.logs_out = [], [], []
     with pytest.raises(EvidenceError, match="no hop received a budget"):

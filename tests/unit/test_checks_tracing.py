@@ -6,6 +6,7 @@ leaves in the trace store (Jaeger JSON) and the istio-proxy logs (extended TEXT 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,7 @@ def test_missing_tracestate_evidence_raises_could_not_measure() -> None:
     """"Could not measure" raises: no span and no log line carries a tracestate at all."""
     ev = evidence("correct")
     for request in ev:
-        request.spans = [s.__class__(**{**s.__dict__, "tracestate": None}) for s in request.spans]
+        request.spans = [replace(s, tracestate=None) for s in request.spans]
     with pytest.raises(EvidenceError, match="could not measure 'tracestate'"):
         tracing.evaluate(ev, REFERENCE_CHAIN, ["tracestate"])
 
