@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from probes import _common
@@ -74,4 +75,4 @@ def virtual_service_audit(call_tree: dict[str, Any] | None = None, timeout_s: fl
     finally:
         client.close()
     return probe_result("virtual-service-audit", rules.evaluate_routes(routes, tree),
-                        measurements={"routes": [r.__dict__ for r in routes]})
+                        measurements={"routes": [asdict(r) for r in routes]})
