@@ -43,6 +43,7 @@ class ClientConnection(asyncio.Protocol):
         self._framed = False
         self.headers_at = 0.0
         self.local = ("", 0)
+        self.local_text = ""
         self.reusable = False
         self.closed = False
 
@@ -52,6 +53,7 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; they quack alike.
         self._transport = cast(asyncio.Transport, transport)
         self.local = transport.get_extra_info("sockname") or ("", 0)
+        self.local_text = f"{self.local[0]}:{self.local[1]}"
 
     def data_received(self, data: bytes) -> None:
         if self._future is None:

@@ -41,6 +41,8 @@ class ServerConnection(asyncio.Protocol):
         self.lost = False
         self.peer = ("", 0)
         self.local = ("", 0)
+        self.peer_text = ""  # "host:port", rendered once per connection
+        self.local_text = ""
         self.bytes_received = 0
 
     # -- asyncio.Protocol -------------------------------------------------------
@@ -50,6 +52,8 @@ class ServerConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername") or ("", 0)
         self.local = transport.get_extra_info("sockname") or ("", 0)
+        self.peer_text = f"{self.peer[0]}:{self.peer[1]}"
+        self.local_text = f"{self.local[0]}:{self.local[1]}"
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)

@@ -21,7 +21,14 @@ from localmesh.http.client import ConnectionPool
 from localmesh.http.message import Request, Response
 from localmesh.http.server import ServerConnection
 from localmesh.sidecar.accesslog import AccessLog
-from localmesh.sidecar.config import Endpoint, RetryPolicy, Route, SidecarConfig, parse_config
+from localmesh.sidecar.config import (
+    Endpoint,
+    RetryPolicy,
+    Route,
+    Service,
+    SidecarConfig,
+    parse_config,
+)
 from localmesh.sidecar.faults import FaultEngine, stall
 from localmesh.sidecar.headers import (
     PEER_HEADER,
@@ -98,6 +105,9 @@ class Sidecar:
             "config_rejected": 0,
         }
         self._old_exporters: set[asyncio.Task[None]] = set()
+        # Per-configuration memo of routing results (default routes, endpoint lists): the
+        # frozen objects cost µs to build and only change when a new config arrives.
+        self._memo: dict[tuple[str, ...], Any] = {}
 
     # -- configuration ----------------------------------------------------------
 
@@ -111,6 +121,7 @@ class Sidecar:
         if cfg.app_port:
             self.app_port = cfg.app_port
         self._configure_exporter(cfg.mesh.otlp_endpoint)
+        self._memo = {}
         self.cfg = cfg
         self.stats["config_updates"] += 1
         return cfg
@@ -198,8 +209,8 @@ class Sidecar:
         headers = clean_request_headers(req.headers)
         txn = Txn(asyncio.get_running_loop().time(), time.time(), req.method, path, authority,
                   headers)
-        txn.downstream_local = f"{conn.local[0]}:{conn.local[1]}"
-        txn.downstream_remote = f"{conn.peer[0]}:{conn.peer[1]}"
+        txn.downstream_local = conn.local_text
+        txn.downstream_remote = conn.peer_text
         txn.bytes_received = len(req.body)
         return txn, headers
 
@@ -245,9 +256,12 @@ class Sidecar:
         txn.route_name = "default"
         start_ns = now_ns()
         trace, parent = self._trace(cfg, headers, f"{self.fqdn}:{port}/*", child_spans=False)
-        up = Upstream(txn.upstream_cluster,
-                      [Endpoint(self.pod, self.namespace, "127.0.0.1", self.app_port, {}, True)],
-                      ("inbound", ""), cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0,
+        app = self._memo.get(("app",))
+        if app is None:
+            app = self._memo[("app",)] = [
+                Endpoint(self.pod, self.namespace, "127.0.0.1", self.app_port, {}, True)]
+        up = Upstream(txn.upstream_cluster, app, ("inbound", ""),
+                      cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0,
                       _INBOUND_RETRY, txn.authority, False, False)
         try:
             if self.faults.active and self.faults.partitioned(peer):
@@ -367,8 +381,7 @@ class Sidecar:
                 raise _Reject(404, "", "NR", "route_not_found")
             if port is not None and svc.ports and port not in svc.ports:
                 raise _Reject(404, "", "NR", "route_not_found")
-            routes = cfg.routes.get(svc.fqdn) or (
-                default_route(svc, port or (svc.ports[0] if svc.ports else 80)),)
+            routes = cfg.routes.get(svc.fqdn) or self._default_routes(svc, port)
         route = select_route(routes, txn.path, headers)
         if route is None:
             raise _Reject(404, "", "NR", "route_not_found")
@@ -379,7 +392,10 @@ class Sidecar:
             raise _Reject(503, "", "NC", "cluster_not_found")
         dport = dest.port or port or (dsvc.ports[0] if dsvc.ports else 80)
         txn.upstream_cluster = f"outbound|{dport}|{dest.subset}|{dsvc.fqdn}"
-        eps = self.picker.candidates(cfg, dsvc, dest.subset)
+        eps = self._memo.get(("eps", dsvc.fqdn, dest.subset))
+        if eps is None:
+            eps = self._memo[("eps", dsvc.fqdn, dest.subset)] = self.picker.candidates(
+                cfg, dsvc, dest.subset)
         if not eps:
             raise _Reject(503, "no healthy upstream", "UH", "no_healthy_upstream")
         policy = route.retry
@@ -402,6 +418,14 @@ class Sidecar:
         up = Upstream(txn.upstream_cluster, eps, (dsvc.fqdn, dest.subset), connect_ms / 1000.0,
                       global_ms, per_try, policy, txn.authority or dsvc.fqdn, True, True)
         return up, f"{dsvc.fqdn}:{dport}/*"
+
+    def _default_routes(self, svc: Service, port: int | None) -> tuple[Route, ...]:
+        key = ("default", svc.fqdn, str(port))
+        routes = self._memo.get(key)
+        if routes is None:
+            routes = self._memo[key] = (
+                default_route(svc, port or (svc.ports[0] if svc.ports else 80)),)
+        return routes
 
     # -- admin --------------------------------------------------------------------------
 

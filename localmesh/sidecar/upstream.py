@@ -150,7 +150,7 @@ async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: 
                    txn: Txn) -> tuple[Response, float]:
     shaping = faults if up.egress_faults and faults.active else None
     conn = await _connect(pool, shaping, ep, up.connect_timeout_s)
-    txn.upstream_local = f"{conn.local[0]}:{conn.local[1]}"
+    txn.upstream_local = conn.local_text
     try:
         if shaping is not None:
             await shaping.egress(ep.peer, len(body) + 256)
