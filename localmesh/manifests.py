@@ -68,7 +68,9 @@ def _documents(source: Path) -> list[tuple[int, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{source}: cannot be read: {exc}") from exc
     try:
-        return [(i, doc) for i, doc in enumerate(yaml.safe_load_all(text)) if doc is not None]
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
+        return [(i, doc) for i, doc in enumerate(yaml.load_all(text, Loader=loader))
+                if doc is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""

@@ -62,7 +62,8 @@ _UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000,
 def _crd_schemas(filename: str) -> dict[str, Obj]:
     """Map each served version of a CRD file to its openAPIV3Schema."""
     text = resources.files("localmesh.schemas").joinpath(filename).read_text()
-    crd = yaml.safe_load(text)
+    # libyaml parses the 7,000-line DestinationRule CRD ~8x faster than pure Python.
+    crd = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return {v["name"]: v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]}
 
 
