@@ -169,7 +169,8 @@ class LeafApp:
             seen.done.set()
             raise
         seen.done.set()
-        return web.json_response({"headers": dict(request.headers)},
+        body = await request.read()
+        return web.json_response({"headers": dict(request.headers), "body": body.decode()},
                                  status=int(request.query.get("status", "200")))
 
     async def start(self) -> None:

@@ -1,0 +1,120 @@
+"""Ingress gateway mode, request bodies and the lean client API.
+
+docs/architecture.md "Sidecar"; RFC 9112 message framing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from localmesh.http import ConnectionPool, Request, Response, ServerConnection, serve
+from tests.conformance.conftest import LEAF, Pair, Sidecars, config, leaf_route
+
+
+async def test_gateway_routes_origin_form_requests_by_gateway_virtual_service(
+        pair: Pair, sidecars: Sidecars) -> None:
+    """docs/architecture.md: "Gateway mode: the outbound listener is the ingress; origin-form
+    requests are routed by Host (and by VirtualServices bound to a gateway) to a Service"."""
+    await pair.configure()
+    gw = await sidecars.start("ingress-1", "istio-ingressgateway", mode="gateway")
+    doc = config("ingress-1", "istio-ingressgateway", services=pair.services())
+    doc["node"]["mode"] = "gateway"
+    doc["gateway_routes"] = [{"hosts": ["*"], "routes": leaf_route(prefix="/api")[LEAF]}]
+    assert (await gw.push(doc)).status == 200
+    url = f"http://127.0.0.1:{gw.ports['outbound']}"
+    resp = await pair.pool.request("GET", f"{url}/api/orders", timeout=5)
+    assert resp.status == 200
+    assert pair.app.seen[-1].path == "/api/orders"
+    assert (await pair.pool.request("GET", f"{url}/other", timeout=5)).status == 404
+    by_host = await pair.pool.request("GET", f"{url}/direct", {"host": "leaf.shop:8080"},
+                                      timeout=5)
+    assert by_host.status == 404  # a gateway VS with hosts "*" owns every Host
+    line = await gw.wait_log(lambda ln: "/api/orders" in ln)
+    assert f"outbound|8080||{LEAF}" in line
+
+
+async def test_post_body_crosses_both_sidecars(pair: Pair) -> None:
+    """Bodies are forwarded whole with their length; %BYTES_RECEIVED% counts them (§2.3)."""
+    await pair.configure()
+    payload = json.dumps({"items": list(range(2000))}).encode()
+    conn = await pair.pool.acquire("127.0.0.1", pair.front.ports["outbound"], 5)
+    resp = await conn.send("POST", "http://leaf:8080/submit", "leaf:8080",
+                           {"content-type": "application/json"}, payload)
+    pair.pool.release(conn)
+    assert resp.status == 200
+    assert json.loads(resp.body)["body"].encode() == payload
+    line = await pair.front.wait_log(lambda ln: "POST /submit" in ln)
+    assert f" {len(payload)} {len(resp.body)} " in line
+
+
+async def test_chunked_request_body_is_reframed(pair: Pair) -> None:
+    """RFC 9112 §7.1: a chunked body is decoded; the sidecar forwards it with a length."""
+    await pair.configure()
+    reader, writer = await asyncio.open_connection("127.0.0.1", pair.front.ports["outbound"])
+    writer.write(b"POST http://leaf:8080/chunks HTTP/1.1\r\nhost: leaf:8080\r\n"
+                 b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+                 b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    async with asyncio.timeout(5):
+        answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(body)["body"] == "hello world"
+    assert "transfer-encoding" not in pair.app.seen[-1].headers
+
+
+async def test_cancelled_client_request_closes_its_connection() -> None:
+    """The lean client's contract: cancelling a request (or its timeout) closes the connection,
+    so the server sees the caller leave — the H1 reset of mesh-semantics.md §1.1."""
+    gone = asyncio.Event()
+
+    async def handler(req: Request, conn: ServerConnection) -> Response:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            gone.set()
+            raise
+        return Response(200)
+
+    server = await serve(handler)
+    port = server.sockets[0].getsockname()[1]
+    pool = ConnectionPool()
+    try:
+        task = asyncio.create_task(pool.request("GET", f"http://127.0.0.1:{port}/", timeout=5))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        async with asyncio.timeout(2):
+            await gone.wait()
+        gone.clear()
+        with contextlib.suppress(TimeoutError):
+            await pool.request("GET", f"http://127.0.0.1:{port}/", timeout=0.1)
+        async with asyncio.timeout(2):
+            await gone.wait()
+        assert pool.idle_count("127.0.0.1", port) == 0
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def test_client_reuses_keep_alive_connections() -> None:
+    """RFC 9112 §9.3 persistence: sequential requests reuse one connection."""
+    peers: set[tuple[str, int]] = set()
+
+    async def handler(req: Request, conn: ServerConnection) -> Response:
+        peers.add(conn.peer)
+        return Response(200, {"content-type": "text/plain"}, b"ok")
+
+    server = await serve(handler)
+    port = server.sockets[0].getsockname()[1]
+    pool = ConnectionPool()
+    try:
+        for _ in range(5):
+            assert (await pool.request("GET", f"http://127.0.0.1:{port}/")).body == b"ok"
+        assert len(peers) == 1
+        head = await pool.request("HEAD", f"http://127.0.0.1:{port}/")
+        assert head.status == 200 and head.body == b""
+    finally:
+        await pool.close()
+        server.close()
