@@ -175,7 +175,10 @@ class ResourceHandlers:
             raise BadRequest("the request body must be DeleteOptions")
         grace = query_int(request, "gracePeriodSeconds")
         if grace is None and options.get("gracePeriodSeconds") is not None:
-            grace = int(options["gracePeriodSeconds"])
+            grace = options["gracePeriodSeconds"]
+            if not isinstance(grace, int) or isinstance(grace, bool):
+                raise BadRequest(f"DeleteOptions.gracePeriodSeconds must be an integer, "
+                                 f"not {grace!r}")
         rtype, ns, name = target.rtype, target.namespace or "", str(target.name)
         _check_preconditions(self.store.get(rtype.group, rtype.plural, ns, name),
                              options.get("preconditions") or {})

@@ -204,3 +204,20 @@ def test_merge_patch_with_a_stale_resource_version_is_a_conflict(api: ServedApi)
     fresh = requests.patch(url, headers=headers, timeout=5, data=json.dumps(
         {"metadata": {"resourceVersion": current}, "data": {"a": "2"}}))
     assert fresh.status_code == 200 and fresh.json()["data"] == {"a": "2"}
+
+
+def test_delete_options_are_read_from_the_body(api: ServedApi) -> None:
+    """DeleteOptions: gracePeriodSeconds is recorded, a uid precondition must match."""
+    api.store.set_graceful_deletion("", "pods")
+    created = api.store.create(pod("orders-a"))
+    url = f"{api.url}/api/v1/namespaces/shop/pods/orders-a"
+    wrong_uid = requests.delete(url, timeout=5, json={
+        "kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": "nope"}})
+    assert (wrong_uid.status_code, wrong_uid.json()["reason"]) == (409, "Conflict")
+    bad = requests.delete(url, json={"gracePeriodSeconds": "soon"}, timeout=5)
+    assert (bad.status_code, bad.json()["reason"]) == (400, "BadRequest")
+    held = requests.delete(url, timeout=5, json={
+        "gracePeriodSeconds": 7, "preconditions": {"uid": created["metadata"]["uid"]}})
+    assert held.status_code == 200
+    assert held.json()["metadata"]["deletionGracePeriodSeconds"] == 7
+    assert held.json()["metadata"]["deletionTimestamp"]
