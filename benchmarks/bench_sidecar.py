@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -80,7 +79,7 @@ class Procs:
             "bench", "--service", name, "--app-port", str(app_port), "--ports-file",
             str(ports_file), stdout=asyncio.subprocess.DEVNULL, start_new_session=True)
         self.procs.append(proc)
-        while not ports_file.exists():
+        while not ports_file.exists():  # noqa: ASYNC110 - written by another process
             await asyncio.sleep(0.02)
         return proc.pid, json.loads(ports_file.read_text())
 

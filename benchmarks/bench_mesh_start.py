@@ -1,0 +1,143 @@
+"""How fast the local mesh starts, and how fast a killed pod serves again.
+
+Measures, for the reference chain of fixtures/k8s (5 services + the ingress gateway):
+- ``LocalMesh.start()`` until every pod is Ready (in process: manifests, validation,
+  fork server, pods, readiness), with the moment the API server was up;
+- ``meshchaos up --detach`` wall time, as a user sees it (interpreter start included);
+- pod-kill (delete, grace 0) of the frontend until its replacement answers through the
+  ingress with its new name, and until the replacement is Ready in the API.
+
+Targets (docs: "all pods Ready within 1.5 s of up", "a killed pod serves again within
+0.5 s") are printed beside the numbers; this script never fails on them, it reports.
+
+Usage: .venv/bin/python benchmarks/bench_mesh_start.py [--runs N] [--manifests DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from localmesh.mesh import LocalMesh
+from localmesh.supervisor.replicasets import is_pod_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+NS = "shop"
+KILLED = "frontend"
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
+
+
+async def one_start(manifests: Path) -> dict[str, float]:
+    """Start and stop one mesh; return the timings of interest (seconds)."""
+    marks: dict[str, float] = {}
+    began = time.monotonic()
+
+    def progress(line: str) -> None:
+        if line.startswith("API server"):
+            marks["api_up"] = time.monotonic() - began
+
+    with tempfile.TemporaryDirectory() as state:
+        mesh = LocalMesh([manifests], Path(state), progress=progress)
+        endpoints = await mesh.start()
+        marks["all_ready"] = time.monotonic() - began
+        try:
+            marks.update(await pod_kill(mesh, endpoints.ingress))
+        finally:
+            stopping = time.monotonic()
+            await mesh.stop()
+            marks["stop"] = time.monotonic() - stopping
+    return marks
+
+
+async def pod_kill(mesh: LocalMesh, ingress: str) -> dict[str, float]:
+    """Delete the frontend pod (grace 0, as Chaos Mesh pod-kill); time the replacement."""
+    store = mesh.store
+    (old,) = [p for p in store.list("", "pods", NS, label_selector=f"app={KILLED}")]
+    old_name = old["metadata"]["name"]
+    await asyncio.to_thread(_get, ingress + "/")  # warm connections first
+    began = time.monotonic()
+    store.delete("", "pods", NS, old_name, grace_period_seconds=0)
+    marks: dict[str, float] = {}
+    deadline = began + 10
+    while time.monotonic() < deadline and len(marks) < 2:
+        pods = [p for p in store.list("", "pods", NS, label_selector=f"app={KILLED}")
+                if p["metadata"]["name"] != old_name]
+        if "replacement_ready" not in marks and pods and is_pod_ready(pods[0]):
+            marks["replacement_ready"] = time.monotonic() - began
+        if "replacement_serving" not in marks and pods:
+            status, body = await asyncio.to_thread(_get, ingress + "/")
+            if status == 200 and json.loads(body).get("pod") == pods[0]["metadata"]["name"]:
+                marks["replacement_serving"] = time.monotonic() - began
+        await asyncio.sleep(0.005)
+    return marks
+
+
+def cli_up(manifests: Path) -> float:
+    """Wall time of ``meshchaos up --detach`` until it returns (every pod Ready)."""
+    with tempfile.TemporaryDirectory() as state:
+        began = time.monotonic()
+        up = subprocess.run([sys.executable, "-m", "meshchaos.cli", "up", "--detach",
+                             "--manifests", str(manifests), "--state-dir", state],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - began
+        subprocess.run([sys.executable, "-m", "meshchaos.cli", "down", "--state-dir", state],
+                       cwd=ROOT, capture_output=True, timeout=60)
+    if up.returncode != 0:
+        raise SystemExit(f"meshchaos up failed:\n{up.stdout}\n{up.stderr}")
+    return took
+
+
+def row(name: str, values: list[float], target: str) -> str:
+    if not values:
+        return f"| {name} | 0 | - | - | - | {target} |"
+    return (f"| {name} | {len(values)} | {min(values):.3f} | {statistics.median(values):.3f} "
+            f"| {max(values):.3f} | {target} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--manifests", type=Path, default=ROOT / "fixtures" / "k8s")
+    args = parser.parse_args()
+    results: list[dict[str, Any]] = []
+    for _ in range(args.runs):
+        results.append(asyncio.run(one_start(args.manifests)))
+    cli = [cli_up(args.manifests) for _ in range(args.runs)]
+
+    def col(key: str) -> list[float]:
+        return [r[key] for r in results if key in r]
+
+    print(f"local mesh start-up, {args.manifests} ({args.runs} runs, seconds)\n")
+    print("| metric | runs | min | median | max | target |")
+    print("|---|---|---|---|---|---|")
+    print(row("LocalMesh.start(): API server up", col("api_up"), ""))
+    print(row("LocalMesh.start(): all pods Ready", col("all_ready"), "1.5"))
+    print(row("`meshchaos up --detach` wall time", cli, ""))
+    print(row(f"pod-kill {KILLED}: replacement Ready", col("replacement_ready"), ""))
+    print(row(f"pod-kill {KILLED}: replacement serving via ingress",
+              col("replacement_serving"), "0.5"))
+    print(row("LocalMesh.stop()", col("stop"), ""))
+
+
+if __name__ == "__main__":
+    main()
