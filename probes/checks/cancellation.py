@@ -65,10 +65,8 @@ def find_timeouts(ev: RequestEvidence, tree: CallTree,
             continue
         for span in evidence.sidecar_out:
             flags = str(span.attributes.get("response_flags", ""))
-            if "UT" in flags.split(","):
-                cluster = str(span.attributes.get("upstream_cluster", ""))
-                callee = cluster.rsplit("|", 1)[-1].split(".", 1)[0]
-                timeouts.append(Timeout(caller, callee, span.end_us, ""))
+            if "UT" in flags.split(",") and span.upstream_service:
+                timeouts.append(Timeout(caller, span.upstream_service, span.end_us, ""))
     return timeouts
 
 

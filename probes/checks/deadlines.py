@@ -178,7 +178,7 @@ def _expected_towards(ev: RequestEvidence, callee: str) -> int | None:
     for hop in ev.hops.values():
         for span in hop.sidecar_out:
             value = span.attributes.get("meshchaos.expected_rq_timeout_ms")
-            if value is not None and callee in str(span.attributes.get("upstream_cluster", "")):
+            if value is not None and span.upstream_service == callee:
                 return int(float(value))
         for record in hop.logs_out:
             if record.upstream_service == callee and record.expected_rq_timeout_ms is not None:

@@ -112,7 +112,7 @@ def new_parent_per_call(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
         incoming |= {s.parent_id for s in evidence.sidecar_in if s.parent_id}
         for out in evidence.sidecar_out:
             if out.parent_id in incoming:
-                target = out.attributes.get("upstream_cluster", out.name)
+                target = out.upstream_service or out.name
                 findings.append(Finding(hop, f"{hop} reused its incoming parent id "
                                         f"{out.parent_id} for its call to {target}",
                                         _ids(ev), tuple(ev.log_lines(hop))))
@@ -220,8 +220,10 @@ def retries_are_spans(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
     for caller, callee in tree.edges():
         attempts = {r.attempt for r in ev.hop(callee).logs_in
                     if r.trace_id == ev.sent.trace_id and r.attempt}
-        spans = [s for s in ev.hop(caller).sidecar_out
-                 if callee in str(s.attributes.get("upstream_cluster", s.name))]
+        # Per-attempt child spans when the sidecar emits them, else its outbound spans.
+        hop = ev.hop(caller)
+        spans = [s for s in hop.sidecar_attempts or hop.sidecar_out
+                 if s.upstream_service == callee]
         if attempts and len({s.span_id for s in spans}) < len(attempts):
             return [Finding(caller, f"{callee} logged attempts {sorted(attempts)} but {caller} "
                             f"has {len(spans)} outbound span(s) for it", _ids(ev),

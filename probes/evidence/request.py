@@ -127,6 +127,7 @@ class HopEvidence:
     app_client: list[Span] = field(default_factory=list)
     sidecar_in: list[Span] = field(default_factory=list)
     sidecar_out: list[Span] = field(default_factory=list)
+    sidecar_attempts: list[Span] = field(default_factory=list)
     logs_in: list[AccessLogRecord] = field(default_factory=list)
     logs_out: list[AccessLogRecord] = field(default_factory=list)
     budget_memo: tuple[tuple[float, int] | None] | None = None  # see checks.deadlines.budget
@@ -178,7 +179,9 @@ class RequestEvidence:
             evidence.by_id[span.span_id] = span
             hop = evidence.hop(span.hop)
             if span.sidecar:
-                (hop.sidecar_out if span.direction == "outbound" else hop.sidecar_in).append(span)
+                direction = span.direction
+                (hop.sidecar_out if direction == "outbound" else
+                 hop.sidecar_attempts if direction == "attempt" else hop.sidecar_in).append(span)
             elif span.kind == "server":
                 hop.app_server.append(span)
             elif span.kind == "client":

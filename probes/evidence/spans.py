@@ -67,8 +67,22 @@ class Span:
 
     @cached_property
     def direction(self) -> str | None:
+        """``inbound``/``outbound`` for sidecar spans; ``attempt`` for the child CLIENT span an
+        outbound sidecar emits per upstream attempt (it carries no direction of its own)."""
         value = self.attributes.get("meshchaos.direction")
-        return str(value) if value else None
+        if value:
+            return str(value)
+        if self.sidecar and self.kind == "client":
+            return "attempt"
+        return None
+
+    @cached_property
+    def upstream_service(self) -> str | None:
+        """The service an outbound/attempt sidecar span called (``outbound|8080|v1|orders.…``)."""
+        cluster = str(self.attributes.get("upstream_cluster", ""))
+        if not cluster.startswith("outbound|"):
+            return None
+        return cluster.rsplit("|", 1)[-1].split(".", 1)[0] or None
 
     @cached_property
     def budget_ms(self) -> float | None:

@@ -15,13 +15,14 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "evidence"
 
 
 def test_jaeger_answer_yields_sidecar_and_app_spans_by_hop() -> None:
-    """architecture.md Spans: sidecar spans carry component=proxy and meshchaos.direction."""
+    """architecture.md Spans: sidecar spans carry component=proxy and meshchaos.direction;
+    the per-attempt child CLIENT spans (Envoy start_child_span) carry none."""
     spans = parse_jaeger(json.loads((DATA / "correct/traces.json").read_text()))
     sidecars = [s for s in spans if s.sidecar]
     apps = [s for s in spans if not s.sidecar]
     assert {s.hop for s in apps if s.kind == "server"} == {
         "frontend", "orders", "inventory", "pricing", "ratings"}
-    assert {s.direction for s in sidecars} == {"inbound", "outbound"}
+    assert {s.direction for s in sidecars} == {"inbound", "outbound", "attempt"}
     orders = next(s for s in apps if s.hop == "orders" and s.kind == "server")
     assert orders.budget_ms is not None and orders.tracestate == "meshchaos=run-1"
     assert orders.header("x-b3-traceid") == orders.trace_id

@@ -128,25 +128,32 @@ class Chain:
                        self._sidecar_tags("istio-ingressgateway", GATEWAY, "outbound",
                                           "frontend", gw_expected, 1),
                        tracestate=self.tracestate)
-        ctx = {"trace": self.trace, "parent": gw, "tracestate": self.tracestate,
+        gw_try = self.span(self.trace, gw, "istio-ingressgateway.istio-system",
+                           "frontend.shop.svc.cluster.local:8080/*", "client", start, start,
+                           self._sidecar_tags("istio-ingressgateway", GATEWAY, "attempt",
+                                              "frontend", None, 1), tracestate=self.tracestate)
+        ctx = {"trace": self.trace, "parent": gw_try, "tracestate": self.tracestate,
                "b3": self.trace, "request_id": self.request_id, "sampled": True}
         end, _ = self.hop("frontend", start + 500, ctx,
                              gw_expected if sc.honor else None, gw_expected)
         self._patch_end(gw, end + 300)
+        self._patch_end(gw_try, end + 200)
 
     def _sidecar_tags(self, hop: str, pod: str, direction: str, peer: str,
                       expected: int | None, attempt: int | None, code: int = 200,
                       flags: str = "-", request_id: str | None = None) -> dict[str, Any]:
-        cluster = (f"outbound|8080||{peer}.{NS}.svc.cluster.local" if direction == "outbound"
-                   else "inbound|8080||")
+        cluster = (f"outbound|8080|v1|{peer}.{NS}.svc.cluster.local"
+                   if direction in ("outbound", "attempt") else "inbound|8080||")
         tags: dict[str, Any] = {
             "component": "proxy", "node_id": f"sidecar~127.0.0.1~{pod}.{NS}~{NS}.svc.cluster.local",
             "istio.namespace": NS, "istio.canonical_service": hop, "meshchaos.pod": pod,
-            "meshchaos.direction": direction, "upstream_cluster": cluster,
+            "upstream_cluster": cluster,
             "http.method": "GET", "http.url": f"http://{peer}:8080/api",
             "http.status_code": str(code), "response_flags": flags,
             "guid:x-request-id": request_id or self.request_id}
-        if direction == "outbound":
+        if direction != "attempt":  # the per-attempt child span carries no direction
+            tags["meshchaos.direction"] = direction
+        if direction != "inbound":
             tags["meshchaos.attempt"] = attempt or 1
             if expected is not None:
                 tags["meshchaos.expected_rq_timeout_ms"] = expected
@@ -285,17 +292,22 @@ class Chain:
                      "request_id": request_id, "sampled": True}
         deadline = start + expected * 1000 if route is not None and expected else None
         child_reset = deadline if deadline is not None else reset_at
+        operation = f"{callee}.{NS}.svc.cluster.local:8080/*"
+        out = self.span(trace, parent, f"{hop}.{NS}", operation, "client", end, end,
+                        self._sidecar_tags(hop, pod, "outbound", callee, expected, 1,
+                                           request_id=request_id), tracestate=tracestate)
+        out_spans.append(out)
         for attempt in range(1, tries + 1):
-            out = self.span(trace, parent, f"{hop}.{NS}", f"{callee}.{NS}.svc.cluster.local:8080/*",
-                            "client", end, end,
-                            self._sidecar_tags(hop, pod, "outbound", callee, expected, attempt,
-                                               request_id=request_id), tracestate=tracestate)
+            # Envoy start_child_span: one child CLIENT span per upstream attempt.
+            child = self.span(trace, out, f"{hop}.{NS}", operation, "client", end, end,
+                              self._sidecar_tags(hop, pod, "attempt", callee, None, attempt,
+                                                 request_id=request_id), tracestate=tracestate)
             if sc.mesh_retry_spans or attempt == 1:
-                out_spans.append(out)
+                out_spans.append(child)
             else:
                 self.spans.pop()
-                out = out_spans[0]
-            child_ctx["parent"] = out
+                child = out_spans[1]
+            child_ctx["parent"] = child
             child_end, status = self.hop(callee, end + 200, child_ctx,
                                          expected if sc.honor else None, expected, attempt,
                                          child_reset)
