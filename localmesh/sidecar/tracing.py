@@ -8,7 +8,8 @@
 - No ``traceparent``: a new trace, sampled with the mesh sampling percentage.
 
 Spans are plain :class:`Span` records; :class:`SpanExporter` turns batches of them
-into one OTLP/HTTP protobuf request off the request path.
+into one OTLP/HTTP protobuf request off the request path
+(hand-encoded, see :mod:`localmesh.sidecar.otlp_wire`).
 """
 
 from __future__ import annotations
@@ -20,23 +21,18 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
-
 from localmesh.http.client import ConnectionPool
 from localmesh.http.errors import HttpError
+from localmesh.sidecar.otlp_wire import SpanEncoder
 
 __all__ = ["KIND_CLIENT", "KIND_SERVER", "Span", "SpanContext", "SpanExporter",
            "new_span_id", "new_trace_id", "parse_traceparent"]
 
 log = logging.getLogger("localmesh.sidecar.tracing")
 
-KIND_SERVER = PbSpan.SPAN_KIND_SERVER
-KIND_CLIENT = PbSpan.SPAN_KIND_CLIENT
+# opentelemetry.proto.trace.v1.Span.SpanKind
+KIND_SERVER = 2
+KIND_CLIENT = 3
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -88,25 +84,13 @@ class Span:
     error: bool = False
 
 
-def _any(value: str | int | float) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    return AnyValue(string_value=value)
-
-
 class SpanExporter:
     """Batches finished spans and posts them as OTLP/HTTP protobuf every ``interval`` seconds."""
 
     def __init__(self, endpoint: str, service_name: str, resource: dict[str, str], *,
                  interval: float = 0.2, max_batch: int = 512, max_queue: int = 20_000) -> None:
         self.endpoint = endpoint.rstrip("/")
-        self._resource = [KeyValue(key="service.name", value=AnyValue(string_value=service_name))]
-        self._resource += [KeyValue(key=k, value=AnyValue(string_value=v))
-                           for k, v in resource.items()]
+        self._encoder = SpanEncoder({"service.name": service_name, **resource})
         self._queue: list[Span] = []
         self._interval = interval
         self._max_batch = max_batch
@@ -157,21 +141,10 @@ class SpanExporter:
                 log.warning("span export to %s failed: %s", self.endpoint, exc)
 
     def _encode(self, batch: list[Span]) -> bytes:
-        spans = []
-        for s in batch:
-            pb = PbSpan(trace_id=bytes.fromhex(s.trace_id), span_id=bytes.fromhex(s.span_id),
-                        parent_span_id=bytes.fromhex(s.parent_id) if s.parent_id else b"",
-                        name=s.name, kind=s.kind,  # type: ignore[arg-type]
-                        start_time_unix_nano=s.start_ns, end_time_unix_nano=s.end_ns,
-                        attributes=[KeyValue(key=k, value=_any(v))
-                                    for k, v in s.attributes.items()])
-            if s.error:
-                pb.status.code = PbStatus.STATUS_CODE_ERROR
-            spans.append(pb)
-        req = ExportTraceServiceRequest(resource_spans=[ResourceSpans(
-            resource=Resource(attributes=self._resource),
-            scope_spans=[ScopeSpans(scope=InstrumentationScope(name="envoy"), spans=spans)])])
-        return bytes(req.SerializeToString())
+        enc = self._encoder
+        return enc.request(enc.span(s.trace_id, s.span_id, s.parent_id, s.name, s.kind,
+                                    s.start_ns, s.end_ns, s.attributes, s.error)
+                           for s in batch)
 
     async def stop(self) -> None:
         """Stop the timer and send what is left."""
