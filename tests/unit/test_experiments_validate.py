@@ -1,0 +1,169 @@
+"""The experiments are valid Chaos Toolkit experiments wired the meshchaos way.
+
+chaostoolkit-lib 1.44's ``ensure_experiment_is_valid`` imports every python provider, so these
+tests also prove the real probe, action and control modules are importable with the functions
+and arguments the experiments name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from chaoslib.experiment import ensure_experiment_is_valid
+from chaoslib.hypothesis import within_tolerance
+
+from fixtures.chain.defects import Defect
+from reports.model import method_probes
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.json"))
+IDS = [p.stem for p in EXPERIMENTS]
+CONFIG_KEYS = {"target", "kubeconfig", "namespace", "ingress_url", "traces_url", "traces_api",
+               "meshchaos_state_dir", "meshchaos_manifests", "chain_defect", "chain_defect_hop",
+               "allowed_namespaces", "dry_run", "report_dir"}
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def activities(experiment: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*experiment["steady-state-hypothesis"]["probes"], *experiment["method"],
+            *experiment.get("rollbacks", [])]
+
+
+def deployments() -> set[str]:
+    names = set()
+    for path in (ROOT / "fixtures" / "k8s").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "Deployment":
+                names.add(doc["metadata"]["name"])
+    return names
+
+
+def test_the_six_experiments_of_the_suite_exist() -> None:
+    assert set(IDS) == {"timeout-cascade", "pod-kill-midchain", "partition-leaf",
+                        "lossy-retry-budget", "sidecar-failure", "deadline-headers-audit"}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_experiment_is_valid_for_chaoslib(path: Path) -> None:
+    ensure_experiment_is_valid(load(path))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_experiment_states_its_hypothesis_and_tags(path: Path) -> None:
+    experiment = load(path)
+    assert experiment["description"].startswith("Hypothesis")
+    assert "meshchaos" in experiment["tags"] and len(experiment["tags"]) >= 3
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_configuration_defaults_to_the_local_target_and_declares_every_key(path: Path) -> None:
+    """``--var`` overrides only keys the experiment declares (chaoslib load_configuration)."""
+    config = load(path)["configuration"]
+    assert set(config) == CONFIG_KEYS
+    assert config["target"] == {"type": "env", "key": "MESHCHAOS_TARGET", "default": "local"}
+    assert config["meshchaos_manifests"]["default"] == "fixtures/k8s"
+    assert (ROOT / config["meshchaos_manifests"]["default"]).is_dir()
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_controls_start_the_mesh_then_safety_then_report(path: Path) -> None:
+    controls = load(path)["controls"]
+    assert [c["provider"]["module"] for c in controls] == [
+        "probes.controls.localmesh", "probes.controls.safety", "probes.controls.report"]
+    assert controls[2]["provider"]["arguments"]["experiment_name"] == path.stem
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_rollbacks_always_run_and_remove_this_runs_chaos(path: Path) -> None:
+    """chaoslib 1.44 skips rollbacks of failed/interrupted runs unless the strategy is always."""
+    experiment = load(path)
+    assert experiment["runtime"]["rollbacks"]["strategy"] == "always"
+    injects = [a for a in experiment["method"] if a["provider"].get("func") == "apply_chaos"]
+    removes = [a for a in experiment["rollbacks"]
+               if a["provider"].get("func") == "remove_run_chaos"]
+    assert bool(injects) == bool(removes)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_every_python_activity_names_a_public_function_with_those_arguments(path: Path) -> None:
+    for activity in activities(load(path)):
+        provider = activity["provider"]
+        module = importlib.import_module(provider["module"])
+        if provider["module"].startswith("probes."):
+            assert provider["func"] in module.__all__, provider
+        params = inspect.signature(getattr(module, provider["func"])).parameters
+        unknown = set(provider.get("arguments", {})) - set(params)
+        assert not unknown, f"{activity['name']}: unknown arguments {unknown}"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_chaos_manifests_exist_and_carry_a_duration(path: Path) -> None:
+    for activity in load(path)["method"]:
+        manifest = activity["provider"].get("arguments", {}).get("manifest")
+        if manifest:
+            obj = yaml.safe_load((ROOT / "fixtures" / "chaos" / manifest).read_text())
+            assert obj["apiVersion"] == "chaos-mesh.org/v1alpha1" and obj["spec"]["duration"]
+
+
+def _as_runs(experiment: dict[str, Any]) -> dict[str, Any]:
+    runs = [{"activity": a, "status": "succeeded",
+             "output": {"applied": True, "injected_at": "now"} if a["type"] == "action" else {}}
+            for a in experiment["method"]]
+    return {"run": runs}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_faults_have_a_baseline_before_and_an_effect_probe_after(path: Path) -> None:
+    """The verdict needs both, else the run is INCONCLUSIVE (reports/verdict.py rules 3 and 5)."""
+    experiment = load(path)
+    phases = [phase for phase, _ in method_probes(_as_runs(experiment))]
+    assert "baseline" in phases
+    faulted = any(a["type"] == "action" for a in experiment["method"])
+    assert ("effect" in phases) == faulted
+    assert experiment["runtime"]["hypothesis"]["strategy"] == "after-method-only"
+
+
+SLOW = {"requests": 8, "statuses": {"504": 8}, "latency_ms": {"p50": 1300.0, "p90": 1310.0,
+                                                              "p99": 1320.0, "max": 1320.0}}
+HEALTHY = {"requests": 8, "statuses": {"200": 8}, "latency_ms": {"p50": 20.0, "p90": 30.0,
+                                                                 "p99": 40.0, "max": 45.0}}
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem != "sidecar-failure"
+                                  and p.stem != "deadline-headers-audit"],
+                         ids=[i for i in IDS if i not in ("sidecar-failure",
+                                                          "deadline-headers-audit")])
+def test_effect_tolerances_tell_a_felt_fault_from_a_healthy_chain(path: Path) -> None:
+    """The JSONPath filters of the effect probes must match a slow run and not a healthy one."""
+    experiment = load(path)
+    effects = [run["activity"] for phase, run in method_probes(_as_runs(experiment))
+               if phase == "effect"]
+    assert effects
+    for activity in effects:
+        tolerance = activity["tolerance"]
+        assert within_tolerance(dict(tolerance), {"measurements": SLOW}) is True
+        assert within_tolerance(dict(tolerance), {"measurements": HEALTHY}) is False
+
+
+def test_sidecar_failure_effect_is_the_ratings_pods_going_not_ready() -> None:
+    experiment = load(ROOT / "experiments" / "sidecar-failure.json")
+    effect = next(run["activity"] for phase, run in method_probes(_as_runs(experiment))
+                  if phase == "effect")
+    assert effect["provider"]["func"] == "pods_in_conditions" and effect["tolerance"] is True
+    assert effect["provider"]["arguments"]["label_selector"] == "app=ratings"
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_each_experiment_names_the_twin_it_must_catch(path: Path) -> None:
+    twin = next(e for e in load(path)["extensions"] if e["name"] == "meshchaos")["twin"]
+    assert Defect(twin["chain_defect"]) is not Defect.NONE
+    assert twin["chain_defect_hop"] in deployments()
