@@ -258,7 +258,7 @@ def _check_service(obj: Obj) -> None:
 
 
 def _check_pod(obj: Obj) -> None:
-    _check_containers(obj, obj.get("spec"), "spec", need_image=False)
+    _check_containers(obj, obj.get("spec"), "spec", need_image=True)
 
 
 def _check_configmap(obj: Obj) -> None:

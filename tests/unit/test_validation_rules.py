@@ -153,6 +153,13 @@ def test_pod_without_containers_is_refused() -> None:
     assert _refused(bare).field == "spec.containers"
 
 
+def test_pod_container_without_image_is_refused() -> None:
+    """core/v1 validation: spec.containers[].image is a required value."""
+    bare = pod("orders-1")
+    del bare["spec"]["containers"][1]["image"]
+    assert str(_refused(bare)) == "Pod 'orders-1': spec.containers[1].image: Required value"
+
+
 @pytest.mark.parametrize("obj", [
     namespace("Shop"),
     {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "mesh_config"}},
