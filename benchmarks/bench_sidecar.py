@@ -65,12 +65,12 @@ class Procs:
         self.procs: list[asyncio.subprocess.Process] = []
         self.pool = ConnectionPool()
 
-    async def app(self) -> int:
+    async def app(self) -> tuple[int, int]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _APP, stdout=asyncio.subprocess.PIPE, start_new_session=True)
         self.procs.append(proc)
         assert proc.stdout is not None
-        return int(await proc.stdout.readline())
+        return proc.pid, int(await proc.stdout.readline())
 
     async def sidecar(self, name: str, app_port: int) -> tuple[int, dict[str, int]]:
         ports_file = self.tmp / f"{name}.ports"
@@ -202,7 +202,7 @@ async def run(quick: bool) -> list[tuple[str, str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         procs = Procs(Path(tmp))
         try:
-            app = await procs.app()
+            app_pid, app = await procs.app()
             front_pid, front = await procs.sidecar("front", 1)
             _, leaf = await procs.sidecar("app", app)
             await procs.push(front["admin"], _doc("front-1", "front", app))
@@ -225,13 +225,16 @@ async def run(quick: bool) -> list[tuple[str, str, str]]:
                          f"{(_pct(two, .5) - d50) / 2:.3f} / {(_pct(two, .99) - d99) / 2:.3f} ms",
                          "outbound + inbound"))
             for c in (1, 32):
-                cpu0 = _cpu_seconds(front_pid)
+                cpu0, app0 = _cpu_seconds(front_pid), _cpu_seconds(app_pid)
                 rps, count = await _throughput(front["outbound"], url, c, secs)
                 cpu_us = (_cpu_seconds(front_pid) - cpu0) / count * 1e6
+                app_us = (_cpu_seconds(app_pid) - app0) / count * 1e6
                 rows.append((f"throughput via 1 sidecar, c={c}", f"{rps:,.0f} req/s",
                              "target ≥10,000 (c=32)" if c == 32 else ""))
                 rows.append((f"sidecar CPU per request, c={c}", f"{cpu_us:.1f} µs",
                              f"CPU-bound capacity {1e6 / cpu_us:,.0f} req/s; target ≤40 µs"))
+                rows.append((f"app CPU per request, c={c} (yardstick)", f"{app_us:.1f} µs",
+                             f"sidecar/app = {cpu_us / app_us:.1f} (a proxy does ≥2 apps' I/O)"))
             await procs.push(front["admin"], _doc("front-1", "front", app, timeout_ms=100))
             late = await _timeouts(front["outbound"], 50 if quick else 100)
             rows.append(("504 after 100 ms route timeout: late p50 / p99",
