@@ -228,7 +228,6 @@ class _Target:
     namespace: str
     pod: str
     admin_url: str
-    faults: list[Obj] = field(default_factory=list)
     built: int = 0
     acked: int = 0
     error: str = ""
@@ -244,6 +243,9 @@ class XdsServer:
         self._store = store
         self._otlp = otlp_endpoint
         self._targets: dict[tuple[str, str], _Target] = {}
+        # Fault rules outlive registrations: a sidecar that restarts (pod-failure,
+        # container-kill) must come back with the chaos still in force.
+        self._faults: dict[tuple[str, str], list[Obj]] = {}
         self._versions = itertools.count(1)
         self._pool = ConnectionPool(max_idle_per_host=2)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -309,8 +311,7 @@ class XdsServer:
         old = self._targets.pop((namespace, pod), None)
         if old is not None and old.task is not None:
             old.task.cancel()
-        target = _Target(namespace, pod, admin_url.rstrip("/"),
-                         faults=old.faults if old else [])
+        target = _Target(namespace, pod, admin_url.rstrip("/"))
         self._targets[(namespace, pod)] = target
         target.task = asyncio.get_running_loop().create_task(self._pusher(target))
         target.dirty.set()
@@ -322,22 +323,22 @@ class XdsServer:
 
     def set_faults(self, namespace: str, pod: str, rules: list[Obj]) -> None:
         """Replace one pod's fault rules ([] clears them) and push at once."""
+        self._faults[(namespace, pod)] = [dict(r) for r in rules]
         target = self._targets.get((namespace, pod))
-        if target is None:
-            # Not registered (yet): keep the rules for when it registers.
-            target = _Target(namespace, pod, "")
-            self._targets[(namespace, pod)] = target
-        target.faults = [dict(r) for r in rules]
-        target.synced.clear()
-        target.dirty.set()
+        if target is not None:
+            target.synced.clear()
+            target.dirty.set()
 
     async def wait_synced(self, namespace: str, pod: str,
                           timeout: float = 2.0) -> None:  # noqa: ASYNC109 - the contract
-        """Return once the sidecar acknowledged the latest configuration built for it."""
+        """Return once the sidecar acknowledged the latest configuration built for it.
+
+        A pod whose sidecar is not registered (not running, or none injected) has nothing
+        to acknowledge: its rules are kept and pushed when a sidecar registers.
+        """
         target = self._targets.get((namespace, pod))
         if target is None:
-            raise NotFound(f"sidecar {namespace}/{pod} is not registered", kind="pods",
-                           name=pod)
+            return
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.sleep(0)  # let writes from other threads reach the loop
@@ -369,7 +370,7 @@ class XdsServer:
         target.built = next(self._versions)
         return build_sidecar_config(self._shared, pod, target.namespace, target.pod,
                                     version=target.built, otlp_endpoint=self._otlp,
-                                    faults=target.faults)
+                                    faults=self._faults.get((target.namespace, target.pod), []))
 
     async def _pusher(self, target: _Target) -> None:
         while True:

@@ -182,11 +182,20 @@ async def test_set_faults_pushes_at_once_and_clears(mesh: Mesh) -> None:
     assert time.monotonic() - start < 0.25
 
 
-async def test_wait_synced_for_unknown_sidecar_raises(mesh: Mesh) -> None:
-    """``wait_synced`` names the sidecar it cannot wait for."""
-    from localmesh.errors import NotFound
-    with pytest.raises(NotFound, match="shop/nobody"):
-        await mesh.xds.wait_synced("shop", "nobody")
+async def test_faults_survive_a_sidecar_restart(mesh: Mesh, sidecars: Sidecars) -> None:
+    """Chaos stays in force while it is active (mesh-semantics.md §5.4): rules set while a pod's
+    sidecar is away are pushed when a sidecar registers again; `wait_synced` on a pod without
+    a registered sidecar returns at once."""
+    rule = {"id": "shop/d", "action": "delay", "peers": None,
+            "delay": {"latency_ms": 150.0, "jitter_ms": 0.0, "correlation": 0.0}}
+    mesh.xds.unregister_sidecar("shop", "leaf-1")
+    mesh.xds.set_faults("shop", "leaf-1", [rule])
+    await mesh.xds.wait_synced("shop", "leaf-1", timeout=0.5)
+    leaf = sidecars.procs[1]
+    mesh.xds.register_sidecar("shop", "leaf-1", leaf.admin)
+    await mesh.xds.wait_synced("shop", "leaf-1")
+    doc = json.loads((await leaf.admin_get("/config")).body)
+    assert doc["faults"] == [rule]
 
 
 # -- translation, in process ------------------------------------------------------------
