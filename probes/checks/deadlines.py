@@ -274,5 +274,13 @@ def evaluate_routes(routes: Sequence[Route], tree: CallTree) -> list[Check]:
     expected = {"timeout-inversion": "each callee's route timeout < its caller's",
                 "retries-fit-timeout": "(1+attempts) x perTryTimeout <= timeout",
                 "per-try-retried": "retryOn includes 5xx, gateway-error or reset"}
-    return [aggregate(rule, RULES[rule], expected[rule], [[f] for f in findings] or [[]])
-            for rule, findings in found.items()]
+    checks = []
+    for rule, findings in found.items():
+        if findings:
+            more = f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
+            checks.append(Check(rule, False, expected[rule], findings[0].observed + more,
+                                hop=findings[0].hop, rule=RULES[rule]))
+        else:
+            checks.append(Check(rule, True, expected[rule], f"held for all {len(routes)} routes",
+                                rule=RULES[rule]))
+    return checks

@@ -35,5 +35,7 @@ def aggregate(name: str, rule: str, expected: Any,
     trace_ids = tuple(t for findings in failing[:5] for f in findings for t in f.trace_ids)
     lines = tuple(line for f in failing[0] for line in f.log_lines)
     observed = f"{first.observed} ({len(failing)}/{len(per_request)} requests)"
+    if len(per_request) == 1:
+        observed = first.observed
     return Check(name, False, expected, observed, hop=first.hop, rule=rule,
                  evidence=Evidence(trace_ids, lines))

@@ -208,7 +208,7 @@ def request_id_agrees(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
             for record in records:
                 if mask_request_id(record.request_id) != expected:
                     blame = (tree.caller(hop) or hop) if direction == "inbound" else hop
-                    return [Finding(blame, f"{hop}'s {direction} sidecar logged x-request-id "
+                    return [Finding(blame, f"the {direction} sidecar of {hop} logged x-request-id "
                                     f"{record.request_id!r}, the probe sent "
                                     f"{ev.sent.request_id!r}: {blame} did not propagate it",
                                     _ids(ev), (record.line,))]

@@ -74,7 +74,7 @@ def test_dropped_request_id_is_seen_in_the_outbound_access_log_line() -> None:
     found = failing("drop-request-id")
     assert set(found) == {"request-id"}
     hop, observed = found["request-id"]
-    assert hop == "orders" and "outbound sidecar logged x-request-id" in observed
+    assert hop == "orders" and "outbound sidecar of orders logged x-request-id" in observed
 
 
 def test_mesh_retries_with_one_span_per_attempt_pass() -> None:
