@@ -223,3 +223,31 @@ def test_spans_with_invalid_ids_are_reported_as_partial_success(traces: Traces) 
     assert len(traces.store) == 1
     [trace] = traces.get("/api/traces/5b8efff798038103d269b633813fc60e").json()["data"]
     assert trace["processes"]["p1"]["serviceName"] == "unknown_service"
+
+
+def test_otlp_json_enum_names_and_snake_case_fields_are_accepted(traces: Traces) -> None:
+    """The protobuf JSON mapping allows enum names and original field names."""
+    body = _json_export("5b8efff798038103d269b633813fc610", "eee19b7ec3c1b180")
+    span = body["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["kind"] = "SPAN_KIND_CLIENT"
+    span["status"] = {"code": "STATUS_CODE_OK"}
+    span["events"] = [{"time_unix_nano": "1795000000100000000", "name": "call.cancelled"}]
+    assert requests.post(f"{traces.otlp}/v1/traces", json=body, timeout=5).status_code == 200
+    [got] = traces.get("/api/traces/5b8efff798038103d269b633813fc610").json()["data"][0]["spans"]
+    assert _tags(got)["span.kind"] == "client" and _tags(got)["otel.status_code"] == "OK"
+    assert "error" not in _tags(got)
+    assert got["logs"] == [{"timestamp": 1_795_000_000_100_000,
+                            "fields": [{"key": "event", "type": "string",
+                                        "value": "call.cancelled"}]}]
+
+
+def test_several_trace_ids_are_fetched_at_once_and_bad_params_are_400(traces: Traces) -> None:
+    """/api/traces?traceID=a&traceID=b returns the known ones; a bad lookback is a 400."""
+    first, _, _ = _emit_call(_provider(traces, "orders"))
+    second, _, _ = _emit_call(_provider(traces, "orders"))
+    found = traces.get("/api/traces", traceID=[first, second, "f" * 32]).json()["data"]
+    assert {t["traceID"] for t in found} == {first, second}
+    bad = traces.get("/api/traces", service="orders", lookback="a while")
+    assert bad.status_code == 400 and "lookback" in bad.json()["errors"][0]["msg"]
+    bad_limit = traces.get("/api/traces", service="orders", limit="many")
+    assert bad_limit.status_code == 400
