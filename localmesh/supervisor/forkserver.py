@@ -13,9 +13,10 @@ Protocol (one unix-socket connection per child, abstract namespace):
 - server → client: ``{"pid": N}`` once forked, then ``{"exit": code}`` when the
   child is reaped (a negative code is the killing signal), then EOF.
 
-Every child runs in its own session (so ``killpg`` stops it and whatever it
-spawned) and dies with the server (``PR_SET_PDEATHSIG``); the server dies with the
-mesh the same way and kills every child group when it is told to stop.
+Every child leads its own process group (so ``killpg`` stops it and whatever it
+spawned) inside the server's terminal-less session, and dies with the server
+(``PR_SET_PDEATHSIG``); the server dies with the mesh the same way and kills every
+child group when it is told to stop.
 ``python`` children run the command line in the forked interpreter (``-m mod``,
 ``-c code`` or ``script.py``); others are ``exec``-ed.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import gc
 import importlib
 import importlib.util
 import json
@@ -42,6 +44,7 @@ __all__ = ["ChildSpec", "main", "set_parent_death_signal"]
 
 _PR_SET_PDEATHSIG = 1
 _MAX_FDS = 16
+_DEFERRED = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
@@ -182,17 +185,19 @@ class _Server:
                 conn.sendall(json.dumps({"error": str(exc)}).encode() + b"\n")
             conn.close()
             return None
-        # The child reports once it leads its own session: only then may the client killpg it.
-        settled_r, settled_w = os.pipe()
+        # Signals wait until the child has its own handlers: a SIGTERM sent right after the
+        # fork must kill the child, not run the server's handler in it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
         pid = os.fork()
         if pid == 0:
-            os.close(settled_r)
             self._become_child(conn)
-            os.close(settled_w)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
             return spec
-        os.close(settled_w)
-        os.read(settled_r, 1)
-        os.close(settled_r)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)
+        # Both sides set the group (the shells' idiom): whichever runs first wins the race,
+        # so the group exists before the client can killpg it, without waiting for the child.
+        with contextlib.suppress(PermissionError, ProcessLookupError):
+            os.setpgid(pid, pid)
         for fd in spec.fds:
             os.close(fd)
         self.children[pid] = conn
@@ -213,7 +218,9 @@ class _Server:
         return ChildSpec.from_json(json.loads(data), fds)
 
     def _become_child(self, conn: socket.socket) -> None:
-        os.setsid()
+        # Its own process group (killpg reaches it and what it spawns); the server's session
+        # has no terminal, so no terminal signal reaches it either.
+        os.setpgid(0, 0)
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != self.server_pid:
             os._exit(1)  # the server died between fork and prctl
@@ -297,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.getppid() != args.parent:
         return 1
     _preload(args.preload, args.preload_tree)
+    # Preloaded objects move to a generation the collector never scans: a child's GC then
+    # does not touch (and copy-on-write) every shared page.
+    gc.freeze()
     server = _Server("\0" + args.address, args.parent)
     spec = server.serve()
     if spec is None:

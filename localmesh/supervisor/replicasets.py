@@ -43,6 +43,15 @@ def is_pod_ready(pod: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def _by_owner(objects: list[Obj]) -> dict[str, list[Obj]]:
+    grouped: dict[str, list[Obj]] = {}
+    for obj in objects:
+        uid = owner_uid(obj)
+        if uid is not None:
+            grouped.setdefault(uid, []).append(obj)
+    return grouped
+
+
 def _owner_ref(owner: Obj) -> Obj:
     return {"apiVersion": owner["apiVersion"], "kind": owner["kind"],
             "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
@@ -87,24 +96,27 @@ class ReplicaSetController:
 
     def reconcile(self) -> None:
         """Bring every ReplicaSet and Deployment to its wanted state (idempotent)."""
+        # One listing per kind per pass: listing copies every object, pods are many.
         try:
-            for deployment in self.store.list("apps", "deployments"):
-                self._sync_deployment(deployment)
-            live_rs: set[str] = set()
-            for rs in self.store.list("apps", "replicasets"):
-                live_rs.add(rs["metadata"]["uid"])
-                self._sync_replicaset(rs)
-            self._collect_orphans(live_rs)
+            deployments = self.store.list("apps", "deployments")
+            owned_rs = _by_owner(self.store.list("apps", "replicasets"))
+            for deployment in deployments:
+                self._sync_deployment(deployment, owned_rs.get(deployment["metadata"]["uid"], []))
+            replicasets = self.store.list("apps", "replicasets")
+            pods = self.store.list("", "pods")
+            owned_pods = _by_owner(pods)
+            for rs in replicasets:
+                self._sync_replicaset(rs, owned_pods.get(rs["metadata"]["uid"], []))
+            self._collect_orphans({d["metadata"]["uid"] for d in deployments}, replicasets, pods)
         except ApiError:
             # A concurrent delete raced us; the next change event reconciles again.
             log.debug("reconcile raced a concurrent change", exc_info=True)
 
     # -- deployments ----------------------------------------------------------------
 
-    def _sync_deployment(self, deployment: Obj) -> None:
+    def _sync_deployment(self, deployment: Obj, owned: list[Obj]) -> None:
         meta = deployment["metadata"]
-        ns, uid = meta["namespace"], meta["uid"]
-        owned = [rs for rs in self.store.list("apps", "replicasets", ns) if owner_uid(rs) == uid]
+        owned = list(owned)
         if meta.get("deletionTimestamp"):
             return
         template = (deployment.get("spec") or {}).get("template") or {}
@@ -198,10 +210,8 @@ class ReplicaSetController:
 
     # -- replicasets ------------------------------------------------------------------
 
-    def _sync_replicaset(self, rs: Obj) -> None:
+    def _sync_replicaset(self, rs: Obj, pods: list[Obj]) -> None:
         meta = rs["metadata"]
-        pods = [p for p in self.store.list("", "pods", meta["namespace"])
-                if owner_uid(p) == meta["uid"]]
         active = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         wanted = 0 if meta.get("deletionTimestamp") else _replicas(rs)
         if len(active) < wanted:
@@ -251,16 +261,17 @@ class ReplicaSetController:
 
     # -- garbage collection -------------------------------------------------------------
 
-    def _collect_orphans(self, live_rs: set[str]) -> None:
+    def _collect_orphans(self, deployments: set[str], replicasets: list[Obj],
+                         pods: list[Obj]) -> None:
         """Delete ReplicaSets whose Deployment is gone and pods whose ReplicaSet is gone."""
-        deployments = {d["metadata"]["uid"] for d in self.store.list("apps", "deployments")}
-        for rs in self.store.list("apps", "replicasets"):
+        live_rs = {rs["metadata"]["uid"] for rs in replicasets}
+        for rs in replicasets:
             uid = owner_uid(rs)
             if uid is not None and uid not in deployments:
                 meta = rs["metadata"]
                 self.store.delete("apps", "replicasets", meta["namespace"], meta["name"])
                 live_rs.discard(meta["uid"])
-        for pod in self.store.list("", "pods"):
+        for pod in pods:
             uid = owner_uid(pod)
             if uid is not None and uid not in live_rs and not pod["metadata"].get(
                     "deletionTimestamp"):

@@ -59,6 +59,7 @@ class Supervisor:
         self._retiring: dict[tuple[str, str], _Retiring] = {}
         self._terminating: set[tuple[str, str]] = set()
         self._seen_uids: set[str] = set()
+        self._changed = asyncio.Event()  # a pod or ReplicaSet changed (wait_ready wakes up)
         install_injection(store)
         store.set_graceful_deletion("", "pods")
 
@@ -91,6 +92,7 @@ class Supervisor:
                                self._otlp, self._base_dir, self._ingress_port,
                                self._sidecar_module)
         self.store.subscribe(self._on_pod, group="", plural="pods")
+        self.store.subscribe(self._on_replicaset, group="apps", plural="replicasets")
         for pod in self.store.list("", "pods"):
             self._sync_pod(pod)
         self.controller.start()
@@ -121,10 +123,16 @@ class Supervisor:
 
     # -- store events -------------------------------------------------------------------------
 
+    def _on_replicaset(self, event: str, rs: Obj) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._changed.set)
+
     def _on_pod(self, event: str, pod: Obj) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        loop.call_soon_threadsafe(self._changed.set)
         if event == "DELETED":
             loop.call_soon_threadsafe(self._forget, pod)
         else:
@@ -260,14 +268,15 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit_s
         while True:
-            self.controller.reconcile()
+            self._changed.clear()
             pending = self.unready_pods()
             wanted = self._missing_replicas()
             if not pending and not wanted:
                 return
             if loop.time() >= deadline:
                 raise ProcessError(self._not_ready_message(pending, wanted, limit_s))
-            await asyncio.sleep(0.02)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(0.2, deadline - loop.time()))
 
     def _missing_replicas(self) -> list[str]:
         missing = []

@@ -78,10 +78,13 @@ async def test_python_child_gets_exactly_its_env_cwd_and_argv(server: ForkServer
     assert lines == ["[('ONLY', 'this')]", str(tmp_path), "['a', 'b']", "oops"]
 
 
-async def test_child_leads_its_own_session_and_process_group(server: ForkServer) -> None:
+async def test_child_leads_its_own_process_group_in_a_terminal_less_session(
+        server: ForkServer) -> None:
     child, out = await run(server, [sys.executable, "-c", "import time; time.sleep(30)"])
     fields = stat_fields(child.pid)
-    assert int(fields[2]) == child.pid and int(fields[3]) == child.pid  # pgrp, session
+    assert int(fields[2]) == child.pid  # process group
+    assert server.pid is not None and int(fields[3]) == server.pid  # the server's session
+    assert int(fields[4]) == 0  # no controlling terminal
     assert int(fields[1]) == server.pid  # forked by the server, not by us
     child.signal_group(signal.SIGTERM)
     assert await child.wait() == -signal.SIGTERM
