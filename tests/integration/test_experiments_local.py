@@ -1,0 +1,121 @@
+"""Every experiment on the local mesh: the correct chain must PASS, the twin aimed at the
+experiment's bug must FAIL (the twin comes from the experiment's ``meshchaos`` extension).
+
+Each run is a real ``chaos run`` from the repository root with its own state dir and report
+dir, so the local-mesh control starts (and stops) a mesh of its own; the run is bounded and
+its process group is killed if it overruns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localmesh.mesh import MeshThread
+from localmesh.statedir import StateDir
+from probes.controls import localmesh
+from reports.model import load_journal
+from reports.verdict import Outcome, compute_verdict
+
+from .conftest import alive
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*.json"))
+IDS = [p.stem for p in EXPERIMENTS]
+RUN_TIMEOUT_S = 105.0  # under the per-test timeout of 120 s
+
+
+def twin_of(path: Path) -> dict[str, str]:
+    doc = json.loads(path.read_text())
+    return next(e for e in doc["extensions"] if e["name"] == "meshchaos")["twin"]  # type: ignore[no-any-return]
+
+
+def run_experiment(path: Path, tmp_path: Path, **env: str) -> tuple[Outcome, str, int]:
+    """``chaos run`` one experiment on a fresh local mesh; return verdict, summary, exit code."""
+    journal = tmp_path / "journal.json"
+    environ = {**os.environ, "MESHCHAOS_STATE_DIR": str(tmp_path / "state"),
+               "MESHCHAOS_REPORT_DIR": str(tmp_path / "reports"), **env}
+    proc = subprocess.Popen([sys.executable, "-m", "chaostoolkit", "--no-log-file", "run",
+                             "--journal-path", str(journal), str(path)], cwd=ROOT, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        pytest.fail(f"{path.name} overran {RUN_TIMEOUT_S} s:\n{out[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert journal.is_file(), out[-3000:]
+    verdict = compute_verdict(load_journal(journal))
+    report = sorted((tmp_path / "reports").glob("*/report.md"))
+    summary = f"{verdict.line()}\n{report[-1].read_text()[:4000] if report else out[-3000:]}"
+    return verdict.outcome, summary, proc.returncode
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_experiment_passes_on_the_correct_chain(path: Path, tmp_path: Path) -> None:
+    outcome, summary, code = run_experiment(path, tmp_path)
+    assert outcome is Outcome.PASS, summary
+    assert code == 0
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_experiment_fails_on_the_twin_aimed_at_its_bug(path: Path, tmp_path: Path) -> None:
+    twin = twin_of(path)
+    outcome, summary, code = run_experiment(
+        path, tmp_path, MESHCHAOS_CHAIN_DEFECT=twin["chain_defect"],
+        MESHCHAOS_CHAIN_DEFECT_HOP=twin["chain_defect_hop"])
+    assert outcome is Outcome.FAIL, summary
+    assert code == 1
+
+
+def test_local_mesh_control_reuses_a_live_mesh_and_leaves_it_running(tmp_path: Path) -> None:
+    """A mesh started by `meshchaos up` (here a MeshThread) is reused, never stopped."""
+    thread = MeshThread([ROOT / "fixtures" / "k8s"], tmp_path / "state")
+    endpoints = thread.start(timeout=60)
+    previous = os.environ.get("KUBECONFIG")
+    try:
+        config: dict[str, Any] = {"target": "local",
+                                  "meshchaos_state_dir": str(tmp_path / "state")}
+        localmesh.before_experiment_control({}, configuration=config)
+        assert config["ingress_url"] == endpoints.ingress
+        assert config["traces_url"] == endpoints.traces
+        assert Path(config["kubeconfig"]).is_file()
+        assert os.environ["KUBECONFIG"] == config["kubeconfig"]
+        localmesh.cleanup_control()
+        pid = StateDir(tmp_path / "state").live_pid()
+        assert pid is not None and alive(pid)
+        assert os.environ.get("KUBECONFIG") == previous
+    finally:
+        thread.stop()
+
+
+def test_local_mesh_control_refuses_a_twin_on_a_live_correct_mesh(tmp_path: Path) -> None:
+    thread = MeshThread([ROOT / "fixtures" / "k8s"], tmp_path / "state")
+    thread.start(timeout=60)
+    try:
+        config = {"target": "local", "meshchaos_state_dir": str(tmp_path / "state"),
+                  "chain_defect": "no-cancel", "chain_defect_hop": "inventory"}
+        from chaoslib.exceptions import InterruptExecution
+
+        with pytest.raises(InterruptExecution, match="a live mesh runs the correct chain"):
+            localmesh.before_experiment_control({}, configuration=config)
+    finally:
+        thread.stop()
