@@ -24,6 +24,7 @@ import httptools
 
 from localmesh.http.errors import ConnectError, ConnectionTerminated, HttpProtocolError
 from localmesh.http.message import Headers, Response, encode_request
+from localmesh.http.tcp import quickack
 
 __all__ = ["ClientConnection", "ConnectionPool"]
 
@@ -46,6 +47,8 @@ class ClientConnection(asyncio.Protocol):
         self.local_text = ""
         self.reusable = False
         self.closed = False
+        self._socket: object = None
+        self._in_message = False
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -54,6 +57,7 @@ class ClientConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self.local = transport.get_extra_info("sockname") or ("", 0)
         self.local_text = f"{self.local[0]}:{self.local[1]}"
+        self._socket = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         if self._future is None:
@@ -64,6 +68,9 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(HttpProtocolError(f"bad response from {self.key[0]}:{self.key[1]}: {exc}"))
             self.abort()
+            return
+        if self._in_message:
+            quickack(self._socket)  # the rest may be held by the peer's Nagle until we ACK
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -80,6 +87,9 @@ class ClientConnection(asyncio.Protocol):
             headers_received=bool(self.headers_at)))
 
     # -- httptools callbacks ----------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode("latin-1").lower()
@@ -105,6 +115,7 @@ class ClientConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         fut = self._future
         if fut is None or fut.done():
             return

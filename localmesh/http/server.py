@@ -18,6 +18,7 @@ from typing import cast
 import httptools
 
 from localmesh.http.message import Request, Response, encode_response
+from localmesh.http.tcp import quickack
 
 __all__ = ["Handler", "ServerConnection", "serve"]
 
@@ -44,6 +45,8 @@ class ServerConnection(asyncio.Protocol):
         self.peer_text = ""  # "host:port", rendered once per connection
         self.local_text = ""
         self.bytes_received = 0
+        self._socket: object = None
+        self._in_message = False
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -54,6 +57,7 @@ class ServerConnection(asyncio.Protocol):
         self.local = transport.get_extra_info("sockname") or ("", 0)
         self.peer_text = f"{self.peer[0]}:{self.peer[1]}"
         self.local_text = f"{self.local[0]}:{self.local[1]}"
+        self._socket = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
@@ -63,6 +67,9 @@ class ServerConnection(asyncio.Protocol):
             self._reply_and_close(501, b"upgrade not supported")
         except httptools.HttpParserError as exc:
             self._reply_and_close(400, f"bad request: {exc}".encode())
+            return
+        if self._in_message:
+            quickack(self._socket)  # a client's Nagle may hold the body until we ACK
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -73,6 +80,7 @@ class ServerConnection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._in_message = True
         self._url = b""
         self._headers = {}
         self._body = []
@@ -90,6 +98,7 @@ class ServerConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         parser = self._parser
         req = Request(parser.get_method().decode("ascii"), self._url.decode("latin-1"),
                       self._headers, b"".join(self._body), parser.should_keep_alive())

@@ -8,6 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import statistics
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from localmesh.http import ConnectionPool, Request, Response, ServerConnection, serve
 from tests.conformance.conftest import LEAF, Pair, Sidecars, config, leaf_route
@@ -118,3 +122,46 @@ async def test_client_reuses_keep_alive_connections() -> None:
     finally:
         await pool.close()
         server.close()
+
+
+class _TwoWrites(BaseHTTPRequestHandler):
+    """Python's http.server: headers and body leave in two writes, Nagle on."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "4")
+        self.end_headers()
+        self.wfile.write(b"pong")
+
+
+async def test_two_segment_responses_do_not_wait_for_delayed_acks(
+        sidecars: Sidecars) -> None:
+    """Linux delays ACKs up to 40 ms on a request/response connection; an app that writes
+    headers and body separately (Nagle on) then stalls each response by that much on a
+    keep-alive upstream. The sidecar ACKs incomplete messages at once (TCP_QUICKACK)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TwoWrites)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    app_port = server.server_address[1]
+    try:
+        sc = await sidecars.start("py-1", "py", app_port=app_port)
+        assert (await sc.push(config("py-1", "py", services={}, app_port=app_port))).status \
+            == 200
+        pool = ConnectionPool()
+        took = []
+        for _ in range(15):
+            start = time.monotonic()
+            resp = await pool.request("GET", f"http://127.0.0.1:{sc.ports['inbound']}/ping",
+                                      {"host": "py:8080"}, timeout=5)
+            took.append(time.monotonic() - start)
+            assert resp.body == b"pong"
+        await pool.close()
+        assert statistics.median(took) < 0.030, sorted(took)
+    finally:
+        server.shutdown()
+        server.server_close()
