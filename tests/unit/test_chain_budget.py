@@ -155,10 +155,11 @@ async def test_deadline_during_simulated_work_answers_504_at_the_deadline(
 
 
 async def test_downstream_slower_than_the_budget_is_cut_by_the_client_timeout(
-    provider: TracerProvider,
+    provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     """The sent timeout is also enforced locally: a 2 s downstream under a 200 ms budget is
-    abandoned (its connection closed) after ~195 ms and the hop answers 504."""
+    abandoned (its connection closed) after ~195 ms and the hop answers 504; both spans say
+    "cancelled: deadline" (telemetry contract)."""
     async with RecordingServer(delay_s=2.0) as leaf:
         cfg = ChainConfig(stages=parse_calls(f"seq:{leaf.url}/leaf"))
         async with serve_chain(cfg, provider.get_tracer("t")) as app:
@@ -166,6 +167,12 @@ async def test_downstream_slower_than_the_budget_is_cut_by_the_client_timeout(
             (rec,) = await leaf.wait_ended()
     assert status == 504 and 0.15 <= took < 0.7
     assert rec.cancelled
+    spans = {s.kind: s for s in exporter.get_finished_spans()}
+    client, server = spans[SpanKind.CLIENT], spans[SpanKind.SERVER]
+    assert [(e.name, dict(e.attributes or {})) for e in client.events] == [
+        ("call.cancelled", {"reason": "deadline"})]
+    assert client.status.description == server.status.description == "cancelled: deadline"
+    assert (server.attributes or {})["http.response.status_code"] == 504
 
 
 async def test_no_budget_sends_no_timeout_header(provider: TracerProvider) -> None:

@@ -15,6 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from fixtures.chain.config import ChainConfig, WorkSpec, parse_calls
 from fixtures.chain.defects import Defect
+from fixtures.chain.ledger import WorkLedger
 from fixtures.chain.testing import RecordingServer, RunningChain, serve_chain
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -224,3 +225,16 @@ async def test_healthz_answers_ready(provider: TracerProvider) -> None:
     async with serve_chain(ChainConfig(name="orders"), provider.get_tracer("t")) as app:
         status, text = await fetch(f"{app.url}/healthz")
     assert status == 200 and json.loads(text) == {"status": "ok", "service": "orders"}
+
+
+def test_work_ledger_forgets_the_oldest_traces_first() -> None:
+    """/debug/work memory is bounded: beyond max_traces the oldest trace is dropped."""
+    ledger = WorkLedger(max_traces=2)
+    first = ledger.start("a" * 32)
+    ledger.start("a" * 32)
+    ledger.start("b" * 32)
+    ledger.start("c" * 32)
+    assert ledger.items("a" * 32) == [] and len(ledger.items("c" * 32)) == 1
+    first.finish("cancelled")
+    first.complete()  # a finished item keeps its first outcome
+    assert first.outcome == "cancelled"
