@@ -14,7 +14,7 @@ __all__ = ["patch_type", "query_bool", "query_int", "read_body"]
 
 _PATCH_TYPES = {
     "application/merge-patch+json": "merge",
-    "application/strategic-merge-patch+json": "merge",
+    "application/strategic-merge-patch+json": "strategic",
     "application/json-patch+json": "json",
 }
 

@@ -21,6 +21,7 @@ from localmesh.apiserver.logfollow import follow_log
 from localmesh.apiserver.logsource import LogSource
 from localmesh.apiserver.paths import Target
 from localmesh.apiserver.scale import apply_scale_change, scale_of
+from localmesh.apiserver.strategic import strategic_merge
 from localmesh.apiserver.watch import Watcher, WatchHub
 from localmesh.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound
 from localmesh.selectors import parse_field_selector, parse_label_selector
@@ -31,6 +32,8 @@ __all__ = ["ResourceHandlers"]
 Obj = dict[str, Any]
 # Types whose Kubernetes registry sets ReturnDeletedObject (the client expects V1Pod etc.).
 _RETURNS_DELETED_OBJECT = {("", "pods"), ("", "services"), ("", "serviceaccounts")}
+# Groups whose types are Go structs with patchMergeKey tags (strategic merge applies).
+_BUILT_IN_GROUPS = {"", "apps"}
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -147,12 +150,30 @@ class ResourceHandlers:
             return _json(_unsupported(request.content_type), 415)
         body = await read_body(request)
         rtype = target.rtype
-        if kind == "merge" and isinstance(body, dict):
+        if kind in ("merge", "strategic") and isinstance(body, dict):
             self._check_patch_version(target, body)
+        if kind == "strategic":
+            if rtype.group in _BUILT_IN_GROUPS and isinstance(body, dict):
+                return _json(_present(self._strategic_patch(target, body), target))
+            kind = "merge"  # custom resources: no merge keys, as a JSON merge patch
         stored = self.store.patch(rtype.group, rtype.plural, target.namespace or "",
                                   str(target.name), body, kind,
                                   subresource=target.subresource)
         return _json(_present(stored, target))
+
+    def _strategic_patch(self, target: Target, patch: Obj) -> Obj:
+        rtype, ns, name = target.rtype, target.namespace or "", str(target.name)
+        current = self.store.get(rtype.group, rtype.plural, ns, name)
+        merged = strategic_merge(current, patch)
+        if not isinstance(merged, dict):
+            raise BadRequest("a strategic merge patch must produce an object")
+        merged.setdefault("metadata", {})["resourceVersion"] = \
+            current["metadata"]["resourceVersion"]  # a write in between is a Conflict
+        for field in ("name", "namespace"):
+            if field in current["metadata"]:
+                merged["metadata"][field] = current["metadata"][field]
+        merged["apiVersion"], merged["kind"] = current["apiVersion"], current["kind"]
+        return self.store.replace(merged, subresource=target.subresource)
 
     def _check_patch_version(self, target: Target, patch: Obj) -> None:
         """A patch naming metadata.resourceVersion is an optimistic-concurrency write."""
