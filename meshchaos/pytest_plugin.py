@@ -44,13 +44,24 @@ DEFAULT_REPORT_DIR = "reports/runs"
 # SIGTERM first: chaoslib turns it into InterruptExecution and still plays the rollbacks.
 TERM_GRACE_S = 30.0
 
-_OPTIONS = {  # name: (cli dest, env var, ini key, default)
-    "target": ("chaos_target", "MESHCHAOS_TARGET", "chaos_target", "local"),
-    "kubeconfig": ("chaos_kubeconfig", "MESHCHAOS_KUBECONFIG", "chaos_kubeconfig", ""),
-    "report_dir": ("chaos_report_dir", "MESHCHAOS_REPORT_DIR", "chaos_report_dir",
-                   DEFAULT_REPORT_DIR),
-    "timeout": ("chaos_timeout", "MESHCHAOS_CHAOS_TIMEOUT", "chaos_timeout",
-                str(DEFAULT_TIMEOUT_S)),
+@dataclass(frozen=True)
+class _Option:
+    flag: str
+    dest: str
+    env: str
+    ini: str
+    default: str
+
+
+_OPTIONS = {
+    "target": _Option("--chaos-target", "chaos_target", "MESHCHAOS_TARGET", "chaos_target",
+                      "local"),
+    "kubeconfig": _Option("--kubeconfig", "chaos_kubeconfig", "MESHCHAOS_KUBECONFIG",
+                          "chaos_kubeconfig", ""),
+    "report_dir": _Option("--chaos-report-dir", "chaos_report_dir", "MESHCHAOS_REPORT_DIR",
+                          "chaos_report_dir", DEFAULT_REPORT_DIR),
+    "timeout": _Option("--chaos-timeout", "chaos_timeout", "MESHCHAOS_CHAOS_TIMEOUT",
+                       "chaos_timeout", str(DEFAULT_TIMEOUT_S)),
 }
 
 SETTINGS_KEY = pytest.StashKey["ChaosSettings"]()
@@ -93,9 +104,8 @@ def resolve_settings(config: pytest.Config) -> ChaosSettings:
     """Resolve every option by precedence CLI > env > ini; raise UsageError naming the source."""
     values: dict[str, str] = {}
     sources: dict[str, str] = {}
-    for name, (dest, env, ini, default) in _OPTIONS.items():
-        value, source = _pick(config, dest, env, ini, default)
-        values[name], sources[name] = value, source
+    for name, option in _OPTIONS.items():
+        values[name], sources[name] = _pick(config, option)
     target = values["target"].strip()
     if target not in TARGETS:
         raise pytest.UsageError(f"invalid chaos target '{target}' from {sources['target']} "
@@ -118,18 +128,17 @@ def resolve_settings(config: pytest.Config) -> ChaosSettings:
                          timeout=timeout, sources=sources)
 
 
-def _pick(config: pytest.Config, dest: str, env: str, ini: str, default: str
-          ) -> tuple[str, str]:
-    cli = config.getoption(dest)
+def _pick(config: pytest.Config, option: _Option) -> tuple[str, str]:
+    """The option's value and where it came from: CLI, then env, then ini, then default."""
+    cli = config.getoption(option.dest)
     if cli is not None:
-        return str(cli), f"option --{dest.replace('_', '-')}" if dest != "chaos_kubeconfig" \
-            else "option --kubeconfig"
-    if os.environ.get(env):
-        return os.environ[env], f"env {env}"
-    value = config.getini(ini)
-    if value not in (None, "") and str(value) != default:
-        return str(value), f"ini {ini}"
-    return default, "default"
+        return str(cli), f"option {option.flag}"
+    if os.environ.get(option.env):
+        return os.environ[option.env], f"env {option.env}"
+    value = config.getini(option.ini)
+    if value not in (None, "") and str(value) != option.default:
+        return str(value), f"ini {option.ini}"
+    return option.default, "default"
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
