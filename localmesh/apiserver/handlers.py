@@ -203,6 +203,8 @@ class ResourceHandlers:
         rtype, ns, name = target.rtype, target.namespace or "", str(target.name)
         _check_preconditions(self.store.get(rtype.group, rtype.plural, ns, name),
                              options.get("preconditions") or {})
+        if (rtype.group, rtype.plural) == ("", "namespaces"):
+            self._empty_namespace(name)
         result = self.store.delete(rtype.group, rtype.plural, ns, name,
                                    grace_period_seconds=grace)
         try:
@@ -213,6 +215,20 @@ class ResourceHandlers:
         # Still held by finalizers or by its owner (pods), or a type whose registry
         # returns the deleted object: Kubernetes answers with the object.
         return _json(_present(result, target))
+
+    def _empty_namespace(self, namespace: str) -> None:
+        """Delete what a namespace holds first, as the namespace controller does.
+
+        Held objects (pods until the supervisor stops them, objects with finalizers)
+        keep their own deletion going; everything else goes at once.
+        """
+        for rtype in self.store.registry.all():
+            if not rtype.namespaced:
+                continue
+            for obj in self.store.list(rtype.group, rtype.plural, namespace):
+                with contextlib.suppress(NotFound):  # gone meanwhile
+                    self.store.delete(rtype.group, rtype.plural, namespace,
+                                      obj["metadata"]["name"])
 
     def delete_collection(self, request: web.Request, target: Target) -> web.Response:
         rtype = target.rtype

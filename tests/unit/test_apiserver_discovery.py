@@ -221,3 +221,19 @@ def test_delete_options_are_read_from_the_body(api: ServedApi) -> None:
     assert held.status_code == 200
     assert held.json()["metadata"]["deletionGracePeriodSeconds"] == 7
     assert held.json()["metadata"]["deletionTimestamp"]
+
+
+def test_deleting_a_namespace_deletes_what_it_holds(api: ServedApi) -> None:
+    """The namespace controller removes a deleted namespace's objects (pods gracefully)."""
+    api.store.set_graceful_deletion("", "pods")
+    api.store.create(namespace("other"))
+    api.store.create(pod("orders-a", "other"))
+    api.store.create(virtual_service("orders") | {"metadata": {"name": "orders",
+                                                               "namespace": "other"}})
+    api.store.create(pod("orders-b"))
+    response = requests.delete(f"{api.url}/api/v1/namespaces/other", timeout=5)
+    assert response.status_code == 200
+    assert api.store.list("networking.istio.io", "virtualservices", "other") == []
+    [held] = api.store.list("", "pods", "other")
+    assert held["metadata"]["deletionTimestamp"]
+    assert api.store.list("", "pods", "shop")[0]["metadata"].get("deletionTimestamp") is None
