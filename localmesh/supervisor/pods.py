@@ -116,20 +116,17 @@ class PodRunner:
         try:
             self._event("Scheduled", f"Successfully assigned {self.namespace}/{self.name} to "
                         "localmesh", component="default-scheduler")
-            self._write_annotations()
-            self.publish()
+            self.publish(annotations=self._port_annotations())
             for container in self.containers.values():
                 self._tasks.append(asyncio.ensure_future(self._supervise(container)))
             self._tasks.append(asyncio.ensure_future(self._readiness()))
         except NotFound:
             self.stopping = True  # deleted before it started
 
-    def _write_annotations(self) -> None:
-        annotations = self.ports.annotations()
+    def _port_annotations(self) -> dict[str, str]:
         if not self.sidecar:
-            annotations = {"meshchaos.io/app-port": str(self.ports.app)}
-        self.ctx.store.patch("", "pods", self.namespace, self.name,
-                             {"metadata": {"annotations": annotations}})
+            return {"meshchaos.io/app-port": str(self.ports.app)}
+        return self.ports.annotations()
 
     def _launch(self, container: ContainerRun) -> Launch | None:
         if container.name == PROXY_CONTAINER:
@@ -314,14 +311,23 @@ class PodRunner:
 
     # -- status -----------------------------------------------------------------------------
 
-    def publish(self) -> None:
-        """Write the pod's status to the store (only when it changed)."""
+    def publish(self, *, annotations: dict[str, str] | None = None) -> None:
+        """Write the pod's status to the store (only when it changed).
+
+        The port annotations ride along with the first status: one write (and one
+        control-plane rebuild) instead of two.
+        """
         status = self._status()
-        if status == self._published:
+        if status == self._published and not annotations:
             return
+
+        def change(pod: Obj) -> None:
+            pod["status"] = status
+            if annotations:
+                pod["metadata"].setdefault("annotations", {}).update(annotations)
+
         try:
-            self.ctx.store.mutate("", "pods", self.namespace, self.name,
-                                  lambda pod: pod.__setitem__("status", status),
+            self.ctx.store.mutate("", "pods", self.namespace, self.name, change,
                                   subresource="status")
         except NotFound:
             return

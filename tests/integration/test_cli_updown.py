@@ -164,3 +164,25 @@ def test_bad_set_env_is_a_usage_error_that_shows_the_expected_form(state_dir: Pa
                        str(state_dir), "--set-env", "echo=1")
     assert result.returncode == 1
     assert "'echo=1'" in result.stderr and "NAMESPACE/DEPLOYMENT:KEY=VALUE" in result.stderr
+
+
+def test_a_killed_mesh_takes_its_pods_along_and_down_cleans_the_stale_dir(
+        tmp_path: Path, state_dir: Path) -> None:
+    """PR_SET_PDEATHSIG: a mesh killed with SIGKILL (no chance to clean up) leaves no pod
+    process behind; ``down`` then reports the dead pid and removes the stale state."""
+    manifests = write_echo_manifests(tmp_path / "m")
+    up = meshchaos("up", "--detach", "--manifests", str(manifests), "--state-dir",
+                   str(state_dir))
+    assert up.returncode == 0, up.stdout + up.stderr
+    daemon = json.loads((state_dir / "endpoints.json").read_text())["pid"]
+    family = descendants(daemon)
+    assert len(family) >= 4
+    os.kill(daemon, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in [daemon, *family]):
+        time.sleep(0.05)
+    assert not [p for p in [daemon, *family] if alive(p)]
+    down = meshchaos("down", "--state-dir", str(state_dir))
+    assert down.returncode == 0
+    assert f"pid {daemon} is gone" in down.stdout and "stale" in down.stdout
+    assert not (state_dir / "mesh.pid").exists()
