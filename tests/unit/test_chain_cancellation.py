@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -54,12 +55,12 @@ async def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, s
         return resp.status, await resp.text()
 
 
-async def debug_work(app: RunningChain, trace_id: str = TRACE_ID) -> dict[str, object]:
+async def debug_work(app: RunningChain, trace_id: str = TRACE_ID) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session, session.get(
         f"{app.url}/debug/work", params={"trace_id": trace_id}
     ) as resp:
         assert resp.status == 200
-        body: dict[str, object] = await resp.json()
+        body: dict[str, Any] = await resp.json()
         return body
 
 
@@ -91,7 +92,7 @@ async def test_caller_leaving_closes_the_downstream_call_within_50ms(
         ("work.start", {}), ("work.cancelled", {"reason": "caller-gone"})]
     assert [(e.name, dict(e.attributes or {})) for e in client.events] == [
         ("call.cancelled", {"reason": "caller-gone"})]
-    (item,) = work["items"]  # type: ignore[misc]
+    (item,) = work["items"]
     assert item["outcome"] == "cancelled" and item["ended"] is not None
 
 
@@ -126,7 +127,7 @@ async def test_caller_leaving_during_simulated_work_stops_it_and_makes_no_call(
             await asyncio.sleep(0.4)
             work = await debug_work(app)
     assert leaf.requests == []
-    (item,) = work["items"]  # type: ignore[misc]
+    (item,) = work["items"]
     assert item["outcome"] == "cancelled" and item["work_ms"] < 250
     (server,) = exporter.get_finished_spans()
     assert [e.name for e in server.events] == ["work.start", "work.cancelled"]
@@ -189,10 +190,10 @@ async def test_debug_work_reports_completed_and_deadline_outcomes(provider: Trac
         done, late = await debug_work(app), await debug_work(app, other)
         unknown = await debug_work(app, "2" * 32)
     assert done["service"] == "pricing" and done["pod"] == "pricing-abc"
-    (item,) = done["items"]  # type: ignore[misc]
+    (item,) = done["items"]
     assert item["trace_id"] == TRACE_ID and item["outcome"] == "completed"
     assert 45 <= item["work_ms"] < 400 and item["ended"] >= item["started"]
-    (cut,) = late["items"]  # type: ignore[misc]
+    (cut,) = late["items"]
     assert cut["outcome"] == "cancelled" and cut["work_ms"] < 200
     assert unknown["items"] == []
 
@@ -207,9 +208,9 @@ async def test_debug_work_reports_orphaned_work_of_the_no_cancel_twin(
         running = await debug_work(app)
         await asyncio.sleep(0.25)
         finished = await debug_work(app)
-    (item,) = running["items"]  # type: ignore[misc]
+    (item,) = running["items"]
     assert item["outcome"] == "running" and item["ended"] is None
-    (item,) = finished["items"]  # type: ignore[misc]
+    (item,) = finished["items"]
     assert item["outcome"] == "orphaned" and item["work_ms"] >= 140
 
 
