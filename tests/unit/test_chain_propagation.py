@@ -280,3 +280,24 @@ async def test_one_server_span_and_one_client_span_per_call_with_contract_attrib
         attrs = client.attributes or {}
         assert attrs["meshchaos.hop"] == "orders" and attrs["http.response.status_code"] == 200
         assert 0 < int(attrs["meshchaos.timeout_sent_ms"]) <= 795  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("flags", "sent"), [("03", "03"), ("02", "02"), ("01", "01"),
+                                             ("05", "01"), ("ff", "03")])
+async def test_random_trace_id_flag_is_kept_and_unknown_flags_are_zeroed(
+    hop: tuple[RunningChain, RecordingServer], flags: str, sent: str
+) -> None:
+    """W3C-L2 trace-flags: the random-trace-id flag (bit 1) is propagated unchanged with the
+    same trace-id; sampled (bit 0) is kept; other bits are not defined and are set to zero."""
+    app, leaf = hop
+    await send(app, [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-{flags}")])
+    assert parts(leaf.requests[0].headers["traceparent"])[3] == sent
+
+
+async def test_traceparent_surrounded_by_whitespace_is_accepted(
+    hop: tuple[RunningChain, RecordingServer],
+) -> None:
+    """W3C test suite test_traceparent_ows_handling: optional whitespace around the value."""
+    app, leaf = hop
+    await send(app, [("traceparent", f" \t{TRACEPARENT} \t")])
+    assert parts(leaf.requests[0].headers["traceparent"])[1] == TRACE_ID
