@@ -266,13 +266,6 @@ class AccessLog:
             render = compile_format(fmt or DEFAULT_TEXT_FORMAT)
         self._render = render if enabled else None
 
-    @staticmethod
-    def check(encoding: str, fmt: str) -> None:
-        if encoding == "JSON":
-            compile_json(fmt)
-        else:
-            compile_format(fmt or DEFAULT_TEXT_FORMAT)
-
     def log(self, txn: Txn) -> None:
         if self._render is None:
             return

@@ -108,6 +108,7 @@ class Sidecar:
         # Per-configuration memo of routing results (default routes, endpoint lists): the
         # frozen objects cost µs to build and only change when a new config arrives.
         self._memo: dict[tuple[str, ...], Any] = {}
+        self.quit_event: asyncio.Event | None = None  # set by the process runner
 
     # -- configuration ----------------------------------------------------------
 
@@ -115,7 +116,7 @@ class Sidecar:
         """Check and install a whole configuration document (SidecarConfigError if bad)."""
         cfg = parse_config(doc)
         al = cfg.mesh.access_log
-        AccessLog.check(al.encoding, al.format)
+        # Compiling the log format is the last step that can fail; nothing changed before it.
         self.access_log.configure(al.enabled, al.encoding, al.format)
         self.faults.set_rules(cfg.faults)
         if cfg.app_port:
@@ -471,8 +472,6 @@ class Sidecar:
             out["spans_dropped"] = self.exporter.dropped
             out["span_batches_failed"] = self.exporter.failed_batches
         return out
-
-    quit_event: asyncio.Event | None = None
 
     def _request_quit(self) -> None:
         if self.quit_event is not None:
