@@ -147,6 +147,7 @@ class LocalMesh:
         self._runners: list[web.AppRunner] = []
         self._claimed = False
         self._log_handler: logging.Handler | None = None
+        self._saved_level = logging.NOTSET
         self._announced: set[str] = set()
 
     async def start(self) -> Endpoints:
@@ -192,6 +193,8 @@ class LocalMesh:
                                    otlp=otlp, traces=traces, pid=os.getpid(), started=started)
         write_kubeconfig(self.state.kubeconfig, int(api.rsplit(":", 1)[1]))
         self.state.write_endpoints(self.endpoints)
+        log.info("mesh up in %.2fs: api %s, ingress %s", time.time() - started, api,
+                 self.endpoints.ingress)
         return self.endpoints
 
     async def _serve_traces(self) -> tuple[str, str]:
@@ -243,14 +246,22 @@ class LocalMesh:
         self._detach_log()
 
     def _attach_log(self) -> None:
+        """Send the mesh's own log (INFO and up) to ``<state-dir>/mesh.log``."""
         handler = logging.FileHandler(self.state.mesh_log)
+        handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("localmesh").addHandler(handler)
+        logger = logging.getLogger("localmesh")
+        self._saved_level = logger.level
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
         self._log_handler = handler
 
     def _detach_log(self) -> None:
         if self._log_handler is not None:
-            logging.getLogger("localmesh").removeHandler(self._log_handler)
+            logger = logging.getLogger("localmesh")
+            logger.removeHandler(self._log_handler)
+            logger.setLevel(self._saved_level)
             self._log_handler.close()
             self._log_handler = None
 

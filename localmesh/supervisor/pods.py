@@ -159,6 +159,10 @@ class PodRunner:
                 continue  # pod-failure took it down: _pause accounts for it
             ran_for = time.monotonic() - container.started_mono
             delay = container.backoff.next_delay(ran_for)
+            log.info("pod %s/%s: container %s exited (%s) after %.1fs; restarting in %.1fs",
+                     self.namespace, self.name, container.name,
+                     json.dumps(container.last_state.get("terminated", {}).get("exitCode")),
+                     ran_for, delay)
             if delay > 0:
                 container.mark_waiting("CrashLoopBackOff", f"back-off {delay:.1f}s restarting "
                                        f"failed container={container.name} pod={self.name}")
@@ -194,6 +198,8 @@ class PodRunner:
             self._event("Pulled", f'Container image "{container.image}" already present on '
                         "machine")
         container.mark_running(child)
+        log.info("pod %s/%s: container %s started (pid %d)", self.namespace, self.name,
+                 container.name, child.pid)
         self._event("Created", f"Created container {container.name}")
         self._event("Started", f"Started container {container.name}")
         self.publish()

@@ -202,20 +202,29 @@ def _detach(args: argparse.Namespace, manifests: list[Path], state: StateDir) ->
     os.close(write_fd)
     print(f"meshchaos up: starting the local mesh in the background (pid {proc.pid})",
           flush=True)
-    outcome = _relay(read_fd, proc, args.ready_timeout + 30)
+    try:
+        outcome = _relay(read_fd, proc, args.ready_timeout + 30)
+    except KeyboardInterrupt:
+        # Ctrl-C while waiting means "never mind": the half-started daemon goes too.
+        _stop_daemon(proc)
+        raise
     if outcome.get("ok"):
         print(outcome["summary"], flush=True)
         return 0
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
+    _stop_daemon(proc)
     reason = outcome.get("error") or (
         f"the mesh daemon exited with code {proc.poll()} before it was ready")
     tail = _tail(log_path)
     detail = f"\nlast lines of {log_path}:\n{tail}" if tail and not outcome.get("error") else ""
     raise MeshError(f"{reason}{detail}")
+
+
+def _stop_daemon(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
 
 
 def _relay(read_fd: int, proc: subprocess.Popen[bytes], limit_s: float) -> dict[str, Any]:

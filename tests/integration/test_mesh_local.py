@@ -271,3 +271,19 @@ def test_stale_state_dir_is_cleaned_and_stop_leaves_no_process(tmp_path: Path) -
     ingress_port = int(endpoints.ingress.rsplit(":", 1)[1])
     assert not _listening(api_port) and not _listening(ingress_port)
     assert not (state / "mesh.pid").exists() and not (state / "endpoints.json").exists()
+
+
+def test_a_replaced_gateway_takes_over_the_same_ingress_port(echo_mesh: MeshThread) -> None:
+    """The ingress URL in endpoints.json stays valid when the gateway pod is killed: its
+    replacement binds the same port once the old one released it."""
+    (old,) = api(echo_mesh, "/api/v1/namespaces/istio-system/pods")["items"]
+    old_name = old["metadata"]["name"]
+    api(echo_mesh, f"/api/v1/namespaces/istio-system/pods/{old_name}?gracePeriodSeconds=0",
+        method="DELETE")
+
+    def replaced() -> bool:
+        pods = api(echo_mesh, "/api/v1/namespaces/istio-system/pods")["items"]
+        return any(p["metadata"]["name"] != old_name and ready(p) for p in pods)
+
+    until(replaced, what="a Ready gateway replacement")
+    until(lambda: via_ingress(echo_mesh)[0] == 200, what="the ingress serving again")
