@@ -3,8 +3,10 @@
 Folders contribute their ``*.yaml``/``*.yml`` files in sorted order; each file may
 hold several YAML documents; empty documents are skipped. Kinds the registry does
 not know yet are registered (so they are stored and served, never dropped), every
-object is validated, and any problem becomes a :class:`ManifestError` naming the
-file, the document index, the object (``Kind namespace/name``) and the field.
+object is validated strictly (fields a CRD schema does not declare are errors, as
+with ``kubectl apply``'s default ``--validate=strict``), and any problem becomes a
+:class:`ManifestError` naming the file, the document index, the object
+(``Kind namespace/name``) and the field.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from localmesh.errors import Invalid, ManifestError
+from localmesh.errors import ApiError, ManifestError
 from localmesh.resources import ResourceRegistry
 from localmesh.validation import validate_object
 
@@ -104,8 +106,9 @@ def load_manifests(paths: Iterable[Path], *, registry: ResourceRegistry | None =
             registry.register_kind(obj["apiVersion"], obj["kind"])
             if validate:
                 try:
-                    validate_object(obj)
-                except Invalid as exc:
+                    # kubectl apply validates strictly by default: unknown fields are errors.
+                    validate_object(obj, strict=True)
+                except ApiError as exc:
                     raise _error(source, index, _label(obj), exc.message, exc.field) from exc
             meta = obj["metadata"]
             key = (obj["apiVersion"].rsplit("/", 1)[0] if "/" in obj["apiVersion"] else "",

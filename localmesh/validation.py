@@ -27,12 +27,18 @@ from typing import Any
 import jsonschema
 import yaml
 
-from localmesh.errors import Invalid
+from localmesh.errors import BadRequest, Invalid
 from localmesh.resources import split_api_version
 from localmesh.selectors import match_expressions, match_labels
 from localmesh.store import ObjectStore
 
-__all__ = ["install_validation", "parse_go_duration", "validate_object"]
+__all__ = [
+    "check_unknown_fields",
+    "install_validation",
+    "parse_go_duration",
+    "prune_unknown_fields",
+    "validate_object",
+]
 
 Obj = dict[str, Any]
 
@@ -118,6 +124,69 @@ def _check_schema(obj: Obj, filename: str) -> None:
         reason = error.message.replace(repr(error.instance), "").strip() or error.message
         raise _invalid(obj, _path(where) or "<root>", error.instance, reason)
     _check_cel_durations(obj, schemas[version], obj, [])
+
+
+# -- unknown fields ----------------------------------------------------------------
+
+# Every object has these, declared in its CRD schema or not (Istio's declare only spec).
+_OBJECT_FIELDS = {"apiVersion", "kind", "metadata"}
+
+
+def _unknown_fields(schema: Mapping[str, Any], value: Any, where: list[str | int],
+                    ) -> Iterator[tuple[list[str | int], dict[str, Any], str]]:
+    """(path, parent, key) of every field a structural schema does not declare.
+
+    A node without ``properties`` (or with ``x-kubernetes-preserve-unknown-fields``)
+    accepts anything; ``additionalProperties`` makes a map whose values are checked.
+    """
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        keep_all = bool(schema.get("x-kubernetes-preserve-unknown-fields")) or props is None
+        for key, child in list(value.items()):
+            if props is not None and key in props:
+                yield from _unknown_fields(props[key], child, [*where, key])
+            elif isinstance(extra, dict):
+                yield from _unknown_fields(extra, child, [*where, key])
+            elif not keep_all and extra is not True and not (
+                    not where and key in _OBJECT_FIELDS):
+                yield [*where, key], value, key
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, child in enumerate(value):
+            yield from _unknown_fields(schema["items"], child, [*where, index])
+
+
+def _schema_of(obj: Obj) -> Mapping[str, Any] | None:
+    group, version = split_api_version(str(obj.get("apiVersion", "")))
+    filename = _SCHEMA_FILES.get((group, str(obj.get("kind", ""))))
+    return _crd_schemas(filename).get(version) if filename else None
+
+
+def prune_unknown_fields(obj: Obj) -> list[str]:
+    """Drop fields the CRD schema does not declare, as the API server prunes them.
+
+    Returns the dropped paths. Kinds without a CRD schema are left as they are.
+    """
+    schema = _schema_of(obj)
+    if schema is None:
+        return []
+    found = list(_unknown_fields(schema, obj, []))
+    for _, parent, key in found:
+        parent.pop(key, None)
+    return [_path(where) for where, _, _ in found]
+
+
+def check_unknown_fields(obj: Obj) -> None:
+    """Refuse undeclared fields, as ``fieldValidation=Strict`` (kubectl's default) does."""
+    schema = _schema_of(obj)
+    if schema is None:
+        return
+    for where, _, _ in _unknown_fields(schema, obj, []):
+        path = _path(where)
+        meta = obj.get("metadata") or {}
+        raise BadRequest(f'{_label(obj)}: strict decoding error: unknown field "{path}"',
+                         kind=str(obj.get("kind", "")), name=str(meta.get("name", "")),
+                         field=path)
 
 
 # -- the CEL duration rule --------------------------------------------------------
@@ -281,10 +350,17 @@ _CORE_CHECKS: dict[tuple[str, str], Callable[[Obj], None]] = {
 }
 
 
-def validate_object(obj: Obj) -> None:
-    """Raise :class:`Invalid` if a real API server would refuse ``obj``."""
+def validate_object(obj: Obj, *, strict: bool = False) -> None:
+    """Raise :class:`Invalid` if a real API server would refuse ``obj``.
+
+    ``strict`` also refuses fields the CRD schema does not declare (BadRequest), as
+    the API server does under ``fieldValidation=Strict``; otherwise they are left
+    for :func:`prune_unknown_fields`.
+    """
     if not isinstance(obj, dict):
         raise Invalid(f"an object must be a mapping, not {type(obj).__name__}")
+    if strict:
+        check_unknown_fields(obj)
     group, _ = split_api_version(str(obj.get("apiVersion", "")))
     kind = str(obj.get("kind", ""))
     _check_name(obj, group, kind)
@@ -297,9 +373,10 @@ def validate_object(obj: Obj) -> None:
 
 
 def install_validation(store: ObjectStore) -> None:
-    """Run :func:`validate_object` on every create and update of every known type."""
+    """Prune and validate every create and update of every known type, as admission does."""
 
     def hook(operation: str, new: Obj, old: Obj | None) -> None:
+        prune_unknown_fields(new)
         validate_object(new)
 
     for rtype in store.registry.all():

@@ -26,6 +26,7 @@ from localmesh.apiserver.watch import Watcher, WatchHub
 from localmesh.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound
 from localmesh.selectors import parse_field_selector, parse_label_selector
 from localmesh.store import ObjectStore
+from localmesh.validation import check_unknown_fields
 
 __all__ = ["ResourceHandlers"]
 
@@ -131,6 +132,7 @@ class ResourceHandlers:
 
     async def create(self, request: web.Request, target: Target) -> web.Response:
         body = await self._object_body(request, target)
+        _field_validation(request, body)
         stored = self.store.create(body, namespace=target.namespace)
         return _json(_present(stored, target), 201)
 
@@ -141,6 +143,7 @@ class ResourceHandlers:
             raise BadRequest(f"the name of the object ({meta.get('name')}) does not "
                              f"match the name on the URL ({target.name})")
         meta["name"] = target.name
+        _field_validation(request, body)
         stored = self.store.replace(body, subresource=target.subresource)
         return _json(_present(stored, target))
 
@@ -329,6 +332,12 @@ class ResourceHandlers:
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
+
+
+def _field_validation(request: web.Request, body: Obj) -> None:
+    """fieldValidation=Strict refuses undeclared fields; otherwise admission prunes them."""
+    if request.query.get("fieldValidation", "").lower() == "strict":
+        check_unknown_fields(body)
 
 
 async def _send(response: web.StreamResponse, event: str, obj: Obj) -> None:

@@ -222,3 +222,18 @@ def test_scale_subresource_reads_and_sets_replicas(api: ServedApi) -> None:
     with pytest.raises(client.ApiException) as caught:
         apps.patch_namespaced_deployment_scale("orders", "shop", {"spec": {"replicas": -1}})
     assert _status(caught.value)["details"]["causes"][0]["field"] == "spec.replicas"
+
+
+def test_field_validation_strict_refuses_unknown_fields_else_they_are_pruned(
+        custom: client.CustomObjectsApi) -> None:
+    """fieldValidation=Strict → 400 naming the field; the default prunes it."""
+    vs = virtual_service("orders")
+    vs["spec"]["http"][0]["timout"] = "1s"
+    with pytest.raises(client.ApiException) as caught:
+        custom.create_namespaced_custom_object(ISTIO, "v1", "shop", "virtualservices", vs,
+                                               field_validation="Strict")
+    status = _status(caught.value)
+    assert (status["code"], status["reason"]) == (400, "BadRequest")
+    assert status["details"]["causes"][0]["field"] == "spec.http[0].timout"
+    created = custom.create_namespaced_custom_object(ISTIO, "v1", "shop", "virtualservices", vs)
+    assert "timout" not in created["spec"]["http"][0]

@@ -114,3 +114,11 @@ def test_project_chaos_and_k8s_fixtures_pass_the_api_servers_checks() -> None:
     manifests = load_manifests(folders)
     kinds = {m.obj["kind"] for m in manifests}
     assert {"NetworkChaos", "PodChaos"} <= kinds
+
+
+def test_a_misspelt_field_is_refused_like_kubectl_apply(tmp_path: Path) -> None:
+    """kubectl apply validates strictly by default: an undeclared field is an error."""
+    path = _write(tmp_path / "vs.yaml", VS_ZERO.replace("timeout: 0s", "timout: 1s"))
+    with pytest.raises(ManifestError, match=r'vs\.yaml: document 0 \(VirtualService shop/orders\)'
+                       r': .*unknown field "spec\.http\[0\]\.timout"'):
+        load_manifests([path])

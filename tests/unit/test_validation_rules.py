@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from localmesh.errors import Invalid
+from localmesh.errors import BadRequest, Invalid
 from localmesh.store import ObjectStore
 from localmesh.validation import install_validation, parse_go_duration, validate_object
 from tests.apiserver_helpers import deployment, namespace, pod, virtual_service
@@ -207,3 +207,34 @@ def test_go_durations_parse_like_go() -> None:
     assert parse_go_duration("0") == 0
     with pytest.raises(ValueError):
         parse_go_duration("5")
+
+
+def test_undeclared_fields_are_pruned_by_admission() -> None:
+    """Structural schemas: the API server prunes fields the CRD does not declare."""
+    store = ObjectStore()
+    install_validation(store)
+    store.create(namespace("shop"))
+    vs = virtual_service("orders")
+    vs["spec"]["http"][0]["timout"] = "1s"
+    vs["spec"]["gatways"] = ["mesh"]
+    stored = store.create(vs)
+    assert "timout" not in stored["spec"]["http"][0] and "gatways" not in stored["spec"]
+    assert stored["spec"]["http"][0]["timeout"] == "500ms"
+
+
+def test_strict_validation_refuses_an_undeclared_field_naming_it() -> None:
+    """fieldValidation=Strict: 'strict decoding error: unknown field "<path>"'."""
+    vs = virtual_service("orders")
+    vs["spec"]["http"][0]["timout"] = "1s"
+    validate_object(vs)  # the default only prunes
+    with pytest.raises(BadRequest) as caught:
+        validate_object(vs, strict=True)
+    assert caught.value.field == "spec.http[0].timout"
+    assert 'unknown field "spec.http[0].timout"' in str(caught.value)
+
+
+def test_strict_validation_keeps_maps_and_object_fields() -> None:
+    """additionalProperties maps (labelSelectors) and apiVersion/kind/metadata are declared."""
+    chaos = _network_chaos(selector={"labelSelectors": {"app": "leaf", "any-key": "x"}})
+    chaos["metadata"]["annotations"] = {"anything": "goes"}
+    validate_object(chaos, strict=True)
