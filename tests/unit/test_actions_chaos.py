@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,13 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with running_cluster(tmp_path) as served:
+        yield served
+
+
+@contextmanager
+def running_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """API server + chaos controller (with data-path doubles) on loopback, stopped after."""
     store = ObjectStore()
     install_validation(store)
     install_chaos_admission(store)

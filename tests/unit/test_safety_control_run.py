@@ -1,0 +1,71 @@
+"""The safety control inside a real chaoslib run: whatever the outcome, the run's chaos goes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chaoslib.experiment import run_experiment
+
+from tests.unit.test_actions_chaos import Cluster, running_cluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with running_cluster(tmp_path) as served:
+        yield served
+
+
+APPLY = {"type": "action", "name": "slow-pricing",
+         "provider": {"type": "python", "module": "probes.chaos", "func": "apply_chaos",
+                      "arguments": {"manifest": "leaf-delay-pricing.yaml"}}}
+# allowed, but fails in the run: Chaos Mesh selects no pod
+FAIL = {"type": "action", "name": "select-nobody",
+        "provider": {"type": "python", "module": "probes.chaos", "func": "apply_chaos",
+                     "arguments": {"manifest": "pod-failure-ratings.yaml",
+                                   "selector": {"labelSelectors": {"app": "nobody"}}}}}
+
+
+def experiment(target: Cluster, *method: dict[str, Any], **config: Any) -> dict[str, Any]:
+    return {
+        "version": "1.0.0", "title": "safety", "description": "safety control in a run",
+        "configuration": {"kubeconfig": str(target.kubeconfig), **config},
+        "controls": [{"name": "safety",
+                      "provider": {"type": "python", "module": "probes.controls.safety"}}],
+        "method": list(method),
+    }
+
+
+def test_a_failed_run_still_removes_the_runs_chaos(cluster: Cluster) -> None:
+    """after_experiment_control removes every object labelled with the run id, whatever the
+    outcome; the journal records what went."""
+    journal = run_experiment(experiment(cluster, APPLY, FAIL))
+    run = journal["run"]
+    assert run[0]["status"] == "succeeded", run[0]
+    assert run[0]["output"]["name"].startswith("leaf-delay-pricing-")
+    assert run[1]["status"] == "failed"
+    assert "no pod is selected" in run[1]["exception"][-1]
+    assert cluster.chaos_names() == []
+    removed = journal["meshchaos_safety"]["removed"]
+    assert [r["name"] for r in removed] == [run[0]["output"]["name"]]
+    assert cluster.xds.faults["shop/pricing-a"] == []
+
+
+def test_a_forbidden_namespace_interrupts_the_run_before_anything_is_applied(
+        cluster: Cluster) -> None:
+    """The allowlist is checked before the method starts: nothing is ever created."""
+    forbidden = {**APPLY, "provider": {**APPLY["provider"], "arguments": {
+        "manifest": "leaf-delay-pricing.yaml", "namespace": "kube-system"}}}
+    journal = run_experiment(experiment(cluster, APPLY, forbidden))
+    assert journal["status"] == "interrupted"
+    assert journal["run"] == []
+    assert cluster.chaos_names() == []
+
+
+def test_dry_run_prints_and_applies_nothing(cluster: Cluster, capsys: Any) -> None:
+    journal = run_experiment(experiment(cluster, APPLY, dry_run=True))
+    assert journal["run"][0]["output"]["dry_run"] is True
+    assert "kind: NetworkChaos" in capsys.readouterr().out
+    assert cluster.chaos_names() == []
