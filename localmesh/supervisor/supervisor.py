@@ -325,6 +325,9 @@ def _describe(pod: Obj) -> str:
         reason = detail.get("reason") or ""
         if "exitCode" in detail:
             reason += f" exit code {detail['exitCode']}"
+        last = (status.get("lastState") or {}).get("terminated") or {}
+        if kind != "terminated" and "exitCode" in last:
+            reason += f", last exit code {last['exitCode']}"
         parts.append(f"{status.get('name')} {kind} {reason}".strip()
                      + f" (ready={status.get('ready')}, restarts={status.get('restartCount')})")
     return "; ".join(parts) or "no container has started"

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from localmesh.errors import ManifestError, StateDirError
+from localmesh.errors import ManifestError, ProcessError, StateDirError
 from localmesh.mesh import MeshThread
 from localmesh.statedir import StateDir
 from tests.integration.conftest import alive, descendants, stop_and_reap, write_echo_manifests
@@ -287,3 +287,38 @@ def test_a_replaced_gateway_takes_over_the_same_ingress_port(echo_mesh: MeshThre
 
     until(replaced, what="a Ready gateway replacement")
     until(lambda: via_ingress(echo_mesh)[0] == 200, what="the ingress serving again")
+
+
+def test_a_pod_that_cannot_start_fails_start_with_its_name_and_log_tail(
+        tmp_path: Path) -> None:
+    """start() is bounded: a crashing app fails it, naming the pod, its state and the last
+    lines it printed; everything started is stopped again."""
+    folder = write_echo_manifests(tmp_path / "m", extra="""---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: broken
+  namespace: shop
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: broken}}
+  template:
+    metadata:
+      labels: {app: broken}
+      annotations:
+        meshchaos.io/local-command: >-
+          python -c "import sys; print('boom: DATABASE_URL is not set', file=sys.stderr);
+          sys.exit(2)"
+    spec:
+      containers:
+      - name: broken
+        image: example/broken:1
+        ports: [{containerPort: 8080}]
+""")
+    thread = MeshThread([folder], tmp_path / "state")
+    with pytest.raises(ProcessError) as info:
+        thread.start(timeout=4)
+    message = str(info.value)
+    assert "pod shop/broken-" in message and "exit code 2" in message
+    assert "boom: DATABASE_URL is not set" in message
+    assert StateDir(tmp_path / "state").owner_pid() is None
