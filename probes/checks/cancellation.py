@@ -92,7 +92,10 @@ def orphan_work(ev: RequestEvidence, tree: CallTree, grace_ms: float, orphans: O
             orphaned.add(hop)
             orphans.add(hop, late[0])
             parent = tree.caller(hop)
-            blame = hop if hop == timeout.callee or parent in orphaned else parent
+            # A disconnect at the hop's inbound sidecar in time means its caller did cancel:
+            # the hop itself ignored it. Otherwise the caller left its call running.
+            told = hop == timeout.callee or _disconnected_by(ev, hop, limit)
+            blame = hop if told or parent in orphaned else parent
             gave_up = "timeout" if timeout.caller == "probe" else "504 UT"
             how = (f"{hop} went on {late[0]:.0f} ms after {timeout.caller}'s {gave_up} "
                    f"({late[1]})")
@@ -101,6 +104,11 @@ def orphan_work(ev: RequestEvidence, tree: CallTree, grace_ms: float, orphans: O
             findings.append(Finding(blame, how, (ev.sent.trace_id,),
                                     (timeout.line, *late[2])))
     return findings
+
+
+def _disconnected_by(ev: RequestEvidence, hop: str, limit_us: int) -> bool:
+    return any(r.downstream_disconnected and r.end_us is not None and r.end_us <= limit_us
+               for r in ev.hop(hop).logs_in)
 
 
 def _late_work(ev: RequestEvidence, hop: str, deadline_us: int,

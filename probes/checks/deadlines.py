@@ -11,6 +11,7 @@ never above it; ``tolerance_ms`` absorbs integer-ms rounding only).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from probes.checks.findings import Finding, aggregate
 from probes.errors import EvidenceError
@@ -23,12 +24,14 @@ __all__ = [
     "CLUSTER_SWITCH",
     "LOCAL_SWITCH",
     "RULES",
+    "Invocation",
     "audit_routes",
     "budget",
     "budget_within_caller_remaining",
     "deadline_propagated",
     "evaluate",
     "evaluate_routes",
+    "invocations",
     "no_app_retries",
     "no_call_after_deadline",
     "sent_timeout_within_remaining",
@@ -62,102 +65,135 @@ RULES = {
 }
 
 
-def budget(hop: HopEvidence) -> tuple[float, int] | None:
-    """``(budget_ms, start_us)`` the hop was given, from its app span or inbound log."""
-    if hop.budget_memo is not None:
-        return hop.budget_memo[0]
-    found = _budget(hop)
-    hop.budget_memo = (found,)  # every rule asks for it, several times per hop
-    return found
+@dataclass(frozen=True)
+class Invocation:
+    """One run of a hop's app (a hop runs once per upstream attempt that reaches it)."""
+
+    server: Span | None
+    budget_ms: float | None
+    start_us: int
+    calls: tuple[Span, ...]
+
+    @property
+    def deadline_us(self) -> int | None:
+        return None if self.budget_ms is None else self.start_us + int(self.budget_ms * 1000)
+
+    def left_ms(self, at_us: int) -> float:
+        assert self.budget_ms is not None
+        return self.budget_ms - (at_us - self.start_us) / 1000
 
 
-def _budget(hop: HopEvidence) -> tuple[float, int] | None:
-    for span in hop.app_server:
-        value = span.attributes.get("meshchaos.budget_ms")
-        if value is not None:
-            return float(value), span.start_us
+def invocations(hop: HopEvidence) -> tuple[Invocation, ...]:
+    """Each app SERVER span of the hop with its budget and its own CLIENT calls (cached)."""
+    if hop.budget_memo is None:
+        hop.budget_memo = _invocations(hop)  # every rule asks, several times per hop
+    return hop.budget_memo
+
+
+def _log_budget(hop: HopEvidence) -> tuple[float, int] | None:
     for record in hop.logs_in:
         if record.expected_rq_timeout_ms is not None and record.start_us is not None:
-            start = hop.app_server[0].start_us if hop.app_server else record.start_us
-            return float(record.expected_rq_timeout_ms), start
+            return float(record.expected_rq_timeout_ms), record.start_us
     return None
 
 
-def _calls_to(ev: RequestEvidence, caller: str, callee: str) -> list[Span]:
-    """The caller app's CLIENT spans for calls to ``callee`` (named ``<METHOD> <service>``)."""
-    return [s for s in ev.hop(caller).app_client
-            if s.name.rsplit(" ", 1)[-1].split(".", 1)[0].split(":", 1)[0] == callee
-            or s.attributes.get("peer.service") == callee]
+def _invocations(hop: HopEvidence) -> tuple[Invocation, ...]:
+    # Access-log budgets cannot be paired with one of several runs: use them only when the
+    # hop ran once (or left no app span at all).
+    logged = _log_budget(hop) if len(hop.app_server) <= 1 else None
+    if not hop.app_server:
+        return (Invocation(None, logged[0], logged[1], ()),) if logged else ()
+    runs = []
+    for server in hop.app_server:
+        value = server.attributes.get("meshchaos.budget_ms")
+        given = float(value) if value is not None else (logged[0] if logged else None)
+        calls = tuple(c for c in hop.app_client if c.parent_id == server.span_id)
+        runs.append(Invocation(server, given, server.start_us, calls))
+    return tuple(runs)
+
+
+def budget(hop: HopEvidence) -> tuple[float, int] | None:
+    """``(budget_ms, start_us)`` of the hop's first run that was given a budget."""
+    for run in invocations(hop):
+        if run.budget_ms is not None:
+            return run.budget_ms, run.start_us
+    return None
+
+
+def _callee(call: Span) -> str:
+    """The service a CLIENT span called (``GET inventory`` → ``inventory``)."""
+    peer = call.attributes.get("server.address") or call.attributes.get("peer.service")
+    if peer:
+        return str(peer).split(".", 1)[0].split(":", 1)[0]
+    return call.name.rsplit(" ", 1)[-1].split(".", 1)[0].split(":", 1)[0]
 
 
 def budget_within_caller_remaining(ev: RequestEvidence, tree: CallTree,
                                    tolerance_ms: float = 2.0) -> list[Finding]:
-    """Callee budget <= caller budget - (call start - caller start), per edge."""
+    """Callee budget <= what its caller's run had left when it made that call."""
     findings: list[Finding] = []
     for caller, callee in tree.edges():
-        given, got = budget(ev.hop(caller)), budget(ev.hop(callee))
-        if given is None or got is None:
-            continue
-        calls = _calls_to(ev, caller, callee)
-        sent_at = min((s.start_us for s in calls), default=None)
-        if sent_at is None:
-            continue
-        left = given[0] - (sent_at - given[1]) / 1000
-        if got[0] > left + tolerance_ms:
-            findings.append(Finding(caller, f"{callee} was given {got[0]:.0f} ms but {caller} "
-                                    f"had {left:.0f} ms left", (ev.sent.trace_id,),
-                                    tuple(ev.log_lines(caller, callee))))
+        runs = {r.server.span_id: r for r in invocations(ev.hop(caller))
+                if r.server is not None and r.budget_ms is not None}
+        for run in invocations(ev.hop(callee)):
+            if run.server is None or run.budget_ms is None:
+                continue
+            call = ev.nearest_app_ancestor(run.server)
+            parent = runs.get(call.parent_id or "") if call is not None else None
+            if call is None or parent is None or call.kind != "client":
+                continue
+            left = parent.left_ms(call.start_us)
+            if run.budget_ms > left + tolerance_ms:
+                findings.append(Finding(caller, f"{callee} was given {run.budget_ms:.0f} ms but "
+                                        f"{caller} had {left:.0f} ms left", (ev.sent.trace_id,),
+                                        tuple(ev.log_lines(caller, callee))))
+                break
     return findings
 
 
 def sent_timeout_within_remaining(ev: RequestEvidence, tree: CallTree,
                                   tolerance_ms: float = 2.0) -> list[Finding]:
-    """Each CLIENT span's ``meshchaos.timeout_sent_ms`` ≤ the caller's remaining budget."""
-    findings: list[Finding] = []
-    for caller, callee in tree.edges():
-        given = budget(ev.hop(caller))
-        if given is None:
-            continue
-        for call in _calls_to(ev, caller, callee):
-            sent = call.attributes.get("meshchaos.timeout_sent_ms")
-            if sent is None:
+    """Each CLIENT span's ``meshchaos.timeout_sent_ms`` <= its run's remaining budget."""
+    for hop in tree.hops():
+        for run in invocations(ev.hop(hop)):
+            if run.budget_ms is None:
                 continue
-            left = given[0] - (call.start_us - given[1]) / 1000
-            if float(sent) > left + tolerance_ms:
-                findings.append(Finding(caller, f"{caller} sent {float(sent):.0f} ms to {callee} "
-                                        f"with {left:.0f} ms left", (ev.sent.trace_id,)))
-                break
-    return findings
+            for call in run.calls:
+                sent = call.attributes.get("meshchaos.timeout_sent_ms")
+                left = run.left_ms(call.start_us)
+                if sent is not None and float(sent) > left + tolerance_ms:
+                    return [Finding(hop, f"{hop} sent {float(sent):.0f} ms to {_callee(call)} "
+                                    f"with {left:.0f} ms left", (ev.sent.trace_id,))]
+    return []
 
 
 def no_call_after_deadline(ev: RequestEvidence, tree: CallTree,
                            tolerance_ms: float = 2.0) -> list[Finding]:
-    """No CLIENT span of a hop starts after that hop's own deadline."""
-    findings: list[Finding] = []
+    """No CLIENT span of a run starts after that run's own deadline."""
     for hop in tree.hops():
-        given = budget(ev.hop(hop))
-        if given is None:
-            continue
-        deadline = given[1] + given[0] * 1000
-        late = [s for s in ev.hop(hop).app_client if s.start_us > deadline + tolerance_ms * 1000]
-        if late:
-            over = (late[0].start_us - deadline) / 1000
-            findings.append(Finding(hop, f"{hop} called {late[0].name!r} {over:.0f} ms after its "
-                                    "own deadline", (ev.sent.trace_id,)))
-    return findings
+        for run in invocations(ev.hop(hop)):
+            deadline = run.deadline_us
+            if deadline is None:
+                continue
+            late = [c for c in run.calls if c.start_us > deadline + tolerance_ms * 1000]
+            if late:
+                over = (late[0].start_us - deadline) / 1000
+                return [Finding(hop, f"{hop} called {late[0].name!r} {over:.0f} ms after its "
+                                "own deadline", (ev.sent.trace_id,))]
+    return []
 
 
 def deadline_propagated(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
-    """A hop with a budget sends a timeout (``meshchaos.timeout_sent_ms``) on each call."""
+    """A run with a budget sends a timeout (``meshchaos.timeout_sent_ms``) on each call."""
     for hop in tree.hops():
-        given = budget(ev.hop(hop))
-        if given is None:
-            continue
-        for call in ev.hop(hop).app_client:
-            if call.attributes.get("meshchaos.timeout_sent_ms") is None:
-                return [Finding(hop, f"{hop} received a budget of {given[0]:.0f} ms but sent no "
-                                f"timeout on its call {call.name!r}", (ev.sent.trace_id,),
-                                tuple(ev.log_lines(hop)))]
+        for run in invocations(ev.hop(hop)):
+            if run.budget_ms is None:
+                continue
+            for call in run.calls:
+                if call.attributes.get("meshchaos.timeout_sent_ms") is None:
+                    return [Finding(hop, f"{hop} received a budget of {run.budget_ms:.0f} ms but "
+                                    f"sent no timeout on its call {call.name!r}",
+                                    (ev.sent.trace_id,), tuple(ev.log_lines(hop)))]
     return []
 
 

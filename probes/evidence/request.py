@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from probes.errors import ConfigurationError
 from probes.evidence.accesslog import AccessLogRecord
@@ -130,7 +131,7 @@ class HopEvidence:
     sidecar_attempts: list[Span] = field(default_factory=list)
     logs_in: list[AccessLogRecord] = field(default_factory=list)
     logs_out: list[AccessLogRecord] = field(default_factory=list)
-    budget_memo: tuple[tuple[float, int] | None] | None = None  # see checks.deadlines.budget
+    budget_memo: tuple[Any, ...] | None = None  # runs with budgets, see checks.deadlines
 
     @property
     def seen(self) -> bool:

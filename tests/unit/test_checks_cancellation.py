@@ -52,6 +52,32 @@ def test_cancel_self_only_twin_is_blamed_for_the_calls_it_left_running() -> None
     assert any(" 504 UT " in line for line in check.evidence.log_lines)
 
 
+def test_a_client_leaving_cancels_the_whole_correct_chain() -> None:
+    """§1.6: the client leaving resets every hop's upstream in turn; all work stops."""
+    checks, orphans = cancellation.evaluate(evidence("client-gone-correct"), REFERENCE_CHAIN,
+                                            client_timeout_ms=200)
+    assert checks[0].passed and orphans.requests == {}
+
+
+def test_no_cancel_twin_is_blamed_when_its_caller_did_disconnect() -> None:
+    """§1.6: orders' inbound sidecar logged 0 DC in time, so frontend did cancel its call;
+    orders ignoring it is orders' bug, not frontend's."""
+    checks, orphans = cancellation.evaluate(evidence("client-gone-no-cancel"), REFERENCE_CHAIN,
+                                            client_timeout_ms=200)
+    assert not checks[0].passed and checks[0].hop == "orders"
+    assert "orders went on" in str(checks[0].observed)
+    assert set(orphans.requests) == {"orders", "inventory", "pricing"}
+
+
+def test_cancel_self_only_twin_is_blamed_for_its_running_calls_after_a_client_leaves() -> None:
+    """§1.6: no downstream request may complete after the caller's deadline."""
+    checks, orphans = cancellation.evaluate(evidence("client-gone-cancel-self-only"),
+                                            REFERENCE_CHAIN, client_timeout_ms=200)
+    assert not checks[0].passed and checks[0].hop == "orders"
+    assert "did not cancel its call to inventory" in str(checks[0].observed)
+    assert set(orphans.requests) == {"inventory", "pricing"}
+
+
 def test_a_generous_grace_period_forgives_late_stops() -> None:
     """The grace period bounds how long a hop may take to stop (default 100 ms)."""
     checks, _ = cancellation.evaluate(evidence("no-cancel"), REFERENCE_CHAIN, grace_ms=5_000)

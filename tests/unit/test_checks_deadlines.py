@@ -32,10 +32,20 @@ def test_correct_chain_shrinks_its_budget_at_every_hop() -> None:
 
 
 @pytest.mark.parametrize("case", ["drop-traceparent", "reuse-parent", "drop-tracestate",
-                                  "drop-b3", "drop-request-id", "retries-correct"])
+                                  "drop-b3", "drop-request-id", "retries-correct",
+                                  "retried-midchain"])
 def test_context_twins_keep_their_deadlines(case: str) -> None:
     """Twins whose bug is about trace context must not fail the deadline rules."""
     assert failing(case) == {}
+
+
+def test_a_hop_run_twice_by_mesh_retries_is_judged_per_run() -> None:
+    """§1.3: a retried hop runs again with its own budget; each run's calls are judged
+    against that run's start, never against the first run's (no crying wolf)."""
+    (ev,) = evidence("retried-midchain")
+    runs = deadlines.invocations(ev.hop("inventory"))
+    assert len(runs) == 2 and all(len(run.calls) == 1 for run in runs)
+    assert failing("retried-midchain") == {}
 
 
 def test_add_elapsed_twin_gives_its_callee_more_than_it_has_left() -> None:

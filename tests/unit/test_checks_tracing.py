@@ -77,9 +77,11 @@ def test_dropped_request_id_is_seen_in_the_outbound_access_log_line() -> None:
     assert hop == "orders" and "outbound sidecar of orders logged x-request-id" in observed
 
 
-def test_mesh_retries_with_one_span_per_attempt_pass() -> None:
-    """architecture.md Spans: "one child CLIENT span per upstream attempt"."""
-    assert failing("retries-correct") == {}
+@pytest.mark.parametrize("case", ["retries-correct", "retried-midchain"])
+def test_mesh_retries_with_one_span_per_attempt_pass(case: str) -> None:
+    """architecture.md Spans: "one child CLIENT span per upstream attempt", each the
+    parent of the next hop."""
+    assert failing(case) == {}
 
 
 def test_retried_attempts_hidden_in_one_span_fail() -> None:

@@ -53,6 +53,7 @@ class Scenario:
     failing_hop: str | None = None  # answers 503
     mesh_retry_spans: bool = True  # the sidecar emits one span per attempt
     mesh_attempts: int = 1  # tries the callee sidecar logs for calls to failing_hop
+    client_timeout_us: int | None = None  # the probe gives up after this long (no answer)
 
 
 class Chain:
@@ -134,8 +135,10 @@ class Chain:
                                               "frontend", None, 1), tracestate=self.tracestate)
         ctx = {"trace": self.trace, "parent": gw_try, "tracestate": self.tracestate,
                "b3": self.trace, "request_id": self.request_id, "sampled": True}
+        # The probe leaving resets the gateway's call to frontend right away (§1.6).
+        leave = start + sc.client_timeout_us + 1_000 if sc.client_timeout_us else None
         end, _ = self.hop("frontend", start + 500, ctx,
-                             gw_expected if sc.honor else None, gw_expected)
+                          gw_expected if sc.honor else None, gw_expected, 1, leave)
         self._patch_end(gw, end + 300)
         self._patch_end(gw_try, end + 200)
 
@@ -371,8 +374,9 @@ def write_case(sc: Scenario, seed: int) -> None:
     (out / "logs").mkdir(parents=True)
     sent = {"trace_id": chain.trace, "parent_id": chain.probe_parent, "sampled": True,
             "tracestate": chain.tracestate, "request_id": chain.request_id,
-            "b3_trace_id": chain.trace, "b3_span_id": chain.probe_parent, "status": 200,
-            "latency_ms": 60.0, "started_us": T0_US}
+            "b3_trace_id": chain.trace, "b3_span_id": chain.probe_parent,
+            "status": None if sc.client_timeout_us else 200,
+            "latency_ms": (sc.client_timeout_us or 60_000) / 1000, "started_us": T0_US}
     (out / "requests.json").write_text(json.dumps([sent], indent=1) + "\n")
     (out / "traces.json").write_text(json.dumps(jaeger(chain, [chain.trace]), indent=1) + "\n")
     for pod in PODS.values():
@@ -396,7 +400,14 @@ SCENARIOS = [
              route_timeout_ms={"orders": 300}),
     Scenario("cancel-self-only", "cancel-self-only", honor=False, slow_hop="pricing",
              slow_us=900_000, route_timeout_ms={"orders": 300}),
+    Scenario("client-gone-correct", slow_hop="pricing", slow_us=800_000,
+             client_timeout_us=200_000),
+    Scenario("client-gone-no-cancel", "no-cancel", slow_hop="pricing", slow_us=800_000,
+             client_timeout_us=200_000),
+    Scenario("client-gone-cancel-self-only", "cancel-self-only", slow_hop="pricing",
+             slow_us=800_000, client_timeout_us=200_000),
     Scenario("retries-correct", failing_hop="pricing", mesh_attempts=2),
+    Scenario("retried-midchain", failing_hop="inventory", mesh_attempts=2),
     Scenario("retries-one-span", failing_hop="pricing", mesh_attempts=2, mesh_retry_spans=False),
     Scenario("app-retries", "app-retries", failing_hop="pricing", mesh_attempts=2),
 ]
