@@ -27,6 +27,7 @@ class ServedApi:
     store: ObjectStore
     port: int
     kubeconfig: Path
+    app: web.Application
 
     @property
     def url(self) -> str:
@@ -72,8 +73,9 @@ def serve_app(app: web.Application) -> Iterator[int]:
 @contextmanager
 def serve_api(store: ObjectStore, logs: LogSource, tmp_path: Path) -> Iterator[ServedApi]:
     """Run the API app until the block exits; the kubeconfig points at it."""
-    with serve_app(create_api_app(store, logs)) as port:
-        yield ServedApi(store, port, write_kubeconfig(tmp_path / "kubeconfig", port))
+    app = create_api_app(store, logs)
+    with serve_app(app) as port:
+        yield ServedApi(store, port, write_kubeconfig(tmp_path / "kubeconfig", port), app)
 
 
 def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:

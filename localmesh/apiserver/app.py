@@ -15,7 +15,7 @@ from localmesh.apiserver.watch import WatchHub
 from localmesh.errors import ApiError, MethodNotAllowed, NotFound
 from localmesh.store import ObjectStore
 
-__all__ = ["create_api_app"]
+__all__ = ["create_api_app", "open_watches"]
 
 log = logging.getLogger("localmesh.apiserver")
 
@@ -102,6 +102,11 @@ async def _grouped(request: web.Request) -> web.StreamResponse:
 
 async def _close_watches(app: web.Application) -> None:
     app[_HUB].close_all()
+
+
+def open_watches(app: web.Application) -> int:
+    """How many watch streams an API app is serving (for status pages and tests)."""
+    return len(app[_HUB])
 
 
 def create_api_app(store: ObjectStore, logs: LogSource) -> web.Application:

@@ -33,6 +33,7 @@ __all__ = ["ResourceHandlers"]
 Obj = dict[str, Any]
 # Types whose Kubernetes registry sets ReturnDeletedObject (the client expects V1Pod etc.).
 _RETURNS_DELETED_OBJECT = {("", "pods"), ("", "services"), ("", "serviceaccounts")}
+_IDLE_CHECK_S = 2.0
 # Groups whose types are Go structs with patchMergeKey tags (strategic merge applies).
 _BUILT_IN_GROUPS = {"", "apps"}
 
@@ -324,7 +325,7 @@ class ResourceHandlers:
                 for obj in initial:
                     await _send(response, "ADDED", _present(obj, target))
                 async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
-                    while (item := await watcher.queue.get()) is not None:
+                    while (item := await _next_event(watcher, request)) is not None:
                         event, obj = item
                         await _send(response, event, _present(copy.deepcopy(obj), target))
         finally:
@@ -338,6 +339,20 @@ def _field_validation(request: web.Request, body: Obj) -> None:
     """fieldValidation=Strict refuses undeclared fields; otherwise admission prunes them."""
     if request.query.get("fieldValidation", "").lower() == "strict":
         check_unknown_fields(body)
+
+
+async def _next_event(watcher: Watcher, request: web.Request) -> tuple[str, Obj] | None:
+    """The next event, or None once the stream is closed or the client has gone.
+
+    aiohttp does not cancel a handler whose client hung up, so an idle watch checks
+    its connection every few seconds instead of waiting for an event that may never come.
+    """
+    while True:
+        try:
+            return await asyncio.wait_for(watcher.queue.get(), _IDLE_CHECK_S)
+        except TimeoutError:
+            if request.transport is None or request.transport.is_closing():
+                return None
 
 
 async def _send(response: web.StreamResponse, event: str, obj: Obj) -> None:

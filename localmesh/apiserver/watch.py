@@ -62,6 +62,11 @@ class WatchHub:
         self.closed = False  # the server is shutting down: streams (logs too) end
         store.subscribe(self._on_change)
 
+    def __len__(self) -> int:
+        """How many watches are open."""
+        with self._lock:
+            return len(self._watchers)
+
     def add(self, watcher: Watcher) -> None:
         with self._lock:
             self._watchers.add(watcher)

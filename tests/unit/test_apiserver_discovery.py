@@ -18,6 +18,7 @@ import pytest
 import requests
 from kubernetes import client, config, dynamic, watch
 
+from localmesh.apiserver.app import open_watches
 from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
 from localmesh.validation import install_validation
@@ -237,3 +238,18 @@ def test_deleting_a_namespace_deletes_what_it_holds(api: ServedApi) -> None:
     [held] = api.store.list("", "pods", "other")
     assert held["metadata"]["deletionTimestamp"]
     assert api.store.list("", "pods", "shop")[0]["metadata"].get("deletionTimestamp") is None
+
+
+def test_an_idle_watch_whose_client_left_is_dropped(api: ServedApi) -> None:
+    """A watch with no events notices a closed connection and releases its watcher."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", api.port), timeout=5) as sock:
+        sock.sendall(b"GET /api/v1/namespaces/shop/pods?watch=true HTTP/1.1\r\n"
+                     b"Host: 127.0.0.1\r\n\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+        assert open_watches(api.app) == 1
+    deadline = time.monotonic() + 10
+    while open_watches(api.app) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert open_watches(api.app) == 0
