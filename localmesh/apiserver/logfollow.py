@@ -52,7 +52,8 @@ async def follow_log(request: web.Request, logs: LogSource, namespace: str, pod:
 
     with contextlib.suppress(ConnectionResetError):
         await send(_split(first))
-        while not done():
+        while not done() and request.transport is not None \
+                and not request.transport.is_closing():  # aiohttp does not cancel us
             await asyncio.sleep(_POLL_S)
             try:
                 text = logs.read(namespace, pod, container, since_seconds=_WINDOW_S,
