@@ -2,6 +2,7 @@
 
 GET /healthz   200 once READY_AFTER_S (env, default 0) seconds have passed since start
 GET /env       the process environment as JSON
+GET /unhealthy /healthy   make /healthz answer 503 / 200 from now on
 GET /anything  200 "hello from <POD_NAME>"
 """
 
@@ -13,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STARTED = time.monotonic()
 READY_AFTER_S = float(os.environ.get("READY_AFTER_S", "0"))
+HEALTH = {"ok": True}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -20,8 +22,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/healthz":
-            ok = time.monotonic() - STARTED >= READY_AFTER_S
+            ok = time.monotonic() - STARTED >= READY_AFTER_S and HEALTH["ok"]
             self._send(200 if ok else 503, b"ok" if ok else b"warming up")
+            return
+        if self.path in ("/unhealthy", "/healthy"):
+            HEALTH["ok"] = self.path == "/healthy"
+            self._send(200, b"ok")
             return
         if self.path == "/env":
             self._send(200, json.dumps(dict(os.environ)).encode(), "application/json")

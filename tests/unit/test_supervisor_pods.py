@@ -309,3 +309,22 @@ async def test_crashing_app_backs_off_and_counts_restarts(mesh: Any) -> None:
     with pytest.raises(Exception, match="not Ready") as info:
         await supervisor.wait_ready(0.5)
     assert pod["metadata"]["name"] in str(info.value)
+
+
+async def test_failing_readiness_probe_unreadies_the_pod_with_an_unhealthy_event(
+        mesh: Any) -> None:
+    """A Ready container whose probe fails failureThreshold times is unready (Unhealthy
+    event, kubelet) and Ready again once the probe passes; the process keeps running."""
+    store, supervisor, _ = mesh
+    pod = await start_echo(store, supervisor)
+    name = pod["metadata"]["name"]
+    port = supervisor.pod_ports(NS, name)["app"]
+    pid = supervisor.pod_pids(NS, name)["echo"]
+    await asyncio.to_thread(http_get, port, "/unhealthy")
+    await until(lambda: not ready(store.get("", "pods", NS, name)), limit_s=15,
+                what="unready")
+    events = [e for e in store.list("", "events", NS) if e["reason"] == "Unhealthy"]
+    assert events and events[0]["type"] == "Warning"
+    await asyncio.to_thread(http_get, port, "/healthy")
+    await until(lambda: ready(store.get("", "pods", NS, name)), limit_s=15, what="Ready again")
+    assert supervisor.pod_pids(NS, name)["echo"] == pid
