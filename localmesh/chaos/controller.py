@@ -75,6 +75,7 @@ class ChaosController:
         self._first_seen: dict[str, float] = {}  # uid -> wall time the controller first saw it
         self._reasons: dict[str, str] = {}  # uid -> reason of the last desired phase (events)
         self._failures: dict[str, str] = {}  # uid -> last selection failure reported
+        self._uids: dict[Key, str] = {}  # to drop the per-uid memory once an object is gone
         self._worker: asyncio.Task[None] | None = None
         self._subscribed = False
 
@@ -149,8 +150,10 @@ class ChaosController:
         try:
             obj = self._store.get(GROUP, plural, namespace, name)
         except NotFound:
+            self._drop_memory(key)
             await self._forget(f"{namespace}/{name}")
             return
+        self._uids[key] = obj["metadata"]["uid"]
         obj = self._ensure_finalizer(key, obj)
         phase, reason = self._desired_phase(obj)
         status = copy.deepcopy(obj.get("status") or {})
@@ -162,7 +165,9 @@ class ChaosController:
         experiment["desiredPhase"] = phase
         # a copy: the status comparison below must see record changes
         records = copy.deepcopy(records_of(obj))
-        if records is None and phase == "Run":
+        deleted = bool(obj["metadata"].get("deletionTimestamp"))
+        if records is None and not deleted:
+            # Chaos Mesh selects whenever records are nil, whatever the desired phase (§5.1)
             records = self._select(obj)
         retry = False
         if records is not None:
@@ -186,7 +191,7 @@ class ChaosController:
         if deleted and (recovered or forced):
             self._drop_finalizer(key)
             return
-        if retry or (records is None and phase == "Run"):
+        if retry or records is None:
             self._requeue_after(key, self._retry_interval)
             return
         remaining = self._remaining_s(obj)
@@ -214,6 +219,12 @@ class ChaosController:
         with contextlib.suppress(NotFound):
             self._store.mutate(GROUP, key[0], key[1], key[2], drop)
         self._cancel_timer(key)
+
+    def _drop_memory(self, key: Key) -> None:
+        self._cancel_timer(key)
+        uid = self._uids.pop(key, None)
+        for memory in (self._first_seen, self._reasons, self._failures):
+            memory.pop(uid or "", None)
 
     def _cancel_timer(self, key: Key) -> None:
         timer = self._timers.pop(key, None)

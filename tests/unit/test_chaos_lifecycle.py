@@ -360,3 +360,34 @@ async def test_stop_recovers_every_injected_fault() -> None:
     assert harness.xds.faults["shop/pricing-a"] == []
     assert harness.supervisor.failed == set()
     assert condition(harness.get("networkchaos", "leaf-delay"), "AllRecovered") == "True"
+
+
+async def test_an_object_paused_at_creation_is_selected_but_not_injected(h: Harness) -> None:
+    """§5.1/§5.4: selection happens while records are nil whatever the desired phase; a
+    paused object's records stay Not Injected (Selected, AllRecovered and Paused True)."""
+    h.add_pod("pricing-a", "pricing")
+    h.create("NetworkChaos", "held", DELAY,
+             annotations={"experiment.chaos-mesh.org/pause": "true"})
+    await eventually(has_condition(h, "networkchaos", "held", "Selected", "True"))
+    obj = h.get("networkchaos", "held")
+    assert condition(obj, "AllRecovered") == "True"
+    assert condition(obj, "Paused") == "True"
+    assert obj["status"]["experiment"]["desiredPhase"] == "Stop"
+    assert "shop/pricing-a" not in h.xds.faults
+
+
+async def test_clean_finalizer_forced_lets_a_stuck_object_go(h: Harness) -> None:
+    """§5.4: stuck recovery blocks deletion; annotation
+    chaos-mesh.chaos-mesh.org/cleanFinalizer=forced forces it."""
+    h.add_pod("ratings-a", "ratings")
+    h.create("NetworkChaos", "stuck", {**DELAY, "selector": {
+        "labelSelectors": {"app": "ratings"}}})
+    await eventually(has_condition(h, "networkchaos", "stuck", "AllInjected", "True"))
+    h.xds.sync_error = TimeoutError("sidecar gone quiet")
+    h.store.delete(GROUP, "networkchaos", "shop", "stuck")
+    await eventually(lambda: any(r == "Failed" for r, _ in h.events("stuck")))
+    assert not gone(h, "networkchaos", "stuck")
+    h.store.patch(GROUP, "networkchaos", "shop", "stuck", {"metadata": {"annotations": {
+        "chaos-mesh.chaos-mesh.org/cleanFinalizer": "forced"}}})
+    await eventually(lambda: gone(h, "networkchaos", "stuck"))
+    h.xds.sync_error = None
