@@ -120,3 +120,52 @@ async def test_bad_configuration_exits_2_naming_the_setting() -> None:
             await proc.wait()
     assert proc.returncode == 2
     assert "CHAIN_CALLS='fan:http://x:1/x'" in err.decode()
+
+
+def dockerfile_copies() -> list[str]:
+    """The repository paths fixtures/Dockerfile copies into the image."""
+    text = (ROOT / "fixtures" / "Dockerfile").read_text()
+    return [line.split()[1] for line in text.splitlines() if line.startswith("COPY ")]
+
+
+async def test_the_image_file_set_alone_runs_the_chain_on_aiohttp(tmp_path: Path) -> None:
+    """fixtures/Dockerfile copies only fixtures/__init__.py and fixtures/chain/: those files,
+    with the third-party packages but without the editable project (python -S skips its .pth),
+    must start, answer /healthz and pick the aiohttp transport (localmesh is not in the image)."""
+    import shutil
+    import sysconfig
+
+    for source in dockerfile_copies():
+        target = tmp_path / source
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, target)
+    probe = ("import importlib.util, fixtures.chain.transport as t; "
+             "print(importlib.util.find_spec('localmesh') is None, t.__file__)")
+    env = {"PATH": os.environ.get("PATH", ""),
+           "PYTHONPATH": f"{tmp_path}:{sysconfig.get_paths()['purelib']}"}
+    check = await asyncio.create_subprocess_exec(
+        sys.executable, "-S", "-c", probe, cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(check.communicate(), 30.0)
+    assert out.decode().split() == ["True", str(tmp_path / "fixtures/chain/transport.py")], err
+    env.update({"PORT": "0", "CHAIN_HOST": "127.0.0.1", "CHAIN_CALLS": "seq:http://127.0.0.1:9/x"})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-S", "-m", "fixtures.chain", cwd=tmp_path, env=env,
+        start_new_session=True, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        port = json.loads(await asyncio.wait_for(proc.stdout.readline(), 30.0))["port"]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status == 200
+            async with session.get(f"http://127.0.0.1:{port}/x") as resp:
+                assert resp.status == 502  # the aiohttp transport reports the refused call
+        assert await stop(proc) == 0
+    finally:
+        if proc.returncode is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
