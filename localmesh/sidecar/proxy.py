@@ -22,6 +22,7 @@ from localmesh.http.message import Request, Response
 from localmesh.http.server import ServerConnection
 from localmesh.sidecar.accesslog import AccessLog
 from localmesh.sidecar.config import (
+    Destination,
     Endpoint,
     RetryPolicy,
     Route,
@@ -374,50 +375,82 @@ class Sidecar:
 
     def _plan(self, cfg: SidecarConfig, txn: Txn, headers: dict[str, str],
               overrides: dict[str, Any]) -> tuple[Upstream, str]:
-        host, port = split_authority(txn.authority)
-        routes = self._routes_for(cfg, host)
-        svc = resolve_host(cfg, host)
-        if routes is None:
-            if svc is None:
-                raise _Reject(404, "", "NR", "route_not_found")
-            if port is not None and svc.ports and port not in svc.ports:
-                raise _Reject(404, "", "NR", "route_not_found")
-            routes = cfg.routes.get(svc.fqdn) or self._default_routes(svc, port)
+        """Route the request: pick the route and destination, then the upstream to call."""
+        routes = self._routes_of(cfg, txn.authority)
         route = select_route(routes, txn.path, headers)
         if route is None:
             raise _Reject(404, "", "NR", "route_not_found")
         txn.route_name = route.name or "default"
         dest = pick_destination(route)
+        if overrides:
+            up, name = self._upstream_for(cfg, txn.authority, route, dest, overrides)
+        else:
+            # Without app overrides the upstream only depends on (authority, route,
+            # destination) of this config: build it once.
+            key = ("up", txn.authority, str(id(route)), str(id(dest)))
+            cached = self._memo.get(key)
+            if cached is None:
+                cached = self._remember(key, self._upstream_for(cfg, txn.authority, route,
+                                                                dest, overrides))
+            up, name = cached
+        txn.upstream_cluster = up.cluster
+        return up, name
+
+    def _remember(self, key: tuple[str, ...], value: Any) -> Any:
+        if len(self._memo) > 10_000:  # authorities come from apps: keep the memo bounded
+            self._memo.clear()
+        self._memo[key] = value
+        return value
+
+    def _routes_of(self, cfg: SidecarConfig, authority: str) -> tuple[Route, ...]:
+        key = ("routes", authority)
+        routes = self._memo.get(key)
+        if routes is None:
+            routes = self._remember(key, self._lookup_routes(cfg, authority))
+        if not routes:
+            raise _Reject(404, "", "NR", "route_not_found")
+        return routes  # type: ignore[no-any-return]
+
+    def _lookup_routes(self, cfg: SidecarConfig, authority: str) -> tuple[Route, ...]:
+        """The routes of the host named by ``authority``; () when nothing serves it (NR)."""
+        host, port = split_authority(authority)
+        routes = self._routes_for(cfg, host)
+        if routes is not None:
+            return routes
+        svc = resolve_host(cfg, host)
+        if svc is None or (port is not None and svc.ports and port not in svc.ports):
+            return ()
+        return tuple(cfg.routes.get(svc.fqdn) or ()) or self._default_routes(svc, port)
+
+    def _upstream_for(self, cfg: SidecarConfig, authority: str, route: Route, dest: Destination,
+                      overrides: dict[str, Any]) -> tuple[Upstream, str]:
         dsvc = resolve_host(cfg, dest.host)
         if dsvc is None:
             raise _Reject(503, "", "NC", "cluster_not_found")
+        _, port = split_authority(authority)
         dport = dest.port or port or (dsvc.ports[0] if dsvc.ports else 80)
-        txn.upstream_cluster = f"outbound|{dport}|{dest.subset}|{dsvc.fqdn}"
-        eps = self._memo.get(("eps", dsvc.fqdn, dest.subset))
-        if eps is None:
-            eps = self._memo[("eps", dsvc.fqdn, dest.subset)] = self.picker.candidates(
-                cfg, dsvc, dest.subset)
+        eps = self.picker.candidates(cfg, dsvc, dest.subset)
         if not eps:
             raise _Reject(503, "no healthy upstream", "UH", "no_healthy_upstream")
         policy = route.retry
         global_ms = route.timeout_ms
         per_try = policy.per_try_timeout_ms
-        if overrides:
-            if overrides.get("timeout_ms") is not None:
-                global_ms = float(overrides["timeout_ms"])
-            if overrides.get("per_try_ms") is not None:
-                per_try = float(overrides["per_try_ms"])
-            if overrides.get("max_retries") is not None or overrides.get("retry_on"):
-                policy = RetryPolicy(
-                    overrides["max_retries"] if overrides.get("max_retries") is not None
-                    else policy.num_retries, per_try,
-                    policy.retry_on | overrides.get("retry_on", frozenset()),
-                    policy.retriable_status_codes)
+        if overrides.get("timeout_ms") is not None:
+            global_ms = float(overrides["timeout_ms"])
+        if overrides.get("per_try_ms") is not None:
+            per_try = float(overrides["per_try_ms"])
+        if overrides.get("max_retries") is not None or overrides.get("retry_on"):
+            policy = RetryPolicy(
+                overrides["max_retries"] if overrides.get("max_retries") is not None
+                else policy.num_retries, per_try,
+                policy.retry_on | overrides.get("retry_on", frozenset()),
+                policy.retriable_status_codes)
         if global_ms and per_try >= global_ms:
             per_try = 0.0  # §1.2: a per-try timeout >= the global one is ignored
         connect_ms = cfg.connect_timeout_ms.get(dsvc.fqdn) or cfg.mesh.connect_timeout_ms
-        up = Upstream(txn.upstream_cluster, eps, (dsvc.fqdn, dest.subset), connect_ms / 1000.0,
-                      global_ms, per_try, policy, txn.authority or dsvc.fqdn, True, True)
+        cluster = f"outbound|{dport}|{dest.subset}|{dsvc.fqdn}"
+        up = Upstream(cluster, eps, (dsvc.fqdn, dest.subset), connect_ms / 1000.0,
+                      global_ms, per_try, policy, authority or dsvc.fqdn, True, True)
         return up, f"{dsvc.fqdn}:{dport}/*"
 
     def _default_routes(self, svc: Service, port: int | None) -> tuple[Route, ...]:

@@ -196,8 +196,9 @@ async def call_upstream(pool: ConnectionPool, picker: Picker, faults: FaultEngin
         txn.upstream_host = f"{ep.host}:{ep.port}"
         if up.timeout_headers:
             headers["x-envoy-attempt-count"] = str(attempt)
-            expected = _expected_timeout(up.per_try_ms, up.global_ms, (loop.time() - t0) * 1000)
-            if expected:
+            if up.per_try_ms or up.global_ms:
+                expected = _expected_timeout(up.per_try_ms, up.global_ms,
+                                             (loop.time() - t0) * 1000)
                 headers["x-envoy-expected-rq-timeout-ms"] = str(expected)
         child = _start_child(trace, headers, attempt)
         try_deadline = loop.time() + up.per_try_ms / 1000.0 if up.per_try_ms else None
