@@ -8,6 +8,7 @@ admin endpoint replaces atomically (``apply_config``): a request reads
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import random
@@ -22,6 +23,7 @@ from localmesh.http.message import Request, Response
 from localmesh.http.server import ServerConnection
 from localmesh.sidecar.accesslog import AccessLog
 from localmesh.sidecar.config import (
+    DEFAULT_RETRY,
     Destination,
     Endpoint,
     RetryPolicy,
@@ -64,6 +66,19 @@ from localmesh.sidecar.upstream import TraceCtx, Upstream, call_upstream, local_
 __all__ = ["Sidecar"]
 
 log = logging.getLogger("localmesh.sidecar")
+
+_PASSTHROUGH_ROUTE = "allow_any"
+
+
+def _is_address(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
 
 # Istio's inbound default route: retry only what never reached the app (§2.2).
 _INBOUND_RETRY = RetryPolicy(2, 0.0, frozenset({"reset-before-request"}))
@@ -418,12 +433,22 @@ class Sidecar:
         if routes is not None:
             return routes
         svc = resolve_host(cfg, host)
+        if svc is None and port is not None and _is_address(host):
+            # Istio's default outboundTrafficPolicy ALLOW_ANY: an IP that is no Service
+            # goes straight through (PassthroughCluster), e.g. an app's OTLP exporter.
+            return (Route(_PASSTHROUGH_ROUTE, (), (Destination(host, "", port, 100),), 0.0,
+                          DEFAULT_RETRY),)
         if svc is None or (port is not None and svc.ports and port not in svc.ports):
             return ()
         return tuple(cfg.routes.get(svc.fqdn) or ()) or self._default_routes(svc, port)
 
     def _upstream_for(self, cfg: SidecarConfig, authority: str, route: Route, dest: Destination,
                       overrides: dict[str, Any]) -> tuple[Upstream, str]:
+        if route.name == _PASSTHROUGH_ROUTE:
+            ep = Endpoint("", "", dest.host, dest.port, {}, True)
+            return (Upstream("PassthroughCluster", [ep], ("passthrough", authority),
+                             cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0, DEFAULT_RETRY,
+                             authority, True, True), "PassthroughCluster")
         dsvc = resolve_host(cfg, dest.host)
         if dsvc is None:
             raise _Reject(503, "", "NC", "cluster_not_found")

@@ -179,3 +179,14 @@ async def test_upstream_service_time_header_on_proxied_responses(pair: Pair) -> 
     resp = await pair.call("/work?sleep=0.2")
     assert resp.status == 200
     assert int(resp.headers["x-envoy-upstream-service-time"]) >= 200
+
+
+async def test_ip_address_that_is_no_service_passes_through(pair: Pair) -> None:
+    """Istio's default outboundTrafficPolicy ALLOW_ANY: traffic to an address outside the
+    registry goes through the PassthroughCluster (route `allow_any`); unknown names stay NR."""
+    await pair.configure()
+    resp = await pair.call("/outside", host=f"127.0.0.1:{pair.app.port}")
+    assert resp.status == 200
+    assert pair.app.seen[-1].path == "/outside"
+    line = await pair.front.wait_log(lambda ln: "/outside" in ln)
+    assert " PassthroughCluster " in line and " allow_any " in line
