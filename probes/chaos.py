@@ -39,6 +39,7 @@ from probes.errors import (
     ChaosNotRemoved,
     ChaosNotSelected,
     ConfigurationError,
+    SafetyError,
 )
 
 __all__ = ["apply_chaos", "remove_chaos", "remove_run_chaos", "remove_suite_chaos"]
@@ -226,7 +227,8 @@ def remove_chaos(name: str = "", manifest: str = "", namespace: str = "",
     """Remove one chaos object (by ``name``) or this run's objects of a ``manifest``.
 
     Waits until the objects are gone (Chaos Mesh recovers before it drops its
-    finalizer). An object that is already gone is fine. Returns
+    finalizer). An object that is already gone is fine; one the suite did not create
+    (no ``app.kubernetes.io/managed-by: meshchaos`` label) is refused. Returns
     ``{"removed": [{"kind", "namespace", "name"}], "already_gone": [...], "dry_run"}``.
     """
     if bool(name) == bool(manifest):
@@ -420,6 +422,15 @@ def _remove_with(api_client: Any, targets: list[Obj], wait_timeout: float) -> di
     removed, already_gone, waiting = [], [], []
     for obj in targets:
         ref = _ref(obj)
+        labels = (obj["metadata"].get("labels") or {}) if "labels" in obj["metadata"] \
+            else _labels_or_none(api, ref)
+        if labels is None:
+            already_gone.append(ref)
+            continue
+        if labels.get(safety.MANAGED_BY_LABEL) != safety.MANAGED_BY:
+            raise SafetyError(f"refusing to delete {ref['kind']} '{ref['namespace']}/"
+                              f"{ref['name']}': it is not labelled "
+                              f"{safety.MANAGED_BY_LABEL}={safety.MANAGED_BY}")
         try:
             api.delete_namespaced_custom_object(GROUP, VERSION, ref["namespace"],
                                                 PLURALS[ref["kind"]], ref["name"],
@@ -436,6 +447,20 @@ def _remove_with(api_client: Any, targets: list[Obj], wait_timeout: float) -> di
         _wait_gone(api, ref, deadline, wait_timeout)
         removed.append(ref)
     return {"removed": removed, "already_gone": already_gone, "dry_run": False}
+
+
+def _labels_or_none(api: Any, ref: Mapping[str, str]) -> dict[str, str] | None:
+    """The labels of an object named by the caller; None when it is already gone."""
+    try:
+        current: Any = api.get_namespaced_custom_object(GROUP, VERSION, ref["namespace"],
+                                                        PLURALS[ref["kind"]], ref["name"],
+                                                        _request_timeout=_REQUEST_TIMEOUT_S)
+    except _api_exception() as exc:
+        if _status_of(exc) == 404:
+            return None
+        raise ChaosError(f"could not read {ref['kind']} '{ref['namespace']}/{ref['name']}': "
+                         f"{_reason(exc)}") from exc
+    return dict((current.get("metadata") or {}).get("labels") or {})
 
 
 def _wait_gone(api: Any, ref: Mapping[str, str], deadline: float, wait_timeout: float) -> None:

@@ -308,3 +308,16 @@ def test_sigterm_removes_the_runs_chaos_then_calls_the_previous_handler(
         assert signal.getsignal(signal.SIGTERM) is not safety_control._on_signal
     finally:
         signal.signal(signal.SIGTERM, original)
+
+
+def test_remove_by_name_refuses_an_object_the_suite_did_not_create(cluster: Cluster) -> None:
+    """Removal by name only takes objects labelled managed-by meshchaos: someone else's
+    experiment is never deleted by a typo."""
+    foreign = chaos._build("leaf-delay-pricing.yaml", "x", duration=None, selector=None,
+                           namespace=None)
+    foreign["metadata"]["name"] = "someone-elses"
+    foreign["metadata"]["labels"] = {"team": "payments"}
+    cluster.store.create(foreign)
+    with pytest.raises(SafetyError, match="'shop/someone-elses': it is not labelled"):
+        chaos.remove_chaos(name="someone-elses", configuration=cluster.config())
+    assert cluster.chaos_names() == ["someone-elses"]
