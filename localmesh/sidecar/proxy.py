@@ -325,11 +325,13 @@ class Sidecar:
         headers[PEER_HEADER] = self.peer_id
         self._ensure_ids(headers)
         start_ns = now_ns()
-        trace: TraceCtx | None = None
-        parent = ""
+        # The span starts before routing (as the HCM's does), so local replies (NR, UH)
+        # still appear in the trace; it is renamed after the route once one is found.
+        trace, parent = self._trace(cfg, headers, f"{txn.authority}/*", child_spans=True)
         try:
             up, name = self._plan(cfg, txn, headers, overrides)
-            trace, parent = self._trace(cfg, headers, name, child_spans=True)
+            if trace is not None:
+                trace.name = name
             resp = await call_upstream(self.pool, self.picker, self.faults, up, txn,
                                        req.method, path, headers, req.body, trace)
         except _Reject as rej:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.conformance.conftest import LEAF, OtlpReceiver, Pair, leaf_route
+from tests.conformance.conftest import LEAF, NS, OtlpReceiver, Pair, endpoint, leaf_route
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -147,3 +147,19 @@ async def test_missing_traceparent_starts_a_new_trace_with_mesh_sampling(
     assert first[1] != second[1]
     assert first[3] == second[3] == flags
     assert len(first[1]) == 32 and int(first[1], 16) != 0
+
+
+async def test_local_replies_still_get_a_span(pair: Pair, otlp: OtlpReceiver) -> None:
+    """§3 one span per sidecar per request: a 503 UH answered by the sidecar itself is a hop
+    of the trace too, flagged in `response_flags`."""
+    not_ready = endpoint("leaf-1", pair.leaf.ports["inbound"], ready=False)
+    await pair.configure(mesh={"otlp_endpoint": otlp.endpoint},
+                         services={LEAF: {"name": "leaf", "namespace": NS, "ports": [8080],
+                                          "endpoints": [not_ready]}})
+    resp = await pair.call("/work", {"traceparent": VALID})
+    assert resp.status == 503
+    spans = await otlp.wait_spans(lambda s: len(_by_trace(s, TRACE)) >= 1)
+    (span,) = _by_trace(spans, TRACE)
+    assert span["parent_id"] == PARENT
+    assert span["attrs"]["response_flags"] == "UH"
+    assert span["attrs"]["http.status_code"] == 503
