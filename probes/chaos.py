@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 
 from probes import safety
@@ -92,6 +93,9 @@ def _api(configuration: Configuration) -> Iterator[Any]:
         api_client = client.ApiClient()
     try:
         yield api_client
+    except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out: no API answer
+        raise ChaosError(f"cannot reach the Kubernetes API "
+                         f"'{api_client.configuration.host}': {exc}") from exc
     finally:
         api_client.close()
 

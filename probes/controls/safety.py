@@ -29,11 +29,13 @@ import signal
 import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from chaoslib.exceptions import InterruptExecution
 
+from localmesh.statedir import StateDir
 from probes import chaos, safety
 from probes.errors import ConfigurationError, ProbeError
 
@@ -173,6 +175,13 @@ def _cleanup(when: str) -> None:
     run = _run
     if run is None or run.cleaned:
         return
+    if _local_mesh_gone(run.configuration):
+        # The local mesh stopped (e.g. the local-mesh control ran first): its store, and
+        # every chaos object in it, went with it. Nothing is left to remove.
+        logger.info("the local mesh of run '%s' is gone, and its chaos objects with it",
+                    run.run_id)
+        run.cleaned = True
+        return
     if not run.lock.acquire(blocking=False):
         return  # a cleanup is already running (a signal arrived during it)
     try:
@@ -188,6 +197,15 @@ def _cleanup(when: str) -> None:
     names = [f"{r['kind']} {r['namespace']}/{r['name']}" for r in result.get("removed", [])]
     logger.info("removed the chaos objects of run '%s' %s: %s", run.run_id, when,
                 ", ".join(names) or "none left")
+
+
+def _local_mesh_gone(configuration: Mapping[str, Any]) -> bool:
+    """True on target local once no mesh lives in the state dir and its kubeconfig is gone."""
+    if str(configuration.get("target", "local")) != "local":
+        return False
+    state = StateDir(Path(str(configuration.get("meshchaos_state_dir") or ".meshchaos")))
+    kubeconfig = Path(str(configuration.get("kubeconfig") or state.kubeconfig))
+    return state.live_pid() is None and not kubeconfig.is_file()
 
 
 def _install_signal_handlers(run: _Run) -> None:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import re
+import socket
+from pathlib import Path
+from typing import Any
 
 import pytest
 from chaoslib.discovery.discover import discover_actions
 
 from probes import chaos, safety
 from probes.controls import safety as safety_control
-from probes.errors import ConfigurationError, SafetyError
+from probes.errors import ChaosError, ConfigurationError, SafetyError
 
 
 @pytest.mark.parametrize("namespace", ["kube-system", "istio-system", "chaos-mesh"])
@@ -94,3 +98,33 @@ def test_the_control_exposes_the_hooks_chaoslib_looks_up_by_name() -> None:
         "after_experiment_control", "before_activity_control"}
     for name in safety_control.__all__:
         assert callable(getattr(safety_control, name))
+
+
+def test_cleanup_after_the_local_mesh_stopped_has_nothing_left_to_remove(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """When the local-mesh control stopped the mesh first, its store (and every chaos object
+    in it) is gone: the cleanup says so instead of failing to reach the API."""
+    configuration: dict[str, Any] = {"meshchaos_state_dir": str(tmp_path / "state"),
+                                     "kubeconfig": str(tmp_path / "state" / "kubeconfig")}
+    safety_control.configure_control(configuration=configuration, experiment={})
+    try:
+        journal: dict[str, Any] = {}
+        with caplog.at_level(logging.INFO, logger="chaostoolkit"):
+            safety_control.after_experiment_control(context={}, state=journal)
+        assert journal["meshchaos_safety"]["cleaned"] is True
+        assert "is gone, and its chaos objects with it" in caplog.text
+    finally:
+        safety_control.cleanup_control()
+
+
+def test_an_unreachable_api_is_a_chaos_error_not_a_raw_urllib3_one(tmp_path: Path) -> None:
+    """'Could not act' raises the package's own error, naming the API it tried."""
+    from localmesh.kubeconfig import write_kubeconfig
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", port)
+    with pytest.raises(ChaosError, match=f"cannot reach the Kubernetes API 'http://127.0.0.1:"
+                                         f"{port}'"):
+        chaos.remove_suite_chaos(configuration={"kubeconfig": str(kubeconfig)})
