@@ -283,11 +283,16 @@ class ResourceHandlers:
         namespace, name = target.namespace or "", str(target.name)
         follow = query_bool(request, "follow") and not query_bool(request, "previous")
         timestamps = query_bool(request, "timestamps")
-        text = self.logs.read(
-            namespace, name, container,
-            since_seconds=query_int(request, "sinceSeconds"),
-            tail_lines=query_int(request, "tailLines"),
-            timestamps=timestamps or follow, previous=query_bool(request, "previous"))
+        try:
+            text = self.logs.read(
+                namespace, name, container,
+                since_seconds=query_int(request, "sinceSeconds"),
+                tail_lines=query_int(request, "tailLines"),
+                timestamps=timestamps or follow, previous=query_bool(request, "previous"))
+        except NotFound:
+            # The pod exists but nothing of it has run yet: the kubelet's answer.
+            raise BadRequest(f'container "{container}" in pod "{name}" is waiting to start: '
+                             "ContainerCreating") from None
         if follow:
             return await follow_log(request, self.logs, namespace, name, container,
                                     first=text, timestamps=timestamps,

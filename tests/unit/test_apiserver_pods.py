@@ -6,6 +6,7 @@ experiments run unchanged against both (docs/architecture.md, "Experiment config
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,3 +195,13 @@ def test_follow_streams_new_log_lines_until_the_pod_is_gone(
     lines = [line.decode() for line in response.iter_lines()]
     feeder.join()
     assert lines == ["before", "during 1", "during 2"]
+
+
+def test_log_of_a_pod_that_has_not_started_says_it_is_waiting(
+        core: client.CoreV1Api) -> None:
+    """A pod with no output yet: 400 'container ... is waiting to start', as the kubelet."""
+    with pytest.raises(client.ApiException) as caught:
+        core.read_namespaced_pod_log("leaf-6c9d8b7a6-q1w2e", "shop", container="app")
+    assert caught.value.status == 400
+    message = json.loads(caught.value.body)["message"]
+    assert message.startswith('container "app" in pod "leaf-6c9d8b7a6-q1w2e" is waiting')
