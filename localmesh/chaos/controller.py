@@ -10,7 +10,8 @@ Mesh's controllers in order (mesh-semantics.md §5.4):
 3. selection once, only while ``containerRecords`` is nil (§5.1); no match is a
    Failed event "no pod is selected" and Selected=False, retried;
 4. each record applied (Run) or recovered (Stop), with Applied/Recovered or
-   Failed events on the object and Succeeded/Failed events on the record;
+   Failed events on the object and Succeeded/Failed events on the record, and
+   an Updated event when the records were written;
 5. conditions written; a deleted object loses its finalizer once every record
    is Not Injected, and the store then drops it.
 """
@@ -178,7 +179,13 @@ class ChaosController:
             experiment.pop("containerRecords", None)
         status["conditions"] = conditions(records, is_paused(obj))
         if status != (obj.get("status") or {}):
-            obj = self._write_status(key, status) or obj
+            records_changed = records != records_of(obj)
+            written = self._write_status(key, status)
+            if written is not None and records_changed:
+                self._store.record_event(written, "Updated",
+                                         "Successfully update records of resource",
+                                         component=COMPONENT)
+            obj = written or obj
         self._finish(key, obj, records, phase, retry)
 
     def _finish(self, key: Key, obj: Obj, records: list[Any] | None, phase: str,

@@ -169,7 +169,7 @@ async def test_create_selects_injects_and_reports_all_injected(h: Harness) -> No
     assert h.xds.faults["shop/pricing-a"][0]["peers"] is None
     assert "shop/orders-a" not in h.xds.faults
     reasons = [r for r, _ in h.events("leaf-delay")]
-    assert {"FinalizerInited", "Started", "Applied"} <= set(reasons)
+    assert {"FinalizerInited", "Started", "Applied", "Updated"} <= set(reasons)
 
 
 async def test_pause_recovers_and_resume_reinjects(h: Harness) -> None:
