@@ -239,3 +239,28 @@ def test_work_ledger_forgets_the_oldest_traces_first() -> None:
     first.finish("cancelled")
     first.complete()  # a finished item keeps its first outcome
     assert first.outcome == "cancelled"
+
+
+async def test_response_is_shaped_by_status_and_body_size(provider: TracerProvider) -> None:
+    """CHAIN_STATUS and CHAIN_BODY_BYTES shape a successful answer; the body stays JSON."""
+    cfg = ChainConfig(name="pricing", status=203, body_bytes=2048)
+    async with serve_chain(cfg, provider.get_tracer("t")) as app:
+        status, text = await fetch(f"{app.url}/x", {"traceparent": TRACEPARENT})
+    tiny = ChainConfig(name="pricing", body_bytes=10)
+    async with serve_chain(tiny, provider.get_tracer("t")) as app:
+        _, small = await fetch(f"{app.url}/x")
+    assert status == 203 and len(text.encode()) == 2048
+    body = json.loads(text)
+    assert (body["service"], body["trace_id"], body["calls"]) == ("pricing", TRACE_ID, [])
+    assert "pad" not in json.loads(small) and len(small) > 10  # padding never truncates
+
+
+async def test_a_5xx_status_marks_the_server_span_as_error(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """OTel HTTP semconv: a SERVER span is an error for 5xx answers."""
+    async with serve_chain(ChainConfig(status=500), provider.get_tracer("t")) as app:
+        assert (await fetch(f"{app.url}/x"))[0] == 500
+    (server,) = exporter.get_finished_spans()
+    assert server.status.status_code == StatusCode.ERROR
+    assert [e.name for e in server.events] == ["work.start", "work.end"]
