@@ -62,7 +62,8 @@ async def stop(proc: asyncio.subprocess.Process) -> int:
 async def test_four_real_processes_export_one_connected_trace_and_shrink_the_budget() -> None:
     """One request through four processes yields one trace (W3C: every hop keeps the trace-id
     and sends its CLIENT span as parent-id), a shrinking budget per hop, completed work in
-    every /debug/work, and every span flushed on SIGTERM."""
+    every /debug/work, and every span flushed on SIGTERM. HTTP_PROXY points at a forwarder that
+    knows only the chain's services, so spans arrive only if export bypasses the proxy."""
     async with OtlpSink() as sink, Forwarder({}) as proxy:
         procs = {}
         async with chain_process("frontend", HOPS["frontend"], proxy.url, sink.url) as fe, \
