@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class _Stoppable(Protocol):
 class _Owned:
     thread: _Stoppable | None
     previous_kubeconfig: str | None
+    previous_client_default: str | None = None
 
 
 _lock = threading.Lock()
@@ -160,6 +162,7 @@ def _publish(configuration: MutableMapping[str, Any], endpoints: Any, state_dir:
     configuration["traces_api"] = "jaeger"
     configuration["meshchaos_state_dir"] = str(state_dir.resolve())
     os.environ["KUBECONFIG"] = str(kubeconfig)
+    _point_kube_client_at(str(kubeconfig))
     logger.info("local mesh: ingress %s, traces %s, kubeconfig %s",
                 configuration["ingress_url"], configuration["traces_url"], kubeconfig)
 
@@ -174,9 +177,34 @@ def _release() -> None:
         os.environ.pop("KUBECONFIG", None)
     else:
         os.environ["KUBECONFIG"] = owned.previous_kubeconfig
+    if owned.previous_client_default is not None:
+        _set_client_default(owned.previous_client_default)
     if owned.thread is not None:
         logger.info("stopping the local mesh this run started")
         owned.thread.stop()
+
+
+def _point_kube_client_at(kubeconfig: str) -> None:
+    """Make ``load_kube_config()`` without a path read the mesh's kubeconfig.
+
+    The kubernetes client reads ``KUBECONFIG`` once, at import, into
+    ``KUBE_CONFIG_DEFAULT_LOCATION``; chaostoolkit-kubernetes activities call
+    ``load_kube_config()`` without a path, and chaoslib has imported them while validating
+    the experiment, before this control ran. So the default is refreshed (and restored).
+    """
+    previous = _set_client_default(kubeconfig)
+    with _lock:
+        if _owned is not None and _owned.previous_client_default is None:
+            _owned.previous_client_default = previous
+
+
+def _set_client_default(path: str) -> str | None:
+    module: Any = sys.modules.get("kubernetes.config.kube_config")  # ships no type hints
+    if module is None:
+        return None  # not imported yet: it will read KUBECONFIG when it is
+    previous = str(module.KUBE_CONFIG_DEFAULT_LOCATION)
+    module.KUBE_CONFIG_DEFAULT_LOCATION = path
+    return previous
 
 
 def _url(value: Any) -> str:
