@@ -382,3 +382,36 @@ def test_pod_failure_makes_the_pod_unreachable_for_its_duration(mesh: Mesh) -> N
         assert time.monotonic() - started >= 3.0
     finally:
         chaos.remove_run_chaos(configuration=config)
+
+
+def test_container_kill_restarts_the_container_in_the_same_pod(mesh: Mesh) -> None:
+    """§5.3 container-kill: the named container is killed and the kubelet restarts it: same
+    pod name, restartCount + 1, and the pod serves again."""
+    pod = mesh.pod_of("other")
+    name = pod["metadata"]["name"]
+
+    def restarts() -> int:
+        statuses = mesh.store.get("", "pods", "shop", name)["status"]["containerStatuses"]
+        return int(next(s["restartCount"] for s in statuses if s["name"] == "app"))
+
+    before = restarts()
+    spec = {"action": "container-kill", "mode": "one", "duration": "60s",
+            "containerNames": ["app"], "selector": {"labelSelectors": {"app": "other"}}}
+    config = mesh.config("ckill")
+    result = chaos.apply_chaos(mesh.manifest("ckill-other", "PodChaos", spec),
+                               configuration=config)
+    try:
+        assert result["records"] == [{"id": f"shop/{name}/app", "selectorKey": ".",
+                                      "phase": "Injected"}]
+        deadline = time.monotonic() + 30
+        while restarts() != before + 1:
+            assert time.monotonic() < deadline, restarts()
+            time.sleep(0.1)
+        outcomes: list[str] = []
+        while not (outcomes and outcomes[-1].startswith("200")):
+            assert time.monotonic() < deadline, outcomes
+            outcomes.append(call(mesh, "client", "other")[0])
+            time.sleep(0.1)
+        assert mesh.pod_of("other")["metadata"]["name"] == name
+    finally:
+        chaos.remove_run_chaos(configuration=config)
