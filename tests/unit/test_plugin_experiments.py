@@ -151,6 +151,15 @@ def test_a_bad_setting_is_refused_naming_where_it_came_from(
     assert f"from {source}" in result.stderr.str()
 
 
+def test_an_experiment_chaos_refuses_fails_with_its_error(project: pytest.Pytester) -> None:
+    """chaos run validates first and writes no journal for an invalid experiment."""
+    put(project, "broken", experiment("broken", [SLO], [py("x", "no_such_func")]))
+    result = project.runpytest("experiments")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*INCONCLUSIVE: chaos run wrote no journal (exit 1)*",
+                                 "*no_such_func*"])
+
+
 def test_an_overrunning_experiment_is_stopped_and_fails(project: pytest.Pytester) -> None:
     """SIGTERM first (chaoslib still plays rollbacks), SIGKILL after the grace period."""
     put(project, "slow", SLOW)
