@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from localmesh.errors import ApiError, NotFound, ProcessError
 from localmesh.podlogs import PodLogs
-from localmesh.store import ObjectStore, now_rfc3339
+from localmesh.store import ObjectStore
 from localmesh.supervisor.container import ContainerRun, pump_lines
 from localmesh.supervisor.injection import PROXY_CONTAINER, has_sidecar
 from localmesh.supervisor.podspec import (
@@ -33,8 +33,9 @@ from localmesh.supervisor.podspec import (
     is_gateway,
     sidecar_launch,
 )
+from localmesh.supervisor.podstatus import PodStatus
 from localmesh.supervisor.ports import PortAllocator
-from localmesh.supervisor.probes import http_get_ok, tcp_open
+from localmesh.supervisor.probes import SIDECAR_PROBE, ReadinessProbe
 from localmesh.supervisor.spawner import Child, ForkServer
 
 __all__ = ["PodContext", "PodRunner", "SidecarRegistry"]
@@ -91,14 +92,13 @@ class PodRunner:
             proxy = next(c for c in pod["spec"]["containers"] if c.get("name") == PROXY_CONTAINER)
             self.containers[PROXY_CONTAINER] = ContainerRun(PROXY_CONTAINER,
                                                             str(proxy.get("image") or ""))
-        self.start_time = now_rfc3339()
+        self._status = PodStatus()
         self.stopping = False
         self.done = asyncio.Event()
         self._allowed = asyncio.Event()  # cleared during pod-failure
         self._allowed.set()
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._conditions: dict[str, Obj] = {}
         self._published: Obj | None = None
 
     # -- set-up -----------------------------------------------------------------------
@@ -293,27 +293,21 @@ class PodRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), period)
 
-    async def _probe(self, container: ContainerRun) -> bool:
+    def _probe_of(self, container: ContainerRun) -> tuple[ReadinessProbe, int]:
         if container.name == PROXY_CONTAINER:
-            return await http_get_ok(self.ports.admin, "/ready", within=1.0)
-        spec = app_container(self.pod) or {}
-        probe = spec.get("readinessProbe") or {}
-        timeout = float(probe.get("timeoutSeconds") or 1)
-        http = probe.get("httpGet")
-        if http:
-            return await http_get_ok(self.ports.app, str(http.get("path") or "/"),
-                                     within=timeout, headers=http.get("httpHeaders"))
-        return await tcp_open(self.ports.app, within=timeout)
+            return SIDECAR_PROBE, self.ports.admin
+        return ReadinessProbe.of(app_container(self.pod) or {}), self.ports.app
+
+    async def _probe(self, container: ContainerRun) -> bool:
+        probe, port = self._probe_of(container)
+        return await probe.check(port)
 
     def _threshold(self, container: ContainerRun) -> int:
-        if container.name == PROXY_CONTAINER:
-            return 3
-        probe = (app_container(self.pod) or {}).get("readinessProbe") or {}
-        return int(probe.get("failureThreshold") or 3)
+        return self._probe_of(container)[0].failure_threshold
 
     def _period(self) -> float:
-        probe = (app_container(self.pod) or {}).get("readinessProbe") or {}
-        return float(probe.get("periodSeconds") or 10)
+        return min((self._probe_of(c)[0].period_s for c in self.containers.values()),
+                   default=10.0)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -323,7 +317,7 @@ class PodRunner:
         The port annotations ride along with the first status: one write (and one
         control-plane rebuild) instead of two.
         """
-        status = self._status()
+        status = self._status.compose(list(self.containers.values()))
         if status == self._published and not annotations:
             return
 
@@ -342,39 +336,6 @@ class PodRunner:
                         exc_info=True)
             return
         self._published = status
-
-    def _status(self) -> Obj:
-        containers = list(self.containers.values())
-        all_ready = bool(containers) and all(c.ready for c in containers)
-        started = bool(containers) and all(c.ever_started or c.paused for c in containers)
-        return {
-            "phase": "Running" if started else "Pending",
-            "conditions": [
-                self._condition("PodScheduled", True),
-                self._condition("Initialized", True),
-                self._condition("ContainersReady", all_ready),
-                self._condition("Ready", all_ready),
-            ],
-            "hostIP": "127.0.0.1",
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
-            "startTime": self.start_time,
-            "qosClass": "BestEffort",
-            "containerStatuses": [c.status() for c in containers],
-        }
-
-    def _condition(self, type_: str, ok: bool) -> Obj:
-        value = "True" if ok else "False"
-        previous = self._conditions.get(type_)
-        if previous is None or previous["status"] != value:
-            previous = {"type": type_, "status": value, "lastProbeTime": None,
-                        "lastTransitionTime": now_rfc3339()}
-            if not ok and type_ in ("Ready", "ContainersReady"):
-                unready = sorted(c.name for c in self.containers.values() if not c.ready)
-                previous["reason"] = "ContainersNotReady"
-                previous["message"] = f"containers with unready status: [{' '.join(unready)}]"
-            self._conditions[type_] = previous
-        return dict(previous)
 
     def _event(self, reason: str, message: str, *, type_: str = "Normal",
                component: str = "kubelet") -> None:

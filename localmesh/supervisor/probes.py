@@ -4,9 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["http_get_ok", "tcp_open"]
+__all__ = ["SIDECAR_PROBE", "ReadinessProbe", "http_get_ok", "tcp_open"]
+
+
+@dataclass(frozen=True)
+class ReadinessProbe:
+    """A container's ``readinessProbe`` (httpGet, else a TCP connect), with k8s defaults."""
+
+    path: str | None = None  # None: Ready once the port accepts connections
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout_s: float = 1.0
+    period_s: float = 10.0
+    failure_threshold: int = 3
+
+    @classmethod
+    def of(cls, container: dict[str, Any]) -> ReadinessProbe:
+        spec = container.get("readinessProbe") or {}
+        http = spec.get("httpGet") or {}
+        headers = tuple((str(h["name"]), str(h["value"])) for h in http.get("httpHeaders") or []
+                        if "name" in h and "value" in h)
+        return cls(path=str(http.get("path") or "/") if http else None, headers=headers,
+                   timeout_s=float(spec.get("timeoutSeconds") or 1),
+                   period_s=float(spec.get("periodSeconds") or 10),
+                   failure_threshold=int(spec.get("failureThreshold") or 3))
+
+    async def check(self, port: int) -> bool:
+        if self.path is None:
+            return await tcp_open(port, within=self.timeout_s)
+        return await http_get_ok(port, self.path, within=self.timeout_s,
+                                 headers=[{"name": k, "value": v} for k, v in self.headers])
+
+
+# istio-proxy: the admin /ready endpoint answers 200 once the first config push applied.
+SIDECAR_PROBE = ReadinessProbe(path="/ready", period_s=2.0)
 
 
 async def tcp_open(port: int, *, within: float = 1.0) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,7 @@ class Supervisor:
         self._runners.clear()
         await asyncio.gather(*(r.terminate(_STOP_GRACE_S) for r in runners),
                              return_exceptions=True)
+        await self._finish_retiring()
         for task in list(self._retired):
             task.cancel()
         await asyncio.gather(*self._retired, return_exceptions=True)
@@ -116,6 +118,18 @@ class Supervisor:
             await self._forkserver.stop()
             self._forkserver = None
         self.logs.close()
+
+    async def _finish_retiring(self) -> None:
+        """Let pods already being deleted finish, within the stop grace; then kill them."""
+        retiring = list(self._retiring.values())
+        if not retiring:
+            return
+        waits = [asyncio.ensure_future(r.stopped.wait()) for r in retiring]
+        _, pending = await asyncio.wait(waits, timeout=_STOP_GRACE_S + 1)
+        for wait in pending:
+            wait.cancel()
+        for r in retiring:
+            r.runner.signal_all(signal.SIGKILL)
 
     @property
     def forkserver_pid(self) -> int | None:
