@@ -4,7 +4,9 @@ Usage (first in the experiment's ``controls``)::
 
     {"name": "local-mesh", "provider": {"type": "python", "module": "probes.controls.localmesh"}}
 
-Before the experiment, when ``configuration.target`` is ``local`` (the default), it reuses
+On target ``kubernetes`` it only exports the configured ``kubeconfig`` as ``KUBECONFIG``
+(restored at cleanup) so chaostoolkit-kubernetes activities reach the same cluster as the
+probes. Before the experiment, when ``configuration.target`` is ``local`` (the default), it reuses
 the live mesh of ``meshchaos_state_dir`` (default ``.meshchaos``, e.g. one started with
 ``meshchaos up``) or starts a :class:`localmesh.mesh.LocalMesh` in a background thread
 with the manifests of ``meshchaos_manifests`` (default ``fixtures/k8s``) and, when
@@ -68,7 +70,10 @@ def before_experiment_control(context: dict[str, Any],
                               configuration: MutableMapping[str, Any] | None = None,
                               **_: Any) -> None:
     """Reuse or start the local mesh and publish its endpoints into the configuration."""
-    if configuration is None or str(configuration.get("target") or "local") != "local":
+    if configuration is None:
+        return
+    if str(configuration.get("target") or "local") != "local":
+        _export_cluster_kubeconfig(configuration)
         return
     state_dir = Path(str(configuration.get("meshchaos_state_dir") or DEFAULT_STATE_DIR))
     overrides = mesh_env_overrides(configuration)
@@ -108,6 +113,20 @@ def mesh_env_overrides(configuration: MutableMapping[str, Any]
             "twin, e.g. 'orders')")
     namespace = str(configuration.get("namespace") or "shop")
     return {(namespace, hop): {"CHAIN_DEFECT": defect}}
+
+
+def _export_cluster_kubeconfig(configuration: MutableMapping[str, Any]) -> None:
+    """On a cluster, give chaostoolkit-kubernetes the ``kubeconfig`` the probes use too."""
+    kubeconfig = str(configuration.get("kubeconfig") or "")
+    if not kubeconfig:
+        return
+    path = Path(kubeconfig).expanduser()
+    if not path.is_file():
+        raise InterruptExecution(f"kubeconfig '{kubeconfig}' (configuration 'kubeconfig') "
+                                 "does not exist")
+    _remember(None)
+    os.environ["KUBECONFIG"] = str(path)
+    _point_kube_client_at(str(path))
 
 
 def _live_endpoints(state_dir: Path) -> Any | None:

@@ -122,10 +122,29 @@ def test_apply_verdict_is_idempotent_for_meshchaos_report() -> None:
     assert compute_verdict(journal).outcome is verdict.outcome
 
 
-def test_local_mesh_control_does_nothing_on_the_kubernetes_target() -> None:
+def test_local_mesh_control_starts_nothing_on_the_kubernetes_target() -> None:
     config = {"target": "kubernetes", "ingress_url": "http://gateway"}
     localmesh.before_experiment_control({}, configuration=config)
     assert config == {"target": "kubernetes", "ingress_url": "http://gateway"}
+
+
+def test_cluster_kubeconfig_is_exported_for_the_run_and_restored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """chaostoolkit-kubernetes reads KUBECONFIG, not the experiment's configuration."""
+    kubeconfig = tmp_path / "cluster.yaml"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
+    monkeypatch.setenv("KUBECONFIG", "/elsewhere")
+    localmesh.before_experiment_control(
+        {}, configuration={"target": "kubernetes", "kubeconfig": str(kubeconfig)})
+    assert os.environ["KUBECONFIG"] == str(kubeconfig)
+    localmesh.cleanup_control()
+    assert os.environ["KUBECONFIG"] == "/elsewhere"
+
+
+def test_a_missing_cluster_kubeconfig_interrupts_the_run(tmp_path: Path) -> None:
+    with pytest.raises(InterruptExecution, match="does not exist"):
+        localmesh.before_experiment_control(
+            {}, configuration={"target": "kubernetes", "kubeconfig": str(tmp_path / "no")})
 
 
 @pytest.mark.parametrize(("config", "expected"), [
