@@ -57,19 +57,26 @@ _BUILTIN: tuple[ResourceType, ...] = (
                  subresources=("status", "scale")),
     ResourceType("apps", ("v1",), "ReplicaSet", "replicasets", short_names=("rs",),
                  subresources=("status",)),
-    ResourceType("chaos-mesh.org", ("v1alpha1",), "NetworkChaos", "networkchaos",
-                 subresources=("status",)),
-    ResourceType("chaos-mesh.org", ("v1alpha1",), "PodChaos", "podchaos",
-                 subresources=("status",)),
-    ResourceType("chaos-mesh.org", ("v1alpha1",), "HTTPChaos", "httpchaos",
-                 subresources=("status",)),
+    ResourceType("chaos-mesh.org", ("v1alpha1",), "NetworkChaos", "networkchaos"),
+    ResourceType("chaos-mesh.org", ("v1alpha1",), "PodChaos", "podchaos"),
+    ResourceType("chaos-mesh.org", ("v1alpha1",), "HTTPChaos", "httpchaos"),
     ResourceType("networking.istio.io", _ISTIO_VERSIONS, "VirtualService", "virtualservices",
-                 short_names=("vs",)),
+                 short_names=("vs",), subresources=("status",)),
     ResourceType("networking.istio.io", _ISTIO_VERSIONS, "DestinationRule", "destinationrules",
-                 short_names=("dr",)),
+                 short_names=("dr",), subresources=("status",)),
     ResourceType("networking.istio.io", _ISTIO_VERSIONS, "Gateway", "gateways", short_names=("gw",)),
     ResourceType("telemetry.istio.io", ("v1", "v1alpha1"), "Telemetry", "telemetries"),
 )
+
+
+def _plural_of(kind: str) -> str:
+    """Guess a kind's plural the way kubectl's default RESTMapper does."""
+    lower = kind.lower()
+    if lower.endswith(("s", "x", "z", "ch", "sh")):
+        return lower + "es"
+    if lower.endswith("y") and lower[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return lower[:-1] + "ies"
+    return lower + "s"
 
 
 @dataclass
@@ -106,8 +113,7 @@ class ResourceRegistry:
         known = self._by_kind.get((group, kind))
         if known is not None and version in known.versions:
             return known
-        plural = kind.lower()
-        plural = plural + ("es" if plural.endswith("s") else "s")
+        plural = _plural_of(kind)
         return self.register(ResourceType(group, (version,), kind, plural))
 
     def by_plural(self, group: str, plural: str) -> ResourceType | None:

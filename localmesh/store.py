@@ -354,7 +354,8 @@ class ObjectStore:
             if "spec" not in old:
                 new.pop("spec", None)
         elif subresource not in ("delete",):
-            if "status" in old:
+            # Only a type with a status subresource protects status from main-resource writes.
+            if "status" in old and "status" in rtype.subresources:
                 new["status"] = copy.deepcopy(old["status"])
             self._admit("UPDATE", rtype, new, old)
         generation = int(old_meta.get("generation", 1))
