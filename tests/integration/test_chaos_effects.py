@@ -415,3 +415,25 @@ def test_container_kill_restarts_the_container_in_the_same_pod(mesh: Mesh) -> No
         assert mesh.pod_of("other")["metadata"]["name"] == name
     finally:
         chaos.remove_run_chaos(configuration=config)
+
+
+def test_direction_from_shapes_the_targets_egress_toward_the_sources_only(mesh: Mesh) -> None:
+    """§5.2: `from` → tc on the *target* pods for traffic to the sources: echo's answers to
+    client are held, its answers to anyone else are not."""
+    base_echo = p50([call(mesh, "client", "echo")[1] for _ in range(5)])
+    spec = delay_spec("client", "200ms", direction="from", target={
+        "mode": "all", "selector": {"labelSelectors": {"app": "echo"}}})
+    config = mesh.config("dirfrom")
+    result = chaos.apply_chaos(mesh.manifest("client-from-echo", "NetworkChaos", spec),
+                               configuration=config)
+    try:
+        assert {r["selectorKey"] for r in result["records"]} == {".", ".Target"}
+        from_echo = [call(mesh, "client", "echo")[1] for _ in range(5)]
+        to_other = [call(mesh, "client", "other")[1] for _ in range(5)]
+        direct = [get(mesh.inbound("echo"), "/ping")[2] for _ in range(5)]
+    finally:
+        chaos.remove_run_chaos(configuration=config)
+    assert min(from_echo) >= 0.200, from_echo
+    assert p50(from_echo) - base_echo <= 0.230, from_echo
+    assert p50(to_other) < 0.050, to_other
+    assert max(direct) < 0.150, direct
