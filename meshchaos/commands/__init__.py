@@ -18,7 +18,8 @@ from typing import Any
 from localmesh.errors import MeshError
 from localmesh.statedir import DEFAULT_STATE_DIR
 
-__all__ = ["POD_HEADER", "add_state_dir", "age", "api_get", "pod_rows", "pod_status_word", "table"]
+__all__ = ["POD_HEADER", "add_state_dir", "age", "api_get", "plain", "pod_rows",
+           "pod_status_word", "table"]
 
 
 def add_state_dir(parser: argparse.ArgumentParser) -> None:
@@ -97,3 +98,8 @@ def pod_rows(pods: list[dict[str, Any]], now: float | None = None) -> list[list[
 
 
 POD_HEADER = ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+
+
+def plain(doc: str | None) -> str:
+    """A module docstring as help text: without the reST double backquotes."""
+    return (doc or "").replace("``", "")

@@ -17,7 +17,7 @@ from typing import Any
 
 from localmesh.errors import MeshError
 from localmesh.statedir import StateDir, pid_alive
-from meshchaos.commands import add_state_dir
+from meshchaos.commands import add_state_dir, plain
 
 __all__ = ["HELP", "descendants", "register", "run"]
 
@@ -25,7 +25,7 @@ HELP = "stop the local mesh and every process it started"
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("down", help=HELP, description=__doc__,
+    parser = subparsers.add_parser("down", help=HELP, description=plain(__doc__),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_state_dir(parser)
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from localmesh.statedir import StateDir, read_endpoints
-from meshchaos.commands import POD_HEADER, add_state_dir, age, api_get, pod_rows, table
+from meshchaos.commands import POD_HEADER, add_state_dir, age, api_get, plain, pod_rows, table
 
 __all__ = ["HELP", "chaos_rows", "register", "run"]
 
@@ -21,7 +21,7 @@ _CHAOS = ("networkchaos", "podchaos", "httpchaos")
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("status", help=HELP, description=__doc__,
+    parser = subparsers.add_parser("status", help=HELP, description=plain(__doc__),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     add_state_dir(parser)
     parser.set_defaults(func=run)

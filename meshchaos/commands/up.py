@@ -24,7 +24,7 @@ from typing import Any
 from localmesh.errors import MeshError, StateDirError
 from localmesh.mesh import EnvOverrides, LocalMesh
 from localmesh.statedir import Endpoints, StateDir
-from meshchaos.commands import POD_HEADER, add_state_dir, pod_rows, table
+from meshchaos.commands import POD_HEADER, add_state_dir, plain, pod_rows, table
 
 __all__ = ["HELP", "parse_set_env", "register", "run", "summary"]
 
@@ -34,7 +34,7 @@ _DETACH_LOG = "up.log"
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("up", help=HELP, description=__doc__,
+    parser = subparsers.add_parser("up", help=HELP, description=plain(__doc__),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifests", action="append", type=Path, metavar="DIR",
                         help="manifest file or folder, repeatable (default: "
@@ -67,6 +67,10 @@ def parse_set_env(values: list[str]) -> EnvOverrides:
 
 def _manifests(args: argparse.Namespace) -> list[Path]:
     if args.manifests:
+        missing = [str(p) for p in args.manifests if not p.exists()]
+        if missing:
+            raise MeshError(f"--manifests {', '.join(missing)}: no such file or directory "
+                            f"(relative to {Path.cwd()})")
         return [p.resolve() for p in args.manifests]
     if DEFAULT_MANIFESTS.is_dir():
         return [DEFAULT_MANIFESTS.resolve()]
