@@ -159,10 +159,7 @@ class ChaosController:
         phase, reason = self._desired_phase(obj)
         status = copy.deepcopy(obj.get("status") or {})
         experiment = status.setdefault("experiment", {})
-        if self._reasons.get(obj["metadata"]["uid"]) != reason:
-            self._reasons[obj["metadata"]["uid"]] = reason
-            event_reason, message = _PHASE_EVENTS[reason]
-            self._store.record_event(obj, event_reason, message, component=COMPONENT)
+        self._phase_event(obj, reason)
         experiment["desiredPhase"] = phase
         # a copy: the status comparison below must see record changes
         records = copy.deepcopy(records_of(obj))
@@ -178,15 +175,27 @@ class ChaosController:
             # Chaos Mesh's records are `omitempty`: nil records are an absent key, not null
             experiment.pop("containerRecords", None)
         status["conditions"] = conditions(records, is_paused(obj))
-        if status != (obj.get("status") or {}):
-            records_changed = records != records_of(obj)
-            written = self._write_status(key, status)
-            if written is not None and records_changed:
-                self._store.record_event(written, "Updated",
-                                         "Successfully update records of resource",
-                                         component=COMPONENT)
-            obj = written or obj
+        obj = self._commit_status(key, obj, status, records)
         self._finish(key, obj, records, phase, retry)
+
+    def _phase_event(self, obj: Obj, reason: str) -> None:
+        """Started/Paused/TimeUp/Deleted, once each time the desired phase's reason changes."""
+        uid = obj["metadata"]["uid"]
+        if self._reasons.get(uid) != reason:
+            self._reasons[uid] = reason
+            event_reason, message = _PHASE_EVENTS[reason]
+            self._store.record_event(obj, event_reason, message, component=COMPONENT)
+
+    def _commit_status(self, key: Key, obj: Obj, status: Obj,
+                       records: list[dict[str, Any]] | None) -> Obj:
+        """Write the status if it changed (event Updated when the records did)."""
+        if status == (obj.get("status") or {}):
+            return obj
+        written = self._write_status(key, status)
+        if written is not None and records != records_of(obj):
+            self._store.record_event(written, "Updated", "Successfully update records of "
+                                     "resource", component=COMPONENT)
+        return written or obj
 
     def _finish(self, key: Key, obj: Obj, records: list[Any] | None, phase: str,
                 retry: bool) -> None:
