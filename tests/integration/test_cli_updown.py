@@ -70,6 +70,27 @@ def test_up_detach_status_down_leave_no_process_behind(tmp_path: Path, state_dir
     assert status.stdout.count("2/2     Running") == 2
     assert "no chaos objects" in status.stdout
 
+    chaos = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
+             "metadata": {"name": "echo-delay", "namespace": "shop"},
+             "spec": {"action": "delay", "mode": "all", "duration": "60s",
+                      "selector": {"namespaces": ["shop"], "labelSelectors": {"app": "echo"}},
+                      "delay": {"latency": "10ms"}}}
+    req = urllib.request.Request(
+        endpoints["api"] + "/apis/chaos-mesh.org/v1alpha1/namespaces/shop/networkchaos",
+        data=json.dumps(chaos).encode(), headers={"Content-Type": "application/json"},
+        method="POST")
+    with urllib.request.urlopen(req, timeout=5):
+        pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = meshchaos("status", "--state-dir", str(state_dir))
+        if "AllInjected=True" in status.stdout:
+            break
+        time.sleep(0.2)
+    chaos_line = next(line for line in status.stdout.splitlines() if "echo-delay" in line)
+    assert "NetworkChaos" in chaos_line and "delay" in chaos_line
+    assert "AllInjected=True" in chaos_line
+
     down = meshchaos("down", "--state-dir", str(state_dir))
     assert down.returncode == 0, down.stderr
     assert "every process is gone" in down.stdout
