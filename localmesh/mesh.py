@@ -289,6 +289,8 @@ class MeshThread:
 
     def start(self, timeout: float = 30) -> Endpoints:
         """Start the mesh; return its endpoints once every pod is Ready."""
+        if self._thread is not None:
+            raise MeshError("this MeshThread was started already; make a new one")
         self.mesh.ready_limit_s = min(self.mesh.ready_limit_s, timeout)
         loop = asyncio.new_event_loop()
         started: Any = None
