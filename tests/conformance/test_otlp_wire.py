@@ -12,8 +12,9 @@ from localmesh.sidecar.otlp_wire import SpanEncoder
 def test_encoded_request_decodes_with_opentelemetry_proto() -> None:
     """Every field the sidecar writes survives a decode by the reference message classes."""
     enc = SpanEncoder({"service.name": "front.shop", "k8s.pod.name": "front-1"})
-    attrs: dict[str, str | int | float | bool] = {"http.method": "GET", "http.status_code": 504, "neg": -7, "ratio": 0.25,
-             "flag": True, "long": "x" * 300}
+    attrs: dict[str, str | int | float | bool] = {
+        "http.method": "GET", "http.status_code": 504, "neg": -7, "ratio": 0.25, "flag": True,
+        "long": "x" * 300}
     spans = [enc.span("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331",
                       "00f067aa0ba902b7", "leaf.shop.svc.cluster.local:8080/*", 3,
                       1_700_000_000_000_000_000, 1_700_000_000_250_000_000, attrs, True),
