@@ -328,3 +328,64 @@ async def test_failing_readiness_probe_unreadies_the_pod_with_an_unhealthy_event
     await asyncio.to_thread(http_get, port, "/healthy")
     await until(lambda: ready(store.get("", "pods", NS, name)), limit_s=15, what="Ready again")
     assert supervisor.pod_pids(NS, name)["echo"] == pid
+
+
+async def test_killed_sidecar_restarts_on_its_ports_and_is_pushed_again(mesh: Any) -> None:
+    """container-kill of istio-proxy: same listeners after the restart, registered with
+    the control plane again, restartCount + 1 (§5.3)."""
+    store, supervisor, xds = mesh
+    pod = await start_echo(store, supervisor)
+    name = pod["metadata"]["name"]
+    ports = supervisor.pod_ports(NS, name)
+    await supervisor.kill_container(NS, name, "istio-proxy")
+
+    def restarted() -> bool:
+        current = store.get("", "pods", NS, name)
+        proxy = current["status"]["containerStatuses"][1]
+        return proxy["restartCount"] == 1 and ready(current)
+
+    await until(restarted, what="sidecar restart")
+    assert supervisor.pod_ports(NS, name) == ports
+    assert xds.registered[(NS, name)] == f"http://127.0.0.1:{ports['admin']}"
+    assert _answers(ports["inbound"]) and _answers(ports["admin"])
+
+
+async def test_opted_out_pod_runs_without_sidecar_or_proxy_env(mesh: Any) -> None:
+    """``sidecar.istio.io/inject: "false"`` → no istio-proxy container, no HTTP_PROXY; the
+    app is still reachable directly (docs/architecture.md)."""
+    store, supervisor, xds = mesh
+    manifest = deployment()
+    manifest["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] = "false"
+    store.create(manifest)
+    await supervisor.start()
+    await supervisor.wait_ready(20)
+    (pod,) = pods(store)
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["echo"]
+    assert list(pod["metadata"]["annotations"]) == ["meshchaos.io/local-command",
+                                                    "meshchaos.io/app-port"]
+    status, body = await asyncio.to_thread(
+        http_get, int(pod["metadata"]["annotations"]["meshchaos.io/app-port"]), "/env")
+    assert status == 200 and "HTTP_PROXY" not in json.loads(body)
+    assert xds.registered == {}
+
+
+async def test_pod_without_local_command_runs_only_its_sidecar(mesh: Any) -> None:
+    """No ``meshchaos.io/local-command``: only the sidecar runs; the app container waits
+    with a reason that says why, and start-up does not wait for it."""
+    store, supervisor, _ = mesh
+    manifest = deployment()
+    del manifest["spec"]["template"]["metadata"]["annotations"]
+    store.create(manifest)
+    await supervisor.start()
+    await supervisor.wait_ready(20)
+    (pod,) = pods(store)
+
+    def statuses() -> list[dict[str, Any]] | None:
+        found = store.get("", "pods", NS, pod["metadata"]["name"])
+        got = (found.get("status") or {}).get("containerStatuses") or []
+        return got if len(got) == 2 and got[1]["ready"] else None
+
+    app, proxy = await until(statuses, what="sidecar Ready")
+    assert app["state"]["waiting"]["reason"] == "NoLocalCommand"
+    assert "meshchaos.io/local-command" in app["state"]["waiting"]["message"]
+    assert proxy["ready"] is True
