@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 
 from probes.checks.findings import Finding, aggregate
 from probes.errors import EvidenceError
+from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.request import CallTree, RequestEvidence
+from probes.evidence.spans import Span
 from probes.results import Check
 
-__all__ = ["RULE", "Orphans", "Timeout", "evaluate", "find_timeouts", "orphan_work"]
+__all__ = ["RULE", "Orphans", "Scope", "Timeout", "evaluate", "find_timeouts", "orphan_work",
+           "scopes"]
 
 RULE = ("on expiry every in-flight try is reset (§1.1); the next hop sees a downstream "
         "disconnect, 0 DC/DR (§1.6), and its context is cancelled (§6): all work below "
@@ -26,12 +29,42 @@ RULE = ("on expiry every in-flight try is reset (§1.1); the next hop sees a dow
 
 @dataclass(frozen=True)
 class Timeout:
-    """A caller sidecar's 504 UT towards ``callee``, at ``deadline_us``."""
+    """A caller sidecar's 504 UT towards ``callee`` at ``deadline_us`` (or the probe leaving).
+
+    ``call_span_id`` is the caller app's CLIENT span of the timed-out call: the parent-id of
+    the traceparent in the outbound line, or the parent of the outbound sidecar span.
+    """
 
     caller: str
     callee: str
     deadline_us: int
     line: str
+    call_span_id: str | None = None
+    how: str = "504 UT"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The work that must stop by ``deadline_us``: the span subtree below one reset attempt,
+    or (``spans`` None) every run of the hops below that started before the deadline."""
+
+    deadline_us: int
+    spans: frozenset[str] | None
+    whole_request: bool = False
+
+    def holds_span(self, span: Span) -> bool:
+        if self.whole_request:
+            return True
+        if self.spans is None:
+            return span.start_us < self.deadline_us
+        return span.span_id in self.spans
+
+    def holds_line(self, record: AccessLogRecord) -> bool:
+        if self.whole_request:
+            return True
+        if self.spans is None:
+            return (record.start_us or 0) < self.deadline_us
+        return record.parent_id in self.spans
 
 
 @dataclass
@@ -56,18 +89,53 @@ def find_timeouts(ev: RequestEvidence, tree: CallTree,
                                 ev.sent.started_us + int(client_timeout_ms * 1000), ""))
     for caller in tree.hops():
         evidence = ev.hop(caller)
-        for record in evidence.logs_out:
-            if record.response_code == 504 and "UT" in record.flags and record.end_us \
-                    and record.upstream_service:
-                timeouts.append(Timeout(caller, record.upstream_service, record.end_us,
-                                        record.line))
-        if timeouts and timeouts[-1].caller == caller:
-            continue
-        for span in evidence.sidecar_out:
-            flags = str(span.attributes.get("response_flags", ""))
-            if "UT" in flags.split(",") and span.upstream_service:
-                timeouts.append(Timeout(caller, span.upstream_service, span.end_us, ""))
+        found = [Timeout(caller, r.upstream_service, r.end_us, r.line, r.parent_id,
+                         _how(r.response_code, r.flags))
+                 for r in evidence.logs_out
+                 if _how(r.response_code, r.flags) and r.end_us and r.upstream_service]
+        if not found:  # no access log: the outbound sidecar spans say the same
+            for span in evidence.sidecar_out:
+                flags = frozenset(str(span.attributes.get("response_flags", "")).split(","))
+                code = _int(span.attributes.get("http.status_code"))
+                how = _how(code, flags)
+                if how and span.upstream_service:
+                    found.append(Timeout(caller, span.upstream_service, span.end_us, "",
+                                         span.parent_id, how))
+        timeouts.extend(found)
     return timeouts
+
+
+def _how(code: int | None, flags: frozenset[str]) -> str:
+    """How a caller gave up on a call: its sidecar's timeout (504 UT, §1.1) or the caller app
+    itself leaving on its own deadline (its outbound sidecar logs 0 DC/DR, §1.6)."""
+    if code == 504 and "UT" in flags:
+        return "504 UT"
+    if code == 0 and flags & {"DC", "DR"}:
+        return "own deadline (0 DC)"
+    return ""
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
+def scopes(ev: RequestEvidence, timeout: Timeout) -> list[Scope]:
+    """What the timeout must stop: each reset attempt's span subtree, when spans show it."""
+    if timeout.caller == "probe":
+        return [Scope(timeout.deadline_us, None, whole_request=True)]
+    outs = [o for o in ev.hop(timeout.caller).sidecar_out
+            if o.upstream_service == timeout.callee
+            and (timeout.call_span_id is None or o.parent_id == timeout.call_span_id)]
+    found: list[Scope] = []
+    for out in outs:
+        attempts = [c for c in ev.children(out.span_id) if c.direction == "attempt"] or [out]
+        # Each attempt ends when it was answered or reset (per-try timeout, §1.2).
+        found.extend(Scope(min(a.end_us, timeout.deadline_us), ev.subtree(a.span_id))
+                     for a in attempts)
+    return found or [Scope(timeout.deadline_us, None)]
 
 
 def _orphan_ms(start_us: int, end_us: int, deadline_us: int) -> float:
@@ -78,51 +146,53 @@ def orphan_work(ev: RequestEvidence, tree: CallTree, grace_ms: float, orphans: O
                 client_timeout_ms: float | None = None) -> list[Finding]:
     """Every hop under a timed-out call stops within ``grace_ms``; count what did not."""
     findings: list[Finding] = []
-    judged: set[str] = set()
+    judged: set[int] = set()
     for timeout in find_timeouts(ev, tree, client_timeout_ms):
-        limit = timeout.deadline_us + int(grace_ms * 1000)
-        orphaned: set[str] = set()
-        for hop in [timeout.callee, *tree.below(timeout.callee)]:
-            if hop in judged:
-                continue
-            judged.add(hop)
-            late = _late_work(ev, hop, timeout.deadline_us, limit)
-            if late is None:
-                continue
-            orphaned.add(hop)
-            orphans.add(hop, late[0])
-            parent = tree.caller(hop)
-            # A disconnect at the hop's inbound sidecar in time means its caller did cancel:
-            # the hop itself ignored it. Otherwise the caller left its call running.
-            told = hop == timeout.callee or _disconnected_by(ev, hop, limit)
-            blame = hop if told or parent in orphaned else parent
-            gave_up = "timeout" if timeout.caller == "probe" else "504 UT"
-            how = (f"{hop} went on {late[0]:.0f} ms after {timeout.caller}'s {gave_up} "
-                   f"({late[1]})")
-            if blame != hop:
-                how += f": {blame} stopped but did not cancel its call to {hop}"
-            findings.append(Finding(blame, how, (ev.sent.trace_id,),
-                                    (timeout.line, *late[2])))
+        gave_up = "timeout" if timeout.caller == "probe" else timeout.how
+        for scope in scopes(ev, timeout):
+            limit = scope.deadline_us + int(grace_ms * 1000)
+            orphaned: set[str] = set()
+            for hop in [timeout.callee, *tree.below(timeout.callee)]:
+                late = _late_work(ev, hop, scope, limit, judged)
+                if late is None:
+                    continue
+                orphaned.add(hop)
+                orphans.add(hop, late[0])
+                parent = tree.caller(hop)
+                # A disconnect at the hop's inbound sidecar in time means its caller did
+                # cancel: the hop ignored it. Otherwise the caller left its call running.
+                told = hop == timeout.callee or _disconnected_by(ev, hop, scope, limit)
+                blame = hop if told or parent in orphaned else parent
+                how = (f"{hop} went on {late[0]:.0f} ms after {timeout.caller}'s {gave_up} "
+                       f"({late[1]})")
+                if blame is not None and blame != hop:
+                    stopped = "stopped but " if ev.hop(blame).app_server else ""
+                    how += f": {blame} {stopped}did not cancel its call to {hop}"
+                findings.append(Finding(blame, how, (ev.sent.trace_id,),
+                                        (timeout.line, *late[2])))
     return findings
 
 
-def _disconnected_by(ev: RequestEvidence, hop: str, limit_us: int) -> bool:
+def _disconnected_by(ev: RequestEvidence, hop: str, scope: Scope, limit_us: int) -> bool:
     return any(r.downstream_disconnected and r.end_us is not None and r.end_us <= limit_us
-               for r in ev.hop(hop).logs_in)
+               and scope.holds_line(r) for r in ev.hop(hop).logs_in)
 
 
-def _late_work(ev: RequestEvidence, hop: str, deadline_us: int,
-               limit_us: int) -> tuple[float, str, tuple[str, ...]] | None:
+def _late_work(ev: RequestEvidence, hop: str, scope: Scope, limit_us: int,
+               judged: set[int]) -> tuple[float, str, tuple[str, ...]] | None:
     """Orphan ms, what showed it, and the lines — or None when the hop stopped in time."""
     evidence = ev.hop(hop)
     for record in evidence.logs_in:
         end = record.end_us
-        if end and end > limit_us and not record.downstream_disconnected:
-            return (_orphan_ms(record.start_us or end, end, deadline_us),
+        if end and end > limit_us and not record.downstream_disconnected \
+                and scope.holds_line(record) and id(record) not in judged:
+            judged.add(id(record))
+            return (_orphan_ms(record.start_us or end, end, scope.deadline_us),
                     f"request completed {record.response_code}", (record.line,))
     for span in evidence.app_server:
-        if span.end_us > limit_us:
-            return (_orphan_ms(span.start_us, span.end_us, deadline_us),
+        if span.end_us > limit_us and scope.holds_span(span) and id(span) not in judged:
+            judged.add(id(span))
+            return (_orphan_ms(span.start_us, span.end_us, scope.deadline_us),
                     "app span ended late" + (" (cancelled)" if span.cancelled else ""), ())
     return None
 
@@ -134,7 +204,8 @@ def evaluate(evidence: Sequence[RequestEvidence], tree: CallTree, grace_ms: floa
     if not timed_out:
         statuses = sorted({str(ev.sent.status) for ev in evidence})
         raise EvidenceError(f"could not measure cancellation: none of {len(evidence)} requests "
-                            f"timed out (no 504 UT at any caller sidecar; statuses {statuses}); "
+                            f"timed out (no 504 UT and no caller giving up, 0 DC, at any caller "
+                            f"sidecar; statuses {statuses}); "
                             "make the chain slow (delay fault, slow path/headers)")
     orphans = Orphans()
     findings = [orphan_work(ev, tree, grace_ms, orphans, client_timeout_ms) for ev in timed_out]

@@ -171,6 +171,7 @@ class RequestEvidence:
     logs: Sequence[AccessLogRecord]
     hops: dict[str, HopEvidence] = field(default_factory=dict)
     by_id: dict[str, Span] = field(default_factory=dict)
+    by_parent: dict[str, list[Span]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, sent: SentRequest, spans: Sequence[Span],
@@ -178,6 +179,8 @@ class RequestEvidence:
         evidence = cls(sent, spans, logs)
         for span in spans:
             evidence.by_id[span.span_id] = span
+            if span.parent_id:
+                evidence.by_parent.setdefault(span.parent_id, []).append(span)
             hop = evidence.hop(span.hop)
             if span.sidecar:
                 direction = span.direction
@@ -209,6 +212,20 @@ class RequestEvidence:
                 return current
             current = self.by_id.get(current.parent_id or "")
         return None
+
+    def children(self, span_id: str) -> list[Span]:
+        return self.by_parent.get(span_id, [])
+
+    def subtree(self, span_id: str) -> frozenset[str]:
+        """The ids of ``span_id`` and every span below it."""
+        found = {span_id}
+        queue = [span_id]
+        while queue:
+            for child in self.by_parent.get(queue.pop(), ()):
+                if child.span_id not in found:
+                    found.add(child.span_id)
+                    queue.append(child.span_id)
+        return frozenset(found)
 
     def log_lines(self, *hops: str) -> list[str]:
         return [r.line for h in hops for r in self.hop(h).logs_in + self.hop(h).logs_out]

@@ -28,8 +28,11 @@ def test_correct_chain_stops_every_hop_below_the_timeout() -> None:
 
 def test_timeout_is_found_in_the_callers_outbound_access_log_line() -> None:
     """§1.1: on expiry flag UT and local reply 504 at the caller's sidecar."""
-    (timeout,) = cancellation.find_timeouts(evidence("timeout-correct")[0], REFERENCE_CHAIN)
+    found = cancellation.find_timeouts(evidence("timeout-correct")[0], REFERENCE_CHAIN)
+    (timeout,) = [t for t in found if t.how == "504 UT"]
     assert (timeout.caller, timeout.callee) == ("frontend", "orders")
+    # below it, the cancelled callers' sidecars log 0 DC for the calls they abandoned (§1.6)
+    assert {t.how for t in found} == {"504 UT", "own deadline (0 DC)"}
     assert " 504 UT " in timeout.line
 
 
