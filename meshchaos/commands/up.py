@@ -19,14 +19,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from localmesh.errors import MeshError, StateDirError
-from localmesh.mesh import EnvOverrides, LocalMesh
 from localmesh.statedir import Endpoints, StateDir
 from meshchaos.commands import POD_HEADER, add_state_dir, plain, pod_rows, table
 
+if TYPE_CHECKING:  # the mesh (aiohttp, schemas) loads only where it runs: not for --help
+    from localmesh.mesh import LocalMesh
+
 __all__ = ["HELP", "parse_set_env", "register", "run", "summary"]
+
+EnvOverrides = dict[tuple[str, str], dict[str, str]]
 
 HELP = "start the local mesh and wait until every pod is Ready"
 DEFAULT_MANIFESTS = Path("fixtures/k8s")
@@ -121,6 +125,8 @@ class _Notifier:
 
 async def _foreground(args: argparse.Namespace, manifests: list[Path],
                       overrides: EnvOverrides, state: StateDir) -> int:
+    from localmesh.mesh import LocalMesh
+
     notifier = _Notifier(args.notify_fd)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
