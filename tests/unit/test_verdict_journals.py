@@ -147,6 +147,21 @@ def test_experiment_without_hypothesis_is_inconclusive() -> None:
     assert compute_verdict(data).outcome is Outcome.INCONCLUSIVE
 
 
+def test_hypothesis_checked_only_during_the_method_is_judged_from_those_runs() -> None:
+    """Strategy during-method-only leaves steady_states.after empty; during holds the runs."""
+    data = copy.deepcopy(journal("fail-orphan-work"))
+    states = data["steady_states"]
+    states["during"], states["after"] = [states["after"]], None
+    verdict = compute_verdict(data)
+    assert verdict.outcome is Outcome.FAIL and "(during the fault)" in verdict.reason
+
+
+def test_missing_after_hypothesis_is_inconclusive() -> None:
+    data = copy.deepcopy(journal("pass"))
+    data["steady_states"]["after"] = None
+    assert "never checked after the fault" in compute_verdict(data).reason
+
+
 def test_dry_run_is_inconclusive() -> None:
     data = copy.deepcopy(journal("pass"))
     data["experiment"]["dry"] = "actions"
