@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from localmesh.errors import NotFound, SidecarConfigError
+from localmesh.errors import MeshError, NotFound, SidecarConfigError
 from localmesh.http.client import ConnectionPool
 from localmesh.http.errors import HttpError
 from localmesh.meshconfig import MeshConfig, parse_duration_ms
@@ -231,6 +231,7 @@ class _Target:
     built: int = 0
     acked: int = 0
     error: str = ""
+    busy: bool = False  # building or pushing right now
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -342,12 +343,13 @@ class XdsServer:
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.sleep(0)  # let writes from other threads reach the loop
-                while not (target.synced.is_set() and not target.dirty.is_set()
-                           and self._debounce is None):
-                    if target.error:
-                        raise SidecarConfigError(
-                            f"sidecar {namespace}/{pod} rejected config v{target.built}: "
-                            f"{target.error}")
+                while True:
+                    pending = (target.dirty.is_set() or target.busy
+                               or self._debounce is not None)
+                    if not pending and target.synced.is_set():
+                        return
+                    if not pending and target.error:
+                        raise SidecarConfigError(f"sidecar {namespace}/{pod}: {target.error}")
                     await asyncio.sleep(0.002)
         except TimeoutError:
             raise TimeoutError(f"sidecar {namespace}/{pod} did not acknowledge config "
@@ -376,25 +378,36 @@ class XdsServer:
         while True:
             await target.dirty.wait()
             target.dirty.clear()
-            if not target.admin_url:
-                continue
             target.synced.clear()
-            doc = self._document(target)
+            target.busy = True
             try:
-                resp = await self._pool.request(
-                    "POST", f"{target.admin_url}/config", {"content-type": "application/json"},
-                    json.dumps(doc).encode(), timeout=5.0, connect_timeout=1.0)
-            except (HttpError, OSError, TimeoutError) as exc:
-                log.warning("push to %s/%s failed, retrying: %s", target.namespace, target.pod,
-                            exc)
-                await asyncio.sleep(_RETRY_PUSH_S)
-                target.dirty.set()
-                continue
-            self.pushes += 1
-            if resp.status == 200:
-                target.acked, target.error = doc["version"], ""
-                target.synced.set()
-            else:
-                target.error = resp.body.decode(errors="replace")
-                log.error("sidecar %s/%s rejected config v%s: %s", target.namespace,
-                          target.pod, doc["version"], target.error)
+                await self._push(target)
+            finally:
+                target.busy = False
+
+    async def _push(self, target: _Target) -> None:
+        try:
+            doc = self._document(target)
+        except MeshError as exc:
+            # A store object we cannot translate (bad duration, bad mesh YAML): keep the
+            # sidecar on its last good config and say why; the next change retries.
+            target.error = f"config cannot be built: {exc}"
+            log.error("cannot build config for %s/%s: %s", target.namespace, target.pod, exc)
+            return
+        try:
+            resp = await self._pool.request(
+                "POST", f"{target.admin_url}/config", {"content-type": "application/json"},
+                json.dumps(doc).encode(), timeout=5.0, connect_timeout=1.0)
+        except (HttpError, OSError, TimeoutError) as exc:
+            log.warning("push to %s/%s failed, retrying: %s", target.namespace, target.pod, exc)
+            await asyncio.sleep(_RETRY_PUSH_S)
+            target.dirty.set()
+            return
+        self.pushes += 1
+        if resp.status == 200:
+            target.acked, target.error = doc["version"], ""
+            target.synced.set()
+        else:
+            body = resp.body.decode(errors="replace")
+            target.error = f"rejected config v{doc['version']}: {body}"
+            log.error("sidecar %s/%s %s", target.namespace, target.pod, target.error)

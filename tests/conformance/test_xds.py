@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from localmesh.errors import SidecarConfigError
 from localmesh.meshconfig import MeshConfig
 from localmesh.store import ObjectStore
 from localmesh.xds import XdsServer, build_shared, build_sidecar_config
@@ -252,3 +253,20 @@ def test_telemetry_enables_an_extension_provider_format() -> None:
     assert cfg.access_log_enabled
     assert cfg.access_log_format == "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)%\n"
     assert cfg.sampling_percent == 50.0
+
+
+async def test_untranslatable_object_keeps_the_last_good_config_and_says_why(
+        mesh: Mesh) -> None:
+    """A VirtualService timeout that is not a duration cannot become a route (§2.1 timeouts are
+    durations): the sidecars keep their last good config and `wait_synced` names the cause;
+    fixing the object heals the push."""
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "leaf", "namespace": "shop"},
+          "spec": {"hosts": ["leaf"], "http": [{"route": [{"destination": {"host": "leaf"}}],
+                                                "timeout": "soon"}]}}
+    mesh.store.create(vs)
+    with pytest.raises(SidecarConfigError, match="not a duration: 'soon'"):
+        await mesh.xds.wait_synced("shop", "front-1")
+    assert await mesh.call("/still-routed") == 200
+    mesh.store.delete("networking.istio.io", "virtualservices", "shop", "leaf")
+    await mesh.xds.wait_synced("shop", "front-1")
