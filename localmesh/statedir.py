@@ -24,6 +24,7 @@ __all__ = [
     "Endpoints",
     "StateDir",
     "pid_alive",
+    "process_start_time",
     "read_endpoints",
 ]
 
@@ -78,6 +79,19 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+def process_start_time(pid: int) -> float | None:
+    """When a process started (epoch seconds), from /proc; None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    # Field 22 (starttime, in clock ticks after boot) counts from the state letter as field 3.
+    ticks = int(stat.rsplit(")", 1)[-1].split()[19])
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
 class StateDir:
     """One state dir: claim it for this process, publish endpoints, release it."""
 
@@ -112,9 +126,23 @@ class StateDir:
             return None
 
     def live_pid(self) -> int | None:
-        """The owner's pid when a live mesh holds this dir, else None."""
+        """The owner's pid when a live mesh holds this dir, else None.
+
+        A live pid that started after ``mesh.pid`` was written is someone else who got
+        the dead owner's number: the dir is stale, and that process is never signalled.
+        """
         pid = self.owner_pid()
-        return pid if pid is not None and pid_alive(pid) else None
+        if pid is None or not pid_alive(pid):
+            return None
+        started = process_start_time(pid)
+        try:
+            written = self.pid_file.stat().st_mtime
+        except OSError:
+            return None
+        # btime has 1 s resolution: allow that much slack.
+        if started is not None and started > written + 1.0:
+            return None
+        return pid
 
     def claim(self, pid: int | None = None) -> None:
         """Make this dir ours: refuse a live one, clean a stale one, write ``mesh.pid``.
@@ -180,7 +208,7 @@ def read_endpoints(state_dir: Path) -> Endpoints:
     if not isinstance(data, dict):
         raise StateDirError(f"{sdir.endpoints_file}: not a JSON object")
     endpoints = Endpoints.from_json(data, source=sdir.endpoints_file)
-    if not pid_alive(endpoints.pid):
+    if sdir.live_pid() != endpoints.pid:
         raise StateDirError(f"the mesh of state dir {sdir.path} is gone (pid {endpoints.pid} "
                             "is not running); start one with `meshchaos up`")
     return endpoints

@@ -66,8 +66,9 @@ def _wait_gone(pids: list[int], deadline: float) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
-    pid = state.owner_pid()
-    if pid is None or not pid_alive(pid):
+    pid = state.live_pid()
+    if pid is None:
+        pid = state.owner_pid()
         had_files = state.pid_file.exists() or state.endpoints_file.exists()
         if had_files:
             state.release()

@@ -126,3 +126,16 @@ def test_a_zombie_is_not_alive() -> None:
     finally:
         os.waitpid(pid, 0)
     assert not pid_alive(-1) and not pid_alive(0)
+
+
+def test_a_reused_pid_does_not_make_a_dir_live(tmp_path: Path, sleeper: int) -> None:
+    """A live process that started after mesh.pid was written got a dead owner's number:
+    the dir is stale, and nothing would signal that process."""
+    state = StateDir(tmp_path / "s")
+    state.path.mkdir()
+    state.pid_file.write_text(f"{sleeper}\n")
+    old = time.time() - 120
+    os.utime(state.pid_file, (old, old))
+    assert pid_alive(sleeper) and state.live_pid() is None
+    state.claim()
+    assert state.owner_pid() == os.getpid()
