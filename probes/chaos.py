@@ -3,9 +3,19 @@
 Manifests come from ``fixtures/chaos`` (or any path) and go through the official
 Kubernetes client (``CustomObjectsApi``), so the local mesh and a real cluster
 with Chaos Mesh see identical requests. Designed around the traps of
-chaostoolkit-kubernetes 0.39: names are unique per run (``<name>-<run id>``), a
-409 on create is a leftover, never a success, deletes tolerate 404, and an
-injection counts only once Chaos Mesh reports ``AllInjected=True``.
+chaostoolkit-kubernetes 0.39, whose chaosmesh actions are not used:
+
+- they add a random ``target`` and write a non-standard ``metadata.ns``: here the
+  object is the reviewed manifest, with only the documented overrides;
+- they take no duration: here every object has one (``probes.safety.stamp``);
+- they misspell the bandwidth block: here manifests are checked against the CRD
+  schemas and Chaos Mesh's webhook rules in the test suite;
+- ``create_custom_object`` returns a 409 body as success: here a 409 is a leftover
+  and the object is created again under a fresh name; a create that returns no
+  object with a uid is an error;
+- ``delete_custom_object`` raises on 404: here 404 is "already gone";
+- nothing waits for injection: here an injection counts only once Chaos Mesh
+  reports ``AllInjected=True`` (and "no pod is selected" fails at once).
 
 Usage in an experiment::
 
