@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from probes.deadline import Deadline
+from probes.errors import ConfigurationError
 from probes.evidence.request import RequestEvidence
 from probes.results import Check, waterfall
 from probes.traffic import Load, send_load
@@ -19,12 +22,21 @@ def run_id(configuration: Mapping[str, Any] | None) -> str:
 
 
 def send_requests(url: str, configuration: Mapping[str, Any] | None, count: int,
-                  headers: Mapping[str, str] | None, timeout_s: float,
-                  concurrency: int = 2) -> list[Any]:
-    """Send ``count`` requests, a few at a time, each with its own trace context."""
+                  headers: Mapping[str, str] | None, timeout_s: float, deadline: Deadline,
+                  concurrency: int = 2, exact_timeout: bool = False) -> list[Any]:
+    """Send ``count`` requests, a few at a time, each with its own trace context.
+
+    Each request's timeout is cut so that all rounds together use at most half of what
+    the probe has left: the evidence still has to be read afterwards.
+    """
+    rounds = math.ceil(count / concurrency)
+    share = deadline.check("sending requests") / 2 / rounds
+    if exact_timeout and share < timeout_s:
+        raise ConfigurationError(f"{deadline.what}: timeout_s {deadline.seconds:g} is too short "
+                                 f"for {count} requests of {timeout_s:g} s each")
     load = Load(url=url, run_id=run_id(configuration), count=count, rate=20.0,
                 duration_s=max(1.0, count / 20.0 + 1), concurrency=concurrency,
-                timeout_s=timeout_s, headers=dict(headers or {}))
+                timeout_s=max(0.05, min(timeout_s, share)), headers=dict(headers or {}))
     return send_load(load)
 
 

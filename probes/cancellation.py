@@ -46,10 +46,10 @@ def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | No
     deadline = Deadline(timeout_s, "orphan_work")
     target = resolve_target(configuration)
     tree = CallTree.from_config(call_tree)
-    request_timeout = (client_timeout_ms / 1000 if client_timeout_ms
-                       else min(30.0, deadline.check("sending requests")))
+    request_timeout = client_timeout_ms / 1000 if client_timeout_ms else 30.0
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
-                                 timeout_s=request_timeout)
+                                 timeout_s=request_timeout, deadline=deadline,
+                                 exact_timeout=client_timeout_ms is not None)
     # Orphans finish *after* the caller gave up: give them time to show up in the evidence.
     time.sleep(min(2.0, deadline.check("waiting for orphans") * 0.2))
     gathered = collect(target, sent, tree, deadline)

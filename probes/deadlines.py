@@ -46,7 +46,7 @@ def deadline_propagation(requests: int = 5, path: str = "/",
     target = resolve_target(configuration)
     tree = CallTree.from_config(call_tree)
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
-                                 timeout_s=min(30.0, deadline.check("sending requests")))
+                                 timeout_s=30.0, deadline=deadline)
     gathered = collect(target, sent, tree, deadline)
     results = rules.evaluate(gathered.requests, tree, tolerance_ms=tolerance_ms,
                              target=target.kind)

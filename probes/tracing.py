@@ -41,7 +41,7 @@ def trace_continuity(requests: int = 5, path: str = "/", headers: dict[str, str]
     target = resolve_target(configuration)
     tree = CallTree.from_config(call_tree)
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
-                                 timeout_s=min(10.0, deadline.check("sending requests")))
+                                 timeout_s=10.0, deadline=deadline)
     gathered = collect(target, sent, tree, deadline)
     results = evaluate(gathered.requests, tree, checks)
     return probe_result("trace-continuity", results,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from probes.cancellation import orphan_work
-from probes.errors import EvidenceError
+from probes.errors import ConfigurationError, EvidenceError
 from tests.data.evidence.fakecluster import Fake, serve
 
 
@@ -32,3 +32,9 @@ def test_orphan_probe_without_a_timeout_cannot_measure(tmp_path: Path) -> None:
     with serve(tmp_path, Fake(case="correct")) as running, \
             pytest.raises(EvidenceError, match="timed out"):
         orphan_work(requests=1, timeout_s=30, configuration=running.configuration())
+
+
+def test_a_client_timeout_that_cannot_fit_the_probe_deadline_is_refused(tmp_path: Path) -> None:
+    with serve(tmp_path) as running, pytest.raises(ConfigurationError, match="too short"):
+        orphan_work(requests=4, client_timeout_ms=2000, timeout_s=3,
+                    configuration=running.configuration())

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from pathlib import Path
 
 import pytest
 from chaoslib.hypothesis import within_tolerance
 
-from probes.errors import EvidenceError
+from probes.errors import EvidenceError, ProbeError
+from probes.evidence.kube import read_mesh_settings
+from probes.target import resolve_target
 from probes.tracing import trace_continuity
 from tests.data.evidence.fakecluster import Fake, serve
 
@@ -51,3 +55,17 @@ def test_a_trace_that_never_appears_is_could_not_measure(tmp_path: Path) -> None
         config["traces_url"] = running.url + "/api/v1"  # the fake answers 404 there
         with pytest.raises(EvidenceError, match="none of 1 sampled traces"):
             trace_continuity(requests=1, timeout_s=4, configuration=config)
+
+
+def test_the_probe_enforces_its_own_deadline(tmp_path: Path) -> None:
+    """Chaos Toolkit does not enforce ``timeout`` for python providers: the probe does."""
+    with serve(tmp_path, Fake(case="correct", delay_s=5)) as running:
+        # The Kubernetes client loads its models on first use (seconds, once per process).
+        client = resolve_target(running.configuration()).api_client()
+        read_mesh_settings(client)
+        client.close()
+        begin = time.monotonic()
+        # A verdict or "could not measure" are both fine; overrunning the deadline is not.
+        with contextlib.suppress(ProbeError):
+            trace_continuity(requests=1, timeout_s=2, configuration=running.configuration())
+        assert time.monotonic() - begin < 3.5  # not the 5 s the ingress would take
