@@ -165,3 +165,17 @@ async def test_two_segment_responses_do_not_wait_for_delayed_acks(
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_gateway_without_gateway_routes_routes_by_host(
+        pair: Pair, sidecars: Sidecars) -> None:
+    """docs/architecture.md gateway mode: "origin-form requests are routed by Host"."""
+    await pair.configure()
+    gw = await sidecars.start("ingress-1", "istio-ingressgateway", mode="gateway")
+    doc = config("ingress-1", "istio-ingressgateway", services=pair.services())
+    doc["node"]["mode"] = "gateway"
+    assert (await gw.push(doc)).status == 200
+    resp = await pair.pool.request("GET", f"http://127.0.0.1:{gw.ports['outbound']}/by-host",
+                                   {"host": "leaf.shop:8080"}, timeout=5)
+    assert resp.status == 200
+    assert pair.app.seen[-1].path == "/by-host"

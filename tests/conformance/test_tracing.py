@@ -163,3 +163,16 @@ async def test_local_replies_still_get_a_span(pair: Pair, otlp: OtlpReceiver) ->
     assert span["parent_id"] == PARENT
     assert span["attrs"]["response_flags"] == "UH"
     assert span["attrs"]["http.status_code"] == 503
+
+
+async def test_outbound_span_carries_the_expected_timeout_it_sent(
+        pair: Pair, otlp: OtlpReceiver) -> None:
+    """docs/architecture.md span attributes: `meshchaos.expected_rq_timeout_ms` (outbound, when
+    set) = the §1.5 header value the sidecar sent."""
+    await pair.configure(mesh={"otlp_endpoint": otlp.endpoint}, routes=leaf_route(timeout_ms=650))
+    await pair.call("/work", {"traceparent": VALID})
+    spans = await otlp.wait_spans(lambda s: len(_by_trace(s, TRACE)) >= 3)
+    front = next(s for s in _by_trace(spans, TRACE) if s["parent_id"] == PARENT)
+    assert front["attrs"]["meshchaos.expected_rq_timeout_ms"] == 650
+    server = next(s for s in _by_trace(spans, TRACE) if s["kind"] == KIND_SERVER)
+    assert "meshchaos.expected_rq_timeout_ms" not in server["attrs"]
