@@ -13,6 +13,7 @@ apply is a failure the controller retries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ from localmesh.chaos.faults import SOURCE, TARGET, record_rules
 from localmesh.errors import NotFound
 from localmesh.store import ObjectStore
 
-__all__ = ["EffectError", "Effects", "FaultSink", "PodRunner"]
+__all__ = ["EffectError", "Effects", "FaultSink", "PodRunner", "image_annotation"]
 
 log = logging.getLogger("localmesh.chaos")
 Obj = dict[str, Any]
@@ -106,6 +107,7 @@ class Effects:
             if not holders and self._pod_exists(pod_key):
                 namespace, name, _ = _split(pod_key)
                 await self._call(self._supervisor.recover_pod(namespace, name), "recover pod")
+                self._mark_images(namespace, name, chaos_id.split("/", 1)[1], keep=False)
         # pod-kill and container-kill are one-shot: recovering them does nothing (§5.3).
         return f"Successfully recover chaos for {record['id']}"
 
@@ -166,11 +168,30 @@ class Effects:
             except NotFound as exc:
                 raise EffectError(f"pod '{namespace}/{name}' not found") from exc
         elif action == "pod-failure":
+            self._mark_images(namespace, name, chaos_id.split("/", 1)[1], keep=True)
             await self._call(self._supervisor.fail_pod(namespace, name), "fail pod")
             self._failed_pods.setdefault(f"{namespace}/{name}", set()).add(chaos_id)
         else:
             await self._call(self._supervisor.kill_container(namespace, name, container),
                              f"kill container '{container}' of")
+
+    def _mark_images(self, namespace: str, pod: str, chaos_name: str, *, keep: bool) -> None:
+        """Chaos Mesh's pod-failure saves each container's image in a pod annotation before it
+        swaps in the pause image, and drops it on recovery (§5.3); the local pod shows the same.
+        """
+        def change(obj: Obj) -> None:
+            annotations = obj["metadata"].setdefault("annotations", {})
+            spec = obj.get("spec") or {}
+            for kind, field in (("normal", "containers"), ("init", "initContainers")):
+                for container in spec.get(field) or []:
+                    key = image_annotation(chaos_name, container["name"], kind)
+                    if keep:
+                        annotations[key] = str(container.get("image", ""))
+                    else:
+                        annotations.pop(key, None)
+
+        with contextlib.suppress(NotFound):  # a vanished pod has no annotations left
+            self._store.mutate("", "pods", namespace, pod, change)
 
     @staticmethod
     async def _call(action: Any, what: str) -> None:
@@ -178,6 +199,13 @@ class Effects:
             await action
         except Exception as exc:  # becomes a Failed event on the record
             raise EffectError(f"could not {what} the pod: {exc!r}") from exc
+
+
+def image_annotation(chaos_name: str, container: str, kind: str) -> str:
+    """``chaos-mesh-<name>-pod-failure-<container>-<normal|init>-image``; an annotation name
+    may hold 63 characters, beyond that Chaos Mesh keys by the container name alone."""
+    key = f"chaos-mesh-{chaos_name}-pod-failure-{container}-{kind}-image"
+    return key if len(key) <= 63 else container
 
 
 def _chaos_id(obj: Mapping[str, Any]) -> str:

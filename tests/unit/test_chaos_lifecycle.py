@@ -296,8 +296,13 @@ async def test_pod_failure_fails_the_pod_for_its_duration(h: Harness) -> None:
                                   "selector": {"labelSelectors": {"app": "ratings"}}})
     await eventually(has_condition(h, "podchaos", "fail", "AllInjected", "True"))
     assert h.supervisor.failed == {"shop/ratings-a"}
+    notes = h.store.get("", "pods", "shop", "ratings-a")["metadata"]["annotations"]
+    assert notes["chaos-mesh-fail-pod-failure-app-normal-image"] == "local/app"
+    assert notes["chaos-mesh-fail-pod-failure-istio-proxy-normal-image"] == "local/proxy"
     await eventually(has_condition(h, "podchaos", "fail", "AllRecovered", "True"))
     assert h.supervisor.failed == set()
+    notes = h.store.get("", "pods", "shop", "ratings-a")["metadata"].get("annotations") or {}
+    assert not [k for k in notes if k.startswith("chaos-mesh-")]
     assert ("recover_pod", "shop/ratings-a") in h.journal
 
 
