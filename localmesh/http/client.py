@@ -217,11 +217,13 @@ class ConnectionPool:
 
     async def request(self, method: str, url: str, headers: Mapping[str, str] | None = None,
                       body: bytes = b"", timeout: float | None = None, *,  # noqa: ASYNC109
-                      connect_timeout: float | None = 10.0) -> Response:
+                      connect_timeout: float | None = 10.0, proxy: str | None = None) -> Response:
         """Send one request to an absolute ``http://`` URL and return the whole response.
 
         ``timeout`` bounds the whole exchange (``TimeoutError``); on timeout or
         cancellation the connection is closed, so the server sees the caller leave.
+        ``proxy`` (``http://host:port``, e.g. ``HTTP_PROXY``) sends the request in
+        absolute form to that proxy, as HTTP clients do with a forward proxy.
         """
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
@@ -230,6 +232,12 @@ class ConnectionPool:
         target = parts.path or "/"
         if parts.query:
             target = f"{target}?{parts.query}"
+        if proxy:
+            via = urlsplit(proxy)
+            if via.scheme != "http" or not via.hostname:
+                raise ValueError(f"proxy must be an http://host:port URL, got {proxy!r}")
+            host, port = via.hostname, via.port or 80
+            target = f"http://{parts.netloc}{target}"
         hdrs = {k.lower(): v for k, v in (headers or {}).items()}
         async with asyncio.timeout(timeout):
             conn = await self.acquire(host, port, connect_timeout)

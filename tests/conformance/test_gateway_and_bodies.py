@@ -179,3 +179,14 @@ async def test_gateway_without_gateway_routes_routes_by_host(
                                    {"host": "leaf.shop:8080"}, timeout=5)
     assert resp.status == 200
     assert pair.app.seen[-1].path == "/by-host"
+
+
+async def test_client_sends_absolute_form_through_a_proxy(pair: Pair) -> None:
+    """RFC 9112 §3.2.2: to a proxy a client sends the absolute-form target; the outbound
+    listener is the app's HTTP_PROXY (docs/architecture.md)."""
+    await pair.configure()
+    resp = await pair.pool.request("GET", "http://leaf:8080/proxied?x=1", timeout=5,
+                                   proxy=f"http://127.0.0.1:{pair.front.ports['outbound']}")
+    assert resp.status == 200
+    assert pair.app.seen[-1].path == "/proxied?x=1"
+    assert pair.app.seen[-1].headers["host"] == "leaf:8080"
