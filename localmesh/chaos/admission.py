@@ -87,6 +87,9 @@ def _check_network(refuse: _Refusal, spec: Mapping[str, Any]) -> None:
     delay = spec.get("delay") or {}
     refuse.check("spec.delay.latency", delay.get("latency"), parse_duration_ms)
     refuse.check("spec.delay.jitter", delay.get("jitter"), parse_duration_ms)
+    reorder = delay.get("reorder") or {}
+    refuse.check("spec.delay.reorder.reorder", reorder.get("reorder"), parse_percent)
+    refuse.check("spec.delay.reorder.correlation", reorder.get("correlation"), parse_percent)
     for block, fields in _PERCENT_FIELDS.items():
         for name in fields:
             refuse.check(f"spec.{block}.{name}", (spec.get(block) or {}).get(name), parse_percent)

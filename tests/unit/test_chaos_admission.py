@@ -49,6 +49,8 @@ REFUSED = [
                  id="duration-not-a-duration"),
     pytest.param(network(delay={"latency": "1ms", "correlation": "150"}),
                  "spec.delay.correlation", "'150' is not a percentage", id="correlation-over-100"),
+    pytest.param(network(delay={"latency": "1ms", "reorder": {"reorder": "x", "gap": 5}}),
+                 "spec.delay.reorder.reorder", "'x' is not a percentage", id="reorder-percent"),
     pytest.param(network(action="loss", loss={"loss": "thirty"}), "spec.loss.loss",
                  "'thirty' is not a percentage", id="loss-not-a-percentage"),
     pytest.param(network(action="delay", delay=None), "spec.delay",
