@@ -49,14 +49,39 @@ def _ids(ev: RequestEvidence, *more: str) -> tuple[str, ...]:
     return (ev.sent.trace_id, *more)
 
 
+# The upstream never got the request: connect failure, no healthy host, no route, overflow.
+_NOT_SENT = frozenset({"UF", "UH", "NR", "NC", "UO"})
+
+
+def _reached(ev: RequestEvidence, caller: str | None, hop: str) -> bool:
+    """Whether ``hop`` got the request at all (under chaos a callee may be unreachable).
+
+    Unreached = the caller's outbound lines to it all show a connect failure, or the
+    caller's app never called it; without the caller's lines, assume reached (strict).
+    """
+    if caller is None or ev.hop(hop).logs_in:
+        return True
+    evidence = ev.hop(caller)
+    lines = [r for r in evidence.logs_out if r.upstream_service == hop]
+    if lines:
+        return not all(r.flags & _NOT_SENT for r in lines)
+    calls = [s for s in evidence.app_client
+             if str(s.attributes.get("server.address", s.name.rsplit(" ", 1)[-1])) == hop]
+    return bool(calls) or not (evidence.logs_in or evidence.app_server)
+
+
 def same_trace(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
-    """Every expected hop has spans in the request's trace; name the caller that broke it."""
+    """Every expected hop has spans in the request's trace; name the caller that broke it.
+
+    A hop the request never reached (its caller could not connect, §1.6 UF/UH, or never
+    called it) is not a continuity break: chaos made it unreachable.
+    """
     findings: list[Finding] = []
     broken: set[str] = set()
     for hop in tree.hops():
         caller = tree.caller(hop)
-        if caller in broken or ev.in_trace(hop):
-            if caller in broken:
+        if caller in broken or ev.in_trace(hop) or not _reached(ev, caller, hop):
+            if caller in broken or not ev.in_trace(hop):
                 broken.add(hop)
             continue
         broken.add(hop)

@@ -92,10 +92,27 @@ def test_retried_attempts_hidden_in_one_span_fail() -> None:
 
 
 @pytest.mark.parametrize("case", ["ignore-budget", "add-elapsed", "no-cancel",
-                                  "cancel-self-only", "app-retries", "stripped"])
+                                  "cancel-self-only", "app-retries", "stripped",
+                                  "leaf-unreachable"])
 def test_deadline_and_cancellation_twins_keep_trace_continuity(case: str) -> None:
     """Twins whose bug is not about context propagation must not fail continuity (§3)."""
     assert failing(case) == {}
+
+
+def test_an_unreachable_hop_is_not_a_continuity_break() -> None:
+    """§2.2 under chaos: connect refused/timeout → 503 UF,URX; the callee never got the
+    request, so its absence from the trace is no broken context (no crying wolf)."""
+    (ev,) = evidence("leaf-unreachable")
+    assert not ev.in_trace("pricing")
+    assert tracing.same_trace(ev, REFERENCE_CHAIN) == []
+
+
+def test_a_reached_hop_missing_from_the_trace_is_a_break() -> None:
+    """The caller got a normal answer from the callee, yet the callee left no evidence."""
+    (ev,) = evidence("correct")
+    ev.hops["pricing"] = type(ev.hop("pricing"))("pricing")
+    (finding,) = tracing.same_trace(ev, REFERENCE_CHAIN)
+    assert finding.hop == "inventory" and "no span" in finding.observed
 
 
 def test_sampled_flag_change_is_reported() -> None:

@@ -54,6 +54,7 @@ class Scenario:
     mesh_retry_spans: bool = True  # the sidecar emits one span per attempt
     mesh_attempts: int = 1  # tries the callee sidecar logs for calls to failing_hop
     client_timeout_us: int | None = None  # the probe gives up after this long (no answer)
+    unreachable_hop: str | None = None  # its pod is down: callers get 503 UF,URX (§2.2)
 
 
 class Chain:
@@ -300,6 +301,22 @@ class Chain:
                         self._sidecar_tags(hop, pod, "outbound", callee, expected, 1,
                                            request_id=request_id), tracestate=tracestate)
         out_spans.append(out)
+        if sc.unreachable_hop == callee:  # every try fails to connect; nothing reaches it
+            for attempt in range(1, 4):
+                out_spans.append(self.span(
+                    trace, out, f"{hop}.{NS}", operation, "client", end, end + 1_000,
+                    self._sidecar_tags(hop, pod, "attempt", callee, None, attempt, 503, "UF",
+                                       request_id), tracestate=tracestate))
+                end += 26_000
+            for span_id in out_spans:
+                tags = self._span_of(span_id)["tags"]
+                for t in tags:
+                    if t["key"] in ("http.status_code", "response_flags"):
+                        t["value"] = "503" if t["key"] == "http.status_code" else "UF,URX"
+            self._patch_end(out, end)
+            self.log(pod, start, end, 503, "UF,URX", request_id, callee,
+                     f"outbound|8080|v1|{callee}.{NS}.svc.cluster.local", tp_sent, expected, None)
+            return end, 503
         for attempt in range(1, tries + 1):
             # Envoy start_child_span: one child CLIENT span per upstream attempt.
             child = self.span(trace, out, f"{hop}.{NS}", operation, "client", end, end,
@@ -406,6 +423,7 @@ SCENARIOS = [
              client_timeout_us=200_000),
     Scenario("client-gone-cancel-self-only", "cancel-self-only", slow_hop="pricing",
              slow_us=800_000, client_timeout_us=200_000),
+    Scenario("leaf-unreachable", unreachable_hop="pricing"),
     Scenario("retries-correct", failing_hop="pricing", mesh_attempts=2),
     Scenario("retried-midchain", failing_hop="inventory", mesh_attempts=2),
     Scenario("retries-one-span", failing_hop="pricing", mesh_attempts=2, mesh_retry_spans=False),
