@@ -9,8 +9,11 @@ import re
 import signal
 import time
 
+import pytest
+
 from tests.conformance.conftest import (
     LEAF,
+    OtlpReceiver,
     Pair,
     Sidecars,
     config,
@@ -134,15 +137,23 @@ async def test_ready_only_after_first_config(sidecars: Sidecars) -> None:
     assert (await sc.admin_get("/ready")).status == 200
 
 
-async def test_sigterm_flushes_the_access_log_and_exits(pair: Pair) -> None:
+async def test_sigterm_flushes_the_access_log_and_spans_and_exits(
+        pair: Pair, otlp: OtlpReceiver) -> None:
     """docs/architecture.md: "On SIGTERM: stop accepting, flush logs and spans, exit"."""
-    await pair.configure()
-    await pair.call("/last-words")
+    await pair.configure(mesh={"otlp_endpoint": otlp.endpoint})
+    trace = "5" * 32
+    await pair.call("/last-words", {"traceparent": f"00-{trace}-{'6' * 16}-01"})
     os.kill(pair.front.proc.pid, signal.SIGTERM)
     async with asyncio.timeout(5):
         code = await pair.front.proc.wait()
     assert code == 0
     await pair.front.wait_log(lambda ln: "/last-words" in ln, within=2)
+    spans = await otlp.wait_spans(
+        lambda s: any(x["trace_id"] == trace and x["service"] == "front.shop" for x in s))
+    assert any(x["attrs"]["http.url"].endswith("/last-words") for x in spans)
+    with pytest.raises(OSError):
+        await pair.pool.request("GET", f"http://127.0.0.1:{pair.front.ports['outbound']}/x",
+                                timeout=2)
 
 
 async def test_quitquitquit_stops_the_sidecar(pair: Pair) -> None:
