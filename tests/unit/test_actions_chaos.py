@@ -8,6 +8,7 @@ objects go through admission, selection and the status lifecycle of mesh-semanti
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from chaoslib.exceptions import InterruptExecution
 
 from localmesh.chaos import ChaosController, install_chaos_admission
@@ -29,7 +31,13 @@ from localmesh.validation import install_validation
 from meshchaos.commands import abort
 from probes import chaos
 from probes.controls import safety as safety_control
-from probes.errors import ChaosNotInjected, ChaosNotSelected, ConfigurationError, SafetyError
+from probes.errors import (
+    ChaosError,
+    ChaosNotInjected,
+    ChaosNotSelected,
+    ConfigurationError,
+    SafetyError,
+)
 from tests.apiserver_helpers import namespace, pod, serve_api
 from tests.unit.test_chaos_lifecycle import RecordingSupervisor, RecordingXds
 
@@ -321,3 +329,28 @@ def test_remove_by_name_refuses_an_object_the_suite_did_not_create(cluster: Clus
     with pytest.raises(SafetyError, match="'shop/someone-elses': it is not labelled"):
         chaos.remove_chaos(name="someone-elses", configuration=cluster.config())
     assert cluster.chaos_names() == ["someone-elses"]
+
+
+def test_a_webhook_refusal_reaches_the_client_as_a_422_naming_the_field(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """§5.2 webhook rule through the API: `from` without a target is a 422 Invalid whose
+    Status names the field; the action reports it and nothing is stored."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    bad = chaos._build("leaf-delay-pricing.yaml", "t1", duration=None, selector=None,
+                       namespace=None)
+    bad["spec"]["direction"] = "from"
+    api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))
+    with pytest.raises(ApiException) as exc:
+        api.create_namespaced_custom_object(GROUP, "v1alpha1", "shop", "networkchaos", bad)
+    assert exc.value.status == 422
+    body = json.loads(exc.value.body)
+    assert body["reason"] == "Invalid"
+    assert body["details"]["causes"][0]["field"] == "spec.direction"
+    assert "'from' needs spec.target" in body["message"]
+    manifest = tmp_path / "from-without-target.yaml"
+    manifest.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ChaosError, match=r"spec\.direction 'from' needs spec\.target"):
+        chaos.apply_chaos(str(manifest), configuration=cluster.config())
+    assert cluster.chaos_names() == []
