@@ -165,3 +165,14 @@ def test_no_match_is_no_pod_is_selected() -> None:
     with pytest.raises(NoPodSelected, match="no pod is selected"):
         select_pods(_store_with_pods(), {"mode": "all", "selector": {
             "labelSelectors": {"app": "nobody"}}}, "shop")
+
+
+def test_pod_failure_image_annotation_falls_back_to_the_container_name() -> None:
+    """§5.3: the image is saved in
+    `chaos-mesh-<name>-pod-failure-<container>-{normal|init}-image`, or under the container
+    name alone when that key exceeds 63 characters."""
+    from localmesh.chaos.effects import image_annotation
+
+    key = image_annotation("fail", "app", "normal")
+    assert key == "chaos-mesh-fail-pod-failure-app-normal-image"
+    assert image_annotation("pod-failure-ratings-553ec153", "istio-proxy", "init") == "istio-proxy"
