@@ -448,7 +448,7 @@ class Sidecar:
                       overrides: dict[str, Any]) -> tuple[Upstream, str]:
         if route.name == _PASSTHROUGH_ROUTE:
             ep = Endpoint("", "", dest.host, dest.port, {}, True)
-            return (Upstream("PassthroughCluster", [ep], ("passthrough", authority),
+            return (Upstream("PassthroughCluster", [ep], ("passthrough", ""),
                              cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0, DEFAULT_RETRY,
                              authority, True, True), "PassthroughCluster")
         dsvc = resolve_host(cfg, dest.host)
