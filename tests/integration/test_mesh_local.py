@@ -179,7 +179,8 @@ def test_killed_container_restarts_and_counts_it(echo_mesh: MeshThread) -> None:
 
     current = until(restarted, what="the restart")
     assert current["status"]["containerStatuses"][0]["lastState"]["terminated"]["signal"] == 9
-    assert via_ingress(echo_mesh)[0] == 200
+    # The sidecar may still hold a pooled connection to the killed process for one request.
+    until(lambda: via_ingress(echo_mesh)[0] == 200, limit_s=5, what="serving again")
 
 
 def test_pod_failure_makes_the_pod_unreachable_until_recovered(echo_mesh: MeshThread) -> None:
