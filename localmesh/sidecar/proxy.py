@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import random
 import time
@@ -17,10 +16,10 @@ from typing import Any
 
 import httptools
 
-from localmesh.errors import SidecarConfigError
 from localmesh.http.client import ConnectionPool
 from localmesh.http.message import Request, Response
 from localmesh.http.server import ServerConnection
+from localmesh.sidecar import admin
 from localmesh.sidecar.accesslog import AccessLog
 from localmesh.sidecar.config import (
     DEFAULT_RETRY,
@@ -491,36 +490,11 @@ class Sidecar:
     # -- admin --------------------------------------------------------------------------
 
     async def handle_admin(self, req: Request, conn: ServerConnection) -> Response | None:
-        path = req.target.split("?", 1)[0]
-        if path == "/config" and req.method == "POST":
-            return self._admin_config(req.body)
-        if path == "/config" and req.method == "GET":
-            if self.cfg is None:
-                return _json(404, {"error": "no configuration pushed yet"})
-            return _json(200, self.cfg.raw)
-        if path == "/ready":
-            if self.cfg is None:
-                return Response(503, {"content-type": "text/plain"}, b"NOT READY\n")
-            return Response(200, {"content-type": "text/plain"}, b"LIVE\n")
-        if path == "/stats":
-            return _json(200, self.stats_snapshot())
-        if path == "/quitquitquit" and req.method == "POST":
-            asyncio.get_running_loop().call_soon(self._request_quit)
-            return Response(200, {"content-type": "text/plain"}, b"OK\n")
-        return _json(404, {"error": f"no admin endpoint {req.method} {path}"})
-
-    def _admin_config(self, body: bytes) -> Response:
-        try:
-            doc = json.loads(body)
-            cfg = self.apply_config(doc)
-        except ValueError as exc:  # json errors and SidecarConfigError are both ValueErrors
-            self.stats["config_rejected"] += 1
-            message = str(exc) if isinstance(exc, SidecarConfigError) else \
-                f"config body is not JSON: {exc}"
-            return _json(400, {"error": message})
-        return _json(200, {"version": cfg.version})
+        """The admin listener (``localmesh.sidecar.admin``)."""
+        return admin.handle(self, req)
 
     def stats_snapshot(self) -> dict[str, Any]:
+        """Counters for ``GET /stats``."""
         out: dict[str, Any] = dict(self.stats)
         out["config_version"] = self.cfg.version if self.cfg else None
         out["access_log_lines"] = self.access_log.lines_written
@@ -533,10 +507,6 @@ class Sidecar:
             out["span_batches_failed"] = self.exporter.failed_batches
         return out
 
-    def _request_quit(self) -> None:
+    def request_quit(self) -> None:
         if self.quit_event is not None:
             self.quit_event.set()
-
-
-def _json(status: int, body: Any) -> Response:
-    return Response(status, {"content-type": "application/json"}, json.dumps(body).encode())

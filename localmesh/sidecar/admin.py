@@ -1,0 +1,61 @@
+"""The sidecar's admin listener (docs/architecture.md "Sidecar").
+
+``POST /config`` (whole document, atomic replace; 400 with the reason when bad),
+``GET /config``, ``GET /ready`` (200 once a config arrived), ``GET /stats``,
+``POST /quitquitquit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from localmesh.errors import SidecarConfigError
+from localmesh.http.message import Request, Response
+
+if TYPE_CHECKING:
+    from localmesh.sidecar.proxy import Sidecar
+
+__all__ = ["handle"]
+
+_TEXT = {"content-type": "text/plain"}
+
+
+def handle(sidecar: Sidecar, req: Request) -> Response:
+    """Answer one admin request."""
+    path = req.target.split("?", 1)[0]
+    if path == "/config" and req.method == "POST":
+        return _push(sidecar, req.body)
+    if path == "/config" and req.method == "GET":
+        if sidecar.cfg is None:
+            return _json(404, {"error": "no configuration pushed yet"})
+        return _json(200, sidecar.cfg.raw)
+    if path == "/ready":
+        if sidecar.cfg is None:
+            return Response(503, dict(_TEXT), b"NOT READY\n")
+        return Response(200, dict(_TEXT), b"LIVE\n")
+    if path == "/stats":
+        return _json(200, sidecar.stats_snapshot())
+    if path == "/quitquitquit" and req.method == "POST":
+        # After this response is written: the runner then stops the listeners.
+        asyncio.get_running_loop().call_soon(sidecar.request_quit)
+        return Response(200, dict(_TEXT), b"OK\n")
+    return _json(404, {"error": f"no admin endpoint {req.method} {path}"})
+
+
+def _push(sidecar: Sidecar, body: bytes) -> Response:
+    try:
+        doc = json.loads(body)
+        cfg = sidecar.apply_config(doc)
+    except SidecarConfigError as exc:
+        sidecar.stats["config_rejected"] += 1
+        return _json(400, {"error": str(exc)})
+    except ValueError as exc:
+        sidecar.stats["config_rejected"] += 1
+        return _json(400, {"error": f"config body is not JSON: {exc}"})
+    return _json(200, {"version": cfg.version})
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(status, {"content-type": "application/json"}, json.dumps(body).encode())
