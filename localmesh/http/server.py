@@ -20,11 +20,18 @@ import httptools
 from localmesh.http.message import Request, Response, encode_response
 from localmesh.http.tcp import quickack
 
-__all__ = ["Handler", "ServerConnection", "serve"]
+__all__ = ["REQUEST_TASK_NAME", "Handler", "ServerConnection", "in_flight", "serve"]
 
 log = logging.getLogger("localmesh.http")
 
 Handler = Callable[[Request, "ServerConnection"], Awaitable[Response | None]]
+# Every request's handler task carries this name, so a shutdown can wait for them.
+REQUEST_TASK_NAME = "http-request"
+
+
+def in_flight() -> list[asyncio.Task[object]]:
+    """The handler tasks of requests still being served on this loop."""
+    return [t for t in asyncio.all_tasks() if t.get_name() == REQUEST_TASK_NAME and not t.done()]
 
 
 class ServerConnection(asyncio.Protocol):
@@ -110,7 +117,8 @@ class ServerConnection(asyncio.Protocol):
     # -- request processing -----------------------------------------------------
 
     def _start(self, req: Request) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(req))
+        self._task = asyncio.get_running_loop().create_task(self._run(req),
+                                                            name=REQUEST_TASK_NAME)
 
     async def _run(self, req: Request) -> None:
         try:

@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 
 from localmesh.errors import SidecarConfigError
-from localmesh.http.server import serve
+from localmesh.http.server import in_flight, serve
 from localmesh.sidecar.proxy import Sidecar
+
+_DRAIN_S = 2.0
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,7 +78,11 @@ async def run(args: argparse.Namespace) -> None:
     _announce(args, ports)
     await quit_event.wait()
     for s in servers:
-        s.close()  # stop accepting; in-flight requests end with the process
+        s.close()  # stop accepting
+    pending = in_flight()
+    if pending:
+        # Let requests in flight finish (Envoy drains too), bounded like a termination drain.
+        await asyncio.wait(pending, timeout=_DRAIN_S)
     await sidecar.close()
 
 

@@ -163,3 +163,17 @@ async def test_quitquitquit_stops_the_sidecar(pair: Pair) -> None:
     assert resp.status == 200
     async with asyncio.timeout(5):
         assert await pair.front.proc.wait() == 0
+
+
+async def test_sigterm_lets_requests_in_flight_finish(pair: Pair) -> None:
+    """docs/architecture.md SIGTERM: "stop accepting, flush logs and spans, exit" — a request
+    already in flight still gets its answer (bounded drain, as Envoy drains on shutdown)."""
+    await pair.configure()
+    call = asyncio.create_task(pair.call("/slow?sleep=0.5"))
+    await asyncio.sleep(0.2)
+    os.kill(pair.front.proc.pid, signal.SIGTERM)
+    resp = await call
+    assert resp.status == 200
+    async with asyncio.timeout(5):
+        assert await pair.front.proc.wait() == 0
+    await pair.front.wait_log(lambda ln: "/slow?sleep=0.5" in ln and " 200 " in ln, within=2)
