@@ -211,7 +211,7 @@ class ChaosController:
             self._requeue_after(key, self._retry_interval)
             return
         remaining = self._remaining_s(obj)
-        if phase == "Run" and remaining is not None:
+        if remaining is not None and remaining > 0:  # paused too: TimeUp comes on time
             self._requeue_after(key, remaining)
 
     def _ensure_finalizer(self, key: Key, obj: Obj) -> Obj:

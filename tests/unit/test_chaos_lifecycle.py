@@ -396,3 +396,20 @@ async def test_clean_finalizer_forced_lets_a_stuck_object_go(h: Harness) -> None
         "chaos-mesh.chaos-mesh.org/cleanFinalizer": "forced"}}})
     await eventually(lambda: gone(h, "networkchaos", "stuck"))
     h.xds.sync_error = None
+
+
+async def test_after_time_up_resuming_does_not_inject_again(h: Harness) -> None:
+    """§5.4 desired phase, first match wins: duration passed → Stop, before the pause check;
+    removing a pause after the time is up does not bring the fault back."""
+    h.add_pod("pricing-a", "pricing")
+    h.create("NetworkChaos", "short", {**DELAY, "duration": "200ms"},
+             annotations={"experiment.chaos-mesh.org/pause": "true"})
+    await eventually(has_condition(h, "networkchaos", "short", "Selected", "True"))
+    await eventually(lambda: "TimeUp" in [r for r, _ in h.events("short")])
+    h.store.patch(GROUP, "networkchaos", "shop", "short",
+                  {"metadata": {"annotations": {"experiment.chaos-mesh.org/pause": None}}})
+    await asyncio.sleep(0.2)
+    obj = h.get("networkchaos", "short")
+    assert obj["status"]["experiment"]["desiredPhase"] == "Stop"
+    assert obj["status"]["experiment"]["containerRecords"][0]["injectedCount"] == 0
+    assert "shop/pricing-a" not in h.xds.faults
