@@ -65,6 +65,11 @@ def _reached(ev: RequestEvidence, caller: str | None, hop: str) -> bool:
     lines = [r for r in evidence.logs_out if r.upstream_service == hop]
     if lines:
         return not all(r.flags & _NOT_SENT for r in lines)
+    outs = [s for s in evidence.sidecar_out if s.upstream_service == hop
+            or str(s.attributes.get("http.url", "")).split("//", 1)[-1].startswith(f"{hop}:")]
+    if outs:
+        return not all(_NOT_SENT & set(str(s.attributes.get("response_flags", "")).split(","))
+                       for s in outs)
     calls = [s for s in evidence.app_client
              if str(s.attributes.get("server.address", s.name.rsplit(" ", 1)[-1])) == hop]
     return bool(calls) or not (evidence.logs_in or evidence.app_server)

@@ -223,12 +223,18 @@ class AccessLogRecord:
     def build(cls, namespace: str, pod: str, line: str, fields: Mapping[str, str | None],
               hop: str | None = None) -> AccessLogRecord:
         cluster = fields.get("upstream_cluster") or ""
+        hop = hop or hop_of_pod(pod)
         direction: Literal["inbound", "outbound", "unknown"] = (
             "inbound" if cluster.startswith("inbound|")
             else "outbound" if cluster.startswith("outbound|") else "unknown")
+        authority = (fields.get("authority") or "").split(":", 1)[0].split(".", 1)[0]
+        if direction == "unknown" and authority:
+            # No upstream was picked (503 UH, NR): the cluster prints "-". A request for
+            # another service than the pod's own left through its outbound listener.
+            direction = "inbound" if authority == hop else "outbound"
         flags = fields.get("response_flags")
         context = parse_traceparent(fields.get("traceparent"))
-        return cls(namespace=namespace, pod=pod, hop=hop or hop_of_pod(pod), line=line,
+        return cls(namespace=namespace, pod=pod, hop=hop, line=line,
                    fields=fields,
                    start_us=_start_us(fields.get("start_time")),
                    duration_ms=_int(fields.get("duration")),

@@ -121,3 +121,16 @@ def test_pod_names_map_to_their_workload() -> None:
     assert hop_of_pod("orders-5d4f9c7b8-x2x9q") == "orders"
     assert hop_of_pod("istio-ingressgateway-5f8c9d7b6-g1h2j") == "istio-ingressgateway"
     assert hop_of_pod("standalone") == "standalone"
+
+
+def test_a_line_without_upstream_cluster_is_outbound_when_it_names_another_service() -> None:
+    """§1.6 UH (no healthy upstream): no upstream was picked, so the cluster prints "-";
+    the authority still names the called service."""
+    line = ('[2026-11-26T18:06:48.184Z] "GET /pricing HTTP/1.1" 503 UH no_healthy_upstream - "-" '
+            '0 19 0 - "-" "-" "8c55a5ee-fa85-4cb7-bce5-73c79e2fcde2" "pricing:8080" "-" - - '
+            '127.0.0.1:34543 127.0.0.1:41432 - pricing-v1 '
+            '"00-72a8a20543233f85007094b4b163e76b-1782e5cff7d9002d-01" "-" "-"')
+    (record,), _ = parse_lines(compile_format(EXTENDED_TEXT), "shop",
+                               "inventory-73de13f8b4-7km57", [line])
+    assert record.direction == "outbound" and record.upstream_service == "pricing"
+    assert record.flags == frozenset({"UH"}) and record.response_code == 503
