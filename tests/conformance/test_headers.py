@@ -125,3 +125,17 @@ async def test_origin_form_with_host_header_is_routed_like_absolute_form(pair: P
         {"host": "leaf.shop.svc.cluster.local:8080"}, timeout=5)
     assert resp.status == 200
     assert pair.app.seen[-1].path == "/origin"
+
+
+async def test_app_per_try_timeout_header_is_honoured_with_the_switch_on(pair: Pair) -> None:
+    """§1.4 `x-envoy-upstream-rq-per-try-timeout-ms` sets the per-try timeout (removed after
+    parsing); retried here because the app also asked `x-envoy-retry-on: 5xx` (§1.2)."""
+    await pair.configure(mesh={"honor_app_envoy_headers": True})
+    resp = await pair.call("/work?sleep=2", {"x-envoy-upstream-rq-per-try-timeout-ms": "200",
+                                             "x-envoy-retry-on": "5xx",
+                                             "x-envoy-max-retries": "1"})
+    assert resp.status == 504
+    line = await pair.front.wait_log(lambda ln: "sleep=2" in ln)
+    assert " 504 UT,URX upstream_per_try_timeout " in line
+    assert [s.headers["x-envoy-attempt-count"] for s in pair.app.seen] == ["1", "2"]
+    assert all("x-envoy-upstream-rq-per-try-timeout-ms" not in s.headers for s in pair.app.seen)
