@@ -64,7 +64,8 @@ class PodContext:
     store: ObjectStore
     xds: SidecarRegistry
     logs: PodLogs
-    forkserver: ForkServer
+    proxy_forkserver: ForkServer
+    app_forkserver: ForkServer
     ports: PortAllocator
     otlp_endpoint: str
     base_dir: Path
@@ -181,7 +182,9 @@ class PodRunner:
         ready_r, ready_w = os.pipe() if container.name == PROXY_CONTAINER else (-1, -1)
         extra = [ready_w] if ready_w >= 0 else []
         try:
-            child = await self.ctx.forkserver.spawn(
+            server = (self.ctx.proxy_forkserver if container.name == PROXY_CONTAINER
+                      else self.ctx.app_forkserver)
+            child = await server.spawn(
                 launch.argv, env=launch.env, cwd=launch.cwd, python=launch.python,
                 stdout=out_w, stderr=out_w, extra_fds=extra)
         except BaseException:

@@ -23,6 +23,8 @@ __all__ = [
     "COMMAND_ANNOTATION",
     "CWD_ANNOTATION",
     "PRELOAD_LIBRARIES",
+    "PROXY_LIBRARIES",
+    "PROXY_TREES",
     "Launch",
     "PodPorts",
     "app_container",
@@ -177,15 +179,19 @@ def declared_app_port(pod: Obj) -> int | None:
     return _container_port(container) if container else None
 
 
-# Libraries the sidecar and the reference chain import: costly at start-up, safe to import.
-PRELOAD_LIBRARIES = ("asyncio", "json", "httptools", "uvloop", "aiohttp.web",
+# What the fork servers import up front: costly at start-up, safe to import. Sidecars and
+# apps have a server each, so both import in parallel and sidecars need not wait for the
+# apps' heavier libraries (the reference chain's aiohttp and OpenTelemetry SDK).
+PROXY_LIBRARIES = ("asyncio", "json", "httptools", "uvloop")
+PROXY_TREES = (SIDECAR_MODULE, "localmesh.http")
+PRELOAD_LIBRARIES = ("asyncio", "json", "uvloop", "aiohttp.web",
                      "opentelemetry.sdk.trace", "opentelemetry.sdk.trace.export",
                      "opentelemetry.exporter.otlp.proto.http.trace_exporter")
 
 
 def preload_trees(pods_or_templates: list[Obj]) -> list[str]:
-    """Packages worth importing in the fork server: the sidecar and the apps' ``-m`` ones."""
-    trees = [SIDECAR_MODULE, "localmesh.http"]
+    """Packages worth importing in the apps' fork server: their ``-m`` packages."""
+    trees: list[str] = []
     for obj in pods_or_templates:
         command = _command(obj)
         if command is None or not command[1]:

@@ -59,19 +59,34 @@ class Child:
 
 
 class ForkServer:
-    """One fork server per mesh, preloaded with the modules pods will import."""
+    """A fork server preloaded with the modules its children will import.
+
+    ``launch()`` starts it without waiting; ``spawn()`` waits for it to be ready,
+    so callers can queue children while it is still importing.
+    """
 
     def __init__(self, preload: Sequence[str] = (), preload_trees: Sequence[str] = ()) -> None:
         self.preload = list(dict.fromkeys(preload))
         self.preload_trees = list(dict.fromkeys(preload_trees))
         self.address = f"meshchaos-forkserver-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._proc: asyncio.subprocess.Process | None = None
+        self._ready: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def launch(self) -> asyncio.Future[None]:
+        """Start the server in the background; the future completes once it serves."""
+        if self._ready is None:
+            self._ready = asyncio.ensure_future(self._start())
+        return self._ready
+
     async def start(self) -> None:
+        """Start the server and wait until it serves."""
+        await asyncio.shield(self.launch())
+
+    async def _start(self) -> None:
         args = [sys.executable, "-m", "localmesh.supervisor.forkserver",
                 "--address", self.address, "--parent", str(os.getpid())]
         for name in self.preload:
@@ -96,6 +111,9 @@ class ForkServer:
                     python: bool, stdout: int, stderr: int,
                     extra_fds: Sequence[int] = ()) -> Child:
         """Fork a child running ``argv``; the caller keeps (and closes) its fds."""
+        if self._ready is None:
+            raise ProcessError("the fork server was not started")
+        await asyncio.shield(self._ready)
         if self._proc is None or self._proc.returncode is not None:
             raise ProcessError("the fork server is not running")
         loop = asyncio.get_running_loop()
@@ -126,6 +144,13 @@ class ForkServer:
 
     async def stop(self) -> None:
         """Stop the server; it kills every child group it still has."""
+        ready, self._ready = self._ready, None
+        if ready is not None and not ready.done():
+            ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ProcessError):
+                await ready
+        elif ready is not None and not ready.cancelled():
+            ready.exception()  # retrieved: a failed start was reported to whoever waited
         proc, self._proc = self._proc, None
         if proc is None:
             return

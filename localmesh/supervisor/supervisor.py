@@ -20,7 +20,13 @@ from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
 from localmesh.supervisor.injection import install_injection
 from localmesh.supervisor.pods import PodContext, PodRunner, SidecarRegistry
-from localmesh.supervisor.podspec import PRELOAD_LIBRARIES, SIDECAR_MODULE, preload_trees
+from localmesh.supervisor.podspec import (
+    PRELOAD_LIBRARIES,
+    PROXY_LIBRARIES,
+    PROXY_TREES,
+    SIDECAR_MODULE,
+    preload_trees,
+)
 from localmesh.supervisor.ports import PortAllocator
 from localmesh.supervisor.replicasets import ReplicaSetController, is_pod_ready
 from localmesh.supervisor.spawner import ForkServer
@@ -45,8 +51,7 @@ class Supervisor:
         self.store = store
         self.logs = PodLogs(state_dir)
         self.controller = ReplicaSetController(store)
-        self._forkserver: ForkServer | None = None
-        self._forkserver_started: asyncio.Future[None] | None = None
+        self._forkservers: dict[str, ForkServer] = {}  # "proxy" and "app"
         self._xds = xds
         self._otlp = otlp_endpoint
         self._ingress_port = ingress_port
@@ -67,29 +72,32 @@ class Supervisor:
     # -- lifecycle ------------------------------------------------------------------------
 
     def warm_up(self, objects: list[Obj]) -> None:
-        """Start the fork server now, preloading what these objects' pods will run.
+        """Start the fork servers now, preloading what these objects' pods will run.
 
-        Its imports are most of a mesh's start-up time; they overlap with whatever
-        the caller does before :meth:`start` (validating manifests, for one).
+        Their imports are most of a mesh's start-up time; they overlap with whatever
+        the caller does before :meth:`start` (validating manifests, for one), and
+        pods queue their processes until their server is ready.
         """
-        if self._forkserver is not None:
+        if self._forkservers:
             return
         templates = [(o.get("spec") or {}).get("template") or {} for o in objects
                      if o.get("kind") == "Deployment"]
         trees = preload_trees(templates + [o for o in objects if o.get("kind") == "Pod"])
+        proxy_trees = list(PROXY_TREES)
         if self._sidecar_module != SIDECAR_MODULE:
-            trees.append(self._sidecar_module)
-        self._forkserver = ForkServer(PRELOAD_LIBRARIES, trees)
-        self._forkserver_started = asyncio.ensure_future(self._forkserver.start())
+            proxy_trees.append(self._sidecar_module)
+        self._forkservers = {"proxy": ForkServer(PROXY_LIBRARIES, proxy_trees),
+                             "app": ForkServer(PRELOAD_LIBRARIES, trees)}
+        for server in self._forkservers.values():
+            server.launch()
 
     async def start(self) -> None:
-        """Start the fork server (unless warmed up already) and the controllers."""
-        if self._forkserver is None:
+        """Start the fork servers (unless warmed up already) and the controllers."""
+        if not self._forkservers:
             self.warm_up(self.store.list("apps", "deployments") + self.store.list("", "pods"))
-        assert self._forkserver_started is not None and self._forkserver is not None
-        await self._forkserver_started
         self._loop = asyncio.get_running_loop()
-        self._ctx = PodContext(self.store, self._xds, self.logs, self._forkserver, self._ports,
+        self._ctx = PodContext(self.store, self._xds, self.logs, self._forkservers["proxy"],
+                               self._forkservers["app"], self._ports,
                                self._otlp, self._base_dir, self._ingress_port,
                                self._sidecar_module)
         self.store.subscribe(self._on_pod, group="", plural="pods")
@@ -110,13 +118,8 @@ class Supervisor:
         for task in list(self._retired):
             task.cancel()
         await asyncio.gather(*self._retired, return_exceptions=True)
-        if self._forkserver_started is not None and not self._forkserver_started.done():
-            self._forkserver_started.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ProcessError):
-                await self._forkserver_started
-        if self._forkserver is not None:
-            await self._forkserver.stop()
-            self._forkserver = None
+        servers, self._forkservers = self._forkservers, {}
+        await asyncio.gather(*(server.stop() for server in servers.values()))
         self.logs.close()
 
     async def _finish_retiring(self) -> None:
@@ -132,8 +135,9 @@ class Supervisor:
             r.runner.signal_all(signal.SIGKILL)
 
     @property
-    def forkserver_pid(self) -> int | None:
-        return self._forkserver.pid if self._forkserver else None
+    def forkserver_pids(self) -> list[int]:
+        """The fork servers' pids (every pod process is a child of one of them)."""
+        return [s.pid for s in self._forkservers.values() if s.pid is not None]
 
     # -- store events -------------------------------------------------------------------------
 
@@ -260,8 +264,7 @@ class Supervisor:
     def all_pids(self) -> list[int]:
         pids = [c.child.pid for r in self._runners.values() for c in r.containers.values()
                 if c.child is not None]
-        if self.forkserver_pid:
-            pids.append(self.forkserver_pid)
+        pids += self.forkserver_pids
         return pids
 
     def unready_pods(self) -> list[Obj]:
@@ -283,6 +286,7 @@ class Supervisor:
         deadline = loop.time() + limit_s
         while True:
             self._changed.clear()
+            self._raise_if_forkserver_failed()
             pending = self.unready_pods()
             wanted = self._missing_replicas()
             if not pending and not wanted:
@@ -291,6 +295,12 @@ class Supervisor:
                 raise ProcessError(self._not_ready_message(pending, wanted, limit_s))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(0.2, deadline - loop.time()))
+
+    def _raise_if_forkserver_failed(self) -> None:
+        for role, server in self._forkservers.items():
+            ready = server.launch()
+            if ready.done() and not ready.cancelled() and ready.exception() is not None:
+                raise ProcessError(f"no {role} process can start: {ready.exception()}")
 
     def _missing_replicas(self) -> list[str]:
         missing = []

@@ -151,8 +151,8 @@ def stop_and_reap(thread: MeshThread) -> None:
     """Stop a MeshThread; then kill whatever of its processes survived (none should)."""
     supervisor = thread.mesh.supervisor
     pids = supervisor.all_pids() if supervisor is not None else []
-    forkserver = supervisor.forkserver_pid if supervisor is not None else None
-    pids += descendants(forkserver) if forkserver else []
+    for server in supervisor.forkserver_pids if supervisor is not None else []:
+        pids += descendants(server)
     thread.stop()
     kill_groups(pids)
 

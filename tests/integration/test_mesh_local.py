@@ -262,9 +262,10 @@ def test_stale_state_dir_is_cleaned_and_stop_leaves_no_process(tmp_path: Path) -
         assert not (state / "pods" / "shop_old-pod").exists()
         assert json.loads((state / "endpoints.json").read_text())["pid"] == os.getpid()
         supervisor = thread.mesh.supervisor
-        assert supervisor is not None and supervisor.forkserver_pid is not None
-        family = [supervisor.forkserver_pid, *descendants(supervisor.forkserver_pid)]
-        assert len(family) >= 4  # fork server, echo app + sidecar, gateway
+        assert supervisor is not None and len(supervisor.forkserver_pids) == 2
+        family = [*supervisor.forkserver_pids,
+                  *(pid for server in supervisor.forkserver_pids for pid in descendants(server))]
+        assert len(family) >= 5  # two fork servers, echo app + sidecar, gateway
     finally:
         stop_and_reap(thread)
     assert not [pid for pid in family if alive(pid)]

@@ -114,10 +114,9 @@ def test_service_name_falls_back_to_the_deployment_name() -> None:
     assert service_name(pod(labels={})) == "orders"
 
 
-def test_preload_trees_name_the_sidecar_and_the_apps_packages() -> None:
-    trees = preload_trees([pod(), pod("python app.py"), pod("./server")])
-    assert trees[0] == "localmesh.sidecar" and "fixtures.chain" in trees
-    assert "app.py" not in trees
+def test_preload_trees_name_the_apps_python_packages_only() -> None:
+    """Only ``python -m <package>`` apps can be preloaded; scripts and binaries cannot."""
+    assert preload_trees([pod(), pod("python app.py"), pod("./server")]) == ["fixtures.chain"]
 
 
 def test_backoff_restarts_at_once_then_doubles_and_resets_after_a_stable_run() -> None:
