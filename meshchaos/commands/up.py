@@ -199,7 +199,9 @@ def _detach(args: argparse.Namespace, manifests: list[Path], state: StateDir) ->
     """Start ``meshchaos up`` as a daemon and relay its progress until it is Ready."""
     state.path.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
-    command = [sys.executable, "-m", "meshchaos.cli", "up", "--state-dir", str(state.path),
+    # The daemon runs this module alone: no other subcommand's imports on its start-up path.
+    command = [sys.executable, "-m", "meshchaos.commands.up", "up", "--state-dir",
+               str(state.path),
                "--notify-fd", str(write_fd), "--ready-timeout", str(args.ready_timeout)]
     for path in manifests:
         command += ["--manifests", str(path)]
@@ -269,3 +271,19 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").rstrip().splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _daemon_main() -> int:
+    """``python -m meshchaos.commands.up up ...``: what ``--detach`` runs in the daemon."""
+    parser = argparse.ArgumentParser(prog="meshchaos")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args()
+    try:
+        return int(args.func(args))
+    except MeshError as exc:
+        print(f"meshchaos up: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(_daemon_main())
