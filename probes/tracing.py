@@ -21,6 +21,7 @@ from probes.evidence.collect import collect
 from probes.evidence.request import CallTree
 from probes.results import probe_result
 from probes.target import resolve_target
+from probes.traffic import send_one
 
 __all__ = ["trace_continuity"]
 
@@ -33,8 +34,9 @@ def trace_continuity(requests: int = 5, path: str = "/", headers: dict[str, str]
 
     Rules (``checks``, default all): ``same-trace``, ``parent-links``,
     ``new-parent-per-call``, ``tracestate``, ``sampled``, ``b3``, ``request-id``,
-    ``retries``. ``call_tree`` is ``{"entry": "frontend", "calls": {"frontend": ["orders"],
-    ...}}`` (default: the reference chain). Returns the probe result dict (``$.passed``);
+    ``retries``. With ``sampled``, one extra request goes out unsampled (flags 00).
+    ``call_tree`` is ``{"entry": "frontend", "calls": {"frontend": ["orders"], ...}}``
+    (default: the reference chain). Returns the probe result dict (``$.passed``);
     raises ``EvidenceError`` when a rule has no evidence at all.
     """
     deadline = Deadline(timeout_s, "trace_continuity")
@@ -42,10 +44,17 @@ def trace_continuity(requests: int = 5, path: str = "/", headers: dict[str, str]
     tree = CallTree.from_config(call_tree)
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
                                  timeout_s=10.0, deadline=deadline)
+    if checks is None or "sampled" in checks:
+        # One unsampled request (flags 00): every hop must keep the flag and record no span.
+        sent.append(send_one(target.ingress_url + path, _common.run_id(configuration),
+                             headers=headers, sampled=False,
+                             timeout_s=min(10.0, deadline.check("sending requests") / 4)))
     gathered = collect(target, sent, tree, deadline)
     results = evaluate(gathered.requests, tree, checks)
     return probe_result("trace-continuity", results,
                         traces=_common.sample_traces(gathered.requests, results),
-                        measurements={"requests": len(sent), "log_lines": gathered.log_lines,
+                        measurements={"requests": len(sent),
+                                      "unsampled_requests": sum(not r.sampled for r in sent),
+                                      "log_lines": gathered.log_lines,
                                       "unparsed_log_lines": gathered.unparsed_lines,
                                       "statuses": sorted({str(r.status) for r in sent})})

@@ -299,7 +299,11 @@ def evaluate(evidence: Sequence[RequestEvidence], tree: CallTree,
                                  f"known: {sorted(_RULE_FUNCS)}")
     checks = []
     for rule in chosen:
-        results = [_RULE_FUNCS[rule](ev, tree) for ev in evidence]
+        # Unsampled requests leave no spans by design: only the sampled rule judges them.
+        judged = [ev for ev in evidence if ev.sent.sampled or rule == "sampled"]
+        if not judged:
+            continue
+        results = [_RULE_FUNCS[rule](ev, tree) for ev in judged]
         if all(r is None for r in results):
             raise EvidenceError(f"could not measure '{rule}': {_MISSING.get(rule, 'no evidence')}")
         checks.append(aggregate(rule, RULES[rule], _EXPECTED[rule], [r or [] for r in results]))

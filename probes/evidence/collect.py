@@ -40,6 +40,11 @@ def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadlin
         with TraceReader(target.traces_url, target.traces_api) as reader:
             wait = min(trace_wait_s, deadline.check("waiting for traces") * 0.6)
             traces = reader.wait_for(sampled, tree.hops(), wait_s=wait) if sampled else {}
+            # Unsampled requests must leave no span: look once, after the sampled ones had
+            # all the time they needed to arrive.
+            for request in sent:
+                if not request.sampled:
+                    traces[request.trace_id] = reader.fetch(request.trace_id)
         if sampled and not any(traces.values()):
             raise EvidenceError(f"none of {len(sampled)} sampled traces (first "
                                 f"{sampled[0]}) appeared at '{target.traces_url}' within "

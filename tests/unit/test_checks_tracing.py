@@ -128,6 +128,20 @@ def test_sampled_flag_change_is_reported() -> None:
     assert findings and findings[0].hop == "orders"
 
 
+def test_unsampled_request_keeps_its_flag_and_leaves_no_span() -> None:
+    """W3C §4.1 flags bit0 = sampled; §3 "Sampled is inherited": flags 00 at every hop and
+    nothing recorded. Only the sampled rule judges an unsampled request."""
+    checks = tracing.evaluate(evidence("unsampled"), REFERENCE_CHAIN)
+    assert [(c.name, c.passed) for c in checks] == [("sampled", True)]
+
+
+def test_spans_recorded_for_an_unsampled_request_fail_the_sampled_rule() -> None:
+    """§3: with sampled=0 inherited, no sidecar or app may record the request."""
+    found = failing("unsampled-recorded")
+    assert set(found) == {"sampled"}
+    assert "spans recorded for an unsampled trace" in found["sampled"][1]
+
+
 def test_missing_tracestate_evidence_raises_could_not_measure() -> None:
     """"Could not measure" raises: no span and no log line carries a tracestate at all."""
     ev = evidence("correct")

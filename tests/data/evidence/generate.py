@@ -55,6 +55,8 @@ class Scenario:
     mesh_attempts: int = 1  # tries the callee sidecar logs for calls to failing_hop
     client_timeout_us: int | None = None  # the probe gives up after this long (no answer)
     unreachable_hop: str | None = None  # its pod is down: callers get 503 UF,URX (§2.2)
+    sampled: bool = True  # the probe's traceparent flags
+    store_unsampled: bool = False  # the trace store keeps spans of an unsampled trace (a bug)
 
 
 class Chain:
@@ -68,6 +70,7 @@ class Chain:
         self.trace = self._hex(32)
         self.request_id = self._uuid()
         self.tracestate = "meshchaos=run-1"
+        self.flags = "01" if sc.sampled else "00"
         self.probe_parent = self._hex(16)
 
     def _hex(self, n: int) -> str:
@@ -236,7 +239,7 @@ class Chain:
         self._span_of(inbound)["tags"] += [
             {"key": "http.status_code", "type": "string", "value": str(code)},
             {"key": "response_flags", "type": "string", "value": flags}]
-        received_tp = f"00-{trace}-{ctx['parent']}-01" if ctx.get("traceparent", True) else None
+        received_tp = f"00-{trace}-{ctx['parent']}-{self.flags}"
         self.log(pod, start, log_end, code, flags, ctx["request_id"], hop, "inbound|8080||",
                  received_tp, caller_expected if sc.honor else None, attempt)
         return log_end, code if code else 504
@@ -273,13 +276,13 @@ class Chain:
                  sent: int | None, defective: bool, reset_at: int | None) -> tuple[int, int]:
         sc, pod = self.sc, PODS[hop]
         defect = sc.defect if defective else "none"
-        trace, parent, tp_sent = ctx["trace"], client, f"00-{ctx['trace']}-{client}-01"
+        trace, parent, tp_sent = ctx["trace"], client, f"00-{ctx['trace']}-{client}-{self.flags}"
         request_id, tracestate, b3 = ctx["request_id"], ctx["tracestate"], ctx["b3"]
         if defect == "drop-traceparent":
             trace, parent, tp_sent = self._hex(32), None, None  # the sidecar starts a new trace
         elif defect == "reuse-parent":  # forwards the traceparent it received, unchanged
             inbound_id = self._inbound_of(hop)
-            parent, tp_sent = inbound_id, f"00-{trace}-{inbound_id}-01"
+            parent, tp_sent = inbound_id, f"00-{trace}-{inbound_id}-{self.flags}"
         if defect == "drop-tracestate":
             tracestate = None
         if defect == "drop-b3":
@@ -389,13 +392,14 @@ def write_case(sc: Scenario, seed: int) -> None:
     if out.exists():
         shutil.rmtree(out)
     (out / "logs").mkdir(parents=True)
-    sent = {"trace_id": chain.trace, "parent_id": chain.probe_parent, "sampled": True,
+    sent = {"trace_id": chain.trace, "parent_id": chain.probe_parent, "sampled": sc.sampled,
             "tracestate": chain.tracestate, "request_id": chain.request_id,
             "b3_trace_id": chain.trace, "b3_span_id": chain.probe_parent,
             "status": None if sc.client_timeout_us else 200,
             "latency_ms": (sc.client_timeout_us or 60_000) / 1000, "started_us": T0_US}
     (out / "requests.json").write_text(json.dumps([sent], indent=1) + "\n")
-    (out / "traces.json").write_text(json.dumps(jaeger(chain, [chain.trace]), indent=1) + "\n")
+    kept = [chain.trace] if sc.sampled or sc.store_unsampled else []
+    (out / "traces.json").write_text(json.dumps(jaeger(chain, kept), indent=1) + "\n")
     for pod in PODS.values():
         lines = chain.logs.get(pod, [])
         (out / "logs" / f"{NS}_{pod}.log").write_text("".join(line + "\n" for line in lines))
@@ -423,6 +427,8 @@ SCENARIOS = [
              client_timeout_us=200_000),
     Scenario("client-gone-cancel-self-only", "cancel-self-only", slow_hop="pricing",
              slow_us=800_000, client_timeout_us=200_000),
+    Scenario("unsampled", sampled=False),
+    Scenario("unsampled-recorded", sampled=False, store_unsampled=True),
     Scenario("leaf-unreachable", unreachable_hop="pricing"),
     Scenario("retries-correct", failing_hop="pricing", mesh_attempts=2),
     Scenario("retried-midchain", failing_hop="inventory", mesh_attempts=2),
