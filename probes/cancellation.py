@@ -45,7 +45,7 @@ def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | No
     """
     deadline = Deadline(timeout_s, "orphan_work")
     target = resolve_target(configuration)
-    tree = CallTree.from_config(call_tree)
+    tree = CallTree.from_config(call_tree or (configuration or {}).get("call_tree"))
     request_timeout = client_timeout_ms / 1000 if client_timeout_ms else 30.0
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
                                  timeout_s=request_timeout, deadline=deadline,

@@ -44,7 +44,7 @@ def deadline_propagation(requests: int = 5, path: str = "/",
     """
     deadline = Deadline(timeout_s, "deadline_propagation")
     target = resolve_target(configuration)
-    tree = CallTree.from_config(call_tree)
+    tree = CallTree.from_config(call_tree or (configuration or {}).get("call_tree"))
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
                                  timeout_s=30.0, deadline=deadline)
     gathered = collect(target, sent, tree, deadline)
@@ -67,7 +67,7 @@ def virtual_service_audit(call_tree: dict[str, Any] | None = None, timeout_s: fl
     """
     deadline = Deadline(timeout_s, "virtual_service_audit")
     target = resolve_target(configuration)
-    tree = CallTree.from_config(call_tree)
+    tree = CallTree.from_config(call_tree or (configuration or {}).get("call_tree"))
     client = target.api_client()
     try:
         routes = read_routes(client, target.namespace,

@@ -41,7 +41,7 @@ def trace_continuity(requests: int = 5, path: str = "/", headers: dict[str, str]
     """
     deadline = Deadline(timeout_s, "trace_continuity")
     target = resolve_target(configuration)
-    tree = CallTree.from_config(call_tree)
+    tree = CallTree.from_config(call_tree or (configuration or {}).get("call_tree"))
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
                                  timeout_s=10.0, deadline=deadline)
     if checks is None or "sampled" in checks:

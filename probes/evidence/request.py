@@ -78,7 +78,11 @@ class CallTree:
 
     @classmethod
     def from_config(cls, value: Mapping[str, object] | None) -> CallTree:
-        """``{"entry": "frontend", "calls": {"frontend": ["orders"], …}}``; None → reference."""
+        """``{"entry": "frontend", "calls": {"frontend": ["orders"], …}}``; None → reference.
+
+        Probes take it as the ``call_tree`` argument or the ``call_tree`` configuration key
+        (VirtualServices and Services say which services exist, not who calls whom).
+        """
         if not value:
             return REFERENCE_CHAIN
         calls = value.get("calls") or {}

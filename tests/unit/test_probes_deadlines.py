@@ -39,3 +39,17 @@ def test_virtual_service_audit_reports_an_inversion(tmp_path: Path) -> None:
     assert result["passed"] is False
     assert "timeout-inversion at inventory" in result["reason"]
     assert len(result["measurements"]["routes"]) == 2
+
+
+def test_the_call_tree_can_come_from_the_configuration(tmp_path: Path) -> None:
+    """A two-hop tree given once in the experiment's configuration applies to every probe."""
+    def vs(host: str, timeout: str) -> dict[str, object]:
+        return {"metadata": {"name": host, "namespace": "shop"},
+                "spec": {"hosts": [host], "http": [
+                    {"route": [{"destination": {"host": host}}], "timeout": timeout}]}}
+
+    fake = Fake(virtual_services=[vs("orders", "500ms"), vs("inventory", "2s")])
+    tree = {"entry": "orders", "calls": {"orders": ["ratings"]}}  # inventory is not called
+    with serve(tmp_path, fake) as running:
+        result = virtual_service_audit(configuration=running.configuration(call_tree=tree))
+    assert result["passed"] is True, result["reason"]
