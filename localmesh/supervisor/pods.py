@@ -152,13 +152,16 @@ class PodRunner:
                 continue
             try:
                 await self._run_once(container, launch)
+                ran_for = time.monotonic() - container.started_mono
             except ProcessError as exc:
-                self._event("Failed", str(exc), type_="Warning")
+                # Never started (the fork server is gone, say): back off like a crash.
+                container.mark_waiting("RunContainerError", str(exc))
+                self._event("Failed", f"Error: {exc}", type_="Warning")
+                ran_for = 0.0
             if self.stopping:
                 break
             if not self._allowed.is_set():
                 continue  # pod-failure took it down: _pause accounts for it
-            ran_for = time.monotonic() - container.started_mono
             delay = container.backoff.next_delay(ran_for)
             log.info("pod %s/%s: container %s exited (%s) after %.1fs; restarting in %.1fs",
                      self.namespace, self.name, container.name,

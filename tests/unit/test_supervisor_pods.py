@@ -389,3 +389,26 @@ async def test_pod_without_local_command_runs_only_its_sidecar(mesh: Any) -> Non
     assert app["state"]["waiting"]["reason"] == "NoLocalCommand"
     assert "meshchaos.io/local-command" in app["state"]["waiting"]["message"]
     assert proxy["ready"] is True
+
+
+async def test_a_container_that_cannot_be_started_backs_off_instead_of_spinning(
+        mesh: Any) -> None:
+    """When a process cannot even be created (its fork server is gone), the container
+    waits with RunContainerError and the retries back off (kubelet: Failed + BackOff)."""
+    store, supervisor, _ = mesh
+    pod = await start_echo(store, supervisor)
+    name = pod["metadata"]["name"]
+    app_server = supervisor.forkserver_pids[1]
+    os.kill(app_server, signal.SIGKILL)
+
+    def waiting_reason() -> str | None:
+        app = store.get("", "pods", NS, name)["status"]["containerStatuses"][0]
+        return (app["state"].get("waiting") or {}).get("reason")
+
+    await until(lambda: waiting_reason() in ("RunContainerError", "CrashLoopBackOff"),
+                what="RunContainerError")
+    await asyncio.sleep(1.5)
+    failed = [e for e in store.list("", "events", NS)
+              if e["reason"] == "Failed" and e["involvedObject"]["name"] == name]
+    assert 1 <= len(failed) <= 5, f"{len(failed)} start attempts in 1.5 s: no back-off"
+    assert "fork server" in failed[0]["message"]
