@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from localmesh.errors import ProcessError
+
+log = logging.getLogger("localmesh.supervisor")
 
 __all__ = ["Child", "ForkServer"]
 
@@ -114,6 +117,12 @@ class ForkServer:
         if self._ready is None:
             raise ProcessError("the fork server was not started")
         await asyncio.shield(self._ready)
+        if self._proc is not None and self._proc.returncode is not None:
+            # It died (killed, OOM): its children died with it; a new one serves from now on.
+            log.warning("fork server pid %d exited with %s; starting a new one",
+                        self._proc.pid, self._proc.returncode)
+            self._proc, self._ready = None, None
+            await asyncio.shield(self.launch())
         if self._proc is None or self._proc.returncode is not None:
             raise ProcessError("the fork server is not running")
         loop = asyncio.get_running_loop()

@@ -391,24 +391,22 @@ async def test_pod_without_local_command_runs_only_its_sidecar(mesh: Any) -> Non
     assert proxy["ready"] is True
 
 
-async def test_a_container_that_cannot_be_started_backs_off_instead_of_spinning(
-        mesh: Any) -> None:
-    """When a process cannot even be created (its fork server is gone), the container
-    waits with RunContainerError and the retries back off (kubelet: Failed + BackOff)."""
+async def test_a_killed_fork_server_is_replaced_and_its_pods_come_back(mesh: Any) -> None:
+    """Killing a fork server kills its children (PDEATHSIG); the containers restart
+    (restartCount + 1) through a new fork server and the pod is Ready again."""
     store, supervisor, _ = mesh
     pod = await start_echo(store, supervisor)
     name = pod["metadata"]["name"]
-    app_server = supervisor.forkserver_pids[1]
-    os.kill(app_server, signal.SIGKILL)
+    old_servers = supervisor.forkserver_pids
+    app_pid = supervisor.pod_pids(NS, name)["echo"]
+    os.kill(old_servers[1], signal.SIGKILL)  # the apps' server
 
-    def waiting_reason() -> str | None:
-        app = store.get("", "pods", NS, name)["status"]["containerStatuses"][0]
-        return (app["state"].get("waiting") or {}).get("reason")
+    def back() -> dict[str, Any] | None:
+        current = store.get("", "pods", NS, name)
+        app = current["status"]["containerStatuses"][0]
+        return current if app["restartCount"] == 1 and ready(current) else None
 
-    await until(lambda: waiting_reason() in ("RunContainerError", "CrashLoopBackOff"),
-                what="RunContainerError")
-    await asyncio.sleep(1.5)
-    failed = [e for e in store.list("", "events", NS)
-              if e["reason"] == "Failed" and e["involvedObject"]["name"] == name]
-    assert 1 <= len(failed) <= 5, f"{len(failed)} start attempts in 1.5 s: no back-off"
-    assert "fork server" in failed[0]["message"]
+    await until(back, what="the app back through a new fork server")
+    assert not alive(app_pid)
+    new_servers = supervisor.forkserver_pids
+    assert new_servers[0] == old_servers[0] and new_servers[1] != old_servers[1]
