@@ -13,8 +13,10 @@ import pytest
 
 from probes.checks import tracing
 from probes.errors import ConfigurationError, EvidenceError
+from probes.evidence.accesslog import compile_format, parse_lines
+from probes.evidence.formats import EXTENDED_TEXT
 from probes.evidence.recorded import read_recorded
-from probes.evidence.request import REFERENCE_CHAIN, RequestEvidence
+from probes.evidence.request import REFERENCE_CHAIN, CallTree, RequestEvidence, SentRequest
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "evidence"
 
@@ -165,3 +167,49 @@ def test_failing_check_carries_trace_ids_and_log_lines_as_evidence() -> None:
     assert broken["evidence"]["trace_ids"][0] == sent.trace_id
     assert len(broken["evidence"]["trace_ids"]) == 3
     assert any("inventory" in line for line in broken["evidence"]["log_lines"])
+
+
+WIDE = EXTENDED_TEXT.rstrip("\n") + ' "%REQ(TRACESTATE)%" "%REQ(X-B3-TRACEID)%"'
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def _line(hop: str, cluster: str, tracestate: str, b3: str) -> str:
+    return (f'[2026-11-26T17:25:03.123Z] "GET /api HTTP/1.1" 200 - via_upstream - "-" 0 9 5 4 '
+            f'"-" "ua" "0d384590-2f9e-48ce-a3c3-be5f947efec9" "{hop}:8080" "127.0.0.1:1" '
+            f'{cluster} - 127.0.0.1:2 127.0.0.1:3 - default '
+            f'"00-{TRACE}-00f067aa0ba902b7-01" "-" "1" "{tracestate}" "{b3}"')
+
+
+def _log_only_evidence(orders_sends: tuple[str, str]) -> RequestEvidence:
+    """frontend → orders → inventory seen through access-log lines only (no spans)."""
+    fmt = compile_format(WIDE)
+    lines = {
+        "frontend-a1b2c3d4e5-abcde": [_line("frontend", "inbound|8080||", "meshchaos=r", TRACE),
+                                      _line("orders", "outbound|8080||orders.shop.svc",
+                                            "meshchaos=r", TRACE)],
+        "orders-a1b2c3d4e5-abcde": [_line("orders", "inbound|8080||", "meshchaos=r", TRACE),
+                                    _line("inventory", "outbound|8080||inventory.shop.svc",
+                                          *orders_sends)],
+        "inventory-a1b2c3d4e5-abcde": [_line("inventory", "inbound|8080||", *orders_sends)],
+    }
+    records = [r for pod, pod_lines in lines.items()
+               for r in parse_lines(fmt, "shop", pod, pod_lines)[0]]
+    sent = SentRequest(TRACE, "00f067aa0ba902b7", True, "meshchaos=r",
+                       "0d384590-2f9e-48ce-a3c3-be5f947efec9", b3_trace_id=TRACE)
+    return RequestEvidence.build(sent, [], records)
+
+
+SMALL = CallTree("frontend", {"frontend": ("orders",), "orders": ("inventory",)})
+
+
+def test_a_log_format_with_tracestate_and_b3_is_evidence_enough() -> None:
+    """§2.3: %REQ(TRACESTATE)% / %REQ(X-B3-TRACEID)% in the access log show what each hop
+    received and sent, without any span attribute."""
+    good = _log_only_evidence(("meshchaos=r", TRACE))
+    assert tracing.tracestate_survives(good, SMALL) == []
+    assert tracing.b3_agrees(good, SMALL) == []
+    bad = _log_only_evidence(("-", "-"))
+    (dropped,) = tracing.tracestate_survives(bad, SMALL) or []
+    assert dropped.hop == "orders" and "did not propagate" in dropped.observed
+    (no_b3,) = tracing.b3_agrees(bad, SMALL) or []
+    assert no_b3.hop == "orders"
