@@ -103,3 +103,12 @@ def test_durations_follow_the_crd_pattern(value: str | None, ms: int) -> None:
 def test_unparseable_duration_names_the_value() -> None:
     with pytest.raises(EvidenceError, match="'soon'"):
         parse_duration_ms("soon")
+
+
+def test_mesh_config_json_format_string_is_compiled() -> None:
+    """IA-MESH accessLogFormat holds a JSON object as text when accessLogEncoding is JSON."""
+    mesh = ("accessLogFile: /dev/stdout\naccessLogEncoding: JSON\n"
+            'accessLogFormat: \'{"rid": "%REQ(X-REQUEST-ID)%", "code": "%RESPONSE_CODE%"}\'\n')
+    fmt = parse_mesh_config(mesh).log_format
+    assert fmt.parse('{"rid": "abc", "code": 504}') == {"request_id": "abc",
+                                                       "response_code": "504"}

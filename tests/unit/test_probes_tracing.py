@@ -69,3 +69,10 @@ def test_the_probe_enforces_its_own_deadline(tmp_path: Path) -> None:
         with contextlib.suppress(ProbeError):
             trace_continuity(requests=1, timeout_s=2, configuration=running.configuration())
         assert time.monotonic() - begin < 3.5  # not the 5 s the ingress would take
+
+
+def test_a_mesh_without_access_log_is_could_not_measure(tmp_path: Path) -> None:
+    """§2.3: the access log is off by default (accessLogFile ""): no sidecar evidence."""
+    with serve(tmp_path, Fake(case="correct", mesh_yaml="enableTracing: true\n")) as running, \
+            pytest.raises(EvidenceError, match="access log is off"):
+        trace_continuity(requests=1, timeout_s=8, configuration=running.configuration())

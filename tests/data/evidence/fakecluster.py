@@ -44,6 +44,7 @@ class Fake:
     received: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     fail_first: int = 0  # the ingress answers 503 this many times first
+    mesh_yaml: str = MESH_YAML  # the ``mesh`` key of ConfigMap istio-system/istio
 
     def recorded(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
         base = HERE / self.case
@@ -116,7 +117,7 @@ def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {
                     "name": "istio", "namespace": "istio-system", "annotations": {
                         "meshchaos.io/honor-app-envoy-headers": str(fake.honor).lower()}},
-                    "data": {"mesh": MESH_YAML}})
+                    "data": {"mesh": fake.mesh_yaml}})
             if path == "/apis/networking.istio.io/v1/namespaces/shop/virtualservices":
                 return self._send(200, {"apiVersion": "networking.istio.io/v1",
                                         "kind": "VirtualServiceList",
