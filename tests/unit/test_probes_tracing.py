@@ -76,3 +76,14 @@ def test_a_mesh_without_access_log_is_could_not_measure(tmp_path: Path) -> None:
     with serve(tmp_path, Fake(case="correct", mesh_yaml="enableTracing: true\n")) as running, \
             pytest.raises(EvidenceError, match="access log is off"):
         trace_continuity(requests=1, timeout_s=8, configuration=running.configuration())
+
+
+@pytest.mark.parametrize("case", ["correct", "reuse-parent"])
+def test_the_tempo_api_gives_the_same_verdict_as_jaeger(tmp_path: Path, case: str) -> None:
+    """Configuration traces_api=tempo: /api/traces/<id> answers OTLP-JSON (architecture.md)."""
+    with serve(tmp_path, Fake(case=case, tempo=True)) as running:
+        result = trace_continuity(requests=1, timeout_s=8, configuration=running.configuration(
+            run_id="run-1", traces_api="tempo"))
+    assert result["passed"] is (case == "correct"), result["reason"]
+    if case == "reuse-parent":
+        assert "at orders" in str(result["reason"])

@@ -45,6 +45,7 @@ class Fake:
     lock: threading.Lock = field(default_factory=threading.Lock)
     fail_first: int = 0  # the ingress answers 503 this many times first
     mesh_yaml: str = MESH_YAML  # the ``mesh`` key of ConfigMap istio-system/istio
+    tempo: bool = False  # answer /api/traces/<id> in Tempo's OTLP-JSON shape
 
     def recorded(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
         base = HERE / self.case
@@ -80,6 +81,45 @@ class Fake:
         return sorted(self.recorded()[2])
 
 
+_KINDS = {"server": "SPAN_KIND_SERVER", "client": "SPAN_KIND_CLIENT"}
+
+
+def _otlp_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    return {"stringValue": str(value)}
+
+
+def to_tempo(doc: dict[str, Any]) -> dict[str, Any]:
+    """A Jaeger answer re-shaped as Tempo's /api/traces/<id> OTLP-JSON (hex ids)."""
+    batches: dict[str, list[dict[str, Any]]] = {}
+    for trace in doc["data"]:
+        for span in trace["spans"]:
+            tags = {t["key"]: t["value"] for t in span["tags"]}
+            service = trace["processes"][span["processID"]]["serviceName"]
+            start = span["startTime"] * 1000
+            error = tags.pop("otel.status_code", None) == "ERROR"
+            message = tags.pop("otel.status_description", "")
+            tags.pop("error", None)
+            state = tags.pop("w3c.tracestate", "")
+            batches.setdefault(service, []).append({
+                "traceId": span["traceID"], "spanId": span["spanID"],
+                "parentSpanId": span["references"][0]["spanID"] if span["references"] else "",
+                "name": span["operationName"], "traceState": state,
+                "kind": _KINDS.get(tags.pop("span.kind", ""), "SPAN_KIND_INTERNAL"),
+                "startTimeUnixNano": str(start),
+                "endTimeUnixNano": str(start + span["duration"] * 1000),
+                "attributes": [{"key": k, "value": _otlp_value(v)} for k, v in tags.items()],
+                "events": [{"timeUnixNano": str(log["timestamp"] * 1000),
+                            "name": log["fields"][0]["value"]} for log in span["logs"]],
+                "status": {"code": "STATUS_CODE_ERROR", "message": message} if error else {}})
+    return {"batches": [{"resource": {"attributes": [
+        {"key": "service.name", "value": {"stringValue": service}}]},
+        "scopeSpans": [{"spans": spans}]} for service, spans in batches.items()]}
+
+
 def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -101,6 +141,8 @@ def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
             path, query = url.path, parse_qs(url.query)
             if path.startswith("/api/traces/"):
                 doc = fake.trace(path.rsplit("/", 1)[1])
+                if doc and fake.tempo:
+                    doc = to_tempo(doc)
                 return self._send(200, doc) if doc else self._send(404, {"data": None})
             if path == "/api/v1/namespaces/shop/pods":
                 return self._send(200, {"kind": "PodList", "apiVersion": "v1", "items": [
