@@ -182,6 +182,16 @@ def _late_work(ev: RequestEvidence, hop: str, scope: Scope, limit_us: int,
                judged: set[int]) -> tuple[float, str, tuple[str, ...]] | None:
     """Orphan ms, what showed it, and the lines — or None when the hop stopped in time."""
     evidence = ev.hop(hop)
+    runs = [s for s in evidence.app_server if scope.holds_span(s)]
+    for span in runs:
+        if span.end_us > limit_us and id(span) not in judged:
+            judged.add(id(span))
+            return (_orphan_ms(span.start_us, span.end_us, scope.deadline_us),
+                    "app span ended late" + (" (cancelled)" if span.cancelled else ""), ())
+    if runs:
+        # The app's own spans say when its work ended. A line that ends later is bytes
+        # still on the way (a delay fault holds them, §5.2), not work.
+        return None
     for record in evidence.logs_in:
         end = record.end_us
         if end and end > limit_us and not record.downstream_disconnected \
@@ -189,11 +199,6 @@ def _late_work(ev: RequestEvidence, hop: str, scope: Scope, limit_us: int,
             judged.add(id(record))
             return (_orphan_ms(record.start_us or end, end, scope.deadline_us),
                     f"request completed {record.response_code}", (record.line,))
-    for span in evidence.app_server:
-        if span.end_us > limit_us and scope.holds_span(span) and id(span) not in judged:
-            judged.add(id(span))
-            return (_orphan_ms(span.start_us, span.end_us, scope.deadline_us),
-                    "app span ended late" + (" (cancelled)" if span.cancelled else ""), ())
     return None
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from probes.checks import cancellation
 from probes.errors import EvidenceError
+from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.recorded import read_recorded
 from probes.evidence.request import REFERENCE_CHAIN, RequestEvidence
 
@@ -102,3 +103,32 @@ def test_the_probe_giving_up_is_a_timeout_for_the_whole_chain() -> None:
     assert not checks[0].passed and checks[0].hop == "frontend"
     assert "probe's timeout" in str(checks[0].observed)
     assert "frontend" in orphans.requests
+
+
+def _late_line(ev: RequestEvidence, hop: str) -> None:
+    """Make the hop's inbound line end 900 ms after it started, answered 200."""
+    record = ev.hop(hop).logs_in[0]
+    fields = {**record.fields, "response_code": "200", "response_flags": None,
+              "duration": "900"}
+    ev.hop(hop).logs_in[0] = AccessLogRecord.build(record.namespace, record.pod, record.line,
+                                                   fields, record.hop)
+
+
+def test_a_response_held_on_the_wire_is_not_orphan_work() -> None:
+    """§5.2: a delay fault holds the bytes a pod sends; its app had stopped in time (its span
+    says so), so the late line is transmission, not work (no crying wolf)."""
+    (ev,) = evidence("timeout-correct")
+    _late_line(ev, "pricing")
+    checks, orphans = cancellation.evaluate([ev], REFERENCE_CHAIN)
+    assert checks[0].passed and orphans.requests == {}
+
+
+def test_without_app_spans_a_late_completed_line_is_orphan_work() -> None:
+    """§1.6: with access logs only, a downstream request completing after the caller's
+    deadline is the evidence of orphan work."""
+    (ev,) = evidence("timeout-correct")
+    _late_line(ev, "pricing")
+    ev.hop("pricing").app_server = []
+    checks, orphans = cancellation.evaluate([ev], REFERENCE_CHAIN)
+    assert not checks[0].passed and orphans.requests == {"pricing": 1}
+    assert "request completed 200" in str(checks[0].observed)
