@@ -169,6 +169,27 @@ async def test_failed_downstream_fails_the_hop_with_its_status(provider: TracerP
     assert len(leaf.requests) == 1  # no retry inside the app: retries are the mesh's job
 
 
+async def test_a_failed_optional_side_call_degrades_the_reply_but_not_the_hop(
+    provider: TracerProvider,
+) -> None:
+    """A side call marked `par?:` (ratings) may fail: the hop still answers 200 and says so."""
+    async with RecordingServer(statuses=[200]) as main, RecordingServer(statuses=[503]) as side:
+        cfg = ChainConfig(stages=parse_calls(f"par:{main.url}/main;par?:{side.url}/side"))
+        async with serve_chain(cfg, provider.get_tracer("t")) as app:
+            status, text = await fetch(f"{app.url}/x")
+    assert status == 200
+    assert sorted(c["status"] for c in json.loads(text)["calls"]) == [200, 503]
+
+
+async def test_a_failed_required_call_beside_an_optional_one_still_fails_the_hop(
+    provider: TracerProvider,
+) -> None:
+    async with RecordingServer(statuses=[503]) as main, RecordingServer(statuses=[200]) as side:
+        cfg = ChainConfig(stages=parse_calls(f"par:{main.url}/main;par?:{side.url}/side"))
+        async with serve_chain(cfg, provider.get_tracer("t")) as app:
+            assert (await fetch(f"{app.url}/x"))[0] == 503
+
+
 async def test_unreachable_downstream_gives_502(provider: TracerProvider) -> None:
     """No response at all (connection refused) → 502 Bad Gateway from the hop."""
     cfg = ChainConfig(stages=parse_calls("seq:http://127.0.0.1:9/leaf"))

@@ -38,8 +38,8 @@ def test_empty_calls_make_a_leaf() -> None:
 
 
 @pytest.mark.parametrize(("value", "problem"), [
-    ("http://a:8080/a", "must start with seq: or par:"),
-    ("fan:http://a:8080/a", "must start with seq: or par:"),
+    ("http://a:8080/a", "must start with seq:, par:, seq?: or par?:"),
+    ("fan:http://a:8080/a", "must start with seq:, par:, seq?: or par?:"),
     ("seq:https://a:8080/a", "needs an http://<service> URL"),
     ("seq:a:8080/a", "needs an http://<service> URL"),
 ])
@@ -124,3 +124,9 @@ def test_bad_values_name_their_setting(env: dict[str, str], setting: str) -> Non
     with pytest.raises(ConfigError) as info:
         parse_args([], env)
     assert info.value.setting == setting and f"{setting}=" in str(info.value)
+
+
+def test_a_question_mark_after_the_mode_marks_an_optional_call() -> None:
+    stages = parse_calls("par:http://a:8080/a;par?:http://b:8080/b")
+    assert [c.optional for c in stages[0]] == [False, True]
+    assert stages[0][1].mode == "par"
