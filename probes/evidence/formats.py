@@ -3,12 +3,13 @@
 ``ISTIO_TEXT`` is Istio's default TEXT format; ``EXTENDED_TEXT`` is the format the
 meshchaos fixtures configure (architecture.md "Access log"): Istio's format followed
 by the traceparent, the expected request timeout and the attempt count.
-``ISTIO_JSON`` is Istio's JSON encoding: the same operators keyed by name.
+``MESHCHAOS_TEXT`` (what the fixtures really configure) adds the tracestate and the B3 trace
+id. ``ISTIO_JSON`` is Istio's JSON encoding: the same operators keyed by name.
 """
 
 from __future__ import annotations
 
-__all__ = ["EXTENDED_TEXT", "ISTIO_JSON", "ISTIO_TEXT"]
+__all__ = ["EXTENDED_TEXT", "ISTIO_JSON", "ISTIO_TEXT", "MESHCHAOS_TEXT"]
 
 ISTIO_TEXT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
@@ -25,6 +26,11 @@ EXTENDED_TEXT = (
     + ' "%REQ(TRACEPARENT)%" "%REQ(X-ENVOY-EXPECTED-RQ-TIMEOUT-MS)%"'
     + ' "%REQ(X-ENVOY-ATTEMPT-COUNT)%"\n'
 )
+
+# What the fixtures' mesh config sets: the extended format plus the W3C tracestate and the B3
+# trace id, so that continuity of both header families is visible at every sidecar even when
+# the tracing backend drops tracestate (Jaeger keeps it only as an optional tag).
+MESHCHAOS_TEXT = EXTENDED_TEXT[:-1] + ' "%REQ(TRACESTATE)%" "%REQ(X-B3-TRACEID)%"\n'
 
 ISTIO_JSON: dict[str, str] = {
     "start_time": "%START_TIME%",

@@ -14,7 +14,7 @@ import pytest
 from probes.checks import tracing
 from probes.errors import ConfigurationError, EvidenceError
 from probes.evidence.accesslog import compile_format, parse_lines
-from probes.evidence.formats import EXTENDED_TEXT
+from probes.evidence.formats import EXTENDED_TEXT, MESHCHAOS_TEXT
 from probes.evidence.recorded import read_recorded
 from probes.evidence.request import REFERENCE_CHAIN, CallTree, RequestEvidence, SentRequest
 
@@ -169,7 +169,7 @@ def test_failing_check_carries_trace_ids_and_log_lines_as_evidence() -> None:
     assert any("inventory" in line for line in broken["evidence"]["log_lines"])
 
 
-WIDE = EXTENDED_TEXT.rstrip("\n") + ' "%REQ(TRACESTATE)%" "%REQ(X-B3-TRACEID)%"'
+WIDE = MESHCHAOS_TEXT
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 

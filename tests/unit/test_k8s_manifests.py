@@ -16,7 +16,7 @@ import yaml
 
 from fixtures.chain.config import parse_calls, parse_work
 from localmesh.validation import parse_go_duration, validate_object
-from probes.evidence.formats import EXTENDED_TEXT
+from probes.evidence.formats import MESHCHAOS_TEXT
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "fixtures" / "k8s"
@@ -242,7 +242,7 @@ def test_meshchaos_log_provider_uses_exactly_the_extended_format() -> None:
     request timeout and attempt count; the probes parse exactly this string."""
     providers = {p["name"]: p for p in mesh_doc()["extensionProviders"]}
     text = providers["meshchaos-log"]["envoyFileAccessLog"]["logFormat"]["text"]
-    assert text == EXTENDED_TEXT
+    assert text == MESHCHAOS_TEXT
 
 
 def test_telemetry_enables_the_log_provider_and_full_tracing_mesh_wide() -> None:
