@@ -167,7 +167,9 @@ class LocalMesh:
 
     async def _start(self, parsed: list[Manifest], started: float) -> Endpoints:
         otlp, traces = await self._serve_traces()
-        ingress_port = PortAllocator().allocate()
+        ports = PortAllocator()
+        ingress_port = ports.allocate()
+        ports.release(ingress_port)  # the gateway's sidecar binds it moments from now
         self.xds = XdsServer(self.store, otlp_endpoint=otlp)
         self.supervisor = Supervisor(self.store, self.xds, state_dir=self.state.path,
                                      otlp_endpoint=otlp, ingress_port=ingress_port)

@@ -185,8 +185,13 @@ class PodRunner:
         ready_r, ready_w = os.pipe() if container.name == PROXY_CONTAINER else (-1, -1)
         extra = [ready_w] if ready_w >= 0 else []
         try:
-            server = (self.ctx.proxy_forkserver if container.name == PROXY_CONTAINER
-                      else self.ctx.app_forkserver)
+            proxy = container.name == PROXY_CONTAINER
+            server = self.ctx.proxy_forkserver if proxy else self.ctx.app_forkserver
+            await server.wait_ready()
+            # Hand the held ports over only now: the window for someone else to take them
+            # is the child's own start-up.
+            self.ctx.ports.release(*((self.ports.inbound, self.ports.outbound,
+                                      self.ports.admin) if proxy else (self.ports.app,)))
             child = await server.spawn(
                 launch.argv, env=launch.env, cwd=launch.cwd, python=launch.python,
                 stdout=out_w, stderr=out_w, extra_fds=extra)
@@ -398,6 +403,7 @@ class PodRunner:
                 if child.returncode is None:
                     child.signal_group(signal.SIGKILL)
         await asyncio.gather(*(c.wait() for c in children))
+        self.ctx.ports.release(*self.ports.as_dict().values())
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()

@@ -89,6 +89,12 @@ class ForkServer:
         """Start the server and wait until it serves."""
         await asyncio.shield(self.launch())
 
+    async def wait_ready(self) -> None:
+        """Wait until a launched server serves (raises its start-up error)."""
+        if self._ready is None:
+            raise ProcessError("the fork server was not started")
+        await asyncio.shield(self._ready)
+
     async def _start(self) -> None:
         args = [sys.executable, "-m", "localmesh.supervisor.forkserver",
                 "--address", self.address, "--parent", str(os.getpid())]

@@ -120,6 +120,7 @@ class Supervisor:
         await asyncio.gather(*self._retired, return_exceptions=True)
         servers, self._forkservers = self._forkservers, {}
         await asyncio.gather(*(server.stop() for server in servers.values()))
+        self._ports.release_all()
         self.logs.close()
 
     async def _finish_retiring(self) -> None:
