@@ -134,3 +134,11 @@ def test_a_line_without_upstream_cluster_is_outbound_when_it_names_another_servi
                                "inventory-73de13f8b4-7km57", [line])
     assert record.direction == "outbound" and record.upstream_service == "pricing"
     assert record.flags == frozenset({"UH"}) and record.response_code == 503
+
+
+def test_the_probes_read_the_default_format_the_local_sidecar_writes() -> None:
+    """Istio's default TEXT format (mesh-semantics.md §2.3) is written down twice on purpose: once
+    where the local sidecar emits it, once where the probes read it on any target. They must agree."""
+    from localmesh.sidecar.config import DEFAULT_TEXT_FORMAT
+
+    assert DEFAULT_TEXT_FORMAT == ISTIO_TEXT
