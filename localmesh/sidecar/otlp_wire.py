@@ -25,7 +25,12 @@ __all__ = ["SpanEncoder", "encode_attributes", "encode_kv"]
 
 AttrValue = str | int | float | bool
 _STATUS_ERROR = b"\x18\x02"  # Status.code = STATUS_CODE_ERROR (2)
-_MAX_CACHED_KV = 4096
+# Values remembered per attribute key; a key whose values keep changing (request ids)
+# stops being remembered once it has this many, and is encoded afresh each time.
+_MAX_CACHED_VALUES = 512
+_MAX_CACHED_NAMES = 4096
+# start_time_unix_nano (fixed64, tag 0x39) and end_time_unix_nano (fixed64, tag 0x41).
+_TIMES = struct.Struct("<BQBQ")
 
 
 def _varint(n: int) -> bytes:
@@ -43,7 +48,10 @@ def _varint(n: int) -> bytes:
 
 def _ld(tag: int, payload: bytes) -> bytes:
     """A length-delimited field; ``tag`` is the already-shifted key byte."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    n = len(payload)
+    if n < 0x80:
+        return bytes((tag, n)) + payload
+    return bytes((tag,)) + _varint(n) + payload
 
 
 def _any(value: AttrValue) -> bytes:
@@ -65,40 +73,96 @@ def encode_attributes(tag: int, attrs: Mapping[str, AttrValue]) -> bytes:
     return b"".join(_ld(tag, encode_kv(k, v)) for k, v in attrs.items())
 
 
+class _KeyCache:
+    """One attribute key: its encoded name, and the whole ``Span.attributes`` field of
+    each str or int value seen so far (methods, flags, clusters, status codes repeat)."""
+
+    __slots__ = ("ints", "key", "strs")
+
+    def __init__(self, key: str) -> None:
+        self.key = _ld(0x0A, key.encode())
+        # Separate maps by exact type: True == 1 as dict keys, but not on the wire.
+        self.strs: dict[str, bytes] | None = {}
+        self.ints: dict[int, bytes] | None = {}
+
+    def field(self, value: AttrValue) -> bytes:
+        cls = value.__class__
+        if cls is str:
+            strs = self.strs
+            if strs is not None:
+                cached = strs.get(value)  # type: ignore[arg-type]
+                if cached is not None:
+                    return cached
+            data = _ld(0x4A, self.key + _ld(0x12, _any(value)))
+            if strs is not None:
+                if len(strs) < _MAX_CACHED_VALUES:
+                    strs[value] = data  # type: ignore[index]
+                else:
+                    self.strs = None  # a key of unique values: stop looking them up
+            return data
+        if cls is int:
+            ints = self.ints
+            if ints is not None:
+                cached = ints.get(value)  # type: ignore[arg-type]
+                if cached is not None:
+                    return cached
+            data = _ld(0x4A, self.key + _ld(0x12, _any(value)))
+            if ints is not None:
+                if len(ints) < _MAX_CACHED_VALUES:
+                    ints[value] = data  # type: ignore[index]
+                else:
+                    self.ints = None
+            return data
+        return _ld(0x4A, self.key + _ld(0x12, _any(value)))
+
+
 class SpanEncoder:
     """Encodes batches of spans of one sidecar (one resource, one scope)."""
 
     def __init__(self, resource: Mapping[str, AttrValue], scope: str = "envoy") -> None:
         self._resource = _ld(0x0A, encode_attributes(0x0A, resource))
         self._scope = _ld(0x0A, _ld(0x0A, scope.encode()))
-        self._kv_cache: dict[tuple[str, AttrValue], bytes] = {}
+        self._keys: dict[str, _KeyCache] = {}
+        self._names: dict[tuple[str, int], bytes] = {}
 
-    def _attr(self, key: str, value: AttrValue) -> bytes:
-        # Most attribute values repeat (method, flags, cluster, node id): encode them once.
-        cache_key = (key, value)
-        cached = self._kv_cache.get(cache_key)
-        if cached is None:
-            cached = _ld(0x4A, encode_kv(key, value))
-            if len(self._kv_cache) < _MAX_CACHED_KV:
-                self._kv_cache[cache_key] = cached
-        return cached
+    def _key(self, key: str) -> _KeyCache:
+        cache = self._keys.get(key)
+        if cache is None:
+            cache = _KeyCache(key)
+            if len(self._keys) < _MAX_CACHED_NAMES:
+                self._keys[key] = cache
+        return cache
+
+    def _name_kind(self, name: str, kind: int) -> bytes:
+        # Span names are per route, kinds two: encode each pair once.
+        cache_key = (name, kind)
+        data = self._names.get(cache_key)
+        if data is None:
+            data = _ld(0x2A, name.encode()) + b"\x30" + _varint(kind)
+            if len(self._names) < _MAX_CACHED_NAMES:
+                self._names[cache_key] = data
+        return data
 
     def span(self, trace_id: str, span_id: str, parent_id: str, name: str, kind: int,
              start_ns: int, end_ns: int, attrs: Mapping[str, AttrValue], error: bool) -> bytes:
         """One ``Span`` message body (ids as hex strings)."""
-        parts = [b"\x0a\x10", bytes.fromhex(trace_id), b"\x12\x08", bytes.fromhex(span_id)]
+        fromhex = bytes.fromhex
+        ids = b"\x0a\x10" + fromhex(trace_id) + b"\x12\x08" + fromhex(span_id)
         if parent_id:
-            parts += (b"\x22\x08", bytes.fromhex(parent_id))
-        parts += (_ld(0x2A, name.encode()), b"\x30", _varint(kind),
-                  b"\x39", struct.pack("<Q", start_ns), b"\x41", struct.pack("<Q", end_ns))
-        attr = self._attr
-        parts += [attr(k, v) for k, v in attrs.items()]
+            ids += b"\x22\x08" + fromhex(parent_id)
+        keys = self._keys
+        parts = [ids, self._name_kind(name, kind), _TIMES.pack(0x39, start_ns, 0x41, end_ns)]
+        for k, v in attrs.items():
+            cache = keys.get(k)
+            if cache is None:
+                cache = self._key(k)
+            parts.append(cache.field(v))
         if error:
             parts.append(_ld(0x7A, _STATUS_ERROR))
         return b"".join(parts)
 
     def request(self, spans: Iterable[bytes]) -> bytes:
         """An ``ExportTraceServiceRequest`` holding the encoded spans."""
-        scope_spans = self._scope + b"".join(_ld(0x12, s) for s in spans)
+        scope_spans = self._scope + b"".join([_ld(0x12, s) for s in spans])
         resource_spans = self._resource + _ld(0x12, scope_spans)
         return _ld(0x0A, resource_spans)
