@@ -31,6 +31,9 @@ HOP_BY_HOP = frozenset({
 _REQUEST_SKIP = HOP_BY_HOP | {"host"}
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+# "HTTP/1.1 200 OK\r\n" per known status: one lookup per response instead of a format.
+_STATUS_LINES = {code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _REASONS.items()}
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def reason_phrase(status: int) -> str:
@@ -65,31 +68,33 @@ class Response:
         self.extra = extra
 
 
-def _encode_fields(lines: list[str], headers: Headers,
-                   extra: list[tuple[str, str]] | None, skip: frozenset[str] = HOP_BY_HOP) -> None:
+def _encode_fields(lines: list[str], headers: Headers, skip: frozenset[str]) -> None:
+    # One flat list of name, ": ", value, CRLF pieces: join() is cheaper than an f-string each.
     for name, value in headers.items():
         if name not in skip:
-            lines.append(f"{name}: {value}\r\n")
-    if extra:
-        for name, value in extra:
-            lines.append(f"{name}: {value}\r\n")
+            lines += (name, ": ", value, "\r\n")
 
 
 def encode_request(method: str, target: str, host: str, headers: Headers, body: bytes) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
-    _encode_fields(lines, headers, None, _REQUEST_SKIP)
-    if body or method in ("POST", "PUT", "PATCH"):
-        lines.append(f"content-length: {len(body)}\r\n")
+    lines = [method, " ", target, " HTTP/1.1\r\nhost: ", host, "\r\n"]
+    _encode_fields(lines, headers, _REQUEST_SKIP)
+    if body or method in _BODY_METHODS:
+        lines += ("content-length: ", str(len(body)), "\r\n")
     lines.append("\r\n")
     data = "".join(lines).encode("latin-1")
     return data + body if body else data
 
 
 def encode_response(resp: Response, keep_alive: bool, head: bool = False) -> bytes:
-    lines = [f"HTTP/1.1 {resp.status} {reason_phrase(resp.status)}\r\n"]
-    _encode_fields(lines, resp.headers, resp.extra)
-    if resp.status >= 200 and resp.status not in (204, 304):
-        lines.append(f"content-length: {len(resp.body)}\r\n")
+    status = resp.status
+    line = _STATUS_LINES.get(status)
+    lines = [line if line is not None else f"HTTP/1.1 {status} {reason_phrase(status)}\r\n"]
+    _encode_fields(lines, resp.headers, HOP_BY_HOP)
+    if resp.extra:
+        for name, value in resp.extra:
+            lines += (name, ": ", value, "\r\n")
+    if status >= 200 and status != 204 and status != 304:
+        lines += ("content-length: ", str(len(resp.body)), "\r\n")
     if not keep_alive:
         lines.append("connection: close\r\n")
     lines.append("\r\n")

@@ -27,6 +27,8 @@ log = logging.getLogger("localmesh.http")
 Handler = Callable[[Request, "ServerConnection"], Awaitable[Response | None]]
 # Every request's handler task carries this name, so a shutdown can wait for them.
 REQUEST_TASK_NAME = "http-request"
+# Interned method names: most requests use one of these.
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
 
 
 def in_flight() -> list[asyncio.Task[object]]:
@@ -107,7 +109,9 @@ class ServerConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._in_message = False
         parser = self._parser
-        req = Request(parser.get_method().decode("ascii"), self._url.decode("latin-1"),
+        raw = parser.get_method()
+        method = _METHODS.get(raw) or raw.decode("ascii")
+        req = Request(method, self._url.decode("latin-1"),
                       self._headers, b"".join(self._body), parser.should_keep_alive())
         if self._task is None:
             self._start(req)
