@@ -67,6 +67,7 @@ __all__ = ["Sidecar"]
 log = logging.getLogger("localmesh.sidecar")
 
 _PASSTHROUGH_ROUTE = "allow_any"
+_NO_ATTRS: dict[str, str | int | float] = {}
 
 
 def _is_address(host: str) -> bool:
@@ -122,7 +123,11 @@ class Sidecar:
         self._old_exporters: set[asyncio.Task[None]] = set()
         # Per-configuration memo of routing results (default routes, endpoint lists): the
         # frozen objects cost µs to build and only change when a new config arrives.
-        self._memo: dict[tuple[str, ...], Any] = {}
+        self._memo: dict[tuple[object, ...], Any] = {}
+        # The attributes every span of this sidecar starts with (§3), built once.
+        self._span_base: dict[str, str | int | float] = {
+            "node_id": self.peer_id, "component": "proxy", "istio.namespace": namespace,
+            "istio.canonical_service": service, "meshchaos.pod": pod}
         self.quit_event: asyncio.Event | None = None  # set by the process runner
 
     # -- configuration ----------------------------------------------------------
@@ -184,24 +189,21 @@ class Sidecar:
         if not child_spans:
             headers["traceparent"] = format_traceparent(trace_id, span_id, sampled)
         record = sampled and self.exporter is not None
-        attrs: dict[str, str | int | float] = {}
-        if record:
-            attrs = {"node_id": self.peer_id, "component": "proxy",
-                     "istio.namespace": self.namespace, "istio.canonical_service": self.service,
-                     "meshchaos.pod": self.pod}
+        # Shared, never mutated: spans copy it before adding their own attributes.
+        attrs = self._span_base if record else _NO_ATTRS
         return TraceCtx(trace_id, span_id, sampled, record, child_spans, name, attrs, []), parent
 
     def _finish_spans(self, trace: TraceCtx | None, parent: str, txn: Txn, kind: int,
                       direction: str, url: str, start_ns: int) -> None:
         if trace is None or not trace.record or self.exporter is None:
             return
-        attrs = dict(trace.base_attrs)
-        attrs.update({
+        attrs: dict[str, str | int | float] = {
+            **trace.base_attrs,
             "http.method": txn.method, "http.url": url, "http.status_code": txn.status,
             "response_flags": txn.flags_text(), "upstream_cluster": txn.upstream_cluster or "-",
             "guid:x-request-id": txn.req_headers.get("x-request-id", ""),
             "meshchaos.direction": direction,
-        })
+        }
         if kind == KIND_CLIENT:
             attrs["meshchaos.attempt"] = txn.attempts
             expected = txn.req_headers.get("x-envoy-expected-rq-timeout-ms")
@@ -212,10 +214,11 @@ class Sidecar:
         exporter = self.exporter
         exporter.add(span)
         for child in trace.spans:
-            child.attributes["upstream_cluster"] = txn.upstream_cluster or "-"
-            child.attributes["guid:x-request-id"] = attrs["guid:x-request-id"]
-            child.attributes["http.method"] = txn.method
-            child.attributes["http.url"] = url
+            child_attrs = child.attributes
+            child_attrs["upstream_cluster"] = attrs["upstream_cluster"]
+            child_attrs["guid:x-request-id"] = attrs["guid:x-request-id"]
+            child_attrs["http.method"] = txn.method
+            child_attrs["http.url"] = url
             exporter.add(child)
 
     # -- shared request plumbing ----------------------------------------------------
@@ -267,18 +270,11 @@ class Sidecar:
         if not cfg.mesh.honor_app_envoy_headers:
             strip_internal(headers)
         self._ensure_ids(headers)
-        port = self._service_port(cfg)
-        txn.upstream_cluster = f"inbound|{port}||"
+        up, span_name = self._inbound_upstream(cfg, txn.authority)
+        txn.upstream_cluster = up.cluster
         txn.route_name = "default"
         start_ns = now_ns()
-        trace, parent = self._trace(cfg, headers, f"{self.fqdn}:{port}/*", child_spans=False)
-        app = self._memo.get(("app",))
-        if app is None:
-            app = self._memo[("app",)] = [
-                Endpoint(self.pod, self.namespace, "127.0.0.1", self.app_port, {}, True)]
-        up = Upstream(txn.upstream_cluster, app, ("inbound", ""),
-                      cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0,
-                      _INBOUND_RETRY, txn.authority, False, False)
+        trace, parent = self._trace(cfg, headers, span_name, child_spans=False)
         try:
             if self.faults.active and self.faults.partitioned(peer):
                 await stall()  # packets from a black-holed peer never arrive
@@ -297,6 +293,23 @@ class Sidecar:
             # The response is this pod's egress: netem holds it after Envoy wrote it.
             await self.faults.egress(peer, len(resp.body) + 256)
         return resp
+
+    def _inbound_upstream(self, cfg: SidecarConfig, authority: str) -> tuple[Upstream, str]:
+        """The app as this config's inbound upstream, and the span name: built once per
+        (config, authority), the authority being the only per-request part."""
+        key = ("inbound", authority)
+        cached: tuple[Upstream, str] | None = self._memo.get(key)
+        if cached is None:
+            port = self._service_port(cfg)
+            app = self._memo.get(("app",))
+            if app is None:
+                app = self._memo[("app",)] = [
+                    Endpoint(self.pod, self.namespace, "127.0.0.1", self.app_port, {}, True)]
+            up = Upstream(f"inbound|{port}||", app, ("inbound", ""),
+                          cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0,
+                          _INBOUND_RETRY, authority, False, False)
+            cached = self._remember(key, (up, f"{self.fqdn}:{port}/*"))
+        return cached
 
     def _service_port(self, cfg: SidecarConfig) -> int:
         svc = cfg.services.get(self.fqdn)
@@ -403,7 +416,8 @@ class Sidecar:
         else:
             # Without app overrides the upstream only depends on (authority, route,
             # destination) of this config: build it once.
-            key = ("up", txn.authority, str(id(route)), str(id(dest)))
+            # Identities, not values: route and destination live as long as this config.
+            key = ("up", txn.authority, id(route), id(dest))
             cached = self._memo.get(key)
             if cached is None:
                 cached = self._remember(key, self._upstream_for(cfg, txn.authority, route,
@@ -412,7 +426,7 @@ class Sidecar:
         txn.upstream_cluster = up.cluster
         return up, name
 
-    def _remember(self, key: tuple[str, ...], value: Any) -> Any:
+    def _remember(self, key: tuple[object, ...], value: Any) -> Any:
         if len(self._memo) > 10_000:  # authorities come from apps: keep the memo bounded
             self._memo.clear()
         self._memo[key] = value

@@ -281,10 +281,13 @@ def _failure_reply(f: _TryFailed, txn: Txn, *, retried: bool, exhausted: bool) -
 
 
 def _proxied(resp: Response, txn: Txn, service_time_s: float) -> Response:
-    headers = {k: v for k, v in resp.headers.items() if k not in HOP_BY_HOP}
+    """The upstream's response as sent downstream; it is ours alone, so edit it in place."""
+    headers = resp.headers
+    for name in HOP_BY_HOP.intersection(headers):
+        del headers[name]
     headers["x-envoy-upstream-service-time"] = str(max(int(service_time_s * 1000), 0))
     txn.details = "via_upstream"
-    return Response(resp.status, headers, resp.body, resp.extra)
+    return resp
 
 
 def _start_child(trace: TraceCtx | None, headers: dict[str, str], attempt: int) -> Span | None:
@@ -295,8 +298,7 @@ def _start_child(trace: TraceCtx | None, headers: dict[str, str], attempt: int) 
     headers["traceparent"] = format_traceparent(trace.trace_id, span_id, trace.sampled)
     if not trace.record:
         return None
-    attrs = dict(trace.base_attrs)
-    attrs["meshchaos.attempt"] = attempt
+    attrs: dict[str, str | int | float] = {**trace.base_attrs, "meshchaos.attempt": attempt}
     return Span(trace.trace_id, span_id, trace.span_id, trace.name, KIND_CLIENT, now_ns(),
                 attributes=attrs)
 
