@@ -23,8 +23,10 @@ def run_id(configuration: Mapping[str, Any] | None) -> str:
 
 def send_requests(url: str, configuration: Mapping[str, Any] | None, count: int,
                   headers: Mapping[str, str] | None, timeout_s: float, deadline: Deadline,
-                  concurrency: int = 2, exact_timeout: bool = False) -> list[Any]:
-    """Send ``count`` requests, a few at a time, each with its own trace context.
+                  concurrency: int = 8, exact_timeout: bool = False) -> list[Any]:
+    """Send ``count`` requests, up to ``concurrency`` at a time (paced at 20/s), each with
+    its own trace context. A few concurrent requests are a light load for any chain, and
+    under a fault each request may take a second: rounds of two made probes take seconds.
 
     Each request's timeout is cut so that all rounds together use at most half of what
     the probe has left: the evidence still has to be read afterwards.

@@ -14,7 +14,6 @@ deadline (mesh-semantics.md §1.1, §1.6, §6). Usage::
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from probes import _common
@@ -22,10 +21,15 @@ from probes.checks import cancellation as rules
 from probes.deadline import Deadline
 from probes.evidence.collect import collect
 from probes.evidence.request import CallTree
+from probes.evidence.settle import COLLECT_WAIT_S, settle
 from probes.results import probe_result
 from probes.target import resolve_target
 
 __all__ = ["orphan_work"]
+
+# An orphan runs until a timeout below the probe stops it: the chain's longest route
+# timeout is 2 s (frontend -> orders, fixtures/k8s/20-traffic.yaml), plus export time.
+SETTLE_S = 3.0
 
 
 def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | None = None,
@@ -50,9 +54,10 @@ def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | No
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
                                  timeout_s=request_timeout, deadline=deadline,
                                  exact_timeout=client_timeout_ms is not None)
-    # Orphans finish *after* the caller gave up: give them time to show up in the evidence.
-    time.sleep(min(2.0, deadline.check("waiting for orphans") * 0.2))
-    gathered = collect(target, sent, tree, deadline)
+    # Orphans finish *after* the caller gave up: wait until no run is left in flight
+    # (bounded by the chain's longest route timeout), not a fixed time.
+    settle(target, sent, tree, deadline, wait_s=SETTLE_S)
+    gathered = collect(target, sent, tree, deadline, trace_wait_s=COLLECT_WAIT_S)
     results, orphans = rules.evaluate(gathered.requests, tree, grace_ms, client_timeout_ms)
     return probe_result("orphan-work", results,
                         traces=_common.sample_traces(gathered.requests, results),

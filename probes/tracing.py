@@ -12,6 +12,7 @@ access-log lines back and checks every hop kept the context. Usage::
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from probes import _common
@@ -19,6 +20,7 @@ from probes.checks.tracing import evaluate
 from probes.deadline import Deadline
 from probes.evidence.collect import collect
 from probes.evidence.request import CallTree
+from probes.evidence.settle import COLLECT_WAIT_S, settle
 from probes.results import probe_result
 from probes.target import resolve_target
 from probes.traffic import send_one
@@ -42,14 +44,21 @@ def trace_continuity(requests: int = 5, path: str = "/", headers: dict[str, str]
     deadline = Deadline(timeout_s, "trace_continuity")
     target = resolve_target(configuration)
     tree = CallTree.from_config(call_tree or (configuration or {}).get("call_tree"))
-    sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
-                                 timeout_s=10.0, deadline=deadline)
-    if checks is None or "sampled" in checks:
-        # One unsampled request (flags 00): every hop must keep the flag and record no span.
-        sent.append(send_one(target.ingress_url + path, _common.run_id(configuration),
-                             headers=headers, sampled=False,
-                             timeout_s=min(10.0, deadline.check("sending requests") / 4)))
-    gathered = collect(target, sent, tree, deadline)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshchaos-unsampled") as pool:
+        unsampled = None
+        if checks is None or "sampled" in checks:
+            # One unsampled request (flags 00), sent alongside the others: every hop must
+            # keep the flag and record no span.
+            unsampled = pool.submit(send_one, target.ingress_url + path,
+                                    _common.run_id(configuration), headers=headers,
+                                    sampled=False,
+                                    timeout_s=min(10.0, deadline.check("sending requests") / 4))
+        sent = _common.send_requests(target.ingress_url + path, configuration, requests,
+                                     headers, timeout_s=10.0, deadline=deadline)
+        if unsampled is not None:
+            sent.append(unsampled.result())
+    settle(target, sent, tree, deadline)
+    gathered = collect(target, sent, tree, deadline, trace_wait_s=COLLECT_WAIT_S)
     results = evaluate(gathered.requests, tree, checks)
     return probe_result("trace-continuity", results,
                         traces=_common.sample_traces(gathered.requests, results),

@@ -203,9 +203,15 @@ def sampled_flag_honoured(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
     return []
 
 
-def _b3_inbound(ev: RequestEvidence, hop: str) -> list[str | None]:
-    values = [s.header("x-b3-traceid") or s.attributes.get("meshchaos.b3_trace_id")
-              for s in ev.hop(hop).app_server]
+def _b3_echo(span: Span) -> str | None:
+    value = span.header("x-b3-traceid") or span.attributes.get("meshchaos.b3_trace_id")
+    return str(value) if value is not None else None
+
+
+def _b3_inbound(ev: RequestEvidence, hop: str, apps_echo: bool) -> list[str | None]:
+    # App spans say something about B3 only when the app echoes the header at all (then a
+    # span without the echo got none); the current chain does not, the access log does.
+    values = [_b3_echo(s) for s in ev.hop(hop).app_server] if apps_echo else []
     # Only a log format with %REQ(X-B3-TRACEID)% says anything about B3.
     values += [r.fields.get("b3_trace_id") for r in ev.hop(hop).logs_in
                if "b3_trace_id" in r.fields]
@@ -215,11 +221,12 @@ def _b3_inbound(ev: RequestEvidence, hop: str) -> list[str | None]:
 def b3_agrees(ev: RequestEvidence, tree: CallTree) -> list[Finding] | None:
     """Each hop received x-b3-traceid equal to the W3C trace id (B3 evidence: app spans
     echo it as ``http.request.header.x-b3-traceid``, or the log format has REQ(X-B3-TRACEID))."""
-    if not any(v for hop in tree.hops() for v in _b3_inbound(ev, hop)):
+    apps_echo = any(_b3_echo(s) for s in ev.spans if not s.sidecar)
+    if not any(v for hop in tree.hops() for v in _b3_inbound(ev, hop, apps_echo)):
         return None
     expected = ev.sent.b3_trace_id or ev.sent.trace_id
     for hop in tree.hops():
-        values = _b3_inbound(ev, hop)
+        values = _b3_inbound(ev, hop, apps_echo)
         bad = [v for v in values if (v or "").rjust(32, "0") != expected]
         if bad:
             caller = tree.caller(hop) or hop

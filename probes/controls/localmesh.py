@@ -112,7 +112,21 @@ def mesh_env_overrides(configuration: MutableMapping[str, Any]
             f"chain_defect='{defect}' needs chain_defect_hop (the deployment that runs the "
             "twin, e.g. 'orders')")
     namespace = str(configuration.get("namespace") or "shop")
-    return {(namespace, hop): {"CHAIN_DEFECT": defect}}
+    env = {"CHAIN_DEFECT": defect, **_hop_env(str(configuration.get("chain_defect_env") or ""))}
+    return {(namespace, hop): env}
+
+
+def _hop_env(text: str) -> dict[str, str]:
+    """``chain_defect_env`` = ``KEY=VALUE;KEY=VALUE``: extra env of the twin's hop, e.g. a
+    longer ``CHAIN_WORK_BEFORE`` so that a bug of a few ms stands out of clock noise."""
+    env: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InterruptExecution(f"chain_defect_env entry '{item}' is not KEY=VALUE "
+                                     f"(in chain_defect_env='{text}')")
+        env[key.strip()] = value.strip()
+    return env
 
 
 def _export_cluster_kubeconfig(configuration: MutableMapping[str, Any]) -> None:

@@ -34,9 +34,40 @@ IDS = [p.stem for p in EXPERIMENTS]
 RUN_TIMEOUT_S = 105.0  # under the per-test timeout of 120 s
 
 
-def twin_of(path: Path) -> dict[str, str]:
+def twins_of(path: Path) -> list[dict[str, str]]:
+    """The twins an experiment is aimed at (its ``meshchaos`` extension's ``twins``)."""
     doc = json.loads(path.read_text())
-    return next(e for e in doc["extensions"] if e["name"] == "meshchaos")["twin"]  # type: ignore[no-any-return]
+    ext = next(e for e in doc["extensions"] if e["name"] == "meshchaos")
+    return list(ext["twins"])
+
+
+# Every defective twin of fixtures/chain, the experiment aimed at its bug and the hop the
+# failure reason must name. The table is the contract; the experiments' ``twins`` must match.
+TWIN_TABLE = [
+    ("drop-traceparent", "orders", "pod-kill-midchain"),
+    ("reuse-parent", "orders", "deadline-headers-audit"),
+    ("drop-tracestate", "orders", "timeout-cascade"),
+    ("drop-b3", "orders", "timeout-cascade"),
+    ("drop-request-id", "orders", "deadline-headers-audit"),
+    ("ignore-budget", "orders", "deadline-headers-audit"),
+    ("ignore-budget", "inventory", "timeout-cascade"),
+    ("ignore-budget", "inventory", "partition-leaf"),
+    ("add-elapsed", "inventory", "deadline-headers-audit"),
+    ("no-cancel", "orders", "timeout-cascade"),
+    ("cancel-self-only", "orders", "timeout-cascade"),
+    ("app-retries", "orders", "lossy-retry-budget"),
+    ("app-retries", "orders", "sidecar-failure"),
+]
+TWIN_IDS = [f"{d}@{h}-{e}" for d, h, e in TWIN_TABLE]
+
+
+def test_the_twin_table_names_every_twin_and_matches_the_experiments() -> None:
+    from fixtures.chain.defects import Defect
+
+    assert {d for d, _, _ in TWIN_TABLE} == {d.value for d in Defect} - {"none"}
+    declared = {(t["chain_defect"], t["chain_defect_hop"], p.stem)
+                for p in EXPERIMENTS for t in twins_of(p)}
+    assert declared == set(TWIN_TABLE)
 
 
 def run_experiment(path: Path, tmp_path: Path, **env: str) -> tuple[Outcome, str, int]:
@@ -76,14 +107,20 @@ def test_experiment_passes_on_the_correct_chain(path: Path, tmp_path: Path) -> N
     assert code == 0
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
-def test_experiment_fails_on_the_twin_aimed_at_its_bug(path: Path, tmp_path: Path) -> None:
-    twin = twin_of(path)
+@pytest.mark.parametrize(("defect", "hop", "experiment"), TWIN_TABLE, ids=TWIN_IDS)
+def test_experiment_fails_on_the_twin_aimed_at_its_bug_and_names_its_hop(
+        defect: str, hop: str, experiment: str, tmp_path: Path) -> None:
+    path = ROOT / "experiments" / f"{experiment}.json"
+    twin = next(t for t in twins_of(path)
+                if (t["chain_defect"], t["chain_defect_hop"]) == (defect, hop))
     outcome, summary, code = run_experiment(
-        path, tmp_path, MESHCHAOS_CHAIN_DEFECT=twin["chain_defect"],
-        MESHCHAOS_CHAIN_DEFECT_HOP=twin["chain_defect_hop"])
+        path, tmp_path, MESHCHAOS_CHAIN_DEFECT=defect, MESHCHAOS_CHAIN_DEFECT_HOP=hop,
+        MESHCHAOS_CHAIN_DEFECT_ENV=twin.get("chain_defect_env", ""))
     assert outcome is Outcome.FAIL, summary
     assert code == 1
+    reason = summary.split("\n", 1)[0]
+    assert f"@ {hop}" in reason or f"at {hop}" in reason or f"{hop}:" in reason \
+        or f"hop {hop}" in reason, summary
 
 
 def test_local_mesh_control_reuses_a_live_mesh_and_leaves_it_running(tmp_path: Path) -> None:

@@ -155,10 +155,22 @@ def test_a_missing_cluster_kubeconfig_interrupts_the_run(tmp_path: Path) -> None
     pytest.param({"chain_defect": "no-cancel", "chain_defect_hop": "inventory",
                   "namespace": "shop2"},
                  {("shop2", "inventory"): {"CHAIN_DEFECT": "no-cancel"}}, id="namespace"),
+    pytest.param({"chain_defect": "add-elapsed", "chain_defect_hop": "inventory",
+                  "chain_defect_env": "CHAIN_WORK_BEFORE=40; CHAIN_MARGIN_MS=5"},
+                 {("shop", "inventory"): {"CHAIN_DEFECT": "add-elapsed",
+                                          "CHAIN_WORK_BEFORE": "40", "CHAIN_MARGIN_MS": "5"}},
+                 id="hop-env"),
 ])
 def test_chain_defect_becomes_the_mesh_env_override(config: dict[str, Any],
                                                     expected: dict[Any, Any]) -> None:
     assert localmesh.mesh_env_overrides(config) == expected
+
+
+def test_a_hop_env_entry_without_a_value_interrupts_the_run() -> None:
+    with pytest.raises(InterruptExecution, match="'CHAIN_WORK_BEFORE' is not KEY=VALUE"):
+        localmesh.mesh_env_overrides({"chain_defect": "add-elapsed",
+                                      "chain_defect_hop": "inventory",
+                                      "chain_defect_env": "CHAIN_WORK_BEFORE"})
 
 
 def test_chain_defect_without_a_hop_interrupts_the_run() -> None:
