@@ -7,7 +7,9 @@ so a difference between rows can only come from the twin:
 
 - pricing works ``PRICING_WORK_MS`` before answering: the probe giving up as a client
   after ``CLIENT_TIMEOUT_MS`` leaves a caller gone while the leaf is still working, which
-  is what the orphan-work probe needs (its rule: all work below stops within grace);
+  is what the orphan-work probe needs (its rule: all work below stops within grace).
+  ``PRICING_WORK_MS - CLIENT_TIMEOUT_MS`` exceeds ``GRACE_MS``, so any call to pricing
+  under way when the probe leaves outlives the grace unless it is cancelled;
 - inventory works ``INVENTORY_WORK_MS`` before calling pricing: the time it has spent is
   then large enough for the add-elapsed twin's error (twice the elapsed time) to stand
   clear of clock noise, and its call to pricing is under way before the probe leaves;
@@ -34,9 +36,9 @@ from probes.tracing import trace_continuity
 __all__ = ["COLUMNS", "EXPECTED", "PROBES", "ROWS", "Cell", "Row", "expected_cell", "render",
            "run_probes", "scenario_env"]
 
-PRICING_WORK_MS = 200  # under pricing's 300 ms route timeout: plain traffic still succeeds
+PRICING_WORK_MS = 240  # under pricing's 300 ms route timeout: plain traffic still succeeds
 INVENTORY_WORK_MS = 15
-CLIENT_TIMEOUT_MS = 100  # inventory has called pricing by then; pricing is still working
+CLIENT_TIMEOUT_MS = 130  # inventory has called pricing by then (~50 ms in); pricing still works
 GRACE_MS = 100.0
 DEADLINE_TOLERANCE_MS = 10.0  # clock noise on a busy 2-core node (experiments use the same)
 
@@ -63,6 +65,7 @@ class Cell:
     passed: bool
     hops: frozenset[str] = frozenset()
     reason: str = ""
+    checks: tuple[str, ...] = ()  # names of the failing checks, shown but not compared
 
     def key(self) -> tuple[bool, frozenset[str]]:
         return (self.passed, self.hops)
@@ -70,7 +73,8 @@ class Cell:
     def text(self) -> str:
         if self.passed:
             return "PASS"
-        return "FAIL @ " + ", ".join(sorted(self.hops) or ["(no hop)"])
+        named = f" ({', '.join(self.checks)})" if self.checks else ""
+        return "FAIL @ " + ", ".join(sorted(self.hops) or ["(no hop)"]) + named
 
 
 # Trace twins sit at orders: it has two callees, so a hop that breaks propagation breaks
@@ -149,8 +153,11 @@ PROBES: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def to_cell(result: Mapping[str, Any]) -> Cell:
-    hops = frozenset(c.get("hop") or "(no hop)" for c in result["checks"] if not c["passed"])
-    return Cell(bool(result["passed"]), hops, str(result.get("reason", "")))
+    failing = [c for c in result["checks"] if not c["passed"]]
+    hops = frozenset(c.get("hop") or "(no hop)" for c in failing)
+    return Cell(bool(result["passed"]), hops, str(result.get("reason", "")),
+                tuple(f"{c['name']}@{c.get('hop')}" if len(hops) > 1 else str(c["name"])
+                      for c in failing))
 
 
 # The trace and deadline probes send a few plain requests and then mostly wait for
@@ -195,12 +202,22 @@ def render(observed: Mapping[str, Mapping[str, Cell]], seconds: float | None = N
         "| row | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
     ]
+    wrong = 0
     for row in ROWS:
         if row.label in observed:
-            cells = observed[row.label]
-            lines.append(f"| {row.label} | " + " | ".join(cells[c].text() for c in COLUMNS)
-                         + " |")
+            texts = []
+            for column in COLUMNS:
+                cell, want = observed[row.label][column], expected_cell(row, column)
+                text = cell.text()
+                if cell.key() != want.key():
+                    wrong += 1
+                    text = f"**{text}** (expected {want.text()})"
+                texts.append(text)
+            lines.append(f"| {row.label} | " + " | ".join(texts) + " |")
     lines += [
+        "",
+        "Observed equals expected." if not wrong else
+        f"**{wrong} cell(s) differ from the expected matrix** (in bold): the test fails.",
         "",
         "Scenario, identical in every row (env overrides on correct hops): pricing works "
         f"{PRICING_WORK_MS} ms, inventory works {INVENTORY_WORK_MS} ms before its call, ratings "
