@@ -85,6 +85,7 @@ def before_experiment_control(context: dict[str, Any],
             f"chain_defect='{configuration.get('chain_defect')}' asks for a twin; stop it "
             "with `meshchaos down` or set meshchaos_state_dir to another directory")
     if endpoints is None:
+        _preload_kube_client()
         thread, endpoints = _start_mesh(configuration, state_dir, overrides)
     _remember(thread)
     _publish(configuration, endpoints, state_dir)
@@ -141,6 +142,22 @@ def _export_cluster_kubeconfig(configuration: MutableMapping[str, Any]) -> None:
     _remember(None)
     os.environ["KUBECONFIG"] = str(path)
     _point_kube_client_at(str(path))
+
+
+def _preload_kube_client() -> threading.Thread:
+    """Import the Kubernetes client in the background while the mesh's pods start and the
+    baseline runs (most of that wait is on other processes). Its API modules take 1-5 s
+    to import on a busy node (each method is wrapped by pydantic's validate_call), which
+    the first chaos action and the first evidence read would otherwise pay in the run's
+    critical path; a later import simply waits on the import lock for this one."""
+    def load() -> None:
+        import kubernetes.client.api.core_v1_api
+        import kubernetes.client.api.custom_objects_api
+        import kubernetes.config  # noqa: F401
+
+    thread = threading.Thread(target=load, name="meshchaos-preload-kube", daemon=True)
+    thread.start()
+    return thread
 
 
 def _live_endpoints(state_dir: Path) -> Any | None:
