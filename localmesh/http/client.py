@@ -49,12 +49,16 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self._socket: object = None
         self._in_message = False
+        # Set when connected. asyncio.get_running_loop() costs a getpid() syscall on
+        # Python 3.11; a connection lives on one loop, so look it up once.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they quack alike.
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         self.local = transport.get_extra_info("sockname") or ("", 0)
         self.local_text = f"{self.local[0]}:{self.local[1]}"
         self._socket = transport.get_extra_info("socket")
@@ -101,7 +105,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers[key] = text if old is None else f"{old}, {text}"
 
     def on_headers_complete(self) -> None:
-        self.headers_at = asyncio.get_running_loop().time()
+        self.headers_at = (self._loop or asyncio.get_running_loop()).time()
         h = self._headers
         self._framed = "content-length" in h or "chunked" in h.get("transfer-encoding", "")
         if self._head or self._parser.get_status_code() in (204, 304):
@@ -129,7 +133,7 @@ class ClientConnection(asyncio.Protocol):
     def send(self, method: str, target: str, host: str, headers: Headers,
              body: bytes) -> asyncio.Future[Response]:
         """Write one request; the future resolves with the whole response."""
-        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Response] = (self._loop or asyncio.get_running_loop()).create_future()
         self._future = fut
         self._headers, self._extra, self._body = {}, [], []
         self._head = method == "HEAD"

@@ -56,12 +56,16 @@ class ServerConnection(asyncio.Protocol):
         self.bytes_received = 0
         self._socket: object = None
         self._in_message = False
+        # The loop serving this connection, set when connected: asyncio.get_running_loop()
+        # costs a getpid() syscall on Python 3.11, so handlers read this instead.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they quack alike.
         self._transport = cast(asyncio.Transport, transport)
+        self.loop = asyncio.get_running_loop()
         self.peer = transport.get_extra_info("peername") or ("", 0)
         self.local = transport.get_extra_info("sockname") or ("", 0)
         self.peer_text = f"{self.peer[0]}:{self.peer[1]}"
@@ -121,8 +125,8 @@ class ServerConnection(asyncio.Protocol):
     # -- request processing -----------------------------------------------------
 
     def _start(self, req: Request) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(req),
-                                                            name=REQUEST_TASK_NAME)
+        loop = self.loop or asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(req), name=REQUEST_TASK_NAME)
 
     async def _run(self, req: Request) -> None:
         try:

@@ -129,6 +129,7 @@ class Sidecar:
             "node_id": self.peer_id, "component": "proxy", "istio.namespace": namespace,
             "istio.canonical_service": service, "meshchaos.pod": pod}
         self.quit_event: asyncio.Event | None = None  # set by the process runner
+        self._loop: asyncio.AbstractEventLoop | None = None  # the listeners' loop
 
     # -- configuration ----------------------------------------------------------
 
@@ -226,15 +227,16 @@ class Sidecar:
     def _begin(self, req: Request, conn: ServerConnection, path: str,
                authority: str) -> tuple[Txn, dict[str, str]]:
         headers = clean_request_headers(req.headers)
-        txn = Txn(asyncio.get_running_loop().time(), time.time(), req.method, path, authority,
-                  headers)
+        # The connection's loop: asyncio.get_running_loop() is a getpid() syscall on 3.11.
+        loop = self._loop = conn.loop or asyncio.get_running_loop()
+        txn = Txn(loop.time(), time.time(), req.method, path, authority, headers)
         txn.downstream_local = conn.local_text
         txn.downstream_remote = conn.peer_text
         txn.bytes_received = len(req.body)
         return txn, headers
 
     def _end(self, txn: Txn, resp: Response | None) -> None:
-        txn.end = asyncio.get_running_loop().time()
+        txn.end = (self._loop or asyncio.get_running_loop()).time()
         if resp is not None:
             txn.status = resp.status
             txn.resp_headers = resp.headers
