@@ -1,0 +1,151 @@
+"""Probes wait until a trace has settled (no run still in flight) instead of sleeping.
+
+Spans are exported when they end (OTel SDK span processors; architecture.md "Spans"), so a
+span whose parent is missing, or an inbound sidecar span without its app SERVER span, is
+work still running (mesh-semantics.md §1.6: a caller leaving ends the sidecar's stream at
+once, the app's run ends when the app stops).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from probes.evidence.request import SentRequest
+from probes.evidence.settle import settled, wait_settled
+from probes.evidence.spans import Span
+from probes.evidence.traceapi import TraceReader
+from probes.traffic import fresh_headers
+
+HOPS = ["frontend", "orders"]
+ROOT_PARENT = "a" * 16
+
+
+def span(span_id: str, parent: str | None, hop: str, *, sidecar: bool, kind: str = "server",
+         direction: str | None = "inbound", flags: str = "-") -> Span:
+    attributes: dict[str, Any] = {"meshchaos.hop": hop}
+    if sidecar:
+        attributes.update({"component": "proxy", "response_flags": flags})
+        if direction:
+            attributes["meshchaos.direction"] = direction
+    return Span("t" * 32, span_id, parent, hop, f"{hop} op", kind, 0, 1, attributes, (), "unset",
+                "", None)
+
+
+def whole_chain() -> list[Span]:
+    return [span("1", ROOT_PARENT, "frontend", sidecar=True),
+            span("2", "1", "frontend", sidecar=False),
+            span("3", "2", "frontend", sidecar=True, kind="client", direction="outbound"),
+            span("4", "3", "orders", sidecar=True),
+            span("5", "4", "orders", sidecar=False)]
+
+
+def test_a_trace_whose_every_run_ended_has_settled() -> None:
+    assert settled(whole_chain(), ROOT_PARENT, HOPS)
+
+
+def test_an_empty_trace_has_not_settled() -> None:
+    assert not settled([], ROOT_PARENT, HOPS)
+
+
+def test_a_call_still_in_flight_leaves_its_callee_without_a_parent() -> None:
+    """The outbound sidecar span ends with the call: its callee's spans arrive first."""
+    spans = [s for s in whole_chain() if s.span_id != "3"]
+    assert not settled(spans, ROOT_PARENT, HOPS)
+
+
+def test_an_app_still_running_after_its_caller_left_has_not_settled() -> None:
+    """The inbound sidecar span ended (0 DC) but the app's SERVER span is not there yet."""
+    spans = [s for s in whole_chain() if s.span_id != "5"]
+    assert not settled(spans, ROOT_PARENT, HOPS)
+
+
+def test_an_inbound_span_that_never_reached_its_app_needs_no_app_span() -> None:
+    """503 UF: the app was down (§1.6), so no app run will ever end."""
+    spans = [s for s in whole_chain() if s.span_id != "5"]
+    spans[-1] = span("4", "3", "orders", sidecar=True, flags="UF,URX")
+    assert settled(spans, ROOT_PARENT, HOPS)
+
+
+def test_hops_outside_the_call_tree_are_not_waited_for() -> None:
+    """The ingress gateway has a sidecar and no app."""
+    spans = [*whole_chain(), span("9", "1", "istio-ingressgateway", sidecar=True)]
+    assert settled(spans, ROOT_PARENT, HOPS)
+
+
+class _Traces:
+    """A Jaeger-style trace API whose one trace gains its last span after a few polls."""
+
+    def __init__(self, complete_after: int) -> None:
+        self.polls = 0
+        self.complete_after = complete_after
+
+    def document(self, trace_id: str) -> dict[str, Any]:
+        self.polls += 1
+        spans = whole_chain() if self.polls > self.complete_after else whole_chain()[:-1]
+        return {"data": [{"traceID": trace_id, "processes": {"p1": {"serviceName": "x"}},
+                          "spans": [_jaeger(s, trace_id) for s in spans]}]}
+
+
+def _jaeger(s: Span, trace_id: str) -> dict[str, Any]:
+    refs = [{"refType": "CHILD_OF", "traceID": trace_id, "spanID": s.parent_id}]
+    tags = [{"key": k, "type": "string", "value": v} for k, v in s.attributes.items()]
+    tags.append({"key": "span.kind", "type": "string", "value": s.kind})
+    return {"traceID": trace_id, "spanID": s.span_id, "operationName": s.name,
+            "references": refs, "startTime": 0, "duration": 1, "tags": tags, "logs": [],
+            "processID": "p1", "warnings": None}
+
+
+@pytest.fixture
+def trace_api() -> Iterator[tuple[str, _Traces]]:
+    traces = _Traces(complete_after=3)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(traces.document(self.path.rsplit("/", 1)[-1])).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", traces
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _sent() -> SentRequest:
+    _, sent = fresh_headers("test")
+    return replace(sent, parent_id=ROOT_PARENT)
+
+
+def test_waiting_stops_once_the_trace_settled_and_stayed_so_for_one_more_poll(
+        trace_api: tuple[str, _Traces]) -> None:
+    url, traces = trace_api
+    with TraceReader(url) as reader:
+        assert wait_settled(reader, [_sent()], HOPS, wait_s=5.0, poll_s=0.01)
+    assert traces.polls == 5  # 3 incomplete, then settled twice in a row
+
+
+def test_waiting_gives_up_after_wait_s_on_a_trace_that_never_settles(
+        trace_api: tuple[str, _Traces]) -> None:
+    url, traces = trace_api
+    traces.complete_after = 10**6
+    with TraceReader(url) as reader:
+        assert not wait_settled(reader, [_sent()], HOPS, wait_s=0.2, poll_s=0.02)
+    assert 2 <= traces.polls <= 20
