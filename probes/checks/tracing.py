@@ -218,6 +218,14 @@ def _b3_inbound(ev: RequestEvidence, hop: str, apps_echo: bool) -> list[str | No
     return [str(v) if v is not None else None for v in values]
 
 
+def _joined(ev: RequestEvidence, hop: str) -> bool:
+    """The hop took part in the request's trace: by its spans, or by its inbound log lines
+    when the evidence has no spans."""
+    if ev.spans:
+        return ev.in_trace(hop)
+    return any(r.trace_id == ev.sent.trace_id for r in ev.hop(hop).logs_in)
+
+
 def b3_agrees(ev: RequestEvidence, tree: CallTree) -> list[Finding] | None:
     """Each hop received x-b3-traceid equal to the W3C trace id (B3 evidence: app spans
     echo it as ``http.request.header.x-b3-traceid``, or the log format has REQ(X-B3-TRACEID))."""
@@ -226,6 +234,11 @@ def b3_agrees(ev: RequestEvidence, tree: CallTree) -> list[Finding] | None:
         return None
     expected = ev.sent.b3_trace_id or ev.sent.trace_id
     for hop in tree.hops():
+        upstream = tree.caller(hop)
+        if upstream is not None and not _joined(ev, upstream):
+            # Below a hop that left the trace, B3 follows the new trace: that break is
+            # same-trace's finding, reported once at the hop that broke it.
+            continue
         values = _b3_inbound(ev, hop, apps_echo)
         bad = [v for v in values if (v or "").rjust(32, "0") != expected]
         if bad:

@@ -14,7 +14,7 @@ import pytest
 from probes.checks import tracing
 from probes.errors import ConfigurationError, EvidenceError
 from probes.evidence.accesslog import compile_format, parse_lines
-from probes.evidence.formats import EXTENDED_TEXT, MESHCHAOS_TEXT
+from probes.evidence.formats import MESHCHAOS_TEXT
 from probes.evidence.recorded import read_recorded
 from probes.evidence.request import REFERENCE_CHAIN, CallTree, RequestEvidence, SentRequest
 
@@ -213,3 +213,28 @@ def test_a_log_format_with_tracestate_and_b3_is_evidence_enough() -> None:
     assert dropped.hop == "orders" and "did not propagate" in dropped.observed
     (no_b3,) = tracing.b3_agrees(bad, SMALL) or []
     assert no_b3.hop == "orders"
+
+
+def test_b3_is_not_judged_below_a_hop_that_left_the_trace() -> None:
+    """A break is reported once, at the hop that broke it: below a dropped traceparent the
+    next sidecar starts a new W3C trace (§3) and correct apps send B3 for that new trace."""
+    new_trace = "11111111111111111111111111111111"
+
+    def line(hop: str, cluster: str, trace: str, b3: str) -> str:
+        return _line(hop, cluster, "meshchaos=r", b3).replace(TRACE, trace, 1)
+
+    tree = CallTree("frontend", {"frontend": ("orders",), "orders": ("inventory",),
+                                 "inventory": ("pricing",)})
+    lines = {  # orders drops traceparent: inventory's sidecar starts new_trace
+        "frontend-a1b2c3d4e5-abcde": [line("frontend", "inbound|8080||", TRACE, TRACE)],
+        "orders-a1b2c3d4e5-abcde": [line("orders", "inbound|8080||", TRACE, TRACE)],
+        "inventory-a1b2c3d4e5-abcde": [line("inventory", "inbound|8080||", new_trace, TRACE)],
+        "pricing-a1b2c3d4e5-abcde": [line("pricing", "inbound|8080||", new_trace, new_trace)],
+    }
+    fmt = compile_format(WIDE)
+    records = [r for pod, pod_lines in lines.items()
+               for r in parse_lines(fmt, "shop", pod, pod_lines)[0]]
+    sent = SentRequest(TRACE, "00f067aa0ba902b7", True, "meshchaos=r",
+                       "0d384590-2f9e-48ce-a3c3-be5f947efec9", b3_trace_id=TRACE)
+    ev = RequestEvidence.build(sent, [], records)
+    assert tracing.b3_agrees(ev, tree) == []
