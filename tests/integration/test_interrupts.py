@@ -57,9 +57,9 @@ LINE_TIMEOUT_S = 40.0  # from the start of `chaos run` to a given log line, on a
 # From the signal to the exit of the run. The experiment holds the fault 45 s: a run that
 # swallowed the interrupt is still holding it when this runs out.
 EXIT_TIMEOUT_S = 20.0
-# The chain answers in tens of ms; with pricing delayed 1 s, inventory's 300 ms route timeout
-# to pricing (fixtures/k8s/20-traffic.yaml) holds every request at least 300 ms.
-NORMAL_LATENCY_MS = 250.0
+# Through the ingress the chain answers 200 in 45-185 ms on a loaded 2-core box; with the
+# fault (pricing's responses held 1 s) it answers 504 after about 1.7 s. Half-way between.
+NORMAL_LATENCY_MS = 600.0
 
 
 # -- the module's mesh -----------------------------------------------------------------
@@ -106,7 +106,7 @@ def _remove_suite_chaos(mesh: Mesh) -> None:
 class ChaosRun:
     """``chaos run`` of the interrupt experiment; its merged output is read line by line."""
 
-    def __init__(self, mesh: Mesh, tmp_path: Path, *args: str, **env: str) -> None:
+    def __init__(self, mesh: Mesh, tmp_path: Path, **env: str) -> None:
         # faulthandler: a run that hangs is dumped (SIGABRT) so the failure shows where
         environ = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1",
                    "MESHCHAOS_STATE_DIR": str(mesh.state_dir), **env}
@@ -114,7 +114,7 @@ class ChaosRun:
         self.journal_path = tmp_path / "journal.json"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chaostoolkit", "--no-log-file", "run",
-             "--journal-path", str(self.journal_path), *args, str(EXPERIMENT)],
+             "--journal-path", str(self.journal_path), str(EXPERIMENT)],
             cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, start_new_session=True)
         self.lines: list[str] = []
@@ -163,8 +163,9 @@ class ChaosRun:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.kill(self.proc.pid, signal.SIGABRT)  # faulthandler prints every thread's stack
-            self.proc.wait(timeout=10)
-            self._drain()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+                self._drain()
             pytest.fail(f"`chaos run` still ran {timeout:g} s after the signal:\n"
                         f"{self.output}")
         self._drain()
@@ -194,10 +195,10 @@ class ChaosRun:
 def start_run(clean_mesh: Mesh, tmp_path: Path) -> Iterator[Callable[..., ChaosRun]]:
     runs: list[ChaosRun] = []
 
-    def start(*args: str, **env: str) -> ChaosRun:
+    def start(**env: str) -> ChaosRun:
         folder = tmp_path / f"run{len(runs)}"
         folder.mkdir()
-        run = ChaosRun(clean_mesh, folder, *args, **env)
+        run = ChaosRun(clean_mesh, folder, **env)
         runs.append(run)
         return run
 
@@ -326,7 +327,7 @@ def assert_interrupted_by_the_handler(run: ChaosRun, run_id: str, removed: list[
             assert rollback["output"]["removed"] == [], rollback["output"]
 
 
-@pytest.mark.parametrize("after_s", [0.0, 0.15, 0.3], ids=["at-once", "150ms", "300ms"])
+@pytest.mark.parametrize("after_s", [0.0, 0.1, 0.2], ids=["at-once", "100ms", "200ms"])
 def test_sigint_right_after_the_injection_action_starts_leaves_no_chaos(
         start_run: Callable[..., ChaosRun], clean_mesh: Mesh, after_s: float) -> None:
     """Ctrl-C while ``apply_chaos`` runs (the first kubernetes call of the run: client import,
@@ -366,6 +367,23 @@ def test_an_interrupt_during_the_method_after_injection_removes_the_object_and_t
     assert_no_chaos_left(clean_mesh, run)
 
 
+def test_a_second_ctrl_c_while_the_first_one_cleans_up_still_leaves_no_chaos(
+        start_run: Callable[..., ChaosRun], clean_mesh: Mesh) -> None:
+    """An impatient operator presses Ctrl-C twice, 0.1 s apart, while the fault is held: the
+    second interrupt may cut the first one's removal short, yet the run still ends promptly
+    and the after-experiment hooks leave no object and no fault behind."""
+    run = start_run()
+    run_id = run_id_of(run)
+    run.wait_for(r"Probe: hold-the-fault")
+    assert names(suite_objects(clean_mesh)) == [f"NetworkChaos shop/{FAULTED}-{run_id}"]
+    run.signal(signal.SIGINT)
+    time.sleep(0.1)
+    run.signal(signal.SIGINT)
+    run.wait_exit()
+    assert run.journal()["status"] == "interrupted", run.output
+    assert_no_chaos_left(clean_mesh, run)
+
+
 def test_sigint_during_the_rollbacks_leaves_no_chaos(
         start_run: Callable[..., ChaosRun], clean_mesh: Mesh) -> None:
     """Ctrl-C in the rollbacks before the removal rollback ran (chaoslib then skips the
@@ -398,7 +416,7 @@ def test_a_sigkilled_runs_chaos_stays_until_meshchaos_abort_removes_it(
     assert [r["id"] for rules in faulted.values() for r in rules] == [
         f"shop/{FAULTED}-{run_id}"], faulted
     status, took = ingress_latency_ms(clean_mesh, tries=1)
-    assert took >= NORMAL_LATENCY_MS, (status, took)
+    assert status != 200 or took >= NORMAL_LATENCY_MS, (status, took)
 
     abort = subprocess.run(
         [sys.executable, "-m", "meshchaos.cli", "abort", "--kubeconfig",
