@@ -219,3 +219,12 @@ def _kubectl_flags(command: tuple[str, ...]) -> frozenset[str]:
     text = subprocess.run([kubectl, *command, "--help"], capture_output=True, text=True,
                           timeout=30, check=True).stdout
     return frozenset(re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", text))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_runbook_lists_every_twin_its_experiment_must_catch(path: Path) -> None:
+    """The gameday reader must know which defects the run is supposed to catch, and where."""
+    text = runbook_for(path).read_text()
+    ext = next(e for e in load(path)["extensions"] if e["name"] == "meshchaos")
+    for twin in ext["twins"]:
+        assert f"- `{twin['chain_defect']}` at `{twin['chain_defect_hop']}`" in text, twin
