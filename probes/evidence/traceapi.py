@@ -19,6 +19,8 @@ from probes.evidence.spans import Span, parse_jaeger, parse_tempo
 
 __all__ = ["TraceReader"]
 
+_BATCH = 50  # trace ids per Jaeger search: keeps the query string well under URL limits
+
 
 class TraceReader:
     """``GET <traces_url>/api/traces/<id>`` for Jaeger's or Tempo's API."""
@@ -57,6 +59,34 @@ class TraceReader:
         spans = parse_tempo(doc) if self.api == "tempo" else parse_jaeger(doc)
         return [s for s in spans if s.trace_id == trace_id]
 
+    def fetch_many(self, trace_ids: Sequence[str]) -> dict[str, list[Span]]:
+        """Several traces at once: Jaeger's search takes repeated ``traceID`` parameters
+        (one round trip per batch); Tempo has no such call, so it is asked trace by trace."""
+        if self.api == "tempo":
+            return {t: self.fetch(t) for t in trace_ids}
+        found: dict[str, list[Span]] = {t: [] for t in trace_ids}
+        for start in range(0, len(trace_ids), _BATCH):
+            batch = list(trace_ids[start:start + _BATCH])
+            try:
+                resp = self.session.get(f"{self.url}/api/traces", params={"traceID": batch},
+                                        timeout=self.timeout_s)
+            except requests.RequestException as exc:
+                raise EvidenceError(f"trace api '{self.url}' unreachable: {exc}") from exc
+            if resp.status_code == 404:  # as fetch(): none of them is known (yet)
+                continue
+            if resp.status_code != 200:
+                raise EvidenceError(f"trace api '{self.url}' answered {resp.status_code} for "
+                                    f"{len(batch)} trace ids: {resp.text[:200]!r}")
+            try:
+                doc: Any = resp.json()
+            except ValueError as exc:
+                raise EvidenceError(f"trace api '{self.url}' sent non-JSON for "
+                                    f"{len(batch)} trace ids") from exc
+            for span in parse_jaeger(doc):
+                if span.trace_id in found:
+                    found[span.trace_id].append(span)
+        return found
+
     def wait_for(self, trace_ids: Sequence[str], hops: Iterable[str], *, wait_s: float,
                  poll_s: float = 0.2, settle_s: float = 0.4) -> dict[str, list[Span]]:
         """Poll until every trace holds an app SERVER span of every hop, or ``wait_s`` ends."""
@@ -70,8 +100,8 @@ class TraceReader:
                        if t not in complete_at or now - complete_at[t] < settle_s]
             if not pending or now >= end:
                 return found
+            found.update(self.fetch_many(pending))
             for trace_id in pending:
-                found[trace_id] = self.fetch(trace_id)
                 have = {s.hop for s in found[trace_id] if not s.sidecar and s.kind == "server"}
                 if expected <= have:
                     complete_at.setdefault(trace_id, time.monotonic())

@@ -65,6 +65,17 @@ def test_trace_reader_returns_the_trace_and_empty_for_unknown_ids(tmp_path: Path
     assert found == {"e" * 32: []}
 
 
+def test_trace_reader_fetches_many_traces_in_one_jaeger_search(tmp_path: Path) -> None:
+    """Jaeger's GET /api/traces?traceID=a&traceID=b returns every known trace of the list."""
+    fake = Fake()
+    sent, _, _ = fake.recorded()
+    with serve(tmp_path, fake) as running, TraceReader(running.url) as reader:
+        found = reader.fetch_many([sent["trace_id"], "f" * 32])
+        single = reader.fetch(sent["trace_id"])
+    assert len(found[sent["trace_id"]]) == len(single) > 10
+    assert found["f" * 32] == []
+
+
 def test_unreachable_trace_api_is_could_not_measure() -> None:
     with TraceReader("http://127.0.0.1:9", timeout_s=0.5) as reader, \
             pytest.raises(EvidenceError, match="unreachable"):

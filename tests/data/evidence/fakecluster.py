@@ -139,6 +139,10 @@ def _handler(fake: Fake) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             url = urlparse(self.path)
             path, query = url.path, parse_qs(url.query)
+            if path == "/api/traces" and "traceID" in query and not fake.tempo:
+                # Jaeger's search by ids: one document per known trace
+                docs = [doc["data"][0] for t in query["traceID"] if (doc := fake.trace(t))]
+                return self._send(200, {"data": docs, "errors": None})
             if path.startswith("/api/traces/"):
                 doc = fake.trace(path.rsplit("/", 1)[1])
                 if doc and fake.tempo:
