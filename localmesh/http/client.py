@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 import httptools
 
 from localmesh.http.errors import ConnectError, ConnectionTerminated, HttpProtocolError
-from localmesh.http.message import Headers, Response, encode_request
+from localmesh.http.message import NAMES as _NAMES
+from localmesh.http.message import Headers, Response, encode_request, header_name
 from localmesh.http.tcp import quickack
 
 __all__ = ["ClientConnection", "ConnectionPool"]
@@ -96,7 +97,9 @@ class ClientConnection(asyncio.Protocol):
         self._in_message = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
+        key = _NAMES.get(name)
+        if key is None:
+            key = header_name(name)
         text = value.decode("latin-1")
         if key == "set-cookie":
             self._extra.append((key, text))

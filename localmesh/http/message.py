@@ -36,6 +36,20 @@ _STATUS_LINES = {code: f"HTTP/1.1 {code} {phrase}\r\n" for code, phrase in _REAS
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+# Field name as received -> lowercase text. Peers send the same few names on every
+# message; bounded, since names come from the network.
+NAMES: dict[bytes, str] = {}
+_MAX_NAMES = 1024
+
+
+def header_name(raw: bytes) -> str:
+    """The lowercase text of a received field name, remembered for the next message."""
+    name = raw.decode("latin-1").lower()
+    if len(NAMES) < _MAX_NAMES:
+        NAMES[raw] = name
+    return name
+
+
 def reason_phrase(status: int) -> str:
     return _REASONS.get(status, "Unknown")
 

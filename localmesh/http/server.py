@@ -17,7 +17,8 @@ from typing import cast
 
 import httptools
 
-from localmesh.http.message import Request, Response, encode_response
+from localmesh.http.message import NAMES as _NAMES
+from localmesh.http.message import Request, Response, encode_response, header_name
 from localmesh.http.tcp import quickack
 
 __all__ = ["REQUEST_TASK_NAME", "Handler", "ServerConnection", "in_flight", "serve"]
@@ -102,7 +103,9 @@ class ServerConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
+        key = _NAMES.get(name)
+        if key is None:
+            key = header_name(name)
         text = value.decode("latin-1")
         old = self._headers.get(key)
         self._headers[key] = text if old is None else f"{old}, {text}"
