@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import re
 import socket
@@ -50,39 +49,25 @@ _HOSTNAME = socket.gethostname()
 
 
 _second_cache: list[tuple[int, str]] = [(-1, "")]
-# The last rendering: at thousands of requests a second, several share one millisecond.
-_last_rendered: list[tuple[float, float, str]] = [(0.0, 0.0, "")]
+# The last rendering: at thousands of requests a second, several lines share a millisecond.
+_last_ms: list[tuple[int, int, str]] = [(-1, -1, "")]
 
 
 def render_start_time(wall: float) -> str:
     """``2026-11-26T17:25:03.123Z``, Envoy's default START_TIME rendering."""
-    low, high, text = _last_rendered[0]
-    if low <= wall < high:
-        return text
     sec = int(wall)
+    ms = int((wall - sec) * 1000)
+    last_sec, last_ms, text = _last_ms[0]
+    if ms == last_ms and sec == last_sec:
+        return text
     cached_sec, prefix = _second_cache[0]
     if sec != cached_sec:
         # strftime costs microseconds; a line per request only needs it once a second.
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         _second_cache[0] = (sec, prefix)
-    ms = int((wall - sec) * 1000)
     text = f"{prefix}.{ms:03d}Z"
-    # The exact interval of walls that render this way (same second, same int(·*1000)).
-    _last_rendered[0] = (_ms_floor(sec, ms), _ms_floor(sec, ms + 1), text)
+    _last_ms[0] = (sec, ms, text)
     return text
-
-
-def _ms_floor(sec: int, ms: int) -> float:
-    """The smallest wall in ``sec`` whose millisecond renders as ``ms`` (``sec + 1`` past 999)."""
-    if ms >= 1000:
-        return float(sec + 1)
-    # int((w - sec) * 1000) is monotone in w: step the float estimate to the true boundary.
-    w = sec + ms / 1000.0
-    while w > sec and int((w - sec) * 1000) >= ms:
-        w = math.nextafter(w, -math.inf)
-    while int((w - sec) * 1000) < ms:
-        w = math.nextafter(w, math.inf)
-    return w
 
 
 
