@@ -78,6 +78,7 @@ def configure_control(configuration: MutableMapping[str, Any] | None = None,
     configuration["run_id"] = run_id
     _run = _Run(run_id, configuration)
     _run.refusal = _refusal(experiment or {}, configuration)
+    _preload_kubernetes()
     _install_signal_handlers(_run)
     logger.info("meshchaos run id '%s'%s", run_id,
                 " (dry run: chaos manifests are printed, nothing is applied)"
@@ -106,7 +107,9 @@ def before_activity_control(context: Mapping[str, Any] | None = None,
 
 def after_experiment_control(context: Any = None, state: Any = None, **_: Any) -> None:
     """Remove the run's chaos objects, whatever the outcome; note them in the journal."""
-    _cleanup("after the experiment")
+    # List again even after a signal's cleanup: a create still in flight then may have
+    # landed after that listing.
+    _cleanup("after the experiment", relist=True)
     if _run is not None and isinstance(state, MutableMapping):
         state["meshchaos_safety"] = {"run_id": _run.run_id, "removed": list(_run.removed),
                                      "cleaned": _run.cleaned}
@@ -119,7 +122,7 @@ def cleanup_control() -> None:
     if run is None:
         return
     try:
-        _cleanup("at control cleanup")
+        _cleanup("at control cleanup", relist=True)
     finally:
         _restore_signal_handlers(run)
         _run = None
@@ -171,9 +174,9 @@ def _refusal(experiment: Mapping[str, Any], configuration: Mapping[str, Any]) ->
     return ""
 
 
-def _cleanup(when: str) -> None:
+def _cleanup(when: str, *, relist: bool = False) -> None:
     run = _run
-    if run is None or run.cleaned:
+    if run is None or (run.cleaned and not relist):
         return
     if _local_mesh_gone(run.configuration):
         # The local mesh stopped (e.g. the local-mesh control ran first): its store, and
@@ -208,6 +211,19 @@ def _local_mesh_gone(configuration: Mapping[str, Any]) -> bool:
     return state.live_pid() is None and not kubeconfig.is_file()
 
 
+def _preload_kubernetes() -> None:
+    """Import now what the signal handler's cleanup uses: a signal that lands in the middle
+    of the first (lazy, ~0.4 s) import would otherwise re-enter a half-initialised module."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+
+    # kubernetes >= 30 resolves its API classes lazily, on first attribute access
+    loaded = (client.ApiClient, client.CustomObjectsApi, client.CoreV1Api,
+              config.new_client_from_config, ApiException, ConfigException)
+    logger.debug("kubernetes client ready for cleanup (%d names)", len(loaded))
+
+
 def _install_signal_handlers(run: _Run) -> None:
     if threading.current_thread() is not threading.main_thread():
         logger.debug("not in the main thread: no signal handlers for run '%s'", run.run_id)
@@ -229,7 +245,17 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     run = _run
     logger.warning("signal %s received: removing the chaos objects of the run first",
                    signal.Signals(signum).name)
-    _cleanup(f"on {signal.Signals(signum).name}")
+    try:
+        _cleanup(f"on {signal.Signals(signum).name}")
+    except Exception:  # the interrupt must go on whatever the cleanup hit
+        logger.exception("removing the chaos objects of the run on %s failed; run "
+                         "`meshchaos abort` to remove them", signal.Signals(signum).name)
+    finally:
+        _hand_on(run, signum, frame)
+
+
+def _hand_on(run: _Run | None, signum: int, frame: FrameType | None) -> None:
+    """Do what the previous handler did: Ctrl-C must always interrupt the run."""
     previous = run.previous.get(signum) if run is not None else None
     if callable(previous):
         previous(signum, frame)
