@@ -143,15 +143,22 @@ class SpanEncoder:
                 self._names[cache_key] = data
         return data
 
+    def attribute_fields(self, attrs: Mapping[str, AttrValue]) -> bytes:
+        """``Span.attributes`` fields for ``attrs``, to pass as ``span(prefix=...)``."""
+        return b"".join([self._key(k).field(v) for k, v in attrs.items()])
+
     def span(self, trace_id: str, span_id: str, parent_id: str, name: str, kind: int,
-             start_ns: int, end_ns: int, attrs: Mapping[str, AttrValue], error: bool) -> bytes:
-        """One ``Span`` message body (ids as hex strings)."""
+             start_ns: int, end_ns: int, attrs: Mapping[str, AttrValue], error: bool,
+             prefix: bytes = b"") -> bytes:
+        """One ``Span`` message body (ids as hex strings); ``prefix`` holds attribute fields
+        encoded beforehand (:meth:`attribute_fields`), written before ``attrs``."""
         fromhex = bytes.fromhex
         ids = b"\x0a\x10" + fromhex(trace_id) + b"\x12\x08" + fromhex(span_id)
         if parent_id:
             ids += b"\x22\x08" + fromhex(parent_id)
         keys = self._keys
-        parts = [ids, self._name_kind(name, kind), _TIMES.pack(0x39, start_ns, 0x41, end_ns)]
+        parts = [ids, self._name_kind(name, kind), _TIMES.pack(0x39, start_ns, 0x41, end_ns),
+                 prefix]
         for k, v in attrs.items():
             cache = keys.get(k)
             if cache is None:

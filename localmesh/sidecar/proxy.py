@@ -199,7 +199,6 @@ class Sidecar:
         if trace is None or not trace.record or self.exporter is None:
             return
         attrs: dict[str, str | int | float] = {
-            **trace.base_attrs,
             "http.method": txn.method, "http.url": url, "http.status_code": txn.status,
             "response_flags": txn.flags_text(), "upstream_cluster": txn.upstream_cluster or "-",
             "guid:x-request-id": txn.req_headers.get("x-request-id", ""),
@@ -211,7 +210,7 @@ class Sidecar:
             if expected and expected.isdigit():
                 attrs["meshchaos.expected_rq_timeout_ms"] = int(expected)
         span = Span(trace.trace_id, trace.span_id, parent, trace.name, kind, start_ns, now_ns(),
-                    attrs, txn.status == 0 or txn.status >= 500)
+                    attrs, txn.status == 0 or txn.status >= 500, trace.base_attrs)
         exporter = self.exporter
         exporter.add(span)
         for child in trace.spans:

@@ -82,6 +82,9 @@ class Span:
     end_ns: int = 0
     attributes: dict[str, str | int | float] = field(default_factory=dict)
     error: bool = False
+    # Attributes that come first and that many spans share (the sidecar's identity):
+    # one dict, never mutated, encoded once per exporter. Not repeated in ``attributes``.
+    shared: dict[str, str | int | float] = field(default_factory=dict)
 
 
 class SpanExporter:
@@ -92,6 +95,8 @@ class SpanExporter:
         self.endpoint = endpoint.rstrip("/")
         self._encoder = SpanEncoder({"service.name": service_name, **resource})
         self._queue: list[Span] = []
+        # id(shared dict) -> (that dict, its encoded fields); holding the dict keeps the id valid.
+        self._shared: dict[int, tuple[dict[str, str | int | float], bytes]] = {}
         self._interval = interval
         self._max_batch = max_batch
         self._max_queue = max_queue
@@ -143,13 +148,25 @@ class SpanExporter:
     async def _encode(self, batch: list[Span]) -> bytes:
         """Encode in slices, yielding between them: requests in flight share this loop."""
         enc = self._encoder
+        shared = self._shared_fields
         encoded: list[bytes] = []
         for i in range(0, len(batch), _ENCODE_SLICE):
             encoded += [enc.span(s.trace_id, s.span_id, s.parent_id, s.name, s.kind,
-                                 s.start_ns, s.end_ns, s.attributes, s.error)
+                                 s.start_ns, s.end_ns, s.attributes, s.error, shared(s.shared))
                         for s in batch[i:i + _ENCODE_SLICE]]
             await asyncio.sleep(0)
         return enc.request(encoded)
+
+    def _shared_fields(self, attrs: dict[str, str | int | float]) -> bytes:
+        if not attrs:
+            return b""
+        hit = self._shared.get(id(attrs))
+        if hit is not None and hit[0] is attrs:
+            return hit[1]
+        data = self._encoder.attribute_fields(attrs)
+        if len(self._shared) < 64:
+            self._shared[id(attrs)] = (attrs, data)
+        return data
 
     async def stop(self) -> None:
         """Stop the timer and send what is left."""

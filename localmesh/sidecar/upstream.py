@@ -298,9 +298,9 @@ def _start_child(trace: TraceCtx | None, headers: dict[str, str], attempt: int) 
     headers["traceparent"] = format_traceparent(trace.trace_id, span_id, trace.sampled)
     if not trace.record:
         return None
-    attrs: dict[str, str | int | float] = {**trace.base_attrs, "meshchaos.attempt": attempt}
+    attrs: dict[str, str | int | float] = {"meshchaos.attempt": attempt}
     return Span(trace.trace_id, span_id, trace.span_id, trace.name, KIND_CLIENT, now_ns(),
-                attributes=attrs)
+                attributes=attrs, shared=trace.base_attrs)
 
 
 def _end_child(trace: TraceCtx | None, span: Span | None, status: int, failure: str) -> None:
