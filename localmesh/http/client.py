@@ -176,16 +176,21 @@ class ConnectionPool:
     async def acquire(self, host: str, port: int,
                       connect_timeout: float | None) -> ClientConnection:
         """An idle connection to ``host:port``, else a new one (raises :class:`ConnectError`)."""
-        key = (host, port)
-        idle = self._idle.get(key)
+        conn = self.take_idle(host, port)
+        if conn is None:
+            conn = await self._connect((host, port), connect_timeout)
+            self._busy.add(conn)
+        return conn
+
+    def take_idle(self, host: str, port: int) -> ClientConnection | None:
+        """An idle connection to ``host:port`` if there is one (no await: the common case)."""
+        idle = self._idle.get((host, port))
         while idle:
             conn = idle.pop()
             if not conn.closed:
                 self._busy.add(conn)
                 return conn
-        conn = await self._connect(key, connect_timeout)
-        self._busy.add(conn)
-        return conn
+        return None
 
     def release(self, conn: ClientConnection) -> None:
         """Give a connection back after its response completed; unusable ones are closed."""

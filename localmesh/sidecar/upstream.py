@@ -149,7 +149,10 @@ async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: 
                    method: str, target: str, headers: dict[str, str], body: bytes,
                    txn: Txn) -> tuple[Response, float]:
     shaping = faults if up.egress_faults and faults.active else None
-    conn = await _connect(pool, shaping, ep, up.connect_timeout_s)
+    # Without faults an idle keep-alive connection needs no coroutine to be handed out.
+    conn = pool.take_idle(ep.host, ep.port) if shaping is None else None
+    if conn is None:
+        conn = await _connect(pool, shaping, ep, up.connect_timeout_s)
     txn.upstream_local = conn.local_text
     try:
         if shaping is not None:
