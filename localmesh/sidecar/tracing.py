@@ -179,5 +179,5 @@ class SpanExporter:
         await self._pool.close()
 
 
-def now_ns() -> int:
-    return time.time_ns()
+# Wall-clock nanoseconds for span times: the builtin itself, no Python frame per call.
+now_ns = time.time_ns
