@@ -80,6 +80,22 @@ def _is_address(host: str) -> bool:
     return True
 
 
+# Absolute-form targets (an app's HTTP_PROXY requests) → (path, authority). Apps call the
+# same few URLs over and over; bounded, since targets come from apps.
+_ABSOLUTE_TARGETS: dict[str, tuple[str, str]] = {}
+_MAX_ABSOLUTE_TARGETS = 4096
+
+
+def _split_absolute(target: str) -> tuple[str, str]:
+    url = httptools.parse_url(target.encode("latin-1"))
+    host = url.host.decode("latin-1") if url.host else ""
+    authority = f"{host}:{url.port}" if url.port else host
+    path = (url.path or b"/").decode("latin-1")
+    if url.query:
+        path = f"{path}?{url.query.decode('latin-1')}"
+    return path, authority
+
+
 # Istio's inbound default route: retry only what never reached the app (§2.2).
 _INBOUND_RETRY = RetryPolicy(2, 0.0, frozenset({"reset-before-request"}))
 
@@ -371,13 +387,12 @@ class Sidecar:
         """Absolute-form (proxy) or origin-form + Host → (path, authority)."""
         target = req.target
         if target.startswith(("http://", "HTTP://")):
-            url = httptools.parse_url(target.encode("latin-1"))
-            host = url.host.decode("latin-1") if url.host else ""
-            authority = f"{host}:{url.port}" if url.port else host
-            path = (url.path or b"/").decode("latin-1")
-            if url.query:
-                path = f"{path}?{url.query.decode('latin-1')}"
-            return path, authority
+            split = _ABSOLUTE_TARGETS.get(target)
+            if split is None:
+                split = _split_absolute(target)
+                if len(_ABSOLUTE_TARGETS) < _MAX_ABSOLUTE_TARGETS:
+                    _ABSOLUTE_TARGETS[target] = split
+            return split
         return target, req.headers.get("host", "")
 
     @staticmethod
