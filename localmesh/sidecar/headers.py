@@ -8,6 +8,7 @@ external by default, so both listeners strip these unless the mesh switch
 
 from __future__ import annotations
 
+import functools
 import random
 
 from localmesh.http.message import HOP_BY_HOP
@@ -38,6 +39,7 @@ def peer_id(pod: str, namespace: str) -> str:
     return f"sidecar~127.0.0.1~{pod}.{namespace}~{namespace}.svc.cluster.local"
 
 
+@functools.lru_cache(maxsize=1024)  # every request from a peer carries the same id
 def parse_peer_id(value: str | None) -> str | None:
     """``"ns/pod"`` from a peer metadata id, ``None`` when absent or malformed."""
     if not value:
