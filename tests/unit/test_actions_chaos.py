@@ -115,7 +115,7 @@ def test_apply_waits_for_all_injected_and_labels_the_object(cluster: Cluster) ->
         "app.kubernetes.io/managed-by": "meshchaos", "meshchaos.io/run-id": "t1",
         "meshchaos.io/manifest": "leaf-delay-pricing"}
     assert stored["spec"]["duration"] == "30s"
-    assert cluster.xds.faults["shop/pricing-a"][0]["delay"]["latency_ms"] == 1000.0
+    assert cluster.xds.faults["shop/pricing-a"][0]["delay"]["latency_ms"] == 600.0
 
 
 def test_selector_and_namespace_overrides_reach_the_object(cluster: Cluster) -> None:
