@@ -12,7 +12,7 @@ any of them into the body a real API server would send::
     │   ├── Invalid              422 Invalid, names the field
     │   ├── BadRequest           400 BadRequest (malformed body, bad selector)
     │   └── MethodNotAllowed     405 MethodNotAllowed
-    ├── ManifestError            a file of manifests that cannot be loaded (names file, object, field)
+    ├── ManifestError            a manifest file that cannot be loaded (names file, object, field)
     ├── StateDirError            a state dir that is live, locked or unreadable
     ├── ProcessError             a pod's process could not start or stay up
     └── SidecarConfigError       a pushed sidecar configuration that cannot be applied

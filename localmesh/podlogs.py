@@ -20,7 +20,7 @@ from typing import IO, BinaryIO
 
 from localmesh.errors import BadRequest, NotFound
 
-__all__ = ["LogWriter", "PodLogs", "format_timestamp", "parse_timestamp"]
+__all__ = ["LogWriter", "PodLogs", "choose_container", "format_timestamp", "parse_timestamp"]
 
 _FLUSH_EVERY_NS = 100_000_000
 _PREVIOUS = ".previous.log"
@@ -172,15 +172,7 @@ class PodLogs:
         return "".join(line + "\n" for line in out)
 
     def _resolve(self, namespace: str, pod: str, container: str | None) -> str:
-        names = self.containers(namespace, pod)
-        if container is None:
-            if len(names) == 1:
-                return names[0]
-            raise BadRequest(f"a container name must be specified for pod {pod}, "
-                             f"choose one of: [{' '.join(names)}]")
-        if container not in names:
-            raise BadRequest(f"container {container} is not valid for pod {pod}")
-        return container
+        return choose_container(pod, self.containers(namespace, pod), container)
 
 
 def _select_lines(path: Path, cutoff: str | None, tail: int | None) -> list[str]:
@@ -244,3 +236,15 @@ def _last_lines(handle: BinaryIO, start: int, end: int, count: int) -> bytes:
     if lines and not lines[-1]:
         lines.pop()
     return b"".join(line + b"\n" for line in lines[-count:])
+
+
+def choose_container(pod: str, names: list[str], container: str | None) -> str:
+    """Resolve a log request's container as the API server does: the only one, or by name."""
+    if container is None:
+        if len(names) == 1:
+            return names[0]
+        raise BadRequest(f"a container name must be specified for pod {pod}, "
+                         f"choose one of: [{' '.join(names)}]")
+    if container not in names:
+        raise BadRequest(f"container {container} is not valid for pod {pod}")
+    return container

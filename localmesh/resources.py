@@ -64,7 +64,8 @@ _BUILTIN: tuple[ResourceType, ...] = (
                  short_names=("vs",), subresources=("status",)),
     ResourceType("networking.istio.io", _ISTIO_VERSIONS, "DestinationRule", "destinationrules",
                  short_names=("dr",), subresources=("status",)),
-    ResourceType("networking.istio.io", _ISTIO_VERSIONS, "Gateway", "gateways", short_names=("gw",)),
+    ResourceType("networking.istio.io", _ISTIO_VERSIONS, "Gateway", "gateways",
+                 short_names=("gw",)),
     ResourceType("telemetry.istio.io", ("v1", "v1alpha1"), "Telemetry", "telemetries"),
 )
 

@@ -17,6 +17,7 @@ Semantics kept from the real API server:
 
 from __future__ import annotations
 
+import builtins
 import copy
 import itertools
 import logging
@@ -249,7 +250,6 @@ class ObjectStore:
                 del self._objects[key]
                 gone = copy.deepcopy(old)
             else:
-                gone = None
                 if old["metadata"].get("deletionTimestamp"):
                     return copy.deepcopy(old)
                 new = copy.deepcopy(old)
@@ -336,7 +336,8 @@ class ObjectStore:
             return result
         if not isinstance(patch, dict):
             raise BadRequest("merge patch must be an object")
-        return _merge_patch(old, patch)
+        merged: Obj = _merge_patch(old, patch)
+        return merged
 
     def _write(self, rtype: ResourceType, key: ObjectKey, old: Obj, new: Obj,
                subresource: str) -> Obj:
@@ -379,11 +380,11 @@ class ObjectStore:
             if key is None or key == (rtype.group, rtype.plural):
                 try:
                     callback(event, obj)
-                except Exception:  # noqa: BLE001 - one broken controller must not block writes
+                except Exception:  # one broken controller must not block writes
                     log.exception("subscriber %r failed on %s %s", callback, event,
                                   obj.get("metadata", {}).get("name"))
 
-    def load(self, objects: Iterable[Obj]) -> list[Obj]:
+    def load(self, objects: Iterable[Obj]) -> builtins.list[Obj]:
         """Create objects in order (namespaces first), returning what was stored."""
         ordered = sorted(objects, key=lambda o: 0 if o.get("kind") == "Namespace" else 1)
         return [self.create(o) for o in ordered]

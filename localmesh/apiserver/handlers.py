@@ -24,6 +24,7 @@ from localmesh.apiserver.scale import apply_scale_change, scale_of
 from localmesh.apiserver.strategic import strategic_merge
 from localmesh.apiserver.watch import Watcher, WatchHub
 from localmesh.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound
+from localmesh.podlogs import choose_container
 from localmesh.selectors import parse_field_selector, parse_label_selector
 from localmesh.store import ObjectStore
 from localmesh.validation import check_unknown_fields
@@ -375,20 +376,12 @@ def _check_preconditions(obj: Obj, preconditions: dict[str, Any]) -> None:
 
 
 def _pick_container(pod: Obj, container: str | None) -> str:
-    """Resolve the log container as the API server does (the only one, or by name)."""
-    name = pod["metadata"]["name"]
+    """Resolve the log container among the pod's spec and status containers."""
     spec_names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
     status_names = [c.get("name") for c in
                     (pod.get("status") or {}).get("containerStatuses") or []]
     names = [str(n) for n in dict.fromkeys(spec_names + status_names) if n]
-    if container is None:
-        if len(names) == 1:
-            return names[0]
-        raise BadRequest(f"a container name must be specified for pod {name}, "
-                         f"choose one of: [{' '.join(names)}]")
-    if container not in names:
-        raise BadRequest(f"container {container} is not valid for pod {name}")
-    return container
+    return choose_container(pod["metadata"]["name"], names, container)
 
 
 def _deleted_status(obj: Obj, target: Target) -> Obj:

@@ -1,4 +1,4 @@
-"""The resource registry: plurals, subresources and version sharing as a real API server has them."""
+"""The resource registry: plurals and subresources as a real API server has them."""
 
 from localmesh.resources import ResourceRegistry
 from localmesh.store import ObjectStore
@@ -6,7 +6,8 @@ from localmesh.store import ObjectStore
 
 def test_kinds_from_manifests_get_kubectls_plural() -> None:
     registry = ResourceRegistry.with_builtins()
-    assert registry.register_kind("networking.istio.io/v1", "ServiceEntry").plural == "serviceentries"
+    entry = registry.register_kind("networking.istio.io/v1", "ServiceEntry")
+    assert entry.plural == "serviceentries"
     assert registry.register_kind("security.istio.io/v1", "AuthorizationPolicy").plural == (
         "authorizationpolicies")
     assert registry.register_kind("example.com/v1", "Gateway").plural == "gateways"
@@ -14,7 +15,7 @@ def test_kinds_from_manifests_get_kubectls_plural() -> None:
 
 
 def test_istio_kinds_have_a_status_subresource_and_chaos_mesh_kinds_do_not() -> None:
-    """Istio's CRDs declare `subresources: {status: {}}`; Chaos Mesh's declare `subresources: {}`."""
+    """Istio's CRDs declare `subresources: {status: {}}`; Chaos Mesh's `subresources: {}`."""
     registry = ResourceRegistry.with_builtins()
     vs = registry.by_plural("networking.istio.io", "virtualservices")
     chaos = registry.by_plural("chaos-mesh.org", "networkchaos")
