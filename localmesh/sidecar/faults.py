@@ -21,6 +21,7 @@ import random
 import time
 
 from localmesh.sidecar.config import FaultRule
+from localmesh.sidecar.overshoot import OvershootRing
 
 __all__ = ["FaultEngine", "hold"]
 
@@ -72,6 +73,7 @@ class FaultEngine:
         self.holds = 0
         self.hold_seconds_total = 0.0
         self.last_hold_s = 0.0
+        self.overshoot = OvershootRing()  # actual - asked per hold: the accuracy record
 
     def set_rules(self, rules: tuple[FaultRule, ...]) -> None:
         old = {s.rule: s for s in self._states}
@@ -117,6 +119,7 @@ class FaultEngine:
             self.holds += 1
             self.last_hold_s = time.monotonic() - start
             self.hold_seconds_total += self.last_hold_s
+            self.overshoot.record(delay, self.last_hold_s)
 
     @staticmethod
     def _delay(s: _RuleState) -> float:

@@ -531,6 +531,7 @@ class Sidecar:
         out["fault_holds"] = self.faults.holds
         out["fault_hold_seconds_total"] = round(self.faults.hold_seconds_total, 6)
         out["fault_last_hold_ms"] = round(self.faults.last_hold_s * 1000, 3)
+        out["fault_hold_overshoot_us"] = self.faults.overshoot.snapshot()
         if self.exporter is not None:
             out["spans_exported"] = self.exporter.exported
             out["spans_dropped"] = self.exporter.dropped

@@ -14,6 +14,7 @@ import pytest
 
 from localmesh.sidecar.config import FaultRule
 from localmesh.sidecar.faults import FaultEngine, hold
+from localmesh.sidecar.overshoot import OvershootRing
 from tests.conformance.conftest import LEAF, Pair, leaf_route
 
 
@@ -153,3 +154,32 @@ async def test_jittered_delay_stays_within_bounds() -> None:
     assert all(v is not None and 0.05 <= v <= 0.15 for v in values)
     assert max(v for v in values if v) - min(v for v in values if v) > 0.05
     await asyncio.sleep(0)
+
+
+async def test_delay_overshoots_in_stats_are_never_negative(pair: Pair) -> None:
+    """docs/architecture.md "Fault rules": "the clock is re-checked after the timer fires; a hold
+    is never shorter than asked" — so every overshoot (actual - asked) that `/stats` reports for a
+    50 ms delay is ≥ 0, one per held response."""
+    await pair.configure(leaf_faults=[_delay(50)])
+    for i in range(5):
+        status, elapsed = await _timed(pair, f"/o{i}")
+        assert status == 200 and elapsed >= 0.05
+    stats = json.loads((await pair.leaf.admin_get("/stats")).body)
+    over = stats["fault_hold_overshoot_us"]
+    assert over["count"] == over["window"] == stats["fault_holds"] == 5
+    assert len(over["recent_us"]) == 5
+    assert all(v >= 0 for v in over["recent_us"])
+    assert 0 <= over["min"] <= over["p50"] <= over["p99"] <= over["max"] < 300_000
+
+
+def test_overshoot_ring_keeps_only_the_newest_values_in_order() -> None:
+    """docs: the accuracy record is bounded — the ring keeps the last N overshoots, oldest first,
+    while the count keeps growing."""
+    ring = OvershootRing(size=4)
+    for us in range(1, 7):
+        ring.record(0.1, 0.1 + us / 1e6)
+    snap = ring.snapshot()
+    assert snap["count"] == 6 and snap["window"] == 4
+    assert snap["recent_us"] == [3, 4, 5, 6]
+    assert (snap["min"], snap["max"]) == (3, 6)
+    assert OvershootRing().snapshot() == {"count": 0, "window": 0, "recent_us": []}
