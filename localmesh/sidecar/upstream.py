@@ -200,8 +200,9 @@ async def call_upstream(pool: ConnectionPool, picker: Picker, faults: FaultEngin
         if up.timeout_headers:
             headers["x-envoy-attempt-count"] = str(attempt)
             if up.per_try_ms or up.global_ms:
-                expected = _expected_timeout(up.per_try_ms, up.global_ms,
-                                             (loop.time() - t0) * 1000)
+                # §1.5: elapsed is 0 on the first try; doRetry() recomputes it for retries
+                elapsed_ms = (loop.time() - t0) * 1000 if attempt > 1 else 0.0
+                expected = _expected_timeout(up.per_try_ms, up.global_ms, elapsed_ms)
                 headers["x-envoy-expected-rq-timeout-ms"] = str(expected)
         child = _start_child(trace, headers, attempt)
         try_deadline = loop.time() + up.per_try_ms / 1000.0 if up.per_try_ms else None

@@ -1,7 +1,7 @@
 """No chaos left behind: an interrupted ``chaos run`` leaves no chaos object and no fault.
 
 One local mesh (the chain of fixtures/k8s, a MeshThread with a state dir of its own) lives
-for the module. Each test runs ``chaos run tests/data/experiments/interrupt-hold.json`` in
+for the module. Each test runs ``chaos run tests/data/interrupt/interrupt-hold.json`` in
 a subprocess of its own process group, from the repository root, with
 ``MESHCHAOS_STATE_DIR`` pointing at that mesh (the local-mesh control reuses it and leaves
 it running). The experiment applies the timeout-cascade fault (NetworkChaos delay 1 s on
@@ -49,7 +49,7 @@ from .conftest import CHAIN_MANIFESTS, ROOT, stop_and_reap
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-EXPERIMENT = ROOT / "tests" / "data" / "experiments" / "interrupt-hold.json"
+EXPERIMENT = ROOT / "tests" / "data" / "interrupt" / "interrupt-hold.json"
 FAULTED = "leaf-delay-pricing"  # the manifest the experiment applies (delay 1 s on pricing)
 GROUP, VERSION = chaos.GROUP, chaos.VERSION
 ADMIN_PORT = "meshchaos.io/admin-port"
