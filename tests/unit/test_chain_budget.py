@@ -7,7 +7,6 @@ import time
 import aiohttp
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -62,18 +61,6 @@ def test_outbound_timeout_is_budget_minus_elapsed_minus_margin() -> None:
     assert deadline.outbound_timeout_ms(100.2505) == 744
     assert deadline.outbound_timeout_ms(100.996) < 1  # spent: within the margin
     assert deadline.at == 101.0
-
-
-@pytest.fixture
-def exporter() -> InMemorySpanExporter:
-    return InMemorySpanExporter()
-
-
-@pytest.fixture
-def provider(exporter: InMemorySpanExporter) -> TracerProvider:
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider
 
 
 async def get(app: RunningChain, headers: dict[str, str]) -> tuple[int, float]:
