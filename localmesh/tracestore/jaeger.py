@@ -7,13 +7,21 @@ Jaeger's own OTLP translator maps them: the span kind becomes the tag
 ``span.kind``, the status ``otel.status_code``/``otel.status_description`` (and
 ``error=true``), events become logs with an ``event`` field, the parent becomes a
 ``CHILD_OF`` reference and links ``FOLLOWS_FROM`` references.
+
+Probes poll traces until they settle, so reads by trace id are made cheap: a trace is
+rendered once per version (``TraceStore.versioned``) and kept as JSON bytes, and those
+answers carry an ``ETag``: a poll with ``If-None-Match`` of an unchanged trace (or set of
+traces) gets ``304 Not Modified`` without a body (RFC 9110 §13.1.2). Jaeger itself sends
+no ETag; clients that do not ask are answered as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -22,11 +30,13 @@ from localmesh.errors import MeshError
 from localmesh.tracestore.model import Span, TraceQuery, TraceStore
 from localmesh.validation import parse_go_duration
 
-__all__ = ["create_query_app", "render_trace", "span_tags", "tag_value"]
+__all__ = ["RenderedTraces", "create_query_app", "etag", "render_trace", "span_tags",
+           "tag_value"]
 
 Doc = dict[str, Any]
 _STORE: web.AppKey[TraceStore] = web.AppKey("trace_store", TraceStore)
 _DEFAULT_LIMIT = 100
+_CACHED_TRACES = 4096  # rendered traces kept (a probe polls at most a few hundred at once)
 
 
 class QueryError(MeshError, ValueError):
@@ -35,7 +45,14 @@ class QueryError(MeshError, ValueError):
 
 # -- rendering ------------------------------------------------------------------------
 
+_TAG_TYPES = {bool: "bool", int: "int64", float: "float64", str: "string"}
+
+
 def _tag(key: str, value: Any) -> Doc:
+    # Exact types first (one dict lookup per tag: this runs for every tag of every span).
+    kind = _TAG_TYPES.get(type(value))
+    if kind is not None:
+        return {"key": key, "type": kind, "value": value}
     if isinstance(value, bool):
         return {"key": key, "type": "bool", "value": value}
     if isinstance(value, int):
@@ -124,9 +141,15 @@ def render_trace(spans: list[Span]) -> Doc:
     """One trace in Jaeger's JSON shape, processes numbered p1, p2, … by first use."""
     processes: dict[tuple[str, str], str] = {}
     process_docs: dict[str, Doc] = {}
+    # Spans of one export batch share their resource dict: key it once per object.
+    resource_keys: dict[int, str] = {}
     span_docs = []
     for span in spans:
-        key = (span.service, json.dumps(dict(span.resource), sort_keys=True, default=str))
+        resource_key = resource_keys.get(id(span.resource))
+        if resource_key is None:
+            resource_key = resource_keys[id(span.resource)] = json.dumps(
+                dict(span.resource), sort_keys=True, default=str)
+        key = (span.service, resource_key)
         pid = processes.get(key)
         if pid is None:
             pid = processes[key] = f"p{len(processes) + 1}"
@@ -136,6 +159,57 @@ def render_trace(spans: list[Span]) -> Doc:
         span_docs.append(_span_doc(span, pid))
     return {"traceID": spans[0].trace_id, "spans": span_docs, "processes": process_docs,
             "warnings": None}
+
+
+class RenderedTraces:
+    """Rendered trace documents as JSON bytes, one per (trace id, version), LRU-bounded."""
+
+    def __init__(self, size: int = _CACHED_TRACES) -> None:
+        self.size = size
+        self._docs: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+
+    def document(self, trace_id: str, version: int, spans: list[Span]) -> bytes:
+        hit = self._docs.get(trace_id)
+        if hit is not None and hit[0] == version:
+            self._docs.move_to_end(trace_id)
+            return hit[1]
+        doc = json.dumps(render_trace(spans), separators=(",", ":")).encode()
+        self._docs[trace_id] = (version, doc)
+        self._docs.move_to_end(trace_id)
+        while len(self._docs) > self.size:
+            self._docs.popitem(last=False)
+        return doc
+
+
+_RENDERED: web.AppKey[RenderedTraces] = web.AppKey("rendered_traces", RenderedTraces)
+
+
+def etag(versions: Sequence[tuple[str, int]]) -> str:
+    """A strong entity tag naming exactly these trace versions (same tag = same body)."""
+    text = ";".join(f"{trace_id}:{version}" for trace_id, version in versions)
+    return '"' + hashlib.blake2b(text.encode(), digest_size=12).hexdigest() + '"'
+
+
+def _not_modified(request: web.Request, tag: str) -> bool:
+    header = request.headers.get("If-None-Match", "")
+    # RFC 9110 §13.1.2: a list of (possibly weak) tags or "*", compared weakly for GET.
+    return any(part.strip().removeprefix("W/") in (tag, "*") for part in header.split(",")
+               if part.strip())
+
+
+def _traces_answer(request: web.Request, trace_ids: Sequence[str]) -> web.Response:
+    """The known traces among ``trace_ids`` (404 when asked for one unknown trace)."""
+    found = request.app[_STORE].versioned(trace_ids)
+    if not found and len(trace_ids) == 1 and request.match_info.get("trace_id"):
+        return _answer(None, 404, "trace not found")
+    tag = etag([(t, v) for t, v, _ in found])
+    if _not_modified(request, tag):
+        return web.Response(status=304, headers={"ETag": tag})
+    rendered = request.app[_RENDERED]
+    docs = b",".join(rendered.document(t, v, spans) for t, v, spans in found)
+    body = (b'{"data":[' + docs + b'],"total":' + str(len(found)).encode()
+            + b',"limit":0,"offset":0,"errors":null}')
+    return web.Response(body=body, content_type="application/json", headers={"ETag": tag})
 
 
 def _answer(data: Any, status: int = 200, error: str = "") -> web.Response:
@@ -233,18 +307,14 @@ async def _trace(request: web.Request) -> web.Response:
     if not trace_id or len(trace_id) > 32 or any(c not in "0123456789abcdefABCDEF"
                                                  for c in trace_id):
         return _answer(None, 400, f"cannot parse traceID '{trace_id}'")
-    spans = request.app[_STORE].trace(trace_id)
-    if spans is None:
-        return _answer(None, 404, "trace not found")
-    return _answer([render_trace(spans)])
+    return _traces_answer(request, [trace_id])
 
 
 async def _search(request: web.Request) -> web.Response:
     store = request.app[_STORE]
     ids = request.query.getall("traceID", [])
     if ids:
-        found = [spans for t in ids if (spans := store.trace(t)) is not None]
-        return _answer([render_trace(spans) for spans in found])
+        return _traces_answer(request, ids)
     try:
         query = parse_query(request)
     except QueryError as exc:
@@ -256,6 +326,7 @@ def create_query_app(store: TraceStore) -> web.Application:
     """The Jaeger-style query application over ``store``."""
     app = web.Application()
     app[_STORE] = store
+    app[_RENDERED] = RenderedTraces()
     router = app.router
     router.add_get("/api/services", _services)
     router.add_get("/api/services/{service}/operations", _service_operations)

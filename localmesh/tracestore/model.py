@@ -3,7 +3,9 @@
 Spans are indexed by trace id and by service; when the store holds more than
 ``max_spans`` spans the oldest traces are dropped whole, so a query never sees
 half a trace because of the bound. A span re-sent by an exporter retry (same
-trace and span id) replaces the earlier copy instead of doubling it.
+trace and span id) replaces the earlier copy instead of doubling it. Every trace
+carries a version (a store-wide sequence number taken at its last change), so the
+query API can answer a poll of an unchanged trace from its cache, or with 304.
 
 A lock guards every access: the receiver and the query API run on one loop, but
 tests and tools may read from other threads.
@@ -79,6 +81,10 @@ class TraceQuery:
         return all(tag_of(span, key) == value for key, value in self.tags.items())
 
 
+def _start(span: Span) -> int:
+    return span.start_ns
+
+
 class TraceStore:
     """Bounded in-memory span store, indexed by trace id and service."""
 
@@ -87,6 +93,8 @@ class TraceStore:
             raise ValueError(f"max_spans must be positive, not {max_spans}")
         self.max_spans = max_spans
         self._traces: OrderedDict[str, dict[str, Span]] = OrderedDict()
+        self._versions: dict[str, int] = {}
+        self._sequence = 0
         self._by_service: dict[str, set[str]] = {}
         self._operations: dict[str, dict[str, str]] = {}
         self._count = 0
@@ -105,6 +113,8 @@ class TraceStore:
                     added += 1
                     self._count += 1
                 trace[span.span_id] = span
+                self._sequence += 1
+                self._versions[span.trace_id] = self._sequence
                 self._by_service.setdefault(span.service, set()).add(span.trace_id)
                 self._operations.setdefault(span.service, {})[span.name] = span.kind
             self._evict()
@@ -113,6 +123,7 @@ class TraceStore:
     def _evict(self) -> None:
         while self._count > self.max_spans and len(self._traces) > 1:
             trace_id, spans = self._traces.popitem(last=False)
+            self._versions.pop(trace_id, None)
             self._count -= len(spans)
             for service in {s.service for s in spans.values()}:
                 self._by_service.get(service, set()).discard(trace_id)
@@ -121,7 +132,22 @@ class TraceStore:
         """The spans of one trace, by start time (None when unknown)."""
         with self._lock:
             spans = self._traces.get(trace_id.lower().rjust(32, "0"))
-            return sorted(spans.values(), key=lambda s: s.start_ns) if spans else None
+            return sorted(spans.values(), key=_start) if spans else None
+
+    def versioned(self, trace_ids: Iterable[str]) -> list[tuple[str, int, list[Span]]]:
+        """``(trace id, version, spans by start time)`` of each known trace among ``trace_ids``.
+
+        The version changes whenever a span of the trace is added or replaced, so
+        ``(trace id, version)`` names one exact content of the trace.
+        """
+        found = []
+        with self._lock:
+            for raw in trace_ids:
+                trace_id = raw.lower().rjust(32, "0")
+                spans = self._traces.get(trace_id)
+                if spans:
+                    found.append((trace_id, self._versions[trace_id], list(spans.values())))
+        return [(t, v, sorted(spans, key=_start)) for t, v, spans in found]
 
     def services(self) -> list[str]:
         with self._lock:

@@ -13,7 +13,7 @@ import gzip
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -251,3 +251,40 @@ def test_several_trace_ids_are_fetched_at_once_and_bad_params_are_400(traces: Tr
     assert bad.status_code == 400 and "lookback" in bad.json()["errors"][0]["msg"]
     bad_limit = traces.get("/api/traces", service="orders", limit="many")
     assert bad_limit.status_code == 400
+
+
+def test_a_poll_of_an_unchanged_trace_is_answered_304_with_its_etag(traces: Traces) -> None:
+    """RFC 9110 §13.1.2 If-None-Match: probes poll traces until they settle, and a trace that
+    did not change costs neither a render nor a body; a new span changes the tag."""
+    trace_id, _, _ = _emit_call(_provider(traces, "orders"))
+    first = traces.get(f"/api/traces/{trace_id}")
+    tag = first.headers["ETag"]
+    again = requests.get(f"{traces.query}/api/traces/{trace_id}",
+                         headers={"If-None-Match": tag}, timeout=5)
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["ETag"] == tag
+
+    stored = traces.store.trace(trace_id) or []
+    traces.store.add([replace(stored[0], span_id="f" * 16)])  # one more span in the trace
+    changed = requests.get(f"{traces.query}/api/traces/{trace_id}",
+                           headers={"If-None-Match": tag}, timeout=5)
+    assert changed.status_code == 200 and changed.headers["ETag"] != tag
+    assert len(changed.json()["data"][0]["spans"]) == 3
+
+
+def test_the_search_by_ids_answers_the_same_documents_and_304_for_the_same_set(
+        traces: Traces) -> None:
+    """Jaeger's GET /api/traces?traceID=a&traceID=b, unknown ids left out; the tag covers the
+    whole set, so it stays 304 only while none of the traces changed."""
+    first, _, _ = _emit_call(_provider(traces, "orders"))
+    second, _, _ = _emit_call(_provider(traces, "leaf"))
+    ids = [first, second, "ab" * 16]
+    found = traces.get("/api/traces", traceID=ids)
+    assert [t["traceID"] for t in found.json()["data"]] == [first, second]
+    assert found.json()["data"][0] == traces.get(f"/api/traces/{first}").json()["data"][0]
+    again = requests.get(f"{traces.query}/api/traces", params={"traceID": ids},
+                         headers={"If-None-Match": found.headers["ETag"]}, timeout=5)
+    assert again.status_code == 304
+    other = requests.get(f"{traces.query}/api/traces", params={"traceID": [first]},
+                         headers={"If-None-Match": found.headers["ETag"]}, timeout=5)
+    assert other.status_code == 200 and len(other.json()["data"]) == 1

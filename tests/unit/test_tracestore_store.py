@@ -78,3 +78,17 @@ def test_tag_search_sees_span_process_and_log_tags() -> None:
     assert hits(event="work.cancelled") == 1
     assert hits(**{"http.status_code": "200"}) == 0
     assert hits(**{"span.kind": "server"}) == 0
+
+
+def test_a_trace_version_changes_with_each_new_span_and_only_then() -> None:
+    """The query API caches rendered traces by (trace id, version)."""
+    store = TraceStore()
+    store.add([_span(1, 1)])
+    [(trace_id, version, spans)] = store.versioned([f"{1:032x}", f"{2:032x}"])
+    assert (trace_id, len(spans)) == (f"{1:032x}", 1)
+    assert store.versioned(["1"])[0][1] == version  # reading changes nothing
+    store.add([_span(2, 2)])
+    assert store.versioned(["1"])[0][1] == version  # another trace's span is not this one's
+    store.add([_span(1, 3, parent=1, start=5)])
+    [(_, newer, spans)] = store.versioned(["1"])
+    assert newer != version and [s.span_id for s in spans] == [f"{1:016x}", f"{3:016x}"]
