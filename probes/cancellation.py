@@ -21,7 +21,6 @@ from probes.checks import cancellation as rules
 from probes.deadline import Deadline
 from probes.evidence.collect import collect
 from probes.evidence.request import CallTree
-from probes.evidence.settle import COLLECT_WAIT_S, settle
 from probes.results import probe_result
 from probes.target import resolve_target
 
@@ -54,10 +53,9 @@ def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | No
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
                                  timeout_s=request_timeout, deadline=deadline,
                                  exact_timeout=client_timeout_ms is not None)
-    # Orphans finish *after* the caller gave up: wait until no run is left in flight
-    # (bounded by the chain's longest route timeout), not a fixed time.
-    settle(target, sent, tree, deadline, wait_s=SETTLE_S)
-    gathered = collect(target, sent, tree, deadline, trace_wait_s=COLLECT_WAIT_S)
+    # Orphans finish *after* the caller gave up: collect waits until no run is left in
+    # flight (bounded by the chain's longest route timeout), not a fixed time.
+    gathered = collect(target, sent, tree, deadline, trace_wait_s=SETTLE_S)
     results, orphans = rules.evaluate(gathered.requests, tree, grace_ms, client_timeout_ms)
     return probe_result("orphan-work", results,
                         traces=_common.sample_traces(gathered.requests, results),

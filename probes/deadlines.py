@@ -24,7 +24,6 @@ from probes.deadline import Deadline
 from probes.evidence.collect import collect
 from probes.evidence.kube import read_routes
 from probes.evidence.request import CallTree
-from probes.evidence.settle import COLLECT_WAIT_S, settle
 from probes.results import probe_result
 from probes.target import resolve_target
 
@@ -48,8 +47,7 @@ def deadline_propagation(requests: int = 5, path: str = "/",
     tree = CallTree.from_config(call_tree or (configuration or {}).get("call_tree"))
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
                                  timeout_s=30.0, deadline=deadline)
-    settle(target, sent, tree, deadline)
-    gathered = collect(target, sent, tree, deadline, trace_wait_s=COLLECT_WAIT_S)
+    gathered = collect(target, sent, tree, deadline)
     results = rules.evaluate(gathered.requests, tree, tolerance_ms=tolerance_ms,
                              target=target.kind)
     return probe_result("deadline-propagation", results,

@@ -20,7 +20,6 @@ from probes.checks.tracing import evaluate
 from probes.deadline import Deadline
 from probes.evidence.collect import collect
 from probes.evidence.request import CallTree
-from probes.evidence.settle import COLLECT_WAIT_S, settle
 from probes.results import probe_result
 from probes.target import resolve_target
 from probes.traffic import send_one
@@ -57,8 +56,7 @@ def trace_continuity(requests: int = 5, path: str = "/", headers: dict[str, str]
                                      headers, timeout_s=10.0, deadline=deadline)
         if unsampled is not None:
             sent.append(unsampled.result())
-    settle(target, sent, tree, deadline)
-    gathered = collect(target, sent, tree, deadline, trace_wait_s=COLLECT_WAIT_S)
+    gathered = collect(target, sent, tree, deadline)
     results = evaluate(gathered.requests, tree, checks)
     return probe_result("trace-continuity", results,
                         traces=_common.sample_traces(gathered.requests, results),

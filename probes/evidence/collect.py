@@ -1,4 +1,10 @@
-"""Gather the evidence of a batch of probe requests from a target (logs + traces)."""
+"""Gather the evidence of a batch of probe requests from a target (logs + traces).
+
+Traces are read once they have settled (:mod:`probes.evidence.settle`): every span the
+requests caused is in, or the wait ran out and the trace is judged as it stands. The
+access logs are read after that, so every line of a settled request is there too (a
+sidecar writes a request's line when the stream ends, and flushes every 50 ms).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from probes.errors import EvidenceError
 from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.kube import MeshSettings, read_mesh_settings, read_proxy_logs
 from probes.evidence.request import CallTree, LogIndex, RequestEvidence, SentRequest
+from probes.evidence.settle import DEFAULT_SETTLE_S, wait_settled
 from probes.evidence.traceapi import TraceReader
 from probes.target import Target
 
@@ -26,11 +33,13 @@ class Collected:
     mesh: MeshSettings
     log_lines: int
     unparsed_lines: int
+    settled: bool = True  # False: the wait ran out with work still in flight
 
 
 def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadline: Deadline, *,
-            trace_wait_s: float = 8.0, logs: bool = True) -> Collected:
-    """Read traces (bounded wait) then the istio-proxy logs covering the requests."""
+            trace_wait_s: float = DEFAULT_SETTLE_S, logs: bool = True) -> Collected:
+    """Wait (at most ``trace_wait_s``) until the traces settled, then read the istio-proxy
+    logs covering the requests."""
     if not sent:
         raise EvidenceError("no request was sent, so there is nothing to read back")
     api_client = target.api_client()
@@ -39,12 +48,13 @@ def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadlin
         sampled = [r.trace_id for r in sent if r.sampled]
         with TraceReader(target.traces_url, target.traces_api) as reader:
             wait = min(trace_wait_s, deadline.check("waiting for traces") * 0.6)
-            traces = reader.wait_for(sampled, tree.hops(), wait_s=wait) if sampled else {}
+            result = wait_settled(reader, sent, tree.hops(), wait_s=wait)
+            traces = dict(result.traces)
             # Unsampled requests must leave no span: look once, after the sampled ones had
             # all the time they needed to arrive.
-            for request in sent:
-                if not request.sampled:
-                    traces[request.trace_id] = reader.fetch(request.trace_id)
+            unsampled = [r.trace_id for r in sent if not r.sampled]
+            if unsampled:
+                traces.update(reader.fetch_many(unsampled))
         if sampled and not any(traces.values()):
             raise EvidenceError(f"none of {len(sampled)} sampled traces (first "
                                 f"{sampled[0]}) appeared at '{target.traces_url}' within "
@@ -69,4 +79,4 @@ def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadlin
     index = LogIndex(records)
     evidence = [RequestEvidence.build(r, traces.get(r.trace_id, []), index.for_request(r))
                 for r in sent]
-    return Collected(evidence, mesh, index.count, unparsed)
+    return Collected(evidence, mesh, index.count, unparsed, result.complete)

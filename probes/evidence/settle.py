@@ -1,8 +1,10 @@
 """Wait until the traces of a batch of requests have settled: no work still running.
 
-Spans are exported when they end, so a trace that looks whole may still have work in
-flight: a call left running after its caller gave up, a retry, an app that did not notice
-its caller leave. A trace has *settled* when two polls in a row return the same spans and
+Spans are exported when they end, in batches: the local mesh's sidecars post every
+200 ms, the chain's apps every 100 ms (``OTEL_BSP_SCHEDULE_DELAY``). So a span that ended
+at ``t`` is in the trace store by ``t + EXPORT_LAG_S``. A trace has *settled* when a poll
+made at least ``EXPORT_LAG_S`` after both the last answer the probe got and the latest
+span end the trace shows returns the same spans as the poll before it, and
 
 - every span's parent is in the trace (the root's parent is the probe's own span id):
   a missing parent is a span that has not ended yet, e.g. the outbound sidecar span of a
@@ -11,14 +13,19 @@ its caller leave. A trace has *settled* when two polls in a row return the same 
   SERVER span under it: the app finished that run (mesh-semantics.md §1.6: a caller
   leaving ends the sidecar's stream at once, the app's run ends when the app stops).
 
-This replaces fixed sleeps: a correct chain settles as soon as its spans are exported, a
-defective one as soon as its orphans end, and the wait is bounded by ``wait_s``.
+Work that ends before the probe's last answer is then all in; work that outlives it (an
+orphan) shows as an inbound sidecar span without its app run, and once that run's span
+arrives the wait starts again from its end. This replaces fixed sleeps: a correct chain
+settles as soon as its spans can all have been exported, a defective one as soon as its
+orphans end, and the wait is bounded by ``wait_s``. Polls are batched (one search for
+every pending trace) and conditional, so polling often costs little.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from probes.deadline import Deadline
 from probes.evidence.request import CallTree, SentRequest
@@ -26,10 +33,16 @@ from probes.evidence.spans import Span
 from probes.evidence.traceapi import TraceReader
 from probes.target import Target
 
-__all__ = ["COLLECT_WAIT_S", "settle", "settled", "wait_settled"]
+__all__ = ["COLLECT_WAIT_S", "EXPORT_LAG_S", "Settled", "answered_at", "settle", "settled",
+           "wait_settled"]
 
 # Inbound flags that say the app never got the request (no upstream, connect failure, §1.6).
 _APP_NOT_REACHED = frozenset({"UF", "UH", "NR", "NC", "UO", "URX", "UC"})
+
+# The longest export interval of the local mesh (sidecars: 200 ms) plus room for the
+# encode, the POST and the store's ingest on a busy machine.
+EXPORT_LAG_S = 0.3
+POLL_S = 0.05
 
 
 def settled(spans: Sequence[Span], root_parent: str, hops: Iterable[str]) -> bool:
@@ -51,38 +64,76 @@ def settled(spans: Sequence[Span], root_parent: str, hops: Iterable[str]) -> boo
     return True
 
 
+def answered_at(sent: Sequence[SentRequest]) -> float:
+    """Epoch seconds of the last answer (or give-up) among the probe's requests."""
+    return max((r.started_us / 1e6 + (r.latency_ms or 0.0) / 1000 for r in sent), default=0.0)
+
+
+@dataclass
+class Settled:
+    """The sampled requests' traces as last read, and whether all of them settled."""
+
+    complete: bool
+    traces: dict[str, list[Span]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.complete
+
+
 def wait_settled(reader: TraceReader, sent: Sequence[SentRequest], hops: Iterable[str], *,
-                 wait_s: float, poll_s: float = 0.1) -> bool:
+                 wait_s: float, poll_s: float = POLL_S,
+                 lag_s: float = EXPORT_LAG_S) -> Settled:
     """Poll the sampled requests' traces until all have settled, at most ``wait_s``.
 
-    Returns whether they settled; a trace still unsettled at the end is left for the
-    checks to judge as it is (its evidence says what ran past the deadline so far).
+    Returns the traces (the last read of each) and whether they settled; a trace still
+    unsettled at the end is left for the checks to judge as it is (its evidence says
+    what ran past the deadline so far). Unsampled requests have no trace to wait for,
+    but the wait still lasts until their answers' spans could have arrived: their
+    evidence is that none did.
     """
     expected = list(hops)
-    pending = {r.trace_id: r.parent_id for r in sent if r.sampled}
-    previous: dict[str, int] = {}
+    roots = {r.trace_id: r.parent_id for r in sent if r.sampled}
+    traces: dict[str, list[Span]] = {t: [] for t in roots}
+    previous: dict[str, frozenset[str]] = {}
+    done: set[str] = set()
+    answered = answered_at(sent)
     end = time.monotonic() + wait_s
-    while pending:
-        for trace_id, root_parent in list(pending.items()):
-            spans = reader.fetch(trace_id)
-            if settled(spans, root_parent, expected) and previous.get(trace_id) == len(spans):
-                del pending[trace_id]
-            previous[trace_id] = len(spans)
-        if not pending:
-            return True
+    # Nothing can be complete before the last answer's spans could be exported: the first
+    # poll comes one poll before that moment (the second confirms), not earlier.
+    _sleep_until_wall(answered + lag_s - poll_s, end)
+    while True:
+        pending = [t for t in roots if t not in done]
+        if pending:
+            traces.update(reader.fetch_many(pending))
+        now = time.time()
+        for trace_id in pending:
+            spans = traces[trace_id]
+            ids = frozenset(s.span_id for s in spans)
+            latest = max((s.end_us for s in spans), default=0) / 1e6
+            if (now >= max(answered, latest) + lag_s and previous.get(trace_id) == ids
+                    and settled(spans, roots[trace_id], expected)):
+                done.add(trace_id)
+            previous[trace_id] = ids
+        if len(done) == len(roots) and now >= answered + lag_s:
+            return Settled(True, traces)
         if time.monotonic() >= end:
-            return False
+            return Settled(False, traces)
         time.sleep(min(poll_s, max(0.0, end - time.monotonic())))
-    return True
 
 
-# After settling, collect() only needs one read of each trace.
+def _sleep_until_wall(when: float, end_monotonic: float) -> None:
+    delay = min(when - time.time(), end_monotonic - time.monotonic())
+    if delay > 0:
+        time.sleep(delay)
+
+
+# Kept for callers that still read traces again after settle(): one read is enough.
 COLLECT_WAIT_S = 0.2
 DEFAULT_SETTLE_S = 8.0
 
 
 def settle(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadline: Deadline,
-           wait_s: float = DEFAULT_SETTLE_S) -> bool:
+           wait_s: float = DEFAULT_SETTLE_S) -> Settled:
     """:func:`wait_settled` against the target's trace API, within the probe's deadline."""
     wait = min(wait_s, deadline.check("waiting for the traces to settle") * 0.5)
     with TraceReader(target.traces_url, target.traces_api) as reader:

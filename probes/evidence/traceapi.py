@@ -4,10 +4,15 @@ Spans are exported in batches off the hot path, so a trace fills in over time. T
 reader polls every outstanding trace in rounds until each one holds every expected
 hop (then one settle round, to catch late retries), or the wait ends. A trace that
 never appears is "could not measure"; a trace that stays partial is evidence.
+
+Polls are cheap when nothing changed: batched reads send the ``ETag`` of the previous
+answer for the same ids as ``If-None-Match``, and a ``304`` reuses the spans parsed then
+(the local mesh's trace store answers so; a Jaeger that sends no ETag is read in full).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -20,6 +25,7 @@ from probes.evidence.spans import Span, parse_jaeger, parse_tempo
 __all__ = ["TraceReader"]
 
 _BATCH = 50  # trace ids per Jaeger search: keeps the query string well under URL limits
+_REMEMBERED = 64  # batches whose last answer is kept for conditional polls
 
 
 class TraceReader:
@@ -31,6 +37,8 @@ class TraceReader:
         self.timeout_s = timeout_s
         self.session = requests.Session()
         self.session.trust_env = False
+        # ids of one batch -> (ETag of the last answer, the spans parsed from it)
+        self._seen: dict[tuple[str, ...], tuple[str, list[Span]]] = {}
 
     def close(self) -> None:
         self.session.close()
@@ -53,7 +61,7 @@ class TraceReader:
             raise EvidenceError(f"trace api '{self.url}' answered {resp.status_code} for trace "
                                 f"{trace_id}: {resp.text[:200]!r}")
         try:
-            doc: Any = resp.json()
+            doc: Any = json.loads(resp.content)
         except ValueError as exc:
             raise EvidenceError(f"trace api '{self.url}' sent non-JSON for {trace_id}") from exc
         spans = parse_tempo(doc) if self.api == "tempo" else parse_jaeger(doc)
@@ -66,26 +74,40 @@ class TraceReader:
             return {t: self.fetch(t) for t in trace_ids}
         found: dict[str, list[Span]] = {t: [] for t in trace_ids}
         for start in range(0, len(trace_ids), _BATCH):
-            batch = list(trace_ids[start:start + _BATCH])
-            try:
-                resp = self.session.get(f"{self.url}/api/traces", params={"traceID": batch},
-                                        timeout=self.timeout_s)
-            except requests.RequestException as exc:
-                raise EvidenceError(f"trace api '{self.url}' unreachable: {exc}") from exc
-            if resp.status_code == 404:  # as fetch(): none of them is known (yet)
-                continue
-            if resp.status_code != 200:
-                raise EvidenceError(f"trace api '{self.url}' answered {resp.status_code} for "
-                                    f"{len(batch)} trace ids: {resp.text[:200]!r}")
-            try:
-                doc: Any = resp.json()
-            except ValueError as exc:
-                raise EvidenceError(f"trace api '{self.url}' sent non-JSON for "
-                                    f"{len(batch)} trace ids") from exc
-            for span in parse_jaeger(doc):
+            batch = tuple(trace_ids[start:start + _BATCH])
+            for span in self._search(batch):
                 if span.trace_id in found:
                     found[span.trace_id].append(span)
         return found
+
+    def _search(self, batch: tuple[str, ...]) -> list[Span]:
+        """One Jaeger search by ids, conditional on the previous answer for the same ids."""
+        previous = self._seen.get(batch)
+        headers = {"If-None-Match": previous[0]} if previous else {}
+        try:
+            resp = self.session.get(f"{self.url}/api/traces", params={"traceID": list(batch)},
+                                    headers=headers, timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise EvidenceError(f"trace api '{self.url}' unreachable: {exc}") from exc
+        if resp.status_code == 304 and previous:
+            return previous[1]
+        if resp.status_code == 404:  # as fetch(): none of them is known (yet)
+            return []
+        if resp.status_code != 200:
+            raise EvidenceError(f"trace api '{self.url}' answered {resp.status_code} for "
+                                f"{len(batch)} trace ids: {resp.text[:200]!r}")
+        try:
+            doc: Any = json.loads(resp.content)
+        except ValueError as exc:
+            raise EvidenceError(f"trace api '{self.url}' sent non-JSON for "
+                                f"{len(batch)} trace ids") from exc
+        spans = parse_jaeger(doc)
+        tag = resp.headers.get("ETag")
+        if tag:
+            if len(self._seen) >= _REMEMBERED:  # a long wait polls ever smaller batches
+                self._seen.clear()
+            self._seen[batch] = (tag, spans)
+        return spans
 
     def wait_for(self, trace_ids: Sequence[str], hops: Iterable[str], *, wait_s: float,
                  poll_s: float = 0.2, settle_s: float = 0.4) -> dict[str, list[Span]]:

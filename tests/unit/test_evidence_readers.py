@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,44 @@ def test_mesh_config_json_format_string_is_compiled() -> None:
     fmt = parse_mesh_config(mesh).log_format
     assert fmt.parse('{"rid": "abc", "code": 504}') == {"request_id": "abc",
                                                        "response_code": "504"}
+
+
+def test_trace_reader_polls_conditionally_and_reuses_what_it_parsed_on_304(
+        tmp_path: Path) -> None:
+    """RFC 9110 §13.1.2: the reader sends the last answer's ETag as If-None-Match and a 304
+    stands for that answer; a Jaeger that sends no ETag is read in full every time."""
+    seen: list[str | None] = []
+    fake = Fake()
+    sent, _, _ = fake.recorded()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("If-None-Match"))
+            if self.headers.get("If-None-Match") == '"v1"':
+                self.send_response(304)
+                self.send_header("ETag", '"v1"')
+                self.end_headers()
+                return
+            body = json.dumps(fake.trace(sent["trace_id"])).encode()
+            self.send_response(200)
+            self.send_header("ETag", '"v1"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with TraceReader(f"http://127.0.0.1:{server.server_address[1]}") as reader:
+            first = reader.fetch_many([sent["trace_id"]])
+            second = reader.fetch_many([sent["trace_id"]])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+    assert seen == [None, '"v1"']
+    assert second == first and len(first[sent["trace_id"]]) > 10
