@@ -15,6 +15,10 @@ from probes.traffic import Load, send_load
 __all__ = ["run_id", "sample_traces", "send_requests"]
 
 MAX_WATERFALLS = 3
+# Probe requests start 10 ms apart: together, not as one burst in the same millisecond.
+# Under a fault each answer can take seconds, so a slower pace only adds idle time to
+# every probe (at 20/s the last of five requests started 0.2 s after the first).
+PROBE_RATE = 100.0
 
 
 def run_id(configuration: Mapping[str, Any] | None) -> str:
@@ -24,9 +28,10 @@ def run_id(configuration: Mapping[str, Any] | None) -> str:
 def send_requests(url: str, configuration: Mapping[str, Any] | None, count: int,
                   headers: Mapping[str, str] | None, timeout_s: float, deadline: Deadline,
                   concurrency: int = 8, exact_timeout: bool = False) -> list[Any]:
-    """Send ``count`` requests, up to ``concurrency`` at a time (paced at 20/s), each with
-    its own trace context. A few concurrent requests are a light load for any chain, and
-    under a fault each request may take a second: rounds of two made probes take seconds.
+    """Send ``count`` requests, up to ``concurrency`` at a time (paced at ``PROBE_RATE``),
+    each with its own trace context. A few concurrent requests are a light load for any
+    chain, and under a fault each request may take a second: rounds of two made probes
+    take seconds.
 
     Each request's timeout is cut so that all rounds together use at most half of what
     the probe has left: the evidence still has to be read afterwards.
@@ -36,8 +41,8 @@ def send_requests(url: str, configuration: Mapping[str, Any] | None, count: int,
     if exact_timeout and share < timeout_s:
         raise ConfigurationError(f"{deadline.what}: timeout_s {deadline.seconds:g} is too short "
                                  f"for {count} requests of {timeout_s:g} s each")
-    load = Load(url=url, run_id=run_id(configuration), count=count, rate=20.0,
-                duration_s=max(1.0, count / 20.0 + 1), concurrency=concurrency,
+    load = Load(url=url, run_id=run_id(configuration), count=count, rate=PROBE_RATE,
+                duration_s=max(1.0, count / PROBE_RATE + 1), concurrency=concurrency,
                 timeout_s=max(0.05, min(timeout_s, share)), headers=dict(headers or {}))
     return send_load(load)
 

@@ -60,6 +60,9 @@ logger = logging.getLogger("chaostoolkit")
 GROUP, VERSION = "chaos-mesh.org", "v1alpha1"
 PLURALS = {"NetworkChaos": "networkchaos", "PodChaos": "podchaos"}
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chaos"
+# Status polls start fast and back off: injection on the local mesh takes tens of ms, a
+# real Chaos Mesh takes seconds, and a fixed 0.2 s poll made every apply/remove wait it.
+_POLL_FIRST_S = 0.02
 _POLL_S = 0.2
 _REQUEST_TIMEOUT_S = 10
 _CREATE_ATTEMPTS = 3
@@ -343,6 +346,7 @@ def _wait_injected(api_client: Any, obj: Obj, wait_timeout: float) -> Obj:
     label = f"{obj['kind']} '{meta['namespace']}/{meta['name']}'"
     deadline = time.monotonic() + wait_timeout
     status: Obj = {}
+    pause = _POLL_FIRST_S
     while True:
         current: Any = api.get_namespaced_custom_object(GROUP, VERSION, meta["namespace"], plural,
                                                    meta["name"],
@@ -357,7 +361,8 @@ def _wait_injected(api_client: Any, obj: Obj, wait_timeout: float) -> Obj:
         if time.monotonic() >= deadline:
             raise ChaosNotInjected(f"{label} did not reach condition AllInjected=True within "
                                    f"{wait_timeout:g}s; last status: {_summary(status)}")
-        time.sleep(_POLL_S)
+        time.sleep(pause)
+        pause = min(_POLL_S, pause * 2)
 
 
 def _summary(status: Mapping[str, Any]) -> str:
@@ -479,6 +484,7 @@ def _labels_or_none(api: Any, ref: Mapping[str, str]) -> dict[str, str] | None:
 
 def _wait_gone(api: Any, ref: Mapping[str, str], deadline: float, wait_timeout: float) -> None:
     status: Obj = {}
+    pause = _POLL_FIRST_S
     while True:
         try:
             current: Any = api.get_namespaced_custom_object(GROUP, VERSION, ref["namespace"],
@@ -495,4 +501,5 @@ def _wait_gone(api: Any, ref: Mapping[str, str], deadline: float, wait_timeout: 
                                   f"still present {wait_timeout:g}s after its deletion "
                                   f"(finalizer waiting for recovery?); last status: "
                                   f"{_summary(status)}")
-        time.sleep(_POLL_S)
+        time.sleep(pause)
+        pause = min(_POLL_S, pause * 2)
