@@ -129,10 +129,11 @@ def dockerfile_copies() -> list[str]:
     return [line.split()[1] for line in text.splitlines() if line.startswith("COPY ")]
 
 
-async def test_the_image_file_set_alone_runs_the_chain_on_aiohttp(tmp_path: Path) -> None:
-    """fixtures/Dockerfile copies only fixtures/__init__.py and fixtures/chain/: those files,
-    with the third-party packages but without the editable project (python -S skips its .pth),
-    must start, answer /healthz and pick the aiohttp transport (localmesh is not in the image)."""
+async def test_the_image_file_set_alone_runs_the_chain(tmp_path: Path) -> None:
+    """fixtures/Dockerfile copies fixtures/chain/ and, of localmesh, only the lean HTTP stack
+    (localmesh.http and what it imports): those files, with the third-party packages but
+    without the editable project (python -S skips its .pth), must start, answer /healthz and
+    report a refused downstream call as 502."""
     import shutil
     import sysconfig
 
@@ -143,15 +144,16 @@ async def test_the_image_file_set_alone_runs_the_chain_on_aiohttp(tmp_path: Path
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / source, target)
-    probe = ("import importlib.util, fixtures.chain.transport as t; "
-             "print(importlib.util.find_spec('localmesh') is None, t.__file__)")
+    probe = ("import importlib.util, fixtures.chain.app as a, localmesh.http as h; "
+             "print(importlib.util.find_spec('localmesh.mesh') is None, a.__file__, h.__file__)")
     env = {"PATH": os.environ.get("PATH", ""),
            "PYTHONPATH": f"{tmp_path}:{sysconfig.get_paths()['purelib']}"}
     check = await asyncio.create_subprocess_exec(
         sys.executable, "-S", "-c", probe, cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(check.communicate(), 30.0)
-    assert out.decode().split() == ["True", str(tmp_path / "fixtures/chain/transport.py")], err
+    assert out.decode().split() == ["True", str(tmp_path / "fixtures/chain/app.py"),
+                                    str(tmp_path / "localmesh/http/__init__.py")], err
     env.update({"PORT": "0", "CHAIN_HOST": "127.0.0.1", "CHAIN_CALLS": "seq:http://127.0.0.1:9/x"})
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-S", "-m", "fixtures.chain", cwd=tmp_path, env=env,
@@ -163,7 +165,7 @@ async def test_the_image_file_set_alone_runs_the_chain_on_aiohttp(tmp_path: Path
             async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
                 assert resp.status == 200
             async with session.get(f"http://127.0.0.1:{port}/x") as resp:
-                assert resp.status == 502  # the aiohttp transport reports the refused call
+                assert resp.status == 502  # the refused call, reported by the lean client
         assert await stop(proc) == 0
     finally:
         if proc.returncode is None:
