@@ -5,6 +5,9 @@ Two levels:
   :meth:`ConnectionPool.release` give the sidecar full control over each try
   (it arms its own timers and aborts the connection on expiry, the way Envoy's
   H1 pool closes the connection when a stream is reset, mesh-semantics.md §1.1);
+- :meth:`ClientConnection.start` is :meth:`~ClientConnection.send` without a
+  future: the response (or the error) is handed to a callback from the protocol's
+  own parser callback, so a proxy can forward it with no task in between;
 - :meth:`ConnectionPool.request` is the one-call API for services:
   ``await pool.request("GET", "http://orders:8080/x", headers, body, timeout=1.0)``.
   Cancelling it (or its timeout) closes the connection, so the server sees the
@@ -16,18 +19,22 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
-from localmesh.http.errors import ConnectError, ConnectionTerminated, HttpProtocolError
+from localmesh.http.errors import ConnectError, ConnectionTerminated, HttpError, HttpProtocolError
 from localmesh.http.message import NAMES as _NAMES
 from localmesh.http.message import Headers, Response, encode_request, header_name
 from localmesh.http.tcp import quickack
 
-__all__ = ["ClientConnection", "ConnectionPool"]
+__all__ = ["ClientConnection", "ConnectionPool", "ResponseCallback"]
+
+# Called once per request started with ClientConnection.start: (response, None) or
+# (None, the HttpError that ended the exchange).
+ResponseCallback = Callable[[Response | None, HttpError | None], None]
 
 
 class ClientConnection(asyncio.Protocol):
@@ -38,6 +45,8 @@ class ClientConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._future: asyncio.Future[Response] | None = None
+        self._callback: ResponseCallback | None = None
+        self._sent = False  # a request was ever written: bytes before that are garbage
         self._headers: Headers = {}
         self._extra: list[tuple[str, str]] = []
         self._body: list[bytes] = []
@@ -65,7 +74,7 @@ class ClientConnection(asyncio.Protocol):
         self._socket = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
-        if self._future is None:
+        if not self._sent:
             self.abort()  # bytes nobody asked for: the connection cannot be trusted
             return
         try:
@@ -81,8 +90,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.reusable = False
         self._transport = None
-        fut = self._future
-        if fut is None or fut.done():
+        if not self._waiting():
             return
         if self.headers_at and not self._framed:
             self.on_message_complete()  # body delimited by close (RFC 9112 §6.3)
@@ -123,13 +131,27 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        callback = self._callback
         fut = self._future
-        if fut is None or fut.done():
+        if callback is None and (fut is None or fut.done()):
             return
         self.reusable = (not self.closed and not self._head and self._framed
                          and self._parser.should_keep_alive())
-        fut.set_result(Response(self._parser.get_status_code(), self._headers,
-                                b"".join(self._body), self._extra or None))
+        body = self._body
+        resp = Response(self._parser.get_status_code(), self._headers,
+                        (body[0] if len(body) == 1 else b"".join(body)) if body else b"",
+                        self._extra or None)
+        if callback is not None:
+            self._callback = None
+            callback(resp, None)
+        elif fut is not None:
+            fut.set_result(resp)
+
+    def _waiting(self) -> bool:
+        """A response is still expected for the request in flight."""
+        if self._callback is not None:
+            return True
+        return self._future is not None and not self._future.done()
 
     # -- API ----------------------------------------------------------------------
 
@@ -138,16 +160,35 @@ class ClientConnection(asyncio.Protocol):
         """Write one request; the future resolves with the whole response."""
         fut: asyncio.Future[Response] = (self._loop or asyncio.get_running_loop()).create_future()
         self._future = fut
+        self._callback = None
+        self._write(method, target, host, headers, body)
+        return fut
+
+    def start(self, method: str, target: str, host: str, headers: Headers, body: bytes,
+              callback: ResponseCallback) -> None:
+        """Write one request; ``callback`` gets the response or the error, exactly once
+        (possibly before this returns, if the connection is already closed)."""
+        self._future = None
+        self._callback = callback
+        self._write(method, target, host, headers, body)
+
+    def cancel(self) -> None:
+        """Forget the request in flight without a callback (its caller gave up) and abort."""
+        self._callback = None
+        self.abort()
+
+    def _write(self, method: str, target: str, host: str, headers: Headers,
+               body: bytes) -> None:
+        self._sent = True
         self._headers, self._extra, self._body = {}, [], []
         self._head = method == "HEAD"
         self.headers_at = 0.0
         self.reusable = False
         if self._transport is None:
-            fut.set_exception(ConnectionTerminated(
+            self._fail(ConnectionTerminated(
                 f"upstream {self.key[0]}:{self.key[1]} closed the connection"))
         else:
             self._transport.write(encode_request(method, target, host, headers, body))
-        return fut
 
     def abort(self) -> None:
         """Close now (a reset, in H1 terms); a pending response fails with a local reset."""
@@ -155,7 +196,12 @@ class ClientConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _fail(self, exc: Exception) -> None:
+    def _fail(self, exc: HttpError) -> None:
+        callback = self._callback
+        if callback is not None:
+            self._callback = None
+            callback(None, exc)
+            return
         if self._future is not None and not self._future.done():
             self._future.set_exception(exc)
             # Retrieved by whoever awaits; avoid "exception never retrieved" if nobody does.

@@ -5,6 +5,14 @@ the handler in its own task; pipelined requests wait their turn. When the
 client goes away, the running handler task is cancelled and
 :attr:`ServerConnection.lost` is set, so the handler can tell a downstream
 disconnect (Envoy's ``DC``) from its own shutdown.
+
+A task per request costs tens of µs. A server may also pass ``fast``, a plain
+function tried first for each request (:data:`FastHandler`): returning ``True``
+means it took the request and will answer with :meth:`ServerConnection.respond`
+(now or from a later callback) or hand it over to a coroutine with
+:meth:`ServerConnection.adopt`; while it holds the request,
+:attr:`ServerConnection.on_lost` (if set) is called when the client goes away.
+Returning ``False`` runs the ordinary ``handler`` task.
 """
 
 from __future__ import annotations
@@ -21,11 +29,14 @@ from localmesh.http.message import NAMES as _NAMES
 from localmesh.http.message import Request, Response, encode_response, header_name
 from localmesh.http.tcp import quickack
 
-__all__ = ["REQUEST_TASK_NAME", "Handler", "ServerConnection", "in_flight", "serve"]
+__all__ = ["REQUEST_TASK_NAME", "FastHandler", "Handler", "ServerConnection", "in_flight",
+           "serve"]
 
 log = logging.getLogger("localmesh.http")
 
 Handler = Callable[[Request, "ServerConnection"], Awaitable[Response | None]]
+# Synchronous first chance at a request: True = taken (answer later with respond/adopt).
+FastHandler = Callable[[Request, "ServerConnection"], bool]
 # Every request's handler task carries this name, so a shutdown can wait for them.
 REQUEST_TASK_NAME = "http-request"
 # Interned method names: most requests use one of these.
@@ -40,8 +51,9 @@ def in_flight() -> list[asyncio.Task[object]]:
 class ServerConnection(asyncio.Protocol):
     """One downstream connection: parses requests, runs the handler, writes responses."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, fast: FastHandler | None = None) -> None:
         self._handler = handler
+        self._fast = fast
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
@@ -49,6 +61,10 @@ class ServerConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._pending: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
+        # The request being handled (by the task or the fast handler); None when idle.
+        self._current: Request | None = None
+        # Set by a fast handler while it holds a request: called once if the client leaves.
+        self.on_lost: Callable[[], None] | None = None
         self.lost = False
         self.peer = ("", 0)
         self.local = ("", 0)
@@ -90,6 +106,9 @@ class ServerConnection(asyncio.Protocol):
         self._transport = None
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        elif self.on_lost is not None:
+            callback, self.on_lost = self.on_lost, None
+            callback()
 
     # -- httptools callbacks ----------------------------------------------------
 
@@ -118,9 +137,11 @@ class ServerConnection(asyncio.Protocol):
         parser = self._parser
         raw = parser.get_method()
         method = _METHODS.get(raw) or raw.decode("ascii")
-        req = Request(method, self._url.decode("latin-1"),
-                      self._headers, b"".join(self._body), parser.should_keep_alive())
-        if self._task is None:
+        body = self._body
+        req = Request(method, self._url.decode("latin-1"), self._headers,
+                      (body[0] if len(body) == 1 else b"".join(body)) if body else b"",
+                      parser.should_keep_alive())
+        if self._current is None:
             self._start(req)
         else:
             self._pending.append(req)
@@ -128,12 +149,45 @@ class ServerConnection(asyncio.Protocol):
     # -- request processing -----------------------------------------------------
 
     def _start(self, req: Request) -> None:
+        self._current = req
+        fast = self._fast
+        if fast is not None:
+            try:
+                if fast(req, self):
+                    return
+            except Exception:  # a bug in the fast handler: answer, never hang the client
+                log.exception("fast handler failed for %s %s", req.method, req.target)
+                self._finish(req, Response(500, {"content-type": "text/plain"},
+                                           b"internal error"))
+                return
         loop = self.loop or asyncio.get_running_loop()
-        self._task = loop.create_task(self._run(req), name=REQUEST_TASK_NAME)
+        self._task = loop.create_task(self._run(req, self._handler(req, self)),
+                                      name=REQUEST_TASK_NAME)
 
-    async def _run(self, req: Request) -> None:
+    def adopt(self, handling: Awaitable[Response | None]) -> None:
+        """Finish the request a fast handler took in a task (awaiting ``handling``)."""
+        req = self._current
+        if req is None:
+            raise RuntimeError("adopt() without a request taken by the fast handler")
+        self.on_lost = None
+        loop = self.loop or asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(req, handling), name=REQUEST_TASK_NAME)
+        if self._transport is None:
+            # The client already left: cancel once the coroutine has started, so its
+            # own CancelledError handling (a DC record) runs.
+            loop.call_soon(self._task.cancel)
+
+    def respond(self, resp: Response | None) -> None:
+        """Answer the request a fast handler took (``None``: write nothing)."""
+        req = self._current
+        if req is None:
+            return
+        self.on_lost = None
+        self._finish(req, resp)
+
+    async def _run(self, req: Request, handling: Awaitable[Response | None]) -> None:
         try:
-            resp = await self._handler(req, self)
+            resp = await handling
         except asyncio.CancelledError:
             self.close()
             raise
@@ -141,6 +195,10 @@ class ServerConnection(asyncio.Protocol):
             log.exception("handler failed for %s %s", req.method, req.target)
             resp = Response(500, {"content-type": "text/plain"}, b"internal error")
         self._task = None
+        self._finish(req, resp)
+
+    def _finish(self, req: Request, resp: Response | None) -> None:
+        self._current = None
         if self._transport is None:
             return
         if resp is not None:
@@ -168,8 +226,9 @@ class ServerConnection(asyncio.Protocol):
 
 
 async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 0, *,
-                backlog: int = 1024) -> asyncio.Server:
-    """Listen on ``host:port`` (0 = pick) and serve every connection with ``handler``."""
+                backlog: int = 1024, fast: FastHandler | None = None) -> asyncio.Server:
+    """Listen on ``host:port`` (0 = pick) and serve every connection with ``handler``
+    (``fast``, if given, gets the first chance at each request: see the module doc)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: ServerConnection(handler), host, port,
+    return await loop.create_server(lambda: ServerConnection(handler, fast), host, port,
                                     backlog=backlog, reuse_address=True)
