@@ -66,8 +66,9 @@ async def run(args: argparse.Namespace) -> None:
         except (OSError, ValueError) as exc:
             raise SidecarConfigError(f"cannot load --config {args.config}: {exc}") from exc
     servers = [
-        await serve(sidecar.handle_inbound, port=args.inbound_port),
-        await serve(sidecar.handle_outbound, port=args.outbound_port),
+        await serve(sidecar.handle_inbound, port=args.inbound_port, fast=sidecar.fast_inbound),
+        await serve(sidecar.handle_outbound, port=args.outbound_port,
+                    fast=sidecar.fast_outbound),
         await serve(sidecar.handle_admin, port=args.admin_port),
     ]
     ports = {name: s.sockets[0].getsockname()[1]
@@ -79,10 +80,13 @@ async def run(args: argparse.Namespace) -> None:
     await quit_event.wait()
     for s in servers:
         s.close()  # stop accepting
+    # Let requests in flight finish (Envoy drains too), bounded like a termination drain.
+    drain_until = loop.time() + _DRAIN_S
+    while sidecar.fast_in_flight and loop.time() < drain_until:  # noqa: ASYNC110 - a counter
+        await asyncio.sleep(0.005)  # callback-path requests have no task to wait for
     pending = in_flight()
     if pending:
-        # Let requests in flight finish (Envoy drains too), bounded like a termination drain.
-        await asyncio.wait(pending, timeout=_DRAIN_S)
+        await asyncio.wait(pending, timeout=max(drain_until - loop.time(), 0.0))
     await sidecar.close()
 
 

@@ -8,6 +8,7 @@ the admin endpoint can answer 400 and keep the previous configuration.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,9 +134,15 @@ class Endpoint:
     labels: dict[str, str]
     ready: bool
 
-    @property
+    # Read on every request: computed once (a frozen dataclass without slots has a __dict__).
+    @functools.cached_property
     def peer(self) -> str:
         return f"{self.namespace}/{self.pod}"
+
+    @functools.cached_property
+    def address(self) -> str:
+        """``host:port``, as the access log's UPSTREAM_HOST shows it."""
+        return f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)

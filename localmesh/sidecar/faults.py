@@ -83,6 +83,10 @@ class FaultEngine:
     def active(self) -> bool:
         return bool(self._states)
 
+    def affects(self, peer: str | None) -> bool:
+        """Some rule applies to traffic to/from ``peer`` (else its sends are never held)."""
+        return any(s.rule.applies_to(peer) for s in self._states)
+
     def partitioned(self, peer: str | None) -> bool:
         return any(s.rule.action == "partition" and s.rule.applies_to(peer) for s in self._states)
 

@@ -17,6 +17,7 @@ from typing import Any
 import httptools
 
 from localmesh.http.client import ConnectionPool
+from localmesh.http.message import HOP_BY_HOP as _HOP_BY_HOP
 from localmesh.http.message import Request, Response
 from localmesh.http.server import ServerConnection
 from localmesh.sidecar import admin
@@ -60,7 +61,15 @@ from localmesh.sidecar.tracing import (
     parse_traceparent,
 )
 from localmesh.sidecar.txn import Txn
-from localmesh.sidecar.upstream import TraceCtx, Upstream, call_upstream, local_reply
+from localmesh.sidecar.upstream import (
+    FastTry,
+    TraceCtx,
+    TryState,
+    Upstream,
+    begin_try,
+    call_upstream,
+    local_reply,
+)
 
 __all__ = ["Sidecar"]
 
@@ -116,6 +125,23 @@ def _int_header(headers: dict[str, str], name: str) -> int | None:
     return int(value.strip())
 
 
+class _Exchange:
+    """One downstream request between its synchronous prelude and its response."""
+
+    __slots__ = ("conn", "headers", "kind", "parent", "peer", "req", "start_ns", "target",
+                 "trace", "txn", "up")
+
+    def __init__(self, kind: int, req: Request, conn: ServerConnection, txn: Txn,
+                 headers: dict[str, str], target: str, peer: str | None, up: Any,
+                 trace: TraceCtx | None, parent: str, start_ns: int) -> None:
+        self.kind = kind  # KIND_SERVER: inbound listener; KIND_CLIENT: outbound
+        self.req, self.conn, self.txn, self.headers = req, conn, txn, headers
+        self.target = target  # what the upstream request line carries
+        self.peer = peer  # inbound: the calling pod (ns/pod), if it said
+        self.up: Upstream = up  # None only for a request answered before routing
+        self.trace, self.parent, self.start_ns = trace, parent, start_ns
+
+
 class Sidecar:
     """State and request handling of one sidecar process."""
 
@@ -145,6 +171,8 @@ class Sidecar:
             "node_id": self.peer_id, "component": "proxy", "istio.namespace": namespace,
             "istio.canonical_service": service, "meshchaos.pod": pod}
         self.quit_event: asyncio.Event | None = None  # set by the process runner
+        # Requests on the callback path (no task), for the shutdown drain.
+        self.fast_in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None  # the listeners' loop
 
     # -- configuration ----------------------------------------------------------
@@ -211,9 +239,11 @@ class Sidecar:
         return TraceCtx(trace_id, span_id, sampled, record, child_spans, name, attrs, []), parent
 
     def _finish_spans(self, trace: TraceCtx | None, parent: str, txn: Txn, kind: int,
-                      direction: str, url: str, start_ns: int) -> None:
+                      start_ns: int) -> None:
         if trace is None or not trace.record or self.exporter is None:
             return
+        direction = "inbound" if kind == KIND_SERVER else "outbound"
+        url = self._url(txn)
         attrs: dict[str, str | int | float] = {
             "http.method": txn.method, "http.url": url, "http.status_code": txn.status,
             "response_flags": txn.flags_text(), "upstream_cluster": txn.upstream_cluster or "-",
@@ -241,7 +271,13 @@ class Sidecar:
 
     def _begin(self, req: Request, conn: ServerConnection, path: str,
                authority: str) -> tuple[Txn, dict[str, str]]:
-        headers = clean_request_headers(req.headers)
+        headers = req.headers
+        if "connection" not in headers and _HOP_BY_HOP.isdisjoint(headers):
+            # The common case, edited in place: the parsed request's dict is ours alone.
+            headers.pop("host", None)
+            headers.pop("x-envoy-internal", None)  # as clean_request_headers does (§1.7.1)
+        else:
+            headers = clean_request_headers(headers)
         # The connection's loop: asyncio.get_running_loop() is a getpid() syscall on 3.11.
         loop = self._loop = conn.loop or asyncio.get_running_loop()
         txn = Txn(loop.time(), time.time(), req.method, path, authority, headers)
@@ -272,10 +308,86 @@ class Sidecar:
         if "x-forwarded-proto" not in headers:
             headers["x-forwarded-proto"] = "http"
 
+    # -- both listeners: the request after its prelude -------------------------------------
+
+    def _settle(self, ex: _Exchange, resp: Response) -> None:
+        """Record a finished exchange: counters, access log line, spans."""
+        txn = ex.txn
+        if ex.kind == KIND_CLIENT:
+            if txn.flags and "UT" in txn.flags:
+                self.stats["rq_timeout"] += 1
+            if txn.attempts > 1:
+                self.stats["upstream_rq_retry"] += txn.attempts - 1
+        self._end(txn, resp)
+        self._finish_spans(ex.trace, ex.parent, txn, ex.kind, ex.start_ns)
+
+    def _lost(self, ex: _Exchange) -> None:
+        """The downstream left mid-request: ``0 DC`` in the log and the span (§1.6)."""
+        self._disconnected(ex.txn)
+        self._end(ex.txn, None)
+        self._finish_spans(ex.trace, ex.parent, ex.txn, ex.kind, ex.start_ns)
+
+    async def _rest(self, ex: _Exchange, state: TryState | None) -> Response:
+        """The coroutine path: fault holds, new connections, retries after a backoff."""
+        try:
+            if ex.kind == KIND_SERVER and self.faults.active and self.faults.partitioned(ex.peer):
+                await stall()  # packets from a black-holed peer never arrive
+            resp = await call_upstream(self.pool, self.picker, self.faults, ex.up, ex.txn,
+                                       ex.req.method, ex.target, ex.headers, ex.req.body,
+                                       ex.trace, state)
+        except asyncio.CancelledError:
+            if ex.conn.lost:
+                self._lost(ex)
+            raise
+        self._settle(ex, resp)
+        if ex.kind == KIND_SERVER and self.faults.active:
+            # The response is this pod's egress: netem holds it after Envoy wrote it.
+            await self.faults.egress(ex.peer, len(resp.body) + 256)
+        return resp
+
+    def _fast(self, ex: _Exchange) -> None:
+        """The callback path for a request whose first try needs no waiting: no fault
+        touches it and an idle keep-alive connection is ready; anything else goes on
+        in :meth:`_rest`, from the try already begun."""
+        loop = self._loop or asyncio.get_running_loop()
+        up, faults, conn = ex.up, self.faults, ex.conn
+        st = TryState(loop.time(), up)
+        ep = begin_try(st, st.t0, self.picker, up, ex.txn, ex.headers, ex.trace)
+        st.stage = "prepared"
+        upstream = None
+        if not faults.active or not (faults.affects(ex.peer) if ex.kind == KIND_SERVER
+                                     else up.egress_faults and faults.affects(ep.peer)):
+            upstream = self.pool.take_idle(ep.host, ep.port)
+        if upstream is None:
+            conn.adopt(self._rest(ex, st))
+            return
+        self.fast_in_flight += 1
+        ftry = FastTry(self.pool, up, st, ex.txn, ex.trace,
+                       lambda resp: self._fast_done(ex, st, resp))
+        conn.on_lost = lambda: self._fast_lost(ex, ftry)
+        ftry.start(loop, upstream, ex.req.method, ex.target, ex.headers, ex.req.body)
+
+    def _fast_done(self, ex: _Exchange, st: TryState, resp: Response | None) -> None:
+        self.fast_in_flight -= 1
+        if resp is None:  # a retry: its backoff and the next tries run in a coroutine
+            st.stage = "backoff"
+            ex.conn.adopt(self._rest(ex, st))
+            return
+        try:
+            self._settle(ex, resp)
+        except Exception:  # a bug here must not leave the downstream hanging
+            log.exception("settling %s %s failed", ex.req.method, ex.target)
+        ex.conn.respond(resp)
+
+    def _fast_lost(self, ex: _Exchange, ftry: FastTry) -> None:
+        self.fast_in_flight -= 1
+        ftry.abandon()
+        self._lost(ex)
+
     # -- inbound ------------------------------------------------------------------------
 
-    async def handle_inbound(self, req: Request, conn: ServerConnection) -> Response | None:
-        """Callers' sidecars → this pod's app (listener ``inbound|<port>||``)."""
+    def _inbound(self, req: Request, conn: ServerConnection) -> _Exchange | Response:
+        """Everything before the first try (synchronous); a Response is an early answer."""
         cfg = self.cfg
         self.stats["downstream_rq_inbound"] += 1
         txn, headers = self._begin(req, conn, req.target, req.headers.get("host", ""))
@@ -292,24 +404,24 @@ class Sidecar:
         txn.route_name = "default"
         start_ns = now_ns()
         trace, parent = self._trace(cfg, headers, span_name, child_spans=False)
-        try:
-            if self.faults.active and self.faults.partitioned(peer):
-                await stall()  # packets from a black-holed peer never arrive
-            resp = await call_upstream(self.pool, self.picker, self.faults, up, txn, req.method,
-                                       req.target, headers, req.body, trace)
-        except asyncio.CancelledError:
-            if conn.lost:
-                self._disconnected(txn)
-                self._end(txn, None)
-                self._finish_spans(trace, parent, txn, KIND_SERVER, "inbound",
-                                   self._url(txn), start_ns)
-            raise
-        self._end(txn, resp)
-        self._finish_spans(trace, parent, txn, KIND_SERVER, "inbound", self._url(txn), start_ns)
-        if self.faults.active:
-            # The response is this pod's egress: netem holds it after Envoy wrote it.
-            await self.faults.egress(peer, len(resp.body) + 256)
-        return resp
+        return _Exchange(KIND_SERVER, req, conn, txn, headers, req.target, peer, up, trace,
+                         parent, start_ns)
+
+    async def handle_inbound(self, req: Request, conn: ServerConnection) -> Response | None:
+        """Callers' sidecars → this pod's app (listener ``inbound|<port>||``)."""
+        ex = self._inbound(req, conn)
+        if isinstance(ex, Response):
+            return ex
+        return await self._rest(ex, None)
+
+    def fast_inbound(self, req: Request, conn: ServerConnection) -> bool:
+        """:meth:`handle_inbound` without a task in the common case (server fast hook)."""
+        ex = self._inbound(req, conn)
+        if isinstance(ex, Response):
+            conn.respond(ex)
+        else:
+            self._fast(ex)
+        return True
 
     def _inbound_upstream(self, cfg: SidecarConfig, authority: str) -> tuple[Upstream, str]:
         """The app as this config's inbound upstream, and the span name: built once per
@@ -340,8 +452,8 @@ class Sidecar:
 
     # -- outbound -------------------------------------------------------------------------
 
-    async def handle_outbound(self, req: Request, conn: ServerConnection) -> Response | None:
-        """The app's HTTP_PROXY (or, in gateway mode, the ingress) → a Service."""
+    def _outbound(self, req: Request, conn: ServerConnection) -> _Exchange | Response:
+        """Everything before the first try (synchronous); a Response is a local reply."""
         cfg = self.cfg
         self.stats["downstream_rq_outbound"] += 1
         path, authority = self._split_target(req)
@@ -359,28 +471,33 @@ class Sidecar:
         trace, parent = self._trace(cfg, headers, f"{txn.authority}/*", child_spans=True)
         try:
             up, name = self._plan(cfg, txn, headers, overrides)
-            if trace is not None:
-                trace.name = name
-            resp = await call_upstream(self.pool, self.picker, self.faults, up, txn,
-                                       req.method, path, headers, req.body, trace)
         except _Reject as rej:
             txn.add_flag(rej.flag)
             txn.details = rej.details
             resp = local_reply(rej.status, rej.body)
-        except asyncio.CancelledError:
-            if conn.lost:
-                self._disconnected(txn)
-                self._end(txn, None)
-                self._finish_spans(trace, parent, txn, KIND_CLIENT, "outbound",
-                                   self._url(txn), start_ns)
-            raise
-        if "UT" in txn.flags:
-            self.stats["rq_timeout"] += 1
-        if txn.attempts > 1:
-            self.stats["upstream_rq_retry"] += txn.attempts - 1
-        self._end(txn, resp)
-        self._finish_spans(trace, parent, txn, KIND_CLIENT, "outbound", self._url(txn), start_ns)
-        return resp
+            self._settle(_Exchange(KIND_CLIENT, req, conn, txn, headers, path, None, None,
+                                   trace, parent, start_ns), resp)
+            return resp
+        if trace is not None:
+            trace.name = name
+        return _Exchange(KIND_CLIENT, req, conn, txn, headers, path, None, up, trace, parent,
+                         start_ns)
+
+    async def handle_outbound(self, req: Request, conn: ServerConnection) -> Response | None:
+        """The app's HTTP_PROXY (or, in gateway mode, the ingress) → a Service."""
+        ex = self._outbound(req, conn)
+        if isinstance(ex, Response):
+            return ex
+        return await self._rest(ex, None)
+
+    def fast_outbound(self, req: Request, conn: ServerConnection) -> bool:
+        """:meth:`handle_outbound` without a task in the common case (server fast hook)."""
+        ex = self._outbound(req, conn)
+        if isinstance(ex, Response):
+            conn.respond(ex)
+        else:
+            self._fast(ex)
+        return True
 
     @staticmethod
     def _split_target(req: Request) -> tuple[str, str]:
@@ -421,6 +538,14 @@ class Sidecar:
     def _plan(self, cfg: SidecarConfig, txn: Txn, headers: dict[str, str],
               overrides: dict[str, Any]) -> tuple[Upstream, str]:
         """Route the request: pick the route and destination, then the upstream to call."""
+        if not overrides:
+            # One route without matches to one destination (a Service without a
+            # VirtualService, the usual case): the whole plan depends on the authority only.
+            plan: tuple[str, Upstream, str] | None = self._memo.get(("plan", txn.authority))
+            if plan is not None:
+                txn.route_name, up, name = plan
+                txn.upstream_cluster = up.cluster
+                return up, name
         routes = self._routes_of(cfg, txn.authority)
         route = select_route(routes, txn.path, headers)
         if route is None:
@@ -439,6 +564,8 @@ class Sidecar:
                 cached = self._remember(key, self._upstream_for(cfg, txn.authority, route,
                                                                 dest, overrides))
             up, name = cached
+            if len(routes) == 1 and not route.matches and len(route.destinations) == 1:
+                self._remember(("plan", txn.authority), (txn.route_name, up, name))
         txn.upstream_cluster = up.cluster
         return up, name
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from localmesh.http.client import ClientConnection, ConnectionPool
-from localmesh.http.errors import ConnectError, ConnectionTerminated, HttpError, HttpProtocolError
+from localmesh.http.errors import ConnectError, HttpError, HttpProtocolError
 from localmesh.http.message import HOP_BY_HOP, Response
 from localmesh.sidecar.config import Endpoint, RetryPolicy
 from localmesh.sidecar.faults import FaultEngine, stall
@@ -27,7 +28,8 @@ from localmesh.sidecar.routing import Picker
 from localmesh.sidecar.tracing import KIND_CLIENT, Span, format_traceparent, new_span_id, now_ns
 from localmesh.sidecar.txn import Txn
 
-__all__ = ["TraceCtx", "Upstream", "call_upstream", "local_reply"]
+__all__ = ["FastTry", "TraceCtx", "TryState", "Upstream", "begin_try", "call_upstream",
+           "local_reply"]
 
 _GRPC_RETRY = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8",
                "internal": "13", "unavailable": "14"}
@@ -145,6 +147,101 @@ async def _connect(pool: ConnectionPool, faults: FaultEngine | None, ep: Endpoin
         raise _TryFailed("connect", exc.reason, exc.transport_failure) from None
 
 
+class TryState:
+    """Where one request's router is: its tries so far and the current try's timers.
+
+    ``stage`` says how :func:`call_upstream` resumes a request that the callback
+    fast path (:class:`FastTry`) hands over: ``"new"`` starts a try, ``"prepared"``
+    runs the try already begun (endpoint picked, headers set), ``"backoff"`` waits
+    the retry backoff first.
+    """
+
+    __slots__ = ("attempt", "child", "ep", "global_deadline", "previous", "stage", "t0",
+                 "try_deadline")
+
+    def __init__(self, t0: float, up: Upstream) -> None:
+        self.t0 = t0
+        self.global_deadline = t0 + up.global_ms / 1000.0 if up.global_ms else None
+        self.attempt = 0
+        self.previous: set[tuple[str, int]] = set()
+        self.ep: Endpoint | None = None
+        self.child: Span | None = None
+        self.try_deadline: float | None = None
+        self.stage = "new"
+
+    def deadline(self) -> float | None:
+        """When the current try's timer fires (route or per-try timeout), if ever."""
+        return _earliest(self.global_deadline, self.try_deadline)
+
+
+def begin_try(st: TryState, now: float, picker: Picker, up: Upstream, txn: Txn,
+              headers: dict[str, str], trace: TraceCtx | None) -> Endpoint:
+    """Start the next try: pick the endpoint, set the router's headers, open the child span."""
+    st.attempt = attempt = st.attempt + 1
+    txn.attempts = attempt
+    ep = picker.pick(up.pick_key, up.endpoints, st.previous)
+    st.previous.add((ep.host, ep.port))
+    st.ep = ep
+    txn.upstream_host = ep.address
+    if up.timeout_headers:
+        headers["x-envoy-attempt-count"] = str(attempt)
+        if up.per_try_ms or up.global_ms:
+            # §1.5: elapsed is 0 on the first try; doRetry() recomputes it for retries
+            elapsed_ms = (now - st.t0) * 1000 if attempt > 1 else 0.0
+            expected = _expected_timeout(up.per_try_ms, up.global_ms, elapsed_ms)
+            headers["x-envoy-expected-rq-timeout-ms"] = str(expected)
+    st.child = _start_child(trace, headers, attempt)
+    st.try_deadline = now + up.per_try_ms / 1000.0 if up.per_try_ms else None
+    return ep
+
+
+def try_response(st: TryState, up: Upstream, txn: Txn, trace: TraceCtx | None,
+                 resp: Response, headers_at: float) -> Response | None:
+    """A try got a response: the one to send downstream, or None to retry after a backoff."""
+    _end_child(trace, st.child, resp.status, "")
+    policy = up.policy
+    if policy.num_retries and _retriable_response(resp, policy):
+        if st.attempt <= policy.num_retries:
+            return None
+        txn.add_flag("URX")
+    return _proxied(resp, txn, headers_at - st.t0)
+
+
+def try_failure(st: TryState, up: Upstream, txn: Txn, trace: TraceCtx | None,
+                f: _TryFailed) -> Response | None:
+    """A try failed (connect, reset, protocol): the local reply, or None to retry."""
+    _end_child(trace, st.child, 0, f.reason)
+    return _after_failure(st, up, txn, f, _retriable_failure(f, up.policy.retry_on))
+
+
+def try_timeout(st: TryState, up: Upstream, txn: Txn, trace: TraceCtx | None) -> Response | None:
+    """The try's timer fired: a 504 for the route timeout, else per-try (None = retry)."""
+    if st.try_deadline is None or (st.global_deadline is not None
+                                   and st.global_deadline <= st.try_deadline):
+        _end_child(trace, st.child, 0, "response_timeout")
+        txn.add_flag("UT")
+        txn.details = "response_timeout"
+        return local_reply(504, "upstream request timeout")
+    _end_child(trace, st.child, 0, "upstream_per_try_timeout")
+    return _after_failure(st, up, txn, _TryFailed("per_try_timeout"),
+                          bool(up.policy.retry_on & _RESET_RETRY))
+
+
+def _after_failure(st: TryState, up: Upstream, txn: Txn, f: _TryFailed,
+                   retriable: bool) -> Response | None:
+    policy = up.policy
+    if retriable and st.attempt <= policy.num_retries:
+        return None
+    return _failure_reply(f, txn, retried=st.attempt > 1,
+                          exhausted=retriable and policy.num_retries > 0)
+
+
+def _try_error(exc: HttpError) -> _TryFailed:
+    if isinstance(exc, HttpProtocolError):
+        return _TryFailed("protocol", exc.reason)
+    return _TryFailed("reset", exc.reason)
+
+
 async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: Endpoint,
                    method: str, target: str, headers: dict[str, str], body: bytes,
                    txn: Txn) -> tuple[Response, float]:
@@ -158,15 +255,9 @@ async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: 
         if shaping is not None:
             await shaping.egress(ep.peer, len(body) + 256)
         resp = await conn.send(method, target, up.authority, headers, body)
-    except ConnectionTerminated as exc:
+    except HttpError as exc:  # ConnectionTerminated, HttpProtocolError, or another reset
         pool.discard(conn)
-        raise _TryFailed("reset", exc.reason) from None
-    except HttpProtocolError as exc:
-        pool.discard(conn)
-        raise _TryFailed("protocol", exc.reason) from None
-    except HttpError as exc:
-        pool.discard(conn)
-        raise _TryFailed("reset", exc.reason) from None
+        raise _try_error(exc) from None
     except BaseException:
         pool.discard(conn)  # timer or downstream gone: close = H1 reset (§1.1)
         raise
@@ -182,31 +273,23 @@ def _backoff(retry_number: int) -> float:
 async def call_upstream(pool: ConnectionPool, picker: Picker, faults: FaultEngine,
                         up: Upstream, txn: Txn, method: str, target: str,
                         headers: dict[str, str], body: bytes,
-                        trace: TraceCtx | None) -> Response:
-    """Run every try of one request; return the response to send downstream."""
+                        trace: TraceCtx | None, state: TryState | None = None) -> Response:
+    """Run every try of one request (from ``state``, if the fast path began it);
+    return the response to send downstream."""
     loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    global_deadline = t0 + up.global_ms / 1000.0 if up.global_ms else None
-    policy = up.policy
-    previous: set[tuple[str, int]] = set()
-    last: _TryFailed | None = None
-    attempt = 0
+    st = state if state is not None else TryState(loop.time(), up)
+    stage = st.stage
     while True:
-        attempt += 1
-        txn.attempts = attempt
-        ep = picker.pick(up.pick_key, up.endpoints, previous)
-        previous.add((ep.host, ep.port))
-        txn.upstream_host = f"{ep.host}:{ep.port}"
-        if up.timeout_headers:
-            headers["x-envoy-attempt-count"] = str(attempt)
-            if up.per_try_ms or up.global_ms:
-                # §1.5: elapsed is 0 on the first try; doRetry() recomputes it for retries
-                elapsed_ms = (loop.time() - t0) * 1000 if attempt > 1 else 0.0
-                expected = _expected_timeout(up.per_try_ms, up.global_ms, elapsed_ms)
-                headers["x-envoy-expected-rq-timeout-ms"] = str(expected)
-        child = _start_child(trace, headers, attempt)
-        try_deadline = loop.time() + up.per_try_ms / 1000.0 if up.per_try_ms else None
-        deadline = _earliest(global_deadline, try_deadline)
+        if stage == "backoff" and not await _wait_backoff(loop, st.attempt,
+                                                          st.global_deadline, txn):
+            return local_reply(504, "upstream request timeout")
+        if stage != "prepared":
+            begin_try(st, loop.time(), picker, up, txn, headers, trace)
+        stage = "backoff"
+        ep = st.ep
+        assert ep is not None  # begin_try picked it
+        deadline = st.deadline()
+        verdict: Response | None
         try:
             if deadline is None:
                 resp, headers_at = await _one_try(pool, faults, up, ep, method, target,
@@ -216,38 +299,16 @@ async def call_upstream(pool: ConnectionPool, picker: Picker, faults: FaultEngin
                     resp, headers_at = await _one_try(pool, faults, up, ep, method, target,
                                                       headers, body, txn)
         except _TryFailed as f:
-            _end_child(trace, child, 0, f.reason)
-            last = f
+            verdict = try_failure(st, up, txn, trace, f)
         except TimeoutError:
-            if try_deadline is None or (global_deadline is not None
-                                        and global_deadline <= try_deadline):
-                _end_child(trace, child, 0, "response_timeout")
-                txn.add_flag("UT")
-                txn.details = "response_timeout"
-                return local_reply(504, "upstream request timeout")
-            _end_child(trace, child, 0, "upstream_per_try_timeout")
-            last = _TryFailed("per_try_timeout")
+            verdict = try_timeout(st, up, txn, trace)
         except BaseException:
-            _end_child(trace, child, 0, "downstream_remote_disconnect")
+            _end_child(trace, st.child, 0, "downstream_remote_disconnect")
             raise
         else:
-            _end_child(trace, child, resp.status, "")
-            if attempt <= policy.num_retries and _retriable_response(resp, policy):
-                if await _wait_backoff(loop, attempt, global_deadline, txn):
-                    continue
-                return local_reply(504, "upstream request timeout")
-            if attempt > policy.num_retries and _retriable_response(resp, policy) \
-                    and policy.num_retries:
-                txn.add_flag("URX")
-            return _proxied(resp, txn, headers_at - t0)
-        retriable = (_retriable_failure(last, policy.retry_on) if last.kind != "per_try_timeout"
-                     else bool(policy.retry_on & _RESET_RETRY))
-        if retriable and attempt <= policy.num_retries:
-            if await _wait_backoff(loop, attempt, global_deadline, txn):
-                continue
-            return local_reply(504, "upstream request timeout")
-        return _failure_reply(last, txn, retried=attempt > 1,
-                              exhausted=retriable and policy.num_retries > 0)
+            verdict = try_response(st, up, txn, trace, resp, headers_at)
+        if verdict is not None:
+            return verdict
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:
@@ -316,3 +377,70 @@ def _end_child(trace: TraceCtx | None, span: Span | None, status: int, failure: 
         span.attributes["meshchaos.try_failure"] = failure
     span.error = status == 0 or status >= 500
     trace.spans.append(span)
+
+
+# Called once when a fast try ends: the response to send downstream, or None when the
+# router must go on in a coroutine (a retry after its backoff; the TryState says so).
+TryDone = Callable[[Response | None], None]
+
+
+class FastTry:
+    """One try on an idle keep-alive connection, driven by callbacks instead of a task.
+
+    The common case of a request (no fault on the path, a connection ready) costs no
+    coroutine, future or task: the request is written at once, the response arrives
+    in the connection's parser callback, the route/per-try timer is a loop timer
+    handle. The verdicts are :func:`call_upstream`'s (``try_response``,
+    ``try_failure``, ``try_timeout``), so the semantics are the same; anything that
+    needs waiting (a backoff, a new connection) continues in :func:`call_upstream`.
+    """
+
+    __slots__ = ("_conn", "_done", "_handle", "_pool", "_st", "_trace", "_txn", "_up")
+
+    def __init__(self, pool: ConnectionPool, up: Upstream, st: TryState, txn: Txn,
+                 trace: TraceCtx | None, done: TryDone) -> None:
+        self._pool, self._up, self._st, self._txn, self._trace = pool, up, st, txn, trace
+        self._done = done
+        self._conn: ClientConnection | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop, conn: ClientConnection, method: str,
+              target: str, headers: dict[str, str], body: bytes) -> None:
+        """Send the try begun with :func:`begin_try` on ``conn`` (taken from the pool)."""
+        self._conn = conn
+        self._txn.upstream_local = conn.local_text
+        deadline = self._st.deadline()
+        if deadline is not None:
+            self._handle = loop.call_at(deadline, self._expired)
+        conn.start(method, target, self._up.authority, headers, body, self._response)
+
+    def abandon(self) -> None:
+        """The downstream went away: reset the try (close the connection, §1.1)."""
+        if self._handle is not None:
+            self._handle.cancel()
+        conn = self._conn
+        if conn is not None:
+            conn.cancel()
+            self._pool.discard(conn)
+        _end_child(self._trace, self._st.child, 0, "downstream_remote_disconnect")
+
+    def _response(self, resp: Response | None, exc: HttpError | None) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        conn = self._conn
+        assert conn is not None  # start() set it before the request was written
+        st, up, txn, trace = self._st, self._up, self._txn, self._trace
+        if resp is None:
+            self._pool.discard(conn)
+            failed = _try_error(exc) if exc is not None else _TryFailed("reset")
+            self._done(try_failure(st, up, txn, trace, failed))
+            return
+        self._pool.release(conn)
+        self._done(try_response(st, up, txn, trace, resp, conn.headers_at))
+
+    def _expired(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.cancel()  # close = H1 reset (§1.1); no callback for the dead request
+            self._pool.discard(conn)
+        self._done(try_timeout(self._st, self._up, self._txn, self._trace))
