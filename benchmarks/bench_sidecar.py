@@ -34,15 +34,23 @@ from typing import Any
 
 from localmesh.http import ClientConnection, ConnectionPool
 
+# The trivial app answers on the server's fast hook (no task per request), so that the
+# yardstick is a lean app, as the sidecar's own callback path is; /hang takes the task path.
 _APP = r"""
 import asyncio, sys
 from localmesh.http import Response, serve
+OK = Response(200, {"content-type": "text/plain"}, b"ok")
 async def handle(req, conn):
     if req.target.startswith("/hang"):
         await asyncio.sleep(60)
-    return Response(200, {"content-type": "text/plain"}, b"ok")
+    return OK
+def fast(req, conn):
+    if req.target.startswith("/hang"):
+        return False
+    conn.respond(OK)
+    return True
 async def main():
-    srv = await serve(handle)
+    srv = await serve(handle, fast=fast)
     print(srv.sockets[0].getsockname()[1], flush=True)
     await asyncio.Event().wait()
 import uvloop; uvloop.run(main())
