@@ -66,7 +66,11 @@ def settled(spans: Sequence[Span], root_parent: str, hops: Iterable[str]) -> boo
 
 def answered_at(sent: Sequence[SentRequest]) -> float:
     """Epoch seconds of the last answer (or give-up) among the probe's requests."""
-    return max((r.started_us / 1e6 + (r.latency_ms or 0.0) / 1000 for r in sent), default=0.0)
+    return max((_answered(r) for r in sent), default=0.0)
+
+
+def _answered(request: SentRequest) -> float:
+    return request.started_us / 1e6 + (request.latency_ms or 0.0) / 1000
 
 
 @dataclass
@@ -87,34 +91,40 @@ def wait_settled(reader: TraceReader, sent: Sequence[SentRequest], hops: Iterabl
 
     Returns the traces (the last read of each) and whether they settled; a trace still
     unsettled at the end is left for the checks to judge as it is (its evidence says
-    what ran past the deadline so far). Unsampled requests have no trace to wait for,
-    but the wait still lasts until their answers' spans could have arrived: their
-    evidence is that none did.
+    what ran past the deadline so far). Each trace's lag runs from its own request's
+    answer. Unsampled requests have no trace to wait for, but the wait still lasts until
+    their answers' spans could have arrived: their evidence is that none did.
     """
     expected = list(hops)
-    roots = {r.trace_id: r.parent_id for r in sent if r.sampled}
-    traces: dict[str, list[Span]] = {t: [] for t in roots}
+    requests = {r.trace_id: r for r in sent if r.sampled}
+    traces: dict[str, list[Span]] = {t: [] for t in requests}
     previous: dict[str, frozenset[str]] = {}
     done: set[str] = set()
-    answered = answered_at(sent)
+    # Fixed batches in send order: an unchanged batch is answered 304 on the next poll.
+    order = list(requests)
+    batches = [order[i:i + reader.batch_size] for i in range(0, len(order), reader.batch_size)]
     end = time.monotonic() + wait_s
-    # Nothing can be complete before the last answer's spans could be exported: the first
-    # poll comes one poll before that moment (the second confirms), not earlier.
-    _sleep_until_wall(answered + lag_s - poll_s, end)
+    # No trace can be complete before its answer's spans could be exported: the first
+    # poll comes one poll before the earliest such moment (the next one confirms).
+    _sleep_until_wall(min((_answered(r) for r in requests.values()), default=0.0)
+                      + lag_s - poll_s, end)
     while True:
-        pending = [t for t in roots if t not in done]
-        if pending:
-            traces.update(reader.fetch_many(pending))
+        for batch in batches:
+            if any(t not in done for t in batch):
+                traces.update(reader.fetch_many(batch))
         now = time.time()
-        for trace_id in pending:
+        for trace_id, request in requests.items():
+            if trace_id in done:
+                continue
             spans = traces[trace_id]
             ids = frozenset(s.span_id for s in spans)
             latest = max((s.end_us for s in spans), default=0) / 1e6
-            if (now >= max(answered, latest) + lag_s and previous.get(trace_id) == ids
-                    and settled(spans, roots[trace_id], expected)):
+            if (now >= max(_answered(request), latest) + lag_s
+                    and previous.get(trace_id) == ids
+                    and settled(spans, request.parent_id, expected)):
                 done.add(trace_id)
             previous[trace_id] = ids
-        if len(done) == len(roots) and now >= answered + lag_s:
+        if len(done) == len(requests) and now >= answered_at(sent) + lag_s:
             return Settled(True, traces)
         if time.monotonic() >= end:
             return Settled(False, traces)

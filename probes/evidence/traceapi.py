@@ -24,7 +24,9 @@ from probes.evidence.spans import Span, parse_jaeger, parse_tempo
 
 __all__ = ["TraceReader"]
 
-_BATCH = 50  # trace ids per Jaeger search: keeps the query string well under URL limits
+# Trace ids per Jaeger search: keeps the query string well under URL limits, and a
+# poll re-reads only the batches in which something changed.
+_BATCH = 20
 _REMEMBERED = 64  # batches whose last answer is kept for conditional polls
 
 
@@ -35,6 +37,7 @@ class TraceReader:
         self.url = url.rstrip("/")
         self.api = api
         self.timeout_s = timeout_s
+        self.batch_size = _BATCH
         self.session = requests.Session()
         self.session.trust_env = False
         # ids of one batch -> (ETag of the last answer, the spans parsed from it)
@@ -73,8 +76,8 @@ class TraceReader:
         if self.api == "tempo":
             return {t: self.fetch(t) for t in trace_ids}
         found: dict[str, list[Span]] = {t: [] for t in trace_ids}
-        for start in range(0, len(trace_ids), _BATCH):
-            batch = tuple(trace_ids[start:start + _BATCH])
+        for start in range(0, len(trace_ids), self.batch_size):
+            batch = tuple(trace_ids[start:start + self.batch_size])
             for span in self._search(batch):
                 if span.trace_id in found:
                     found[span.trace_id].append(span)
