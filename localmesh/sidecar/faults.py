@@ -5,7 +5,11 @@ rules to what this pod *sends*: its outbound requests and the responses it
 returns to callers. Models (docs/architecture.md "Fault rules"):
 
 - delay/jitter/correlation: a timed hold that is never shorter than asked (the
-  clock is re-checked after the timer fires);
+  clock is re-checked after the timer fires) and not late behind a busy loop:
+  pending holds sit in a deadline heap that the request path polls on every
+  I/O callback (:meth:`FaultEngine.run_due`), a loop timer being only the
+  fallback for an idle loop, whose timers fire after all the I/O callbacks of
+  an iteration and only to the millisecond;
 - loss/corrupt: each send is lost with the probability and resent after the
   Linux RTO of 200 ms, doubling per consecutive loss; 100 % stalls;
 - duplicate: no latency effect;
@@ -17,13 +21,19 @@ returns to callers. Models (docs/architecture.md "Fault rules"):
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import logging
 import random
 import time
+from collections.abc import Callable
 
 from localmesh.sidecar.config import FaultRule
 from localmesh.sidecar.overshoot import OvershootRing
 
-__all__ = ["FaultEngine", "hold"]
+__all__ = ["FaultEngine", "Hold", "hold"]
+
+log = logging.getLogger("localmesh.sidecar.faults")
 
 RTO_S = 0.2
 _MAX_RTO_S = 120.0
@@ -44,6 +54,21 @@ async def hold(seconds: float) -> None:
 async def stall() -> None:
     """Wait until cancelled: a black-holed or fully lost send never completes."""
     await asyncio.get_running_loop().create_future()
+
+
+class Hold:
+    """One pending hold: ``callback`` runs once, no earlier than ``deadline``
+    (``time.monotonic()``), unless cancelled first."""
+
+    __slots__ = ("callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class _RuleState:
@@ -74,6 +99,12 @@ class FaultEngine:
         self.hold_seconds_total = 0.0
         self.last_hold_s = 0.0
         self.overshoot = OvershootRing()  # actual - asked per hold: the accuracy record
+        # (deadline, sequence, hold): a heap of the holds still pending.
+        self._holds: list[tuple[float, int, Hold]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def set_rules(self, rules: tuple[FaultRule, ...]) -> None:
         old = {s.rule: s for s in self._states}
@@ -111,6 +142,17 @@ class FaultEngine:
                 total += self._bandwidth(s, nbytes)
         return total
 
+    def delay_only(self, peer: str | None) -> bool:
+        """Every rule that applies to ``peer`` only delays (no loss, bandwidth or partition):
+        its sends always complete, after :meth:`delay_for` seconds."""
+        for s in self._states:
+            rule = s.rule
+            if rule.applies_to(peer) and (
+                    rule.action == "partition" or rule.loss_percent + rule.corrupt_percent > 0
+                    or rule.rate_bytes_per_s > 0):
+                return False
+        return True
+
     async def egress(self, peer: str | None, nbytes: int) -> None:
         """Hold one send to ``peer`` as the matching rules say (stall = wait until cancelled)."""
         delay = self.delay_for(peer, nbytes)
@@ -118,12 +160,71 @@ class FaultEngine:
             await stall()
             return
         if delay > 0:
+            loop = asyncio.get_running_loop()
             start = time.monotonic()
-            await hold(delay)
-            self.holds += 1
-            self.last_hold_s = time.monotonic() - start
-            self.hold_seconds_total += self.last_hold_s
-            self.overshoot.record(delay, self.last_hold_s)
+            fut: asyncio.Future[None] = loop.create_future()
+            pending = self.after(loop, start, delay,
+                                 lambda: None if fut.done() else fut.set_result(None))
+            try:
+                await fut
+            except asyncio.CancelledError:
+                pending.cancel()
+                raise
+            self.record_hold(delay, start)
+
+    def record_hold(self, asked_s: float, start: float) -> None:
+        """A hold asked for ``asked_s`` that began at ``start`` (monotonic) ends now."""
+        self.holds += 1
+        self.last_hold_s = time.monotonic() - start
+        self.hold_seconds_total += self.last_hold_s
+        self.overshoot.record(asked_s, self.last_hold_s)
+
+    # -- the hold heap ------------------------------------------------------------------
+
+    def after(self, loop: asyncio.AbstractEventLoop, start: float, seconds: float,
+              callback: Callable[[], None]) -> Hold:
+        """Run ``callback`` once ``seconds`` have passed since ``start`` (monotonic), as
+        soon as the request path polls (:meth:`run_due`) or the fallback timer fires."""
+        pending = Hold(start + seconds, callback)
+        heapq.heappush(self._holds, (pending.deadline, next(self._seq), pending))
+        self._loop = loop
+        self._arm()
+        return pending
+
+    def run_due(self) -> None:
+        """Release every hold whose deadline has passed; cheap when none is pending."""
+        holds = self._holds
+        if not holds:
+            return
+        now = time.monotonic()
+        while holds and holds[0][0] <= now:
+            pending = heapq.heappop(holds)[2]
+            if pending.cancelled:
+                continue
+            pending.cancelled = True  # at most once
+            try:
+                pending.callback()
+            except Exception:  # one request's bug must not strand the others' holds
+                log.exception("releasing a fault hold failed")
+
+    def _arm(self) -> None:
+        """Keep a loop timer at the earliest pending deadline (the idle loop's wake-up)."""
+        holds, loop = self._holds, self._loop
+        if not holds or loop is None:
+            return
+        first = holds[0][0]
+        if self._timer is not None:
+            if self._timer_at <= first:
+                return
+            self._timer.cancel()
+        self._timer_at = first
+        # The loop's timers are millisecond ones and may fire early: _on_timer re-arms.
+        self._timer = loop.call_later(max(first - time.monotonic(), 0.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.run_due()
+        self._arm()
 
     @staticmethod
     def _delay(s: _RuleState) -> float:

@@ -355,9 +355,16 @@ class Sidecar:
         ep = begin_try(st, st.t0, self.picker, up, ex.txn, ex.headers, ex.trace)
         st.stage = "prepared"
         upstream = None
+        delay = 0.0
         if not faults.active or not (faults.affects(ex.peer) if ex.kind == KIND_SERVER
                                      else up.egress_faults and faults.affects(ep.peer)):
             upstream = self.pool.take_idle(ep.host, ep.port)
+        elif ex.kind == KIND_CLIENT and faults.delay_only(ep.peer):
+            # A delayed send is held here, by the fault engine's deadline heap, rather than
+            # in a sleeping task: released on the first poll past its deadline.
+            upstream = self.pool.take_idle(ep.host, ep.port)
+            if upstream is not None:
+                delay = faults.delay_for(ep.peer, len(ex.req.body) + 256) or 0.0
         if upstream is None:
             conn.adopt(self._rest(ex, st))
             return
@@ -365,10 +372,12 @@ class Sidecar:
         ftry = FastTry(self.pool, up, st, ex.txn, ex.trace,
                        lambda resp: self._fast_done(ex, st, resp))
         conn.on_lost = lambda: self._fast_lost(ex, ftry)
-        ftry.start(loop, upstream, ex.req.method, ex.target, ex.headers, ex.req.body)
+        ftry.start(loop, upstream, ex.req.method, ex.target, ex.headers, ex.req.body,
+                   faults if delay else None, delay)
 
     def _fast_done(self, ex: _Exchange, st: TryState, resp: Response | None) -> None:
         self.fast_in_flight -= 1
+        self.faults.run_due()  # each I/O callback polls the fault holds (see faults.py)
         if resp is None:  # a retry: its backoff and the next tries run in a coroutine
             st.stage = "backoff"
             ex.conn.adopt(self._rest(ex, st))
@@ -416,6 +425,7 @@ class Sidecar:
 
     def fast_inbound(self, req: Request, conn: ServerConnection) -> bool:
         """:meth:`handle_inbound` without a task in the common case (server fast hook)."""
+        self.faults.run_due()  # each I/O callback polls the fault holds (see faults.py)
         ex = self._inbound(req, conn)
         if isinstance(ex, Response):
             conn.respond(ex)
@@ -492,6 +502,7 @@ class Sidecar:
 
     def fast_outbound(self, req: Request, conn: ServerConnection) -> bool:
         """:meth:`handle_outbound` without a task in the common case (server fast hook)."""
+        self.faults.run_due()  # each I/O callback polls the fault holds (see faults.py)
         ex = self._outbound(req, conn)
         if isinstance(ex, Response):
             conn.respond(ex)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from localmesh.http.client import ClientConnection, ConnectionPool
 from localmesh.http.errors import ConnectError, HttpError, HttpProtocolError
 from localmesh.http.message import HOP_BY_HOP, Response
 from localmesh.sidecar.config import Endpoint, RetryPolicy
-from localmesh.sidecar.faults import FaultEngine, stall
+from localmesh.sidecar.faults import FaultEngine, Hold, stall
 from localmesh.sidecar.routing import Picker
 from localmesh.sidecar.tracing import KIND_CLIENT, Span, format_traceparent, new_span_id, now_ns
 from localmesh.sidecar.txn import Txn
@@ -395,7 +396,7 @@ class FastTry:
     needs waiting (a backoff, a new connection) continues in :func:`call_upstream`.
     """
 
-    __slots__ = ("_conn", "_done", "_handle", "_pool", "_st", "_trace", "_txn", "_up")
+    __slots__ = ("_conn", "_done", "_handle", "_hold", "_pool", "_st", "_trace", "_txn", "_up")
 
     def __init__(self, pool: ConnectionPool, up: Upstream, st: TryState, txn: Txn,
                  trace: TraceCtx | None, done: TryDone) -> None:
@@ -403,21 +404,35 @@ class FastTry:
         self._done = done
         self._conn: ClientConnection | None = None
         self._handle: asyncio.TimerHandle | None = None
+        self._hold: Hold | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop, conn: ClientConnection, method: str,
-              target: str, headers: dict[str, str], body: bytes) -> None:
-        """Send the try begun with :func:`begin_try` on ``conn`` (taken from the pool)."""
+              target: str, headers: dict[str, str], body: bytes,
+              faults: FaultEngine | None = None, delay: float = 0.0) -> None:
+        """Send the try begun with :func:`begin_try` on ``conn`` (taken from the pool),
+        after holding it ``delay`` seconds in ``faults`` (a delay-only fault, §5.2)."""
         self._conn = conn
         self._txn.upstream_local = conn.local_text
         deadline = self._st.deadline()
         if deadline is not None:
             self._handle = loop.call_at(deadline, self._expired)
+        if faults is not None and delay > 0:
+            start = time.monotonic()
+
+            def release() -> None:
+                self._hold = None
+                faults.record_hold(delay, start)
+                conn.start(method, target, self._up.authority, headers, body, self._response)
+            self._hold = faults.after(loop, start, delay, release)
+            return
         conn.start(method, target, self._up.authority, headers, body, self._response)
 
     def abandon(self) -> None:
         """The downstream went away: reset the try (close the connection, §1.1)."""
         if self._handle is not None:
             self._handle.cancel()
+        if self._hold is not None:
+            self._hold.cancel()
         conn = self._conn
         if conn is not None:
             conn.cancel()
@@ -439,6 +454,8 @@ class FastTry:
         self._done(try_response(st, up, txn, trace, resp, conn.headers_at))
 
     def _expired(self) -> None:
+        if self._hold is not None:
+            self._hold.cancel()  # the route timer covers the fault hold too, as in _one_try
         conn = self._conn
         if conn is not None:
             conn.cancel()  # close = H1 reset (§1.1); no callback for the dead request

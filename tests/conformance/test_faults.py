@@ -62,6 +62,38 @@ async def test_delay_on_the_caller_applies_only_to_the_target_peer(pair: Pair) -
     assert status == 200 and elapsed < 0.25
 
 
+async def test_caller_delay_on_a_warm_connection_counts_against_the_route_timeout(
+        pair: Pair) -> None:
+    """§2.2 "netem delay → no timeout unless a VS timeout/perTryTimeout exists": a send held by
+    the caller's delay while a keep-alive connection is ready still runs out the route timeout,
+    504 UT, and the upstream never sees the request."""
+    await pair.configure(routes=leaf_route(timeout_ms=200))
+    assert (await pair.call("/warm")).status == 200  # leaves an idle connection to the leaf
+    await pair.configure(front_faults=[_delay(400, peers=["shop/leaf-1"])],
+                         routes=leaf_route(timeout_ms=200))
+    status, elapsed = await _timed(pair, "/held")
+    assert status == 504 and 0.2 <= elapsed < 0.4
+    line = await pair.front.wait_log(lambda ln: "/held" in ln)
+    assert " 504 UT " in line
+    assert "/held" not in "".join(pair.leaf.lines)
+
+
+async def test_caller_delay_holds_are_never_shorter_and_recorded(pair: Pair) -> None:
+    """docs/architecture.md "Fault rules": "the clock is re-checked after the timer fires; a hold
+    is never shorter than asked" — also for sends held on the caller's side over a ready
+    keep-alive connection: one overshoot ≥ 0 per held request in the caller's `/stats`."""
+    await pair.configure()
+    assert (await pair.call("/warm")).status == 200
+    await pair.configure(front_faults=[_delay(50, peers=["shop/leaf-1"])])
+    for i in range(5):
+        status, elapsed = await _timed(pair, f"/h{i}")
+        assert status == 200 and elapsed >= 0.05
+    stats = json.loads((await pair.front.admin_get("/stats")).body)
+    over = stats["fault_hold_overshoot_us"]
+    assert stats["fault_holds"] == over["count"] == 5
+    assert all(v >= 0 for v in over["recent_us"])
+
+
 async def test_fault_removal_restores_normal_latency(pair: Pair) -> None:
     """docs/architecture.md: `set_faults(..., [])` clears the rules (pushed live)."""
     await pair.configure(leaf_faults=[_delay(300)])
