@@ -56,6 +56,7 @@ class Level:
     latencies: list[float] = field(default_factory=list)
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     cpu_s: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds
+    main_s: dict[int, float] = field(default_factory=dict)  # pid -> its main thread's
     own_cpu_s: float = 0.0  # the load generator's
     loadavg: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -64,10 +65,11 @@ class Level:
         return len(self.latencies)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (0 when it is gone)."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """utime + stime of process ``pid``, or of its ``thread`` (0 when it is gone)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(path).read_text()
     except OSError:
         return 0.0
     fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
@@ -120,12 +122,14 @@ async def drive(url: str, concurrency: int, duration: float, warmup: float,
         level = Level(concurrency)
         pids = {pid for procs in kinds.values() for pid in procs.values()}
         before = {pid: cpu_seconds(pid) for pid in pids}
+        before_main = {pid: cpu_seconds(pid, pid) for pid in pids}
         own = time.process_time()
         began = clock()
         await asyncio.gather(*(worker(pool, url, began + duration, level)
                                for _ in range(concurrency)))
         level.seconds = clock() - began
         level.cpu_s = {pid: cpu_seconds(pid) - before[pid] for pid in pids}
+        level.main_s = {pid: cpu_seconds(pid, pid) - before_main[pid] for pid in pids}
         level.own_cpu_s = time.process_time() - own
         level.loadavg = os.getloadavg()
     finally:
@@ -159,6 +163,10 @@ def report(level: Level, kinds: dict[str, dict[str, int]]) -> str:
         detail = ", ".join(f"{name} {us:.0f}" for name, us in each.items()) if len(each) > 1 else ""
         lines.append(f"| CPU µs per request: {kind} | {sum(each.values()):.0f}"
                      f"{f' ({detail})' if detail else ''} |")
+        if kind == "apps":  # the event loop runs in the main thread; span export in another
+            off = sum(level.cpu_s.get(pid, 0.0) - level.main_s.get(pid, 0.0)
+                      for pid in procs.values()) / n * 1e6
+            lines.append(f"| … of which the apps' other threads (span export) | {off:.0f} |")
     lines.append(f"| CPU µs per request: all of the mesh | {total:.0f} "
                  f"(bound on 2 free cores: {2e6 / total if total else 0:,.0f} req/s) |")
     lines.append(f"| CPU µs per request: this load generator | {level.own_cpu_s / n * 1e6:.0f} |")
