@@ -17,6 +17,7 @@ no ETag; clients that do not ask are answered as before.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import time
@@ -173,7 +174,15 @@ class RenderedTraces:
         if hit is not None and hit[0] == version:
             self._docs.move_to_end(trace_id)
             return hit[1]
-        doc = json.dumps(render_trace(spans), separators=(",", ":")).encode()
+        # Rendering builds many small acyclic dicts: keep the cyclic collector from walking
+        # the whole process (the store holds every span) on each allocation burst.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            doc = json.dumps(render_trace(spans), separators=(",", ":")).encode()
+        finally:
+            if was_enabled:
+                gc.enable()
         self._docs[trace_id] = (version, doc)
         self._docs.move_to_end(trace_id)
         while len(self._docs) > self.size:

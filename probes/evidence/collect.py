@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from probes.deadline import Deadline
 from probes.errors import EvidenceError
 from probes.evidence.accesslog import AccessLogRecord
+from probes.evidence.gcpause import gc_paused
 from probes.evidence.kube import MeshSettings, read_mesh_settings, read_proxy_logs
 from probes.evidence.request import CallTree, LogIndex, RequestEvidence, SentRequest
 from probes.evidence.settle import DEFAULT_SETTLE_S, wait_settled
@@ -76,7 +77,8 @@ def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadlin
                                     f"({unparsed} unparsed lines)")
     finally:
         api_client.close()
-    index = LogIndex(records)
-    evidence = [RequestEvidence.build(r, traces.get(r.trace_id, []), index.for_request(r))
-                for r in sent]
+    with gc_paused():
+        index = LogIndex(records)
+        evidence = [RequestEvidence.build(r, traces.get(r.trace_id, []), index.for_request(r))
+                    for r in sent]
     return Collected(evidence, mesh, index.count, unparsed, result.complete)

@@ -19,6 +19,7 @@ import yaml
 from probes.errors import EvidenceError
 from probes.evidence.accesslog import AccessLogRecord, LogFormat, compile_format, parse_lines
 from probes.evidence.formats import ISTIO_JSON, ISTIO_TEXT
+from probes.evidence.gcpause import gc_paused
 from probes.evidence.routes import Route
 
 __all__ = ["MeshSettings", "parse_duration_ms", "parse_mesh_config", "read_mesh_settings",
@@ -110,12 +111,13 @@ def read_proxy_logs(api_client: Any, namespace: str, log_format: LogFormat, *,
                                                      timeout_s), pods))
     records: list[AccessLogRecord] = []
     skipped = 0
-    for (name, hop), text in zip(pods, texts, strict=True):
-        if text is None:
-            continue
-        got, bad = parse_lines(log_format, namespace, name, text.splitlines(), hop)
-        records.extend(got)
-        skipped += bad
+    with gc_paused():
+        for (name, hop), text in zip(pods, texts, strict=True):
+            if text is None:
+                continue
+            got, bad = parse_lines(log_format, namespace, name, text.splitlines(), hop)
+            records.extend(got)
+            skipped += bad
     return records, skipped
 
 

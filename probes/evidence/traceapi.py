@@ -20,6 +20,7 @@ from typing import Any
 import requests
 
 from probes.errors import EvidenceError
+from probes.evidence.gcpause import gc_paused
 from probes.evidence.spans import Span, parse_jaeger, parse_tempo
 
 __all__ = ["TraceReader"]
@@ -63,11 +64,13 @@ class TraceReader:
         if resp.status_code != 200:
             raise EvidenceError(f"trace api '{self.url}' answered {resp.status_code} for trace "
                                 f"{trace_id}: {resp.text[:200]!r}")
-        try:
-            doc: Any = json.loads(resp.content)
-        except ValueError as exc:
-            raise EvidenceError(f"trace api '{self.url}' sent non-JSON for {trace_id}") from exc
-        spans = parse_tempo(doc) if self.api == "tempo" else parse_jaeger(doc)
+        with gc_paused():
+            try:
+                doc: Any = json.loads(resp.content)
+            except ValueError as exc:
+                raise EvidenceError(f"trace api '{self.url}' sent non-JSON for "
+                                    f"{trace_id}") from exc
+            spans = parse_tempo(doc) if self.api == "tempo" else parse_jaeger(doc)
         return [s for s in spans if s.trace_id == trace_id]
 
     def fetch_many(self, trace_ids: Sequence[str]) -> dict[str, list[Span]]:
@@ -99,12 +102,13 @@ class TraceReader:
         if resp.status_code != 200:
             raise EvidenceError(f"trace api '{self.url}' answered {resp.status_code} for "
                                 f"{len(batch)} trace ids: {resp.text[:200]!r}")
-        try:
-            doc: Any = json.loads(resp.content)
-        except ValueError as exc:
-            raise EvidenceError(f"trace api '{self.url}' sent non-JSON for "
-                                f"{len(batch)} trace ids") from exc
-        spans = parse_jaeger(doc)
+        with gc_paused():
+            try:
+                doc: Any = json.loads(resp.content)
+            except ValueError as exc:
+                raise EvidenceError(f"trace api '{self.url}' sent non-JSON for "
+                                    f"{len(batch)} trace ids") from exc
+            spans = parse_jaeger(doc)
         tag = resp.headers.get("ETag")
         if tag:
             if len(self._seen) >= _REMEMBERED:  # a long wait polls ever smaller batches
