@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from fixtures.chain.testing import Forwarder, OtlpSink
 
@@ -172,3 +173,25 @@ async def test_the_image_file_set_alone_runs_the_chain(tmp_path: Path) -> None:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+
+async def test_a_hop_listens_on_a_literal_address_or_a_name_alike() -> None:
+    """CHAIN_HOST may be an address (bound directly) or a name (resolved by the loop); both
+    serve, and stopping closes the listener."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from fixtures.chain.app import ChainService
+    from fixtures.chain.config import ChainConfig
+    from fixtures.chain.server import ChainServer
+
+    for host in ("127.0.0.1", "localhost"):
+        server = ChainServer(ChainService(ChainConfig(name=host), TracerProvider().get_tracer("t")))
+        port = await server.start(host, 0)
+        try:
+            async with aiohttp.ClientSession() as session, session.get(
+                    f"http://127.0.0.1:{port}/healthz") as resp:
+                assert (resp.status, (await resp.json())["service"]) == (200, host)
+        finally:
+            await server.stop(1.0)
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
