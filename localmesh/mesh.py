@@ -159,6 +159,8 @@ class LocalMesh:
         self.state.claim()
         self._claimed = True
         self._attach_log()
+        log.info("starting the local mesh (pid %d) from %s", os.getpid(),
+                 ", ".join(map(str, self.manifest_paths)))
         try:
             return await self._start(parsed, started)
         except BaseException:
