@@ -24,6 +24,7 @@ child group when it is told to stop.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import ctypes
 import gc
@@ -268,28 +269,85 @@ class _Server:
 def _preload(libraries: list[str], trees: list[str]) -> None:
     """Import what the children will need; a failure only costs them start-up time.
 
-    ``libraries`` are imported as named. ``trees`` are packages imported with all
-    their submodules except ``__main__``; a plain module is skipped (run as ``-m``
-    it may start serving at import).
+    ``libraries`` are imported as named. ``trees`` are packages run as ``-m``: what
+    their ``__main__`` imports at module level is imported (it is not run: it may start
+    serving at import); a package without ``__main__`` is imported with all its
+    submodules; a plain module is skipped.
     """
     names = list(libraries)
     for tree in trees:
-        try:
-            spec = importlib.util.find_spec(tree)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or spec.submodule_search_locations is None:
-            continue
-        names.append(tree)
-        names += [info.name for info in pkgutil.walk_packages(spec.submodule_search_locations,
-                                                              prefix=f"{tree}.")
-                  if info.name.rsplit(".", 1)[-1] != "__main__"]
-    for name in names:
+        names += _tree_modules(tree)
+    for name in dict.fromkeys(names):
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - preloading is an optimisation, never fatal
             print(f"forkserver: preload of {name!r} failed: {exc!r}", file=sys.stderr,
                   flush=True)
+
+
+def _tree_modules(tree: str) -> list[str]:
+    try:
+        spec = importlib.util.find_spec(tree)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.submodule_search_locations is None:
+        return []
+    main = _main_imports(tree)
+    if main is not None:
+        # Only the start path: a package's test kits and tools (``fixtures.chain.testing``
+        # pulls aiohttp in) cost every mesh start and no pod uses them.
+        return [tree, *main]
+    return [tree] + [info.name for info in pkgutil.walk_packages(
+        spec.submodule_search_locations, prefix=f"{tree}.")
+        if info.name.rsplit(".", 1)[-1] != "__main__"]
+
+
+def _main_imports(package: str) -> list[str] | None:
+    """The modules ``package/__main__.py`` imports at module level (None: no such file)."""
+    try:
+        spec = importlib.util.find_spec(f"{package}.__main__")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        return None
+    try:
+        with open(spec.origin, "rb") as source:
+            module = ast.parse(source.read(), spec.origin)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    names: list[str] = []
+    for node in _module_level(module.body):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            if base and base != "__future__":
+                names.append(base)
+                names += [f"{base}.{alias.name}" for alias in node.names
+                          if _is_module(f"{base}.{alias.name}")]
+    return names
+
+
+def _module_level(body: list[ast.stmt]) -> list[ast.stmt]:
+    """Statements run at import: the body, with the branches of ``try``/``if`` blocks."""
+    found: list[ast.stmt] = []
+    for node in body:
+        found.append(node)
+        if isinstance(node, ast.Try):
+            found += _module_level(node.body + node.orelse + node.finalbody)
+        elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.dump(node.test):
+            found += _module_level(node.body + node.orelse)
+    return found
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,10 +181,12 @@ def declared_app_port(pod: Obj) -> int | None:
 
 # What the fork servers import up front: costly at start-up, safe to import. Sidecars and
 # apps have a server each, so both import in parallel and sidecars need not wait for the
-# apps' heavier libraries (the reference chain's aiohttp and OpenTelemetry SDK).
+# apps' heavier libraries (the reference chain's OpenTelemetry SDK and exporter). The rest
+# comes from the apps' own ``-m`` packages (what their ``__main__`` imports): no library
+# is named here that an app may not use, since every one costs each mesh start.
 PROXY_LIBRARIES = ("asyncio", "json", "httptools", "uvloop")
 PROXY_TREES = (SIDECAR_MODULE, "localmesh.http")
-PRELOAD_LIBRARIES = ("asyncio", "json", "uvloop", "aiohttp.web",
+PRELOAD_LIBRARIES = ("asyncio", "json", "uvloop",
                      "opentelemetry.sdk.trace", "opentelemetry.sdk.trace.export",
                      "opentelemetry.exporter.otlp.proto.http.trace_exporter")
 

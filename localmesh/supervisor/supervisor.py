@@ -291,6 +291,7 @@ class Supervisor:
             pending = self.unready_pods()
             wanted = self._missing_replicas()
             if not pending and not wanted:
+                self.controller.settle()
                 return
             if loop.time() >= deadline:
                 raise ProcessError(self._not_ready_message(pending, wanted, limit_s))

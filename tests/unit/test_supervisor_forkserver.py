@@ -125,3 +125,36 @@ async def test_stopping_the_server_kills_every_child_group() -> None:
     await fs.stop()
     assert await gone(child.pid)
     os.close(out)
+
+
+def test_a_package_run_as_m_preloads_what_its_main_imports_and_not_its_test_kits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app server imports the start path of ``python -m <package>`` (every module-level
+    import of its ``__main__``, relative ones resolved) without running ``__main__`` and
+    without the package's other modules, such as a test kit that pulls a web framework in."""
+    from localmesh.supervisor.forkserver import _tree_modules
+
+    pkg = tmp_path / "shopapp"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "server.py").write_text("")
+    (pkg / "testing.py").write_text("raise RuntimeError('never preloaded')\n")
+    (pkg / "__main__.py").write_text(
+        "import json\nfrom . import server\ntry:\n    import uvloop\nexcept ImportError:\n"
+        "    pass\nif __name__ == '__main__':\n    raise SystemExit('never run')\n"
+        "def main():\n    import shopapp.testing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _tree_modules("shopapp") == ["shopapp", "json", "shopapp", "shopapp.server",
+                                        "uvloop"]
+
+
+def test_a_package_without_main_is_preloaded_whole(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from localmesh.supervisor.forkserver import _tree_modules
+
+    pkg = tmp_path / "libpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _tree_modules("libpkg") == ["libpkg", "libpkg.a"]
