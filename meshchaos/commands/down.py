@@ -12,12 +12,12 @@ import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from localmesh.errors import MeshError
 from localmesh.statedir import StateDir, pid_alive
 from meshchaos.commands import add_state_dir, plain
+from meshchaos.daemon import descendants
 
 __all__ = ["HELP", "descendants", "register", "run"]
 
@@ -31,28 +31,6 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                         help="kill what is left after this long (default: 30)")
     parser.set_defaults(func=run)
-
-
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (read from /proc; pods lead their own sessions
-    but stay children of the mesh's fork server)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _wait_gone(pids: list[int], deadline: float) -> list[int]:

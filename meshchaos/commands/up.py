@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
+import gc
 import json
 import os
-import select
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from localmesh.errors import MeshError, StateDirError
 from localmesh.statedir import Endpoints, StateDir
 from meshchaos.commands import POD_HEADER, add_state_dir, plain, pod_rows, table
+from meshchaos.daemon import MeshDaemon
 
 if TYPE_CHECKING:  # the mesh (aiohttp, schemas) loads only where it runs: not for --help
     from localmesh.mesh import LocalMesh
@@ -34,7 +35,6 @@ EnvOverrides = dict[tuple[str, str], dict[str, str]]
 
 HELP = "start the local mesh and wait until every pod is Ready"
 DEFAULT_MANIFESTS = Path("fixtures/k8s")
-_DETACH_LOG = "up.log"
 
 
 def register(subparsers: Any) -> None:
@@ -52,6 +52,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--ready-timeout", type=float, default=60.0, metavar="SECONDS",
                         help="give up when pods are not Ready after this long (default: 60)")
     parser.add_argument("--notify-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # The pid of a process this mesh must not outlive (the local-mesh control's chaos run).
+    parser.add_argument("--parent", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -83,6 +85,8 @@ def _manifests(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.parent is not None:
+        _die_with(args.parent)
     manifests = _manifests(args)
     overrides = parse_set_env(args.set_env)
     state = StateDir(args.state_dir)
@@ -93,7 +97,19 @@ def run(args: argparse.Namespace) -> int:
                             "or pick another --state-dir")
     if args.detach:
         return _detach(args, manifests, state)
+    # Once the mesh is stopped nothing is left to collect: exit without sweeping the heap
+    # (aiohttp, schemas, the store), which costs a stopping `chaos run` a few tenths.
+    atexit.register(gc.freeze)
     return asyncio.run(_foreground(args, manifests, overrides, state))
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM (a clean stop) when ``parent`` dies; exit at once if it is already gone."""
+    from localmesh.supervisor.forkserver import set_parent_death_signal
+
+    set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent:
+        raise SystemExit(1)
 
 
 # -- foreground -----------------------------------------------------------------------------
@@ -197,80 +213,18 @@ def summary(mesh: LocalMesh, endpoints: Endpoints, state: StateDir, took: float,
 
 def _detach(args: argparse.Namespace, manifests: list[Path], state: StateDir) -> int:
     """Start ``meshchaos up`` as a daemon and relay its progress until it is Ready."""
-    state.path.mkdir(parents=True, exist_ok=True)
-    read_fd, write_fd = os.pipe()
-    # The daemon runs this module alone: no other subcommand's imports on its start-up path.
-    command = [sys.executable, "-m", "meshchaos.commands.up", "up", "--state-dir",
-               str(state.path),
-               "--notify-fd", str(write_fd), "--ready-timeout", str(args.ready_timeout)]
-    for path in manifests:
-        command += ["--manifests", str(path)]
-    for value in args.set_env:
-        command += ["--set-env", value]
-    log_path = state.path / _DETACH_LOG
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    os.close(write_fd)
-    print(f"meshchaos up: starting the local mesh in the background (pid {proc.pid})",
-          flush=True)
+    daemon = MeshDaemon(manifests, state.path, set_env=args.set_env,
+                        ready_timeout=args.ready_timeout)
+    pid = daemon.launch()
+    print(f"meshchaos up: starting the local mesh in the background (pid {pid})", flush=True)
     try:
-        outcome = _relay(read_fd, proc, args.ready_timeout + 30)
+        text = daemon.wait_ready(lambda line: print(f"  {line}", flush=True))
     except KeyboardInterrupt:
         # Ctrl-C while waiting means "never mind": the half-started daemon goes too.
-        _stop_daemon(proc)
+        daemon.stop(15)
         raise
-    if outcome.get("ok"):
-        print(outcome["summary"], flush=True)
-        return 0
-    _stop_daemon(proc)
-    reason = outcome.get("error") or (
-        f"the mesh daemon exited with code {proc.poll()} before it was ready")
-    tail = _tail(log_path)
-    detail = f"\nlast lines of {log_path}:\n{tail}" if tail and not outcome.get("error") else ""
-    raise MeshError(f"{reason}{detail}")
-
-
-def _stop_daemon(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-
-
-def _relay(read_fd: int, proc: subprocess.Popen[bytes], limit_s: float) -> dict[str, Any]:
-    """Print the daemon's progress; return its outcome message (or {} when it died)."""
-    deadline = time.monotonic() + limit_s
-    buffer = b""
-    with os.fdopen(read_fd, "rb", 0) as pipe:
-        while time.monotonic() < deadline:
-            chunk = _read_some(pipe.fileno(), deadline)
-            if chunk is None:
-                continue
-            if not chunk:
-                return {}
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                message = json.loads(line)
-                if "progress" in message:
-                    print(f"  {message['progress']}", flush=True)
-                else:
-                    return dict(message)
-    return {"ok": False, "error": f"the mesh was not Ready within {limit_s:.0f}s"}
-
-
-def _read_some(fd: int, deadline: float) -> bytes | None:
-    ready, _, _ = select.select([fd], [], [], max(0.0, min(1.0, deadline - time.monotonic())))
-    return os.read(fd, 65536) if ready else None
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").rstrip().splitlines()[-lines:])
-    except OSError:
-        return ""
+    print(text, flush=True)
+    return 0
 
 
 def _daemon_main() -> int:

@@ -6,17 +6,26 @@ Usage (first in the experiment's ``controls``)::
 
 On target ``kubernetes`` it only exports the configured ``kubeconfig`` as ``KUBECONFIG``
 (restored at cleanup) so chaostoolkit-kubernetes activities reach the same cluster as the
-probes. Before the experiment, when ``configuration.target`` is ``local`` (the default), it reuses
-the live mesh of ``meshchaos_state_dir`` (default ``.meshchaos``, e.g. one started with
-``meshchaos up``) or starts a :class:`localmesh.mesh.LocalMesh` in a background thread
-with the manifests of ``meshchaos_manifests`` (default ``fixtures/k8s``) and, when
-``chain_defect`` is set, the twin ``CHAIN_DEFECT=<chain_defect>`` at deployment
-``chain_defect_hop``. It then writes ``kubeconfig``, ``ingress_url``, ``traces_url``,
-``traces_api`` and ``meshchaos_state_dir`` into the configuration *in place*: chaoslib
-1.44 hands the control the very dict it later copies for each activity
-(``provider/python.py``: ``arguments["configuration"] = configuration.copy()`` at call
-time), so the activities see the mesh. ``KUBECONFIG`` is exported for the duration of the
-run so chaostoolkit-kubernetes activities reach the same API.
+probes. When ``configuration.target`` is ``local`` (the default), it reuses the live mesh
+of ``meshchaos_state_dir`` (default ``.meshchaos``, e.g. one started with ``meshchaos up``)
+or starts one (:class:`meshchaos.daemon.MeshDaemon`: ``meshchaos up`` in a process of
+its own, which dies with this one) with the manifests of ``meshchaos_manifests`` (default
+``fixtures/k8s``) and, when ``chain_defect`` is set, the twin
+``CHAIN_DEFECT=<chain_defect>`` at deployment ``chain_defect_hop``.
+
+The start is launched as early as chaoslib allows, in ``configure_control`` (controls are
+configured in declaration order: this one first), and waited for in
+``before_experiment_control``: meanwhile the safety control imports the Kubernetes
+client (1-2 s of CPU) in this process while the mesh starts in its own, on the other core.
+A separate process also keeps the mesh's API server, trace store and controllers off this
+process's GIL, which the probes use. ``before_experiment_control`` starts the mesh itself
+when ``configure_control`` did not (or could not). It then writes ``kubeconfig``,
+``ingress_url``, ``traces_url``, ``traces_api`` and ``meshchaos_state_dir`` into the
+configuration *in place*: chaoslib 1.44 hands the control the very dict it later copies
+for each activity (``provider/python.py``: ``arguments["configuration"] =
+configuration.copy()`` at call time), so the activities see the mesh. ``KUBECONFIG`` is
+exported for the duration of the run so chaostoolkit-kubernetes activities reach the same
+API.
 
 A mesh this control started is stopped in ``cleanup_control``, which chaoslib calls after
 every control's after-hook (the safety control still removes the run's chaos through the
@@ -27,6 +36,7 @@ measure nothing.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -38,9 +48,14 @@ from typing import Any, Protocol
 
 from chaoslib.exceptions import InterruptExecution
 
+from localmesh.errors import MeshError
+from meshchaos.daemon import MeshDaemon
+from probes.controls import skip_collection_at_exit
+
 __all__ = [
     "before_experiment_control",
     "cleanup_control",
+    "configure_control",
     "mesh_env_overrides",
 ]
 
@@ -64,20 +79,54 @@ class _Owned:
 
 _lock = threading.Lock()
 _owned: _Owned | None = None
+# A mesh launched by configure_control, not yet claimed by before_experiment_control.
+_launched: tuple[Path, MeshDaemon] | None = None
+
+
+def configure_control(configuration: MutableMapping[str, Any] | None = None,
+                      **_: Any) -> None:
+    """Launch the local mesh now (without waiting) when the run will need a fresh one.
+
+    Anything unusual (a live mesh, a twin on it, missing manifests, a failed launch)
+    is left to ``before_experiment_control``, which reports it: chaoslib swallows errors
+    raised here.
+    """
+    global _launched
+    skip_collection_at_exit()
+    if configuration is None or str(configuration.get("target") or "local") != "local":
+        return
+    try:
+        state_dir = _state_dir(configuration)
+        overrides = mesh_env_overrides(configuration)
+        manifests = _manifests(configuration)
+        if _live_endpoints(state_dir) is not None:
+            return
+        daemon = _daemon(manifests, state_dir, overrides)
+        logger.info("starting the local mesh from %s in %s",
+                    [str(p) for p in manifests], state_dir)
+        daemon.launch()
+    except (InterruptExecution, MeshError, OSError):
+        logger.debug("the local mesh was not launched early", exc_info=True)
+        return
+    _stop_launched()  # one left by a former run that never reached its experiment
+    _launched = (state_dir.resolve(), daemon)
+    atexit.register(daemon.stop)
 
 
 def before_experiment_control(context: dict[str, Any],
                               configuration: MutableMapping[str, Any] | None = None,
                               **_: Any) -> None:
     """Reuse or start the local mesh and publish its endpoints into the configuration."""
+    skip_collection_at_exit()
     if configuration is None:
         return
     if str(configuration.get("target") or "local") != "local":
         _export_cluster_kubeconfig(configuration)
         return
-    state_dir = Path(str(configuration.get("meshchaos_state_dir") or DEFAULT_STATE_DIR))
+    state_dir = _state_dir(configuration)
     overrides = mesh_env_overrides(configuration)
-    endpoints = _live_endpoints(state_dir)
+    launched = _take_launched(state_dir)
+    endpoints = None if launched is not None else _live_endpoints(state_dir)
     thread: _Stoppable | None = None
     if endpoints is not None and overrides:
         raise InterruptExecution(
@@ -86,7 +135,7 @@ def before_experiment_control(context: dict[str, Any],
             "with `meshchaos down` or set meshchaos_state_dir to another directory")
     if endpoints is None:
         _preload_kube_client()
-        thread, endpoints = _start_mesh(configuration, state_dir, overrides)
+        thread, endpoints = _start_mesh(configuration, state_dir, overrides, launched)
     _remember(thread)
     _publish(configuration, endpoints, state_dir)
 
@@ -98,6 +147,7 @@ def cleanup_control() -> None:
     controls' after-hooks in declaration order, and the safety control's after-hook still
     needs the mesh's API to remove this run's chaos objects.
     """
+    _stop_launched()
     _release()
 
 
@@ -173,10 +223,11 @@ def _live_endpoints(state_dir: Path) -> Any | None:
         return None
 
 
-def _start_mesh(configuration: MutableMapping[str, Any], state_dir: Path,
-                overrides: dict[tuple[str, str], dict[str, str]]) -> tuple[_Stoppable, Any]:
-    from localmesh.mesh import MeshThread
+def _state_dir(configuration: MutableMapping[str, Any]) -> Path:
+    return Path(str(configuration.get("meshchaos_state_dir") or DEFAULT_STATE_DIR))
 
+
+def _manifests(configuration: MutableMapping[str, Any]) -> list[Path]:
     manifests = [Path(p.strip()) for p in
                  str(configuration.get("meshchaos_manifests") or DEFAULT_MANIFESTS).split(",")
                  if p.strip()]
@@ -184,15 +235,71 @@ def _start_mesh(configuration: MutableMapping[str, Any], state_dir: Path,
     if missing:
         raise InterruptExecution(f"meshchaos_manifests names missing path(s) {missing} "
                                  f"(relative to '{Path.cwd()}'; run from the repository root)")
-    logger.info("starting the local mesh from %s in %s", manifests, state_dir)
-    thread = MeshThread(manifests, state_dir, env_overrides=overrides or None,
-                        progress=lambda line: logger.info("local mesh: %s", line))
+    return manifests
+
+
+def _daemon(manifests: list[Path], state_dir: Path,
+            overrides: dict[tuple[str, str], dict[str, str]]) -> MeshDaemon:
+    set_env = [f"{ns}/{deployment}:{key}={value}"
+               for (ns, deployment), env in overrides.items() for key, value in env.items()]
+    return MeshDaemon(manifests, state_dir, set_env=set_env, ready_timeout=START_TIMEOUT_S,
+                      owned=True)
+
+
+def _take_launched(state_dir: Path) -> MeshDaemon | None:
+    """The daemon configure_control launched for this state dir (another one is stopped)."""
+    global _launched
+    launched, _launched = _launched, None
+    if launched is None:
+        return None
+    path, daemon = launched
+    if path == state_dir.resolve():
+        return daemon
+    daemon.stop()
+    atexit.unregister(daemon.stop)
+    return None
+
+
+def _stop_launched() -> None:
+    """Stop a mesh configure_control launched for a run that never got to use it."""
+    global _launched
+    launched, _launched = _launched, None
+    if launched is not None:
+        launched[1].stop()
+        atexit.unregister(launched[1].stop)
+
+
+def _start_mesh(configuration: MutableMapping[str, Any], state_dir: Path,
+                overrides: dict[tuple[str, str], dict[str, str]],
+                daemon: MeshDaemon | None = None) -> tuple[_Stoppable, Any]:
+    from localmesh.statedir import read_endpoints
+
+    if daemon is None:
+        manifests = _manifests(configuration)
+        daemon = _daemon(manifests, state_dir, overrides)
+        logger.info("starting the local mesh from %s in %s",
+                    [str(p) for p in manifests], state_dir)
+        daemon.launch()
+        atexit.register(daemon.stop)
     try:
-        endpoints = thread.start(timeout=START_TIMEOUT_S)
-    except Exception as exc:
-        thread.stop()
-        raise InterruptExecution(f"the local mesh did not start from {manifests}: {exc}") from exc
-    return thread, endpoints
+        daemon.wait_ready(lambda line: logger.info("local mesh: %s", line))
+        endpoints = read_endpoints(state_dir)
+    except (MeshError, OSError) as exc:
+        daemon.stop()
+        raise InterruptExecution(f"the local mesh did not start from "
+                                 f"{[str(p) for p in daemon.manifests]}: {exc}") from exc
+    return _OwnedDaemon(daemon), endpoints
+
+
+class _OwnedDaemon:
+    """Stops the daemon and forgets its exit hook."""
+
+    def __init__(self, daemon: MeshDaemon) -> None:
+        self.daemon = daemon
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        atexit.unregister(self.daemon.stop)
 
 
 def _remember(thread: _Stoppable | None) -> None:

@@ -34,6 +34,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+from probes.controls import skip_collection_at_exit
 from reports.errors import ReportError
 from reports.render import DEFAULT_RUNS_DIR, render_report, run_dir_name
 from reports.verdict import Outcome, Verdict, compute_verdict
@@ -47,6 +48,7 @@ def after_experiment_control(context: dict[str, Any], state: MutableMapping[str,
                              configuration: dict[str, Any] | None = None,
                              experiment_name: str | None = None, **_: Any) -> None:
     """Judge ``state`` (the journal), adjust its status, write the run's report."""
+    skip_collection_at_exit()
     journal = state
     try:
         verdict = compute_verdict(journal)

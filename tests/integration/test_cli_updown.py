@@ -207,3 +207,45 @@ def test_a_killed_mesh_takes_its_pods_along_and_down_cleans_the_stale_dir(
     assert down.returncode == 0
     assert f"pid {daemon} is gone" in down.stdout and "stale" in down.stdout
     assert not (state_dir / "mesh.pid").exists()
+
+
+_OWNER = """
+import sys, time
+from pathlib import Path
+from meshchaos.daemon import MeshDaemon
+daemon = MeshDaemon([Path(sys.argv[1])], Path(sys.argv[2]), owned=True)
+daemon.launch()
+daemon.wait_ready()
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_mesh_owned_by_a_killed_chaos_run_stops_with_it_and_releases_its_dir(
+        tmp_path: Path, state_dir: Path) -> None:
+    """No chaos left behind even on SIGKILL: the mesh a ``chaos run`` starts (an owned
+    MeshDaemon) gets SIGTERM from Linux when that run dies (PR_SET_PDEATHSIG), stops every
+    pod (faults die with their sidecars) and gives the state dir up for the next ``up``."""
+    manifests = write_echo_manifests(tmp_path / "m")
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER, str(manifests), str(state_dir)],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip() == "ready"
+        daemon = json.loads((state_dir / "endpoints.json").read_text())["pid"]
+        family = [daemon, *descendants(daemon)]
+        assert len(family) >= 4  # daemon, fork servers, the echo pod's app and sidecar
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(p) for p in family):
+            time.sleep(0.05)
+        assert not [p for p in family if alive(p)]
+        assert not (state_dir / "mesh.pid").exists()  # a clean stop, not a stale dir
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(10)
+        if owner.stdout is not None:
+            owner.stdout.close()

@@ -185,3 +185,42 @@ def test_missing_manifests_interrupt_the_run_before_any_process_starts(
     with pytest.raises(InterruptExecution, match="missing path"):
         localmesh.before_experiment_control({}, configuration=config)
     assert "ingress_url" not in config
+
+
+def test_configure_control_launches_no_mesh_on_the_kubernetes_target(tmp_path: Path) -> None:
+    config = {"target": "kubernetes", "meshchaos_state_dir": str(tmp_path / "state")}
+    localmesh.configure_control(configuration=config)
+    assert localmesh._launched is None
+    assert not (tmp_path / "state").exists()
+
+
+def test_configure_control_leaves_missing_manifests_to_the_before_hook(tmp_path: Path) -> None:
+    """chaoslib swallows what configure_control raises: the refusal must come from
+    before_experiment_control, which stops the run, and nothing may have started."""
+    config = {"target": "local", "meshchaos_state_dir": str(tmp_path / "state"),
+              "meshchaos_manifests": str(tmp_path / "nope")}
+    localmesh.configure_control(configuration=config)
+    assert localmesh._launched is None
+    with pytest.raises(InterruptExecution, match="missing path"):
+        localmesh.before_experiment_control({}, configuration=config)
+    assert not (tmp_path / "state" / "mesh.pid").exists()
+
+
+def test_a_mesh_launched_for_a_run_that_never_started_is_stopped_at_cleanup(
+        tmp_path: Path) -> None:
+    """configure_control starts the mesh early; a run that ends before its experiment (say,
+    another control interrupted it) still stops that mesh in cleanup_control."""
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n"
+                                       "  name: shop\n")
+    config = {"target": "local", "meshchaos_state_dir": str(tmp_path / "state"),
+              "meshchaos_manifests": str(manifests)}
+    localmesh.configure_control(configuration=config)
+    assert localmesh._launched is not None
+    daemon = localmesh._launched[1]
+    assert daemon.proc is not None
+    localmesh.cleanup_control()
+    assert daemon.proc.returncode is not None
+    assert localmesh._launched is None
+    assert not (tmp_path / "state" / "mesh.pid").exists()
