@@ -59,6 +59,7 @@ class _Run:
     configuration: MutableMapping[str, Any]
     refusal: str = ""
     cleaned: bool = False
+    ending: bool = False  # the experiment is over: only the journal, report and cleanup remain
     removed: list[dict[str, str]] = field(default_factory=list)
     previous: dict[int, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -107,6 +108,8 @@ def before_activity_control(context: Mapping[str, Any] | None = None,
 
 def after_experiment_control(context: Any = None, state: Any = None, **_: Any) -> None:
     """Remove the run's chaos objects, whatever the outcome; note them in the journal."""
+    if _run is not None:
+        _run.ending = True
     # List again even after a signal's cleanup: a create still in flight then may have
     # landed after that listing.
     _cleanup("after the experiment", relist=True)
@@ -251,7 +254,12 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         logger.exception("removing the chaos objects of the run on %s failed; run "
                          "`meshchaos abort` to remove them", signal.Signals(signum).name)
     finally:
-        _hand_on(run, signum, frame)
+        if run is not None and run.ending:
+            # Past the experiment an interrupt would only cut short what must finish (the
+            # journal, the report, stopping the mesh), all of it moments away.
+            logger.warning("the run is ending: its journal and report are written first")
+        else:
+            _hand_on(run, signum, frame)
 
 
 def _hand_on(run: _Run | None, signum: int, frame: FrameType | None) -> None:

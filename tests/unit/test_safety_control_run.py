@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,3 +71,23 @@ def test_dry_run_prints_and_applies_nothing(cluster: Cluster, capsys: Any) -> No
     assert journal["run"][0]["output"]["dry_run"] is True
     assert "kind: NetworkChaos" in capsys.readouterr().out
     assert cluster.chaos_names() == []
+
+
+def after_experiment_control(**_: Any) -> None:
+    """Used as a control by the test below: Ctrl-C while the run writes its report."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_after_the_experiment_still_lets_the_run_write_its_journal(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    """A Ctrl-C that lands once the experiment is over (an impatient second press, while
+    the report is written) still removes the run's chaos, and no longer interrupts: what is
+    left (journal, report, stopping the mesh) is what must not be cut short."""
+    doc = experiment(cluster, APPLY)
+    doc["controls"].append({"name": "ctrl-c", "provider": {
+        "type": "python", "module": "tests.unit.test_safety_control_run"}})
+    journal = run_experiment(doc)
+    assert journal["status"] == "completed"
+    assert cluster.chaos_names() == []
+    assert "the run is ending: its journal and report are written first" in caplog.text
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
