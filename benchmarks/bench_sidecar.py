@@ -81,6 +81,60 @@ async def main():
 import uvloop
 uvloop.run(main())
 """
+# The floor: a bare forwarding proxy on uvloop + asyncio.Protocol + httptools (parse the
+# request into a header dict, re-encode it to a keep-alive upstream connection of its own,
+# parse the response, re-encode it downstream) with none of the sidecar's work. Its CPU per
+# request in the same run says what the sidecar's could be on this machine at best.
+# argv: upstream port; prints its own port.
+_BARE = r"""
+import asyncio, sys, httptools, uvloop
+class Up(asyncio.Protocol):
+    def __init__(self, down):
+        self.down, self.body, self.t = down, [], None
+        self.parser = httptools.HttpResponseParser(self)
+    def connection_made(self, t):
+        self.t = t
+    def data_received(self, data):
+        self.parser.feed_data(data)
+    def on_body(self, b):
+        self.body.append(b)
+    def on_message_complete(self):
+        body, self.body = b"".join(self.body), []
+        self.down.t.write(b"HTTP/1.1 %d OK\r\ncontent-type: text/plain\r\ncontent-length: %d"
+                          b"\r\n\r\n%s" % (self.parser.get_status_code(), len(body), body))
+class Proxy(asyncio.Protocol):
+    def __init__(self, port):
+        self.port, self.up, self.queued, self.h = port, None, b"", {}
+        self.parser = httptools.HttpRequestParser(self)
+    def connection_made(self, t):
+        self.t = t
+        asyncio.get_running_loop().create_task(self.connect())
+    async def connect(self):
+        loop = asyncio.get_running_loop()
+        _, self.up = await loop.create_connection(lambda: Up(self), "127.0.0.1", self.port)
+        if self.queued:
+            self.up.t.write(self.queued)
+    def data_received(self, data):
+        self.parser.feed_data(data)
+    def on_url(self, url):
+        self.url = url
+    def on_header(self, name, value):
+        self.h[name.decode("latin-1").lower()] = value.decode("latin-1")
+    def on_message_complete(self):
+        h, self.h = self.h, {}
+        data = ("GET /x HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+                + "\r\n").encode("latin-1")
+        if self.up is None:
+            self.queued += data
+        else:
+            self.up.t.write(data)
+async def main():
+    port = int(sys.argv[1])
+    srv = await asyncio.get_running_loop().create_server(lambda: Proxy(port), "127.0.0.1", 0)
+    print(srv.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
 _TICKS = os.sysconf("SC_CLK_TCK")
 SVC = "app.bench.svc.cluster.local"
 OTHER = "other.bench.svc.cluster.local"
@@ -107,6 +161,15 @@ class Procs:
     async def app(self) -> tuple[int, int]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _APP, stdout=asyncio.subprocess.PIPE, start_new_session=True)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        return proc.pid, int(await proc.stdout.readline())
+
+    async def bare_proxy(self, app_port: int) -> tuple[int, int]:
+        """The floor proxy (``_BARE``) in front of ``app_port``: (pid, port)."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _BARE, str(app_port), stdout=asyncio.subprocess.PIPE,
+            start_new_session=True)
         self.procs.append(proc)
         assert proc.stdout is not None
         return proc.pid, int(await proc.stdout.readline())
@@ -290,6 +353,13 @@ async def _overhead_sections(procs: Procs, app_pid: int, app: int, front_pid: in
                      f"CPU-bound capacity {1e6 / cpu_us:,.0f} req/s; target ≤40 µs"))
         rows.append((f"app CPU per request, c={c} (yardstick)", f"{app_us:.1f} µs",
                      f"sidecar/app = {cpu_us / app_us:.1f} (a proxy does ≥2 apps' I/O)"))
+    bare_pid, bare = await procs.bare_proxy(app)
+    await _latencies(bare, url, 200)
+    cpu0 = _cpu_seconds(bare_pid)
+    rps, count = await _throughput(bare, url, 32, secs)
+    bare_us = (_cpu_seconds(bare_pid) - cpu0) / count * 1e6
+    rows.append(("floor: bare forwarding proxy, c=32", f"{rps:,.0f} req/s, {bare_us:.1f} µs",
+                 "uvloop+httptools, no sidecar work: CPU per request at best on this box"))
     await procs.push(front["admin"], _doc("front-1", "front", app, timeout_ms=100))
     late = await _timeouts(front["outbound"], 50 if quick else 100)
     rows.append(("504 after 100 ms route timeout: late p50 / p99",

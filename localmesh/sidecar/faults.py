@@ -95,6 +95,8 @@ class FaultEngine:
 
     def __init__(self) -> None:
         self._states: list[_RuleState] = []
+        # Some rule is installed (read on every request: a plain attribute, not a property).
+        self.active = False
         self.holds = 0
         self.hold_seconds_total = 0.0
         self.last_hold_s = 0.0
@@ -109,10 +111,8 @@ class FaultEngine:
     def set_rules(self, rules: tuple[FaultRule, ...]) -> None:
         old = {s.rule: s for s in self._states}
         self._states = [old.get(r) or _RuleState(r) for r in rules]
+        self.active = bool(self._states)
 
-    @property
-    def active(self) -> bool:
-        return bool(self._states)
 
     def affects(self, peer: str | None) -> bool:
         """Some rule applies to traffic to/from ``peer`` (else its sends are never held)."""

@@ -201,7 +201,11 @@ def try_response(st: TryState, up: Upstream, txn: Txn, trace: TraceCtx | None,
     """A try got a response: the one to send downstream, or None to retry after a backoff."""
     _end_child(trace, st.child, resp.status, "")
     policy = up.policy
-    if policy.num_retries and _retriable_response(resp, policy):
+    status = resp.status
+    if status < 409 and status not in policy.retriable_status_codes \
+            and "grpc-status" not in resp.headers:
+        pass  # the common answer: no retry_on token can match it (see _retriable_response)
+    elif policy.num_retries and _retriable_response(resp, policy):
         if st.attempt <= policy.num_retries:
             return None
         txn.add_flag("URX")
@@ -413,9 +417,11 @@ class FastTry:
         after holding it ``delay`` seconds in ``faults`` (a delay-only fault, §5.2)."""
         self._conn = conn
         self._txn.upstream_local = conn.local_text
-        deadline = self._st.deadline()
-        if deadline is not None:
-            self._handle = loop.call_at(deadline, self._expired)
+        st = self._st
+        if st.global_deadline is not None or st.try_deadline is not None:  # else no timer
+            deadline = st.deadline()
+            if deadline is not None:
+                self._handle = loop.call_at(deadline, self._expired)
         if faults is not None and delay > 0:
             start = time.monotonic()
 
