@@ -20,7 +20,6 @@ import yaml
 
 from localmesh.errors import ApiError, ManifestError
 from localmesh.resources import ResourceRegistry
-from localmesh.validation import validate_object
 
 __all__ = ["Manifest", "load_manifests"]
 
@@ -98,6 +97,10 @@ def load_manifests(paths: Iterable[Path], *, registry: ResourceRegistry | None =
                    validate: bool = True) -> list[Manifest]:
     """Read, register and validate every object of ``paths`` (files or folders)."""
     registry = registry if registry is not None else ResourceRegistry.with_builtins()
+    if validate:
+        # Here, not at module level: jsonschema costs a parse-only caller (the mesh daemon
+        # launching its fork servers first thing) a tenth of a second.
+        from localmesh.validation import validate_object
     manifests: list[Manifest] = []
     seen: dict[tuple[str, str, str, str], Manifest] = {}
     for source in _files(paths):

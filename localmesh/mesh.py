@@ -40,6 +40,7 @@ from localmesh.supervisor import Supervisor
 from localmesh.supervisor.podspec import CWD_ANNOTATION
 from localmesh.supervisor.ports import PortAllocator
 from localmesh.supervisor.replicasets import is_pod_ready
+from localmesh.supervisor.spawner import ForkServer
 from localmesh.tracestore import TraceStore, create_trace_apps
 from localmesh.validation import install_validation
 from localmesh.xds import XdsServer
@@ -132,7 +133,8 @@ class LocalMesh:
     def __init__(self, manifests: list[Path], state_dir: Path, *,
                  env_overrides: EnvOverrides | None = None,
                  progress: Callable[[str], None] | None = None,
-                 ready_limit_s: float = _READY_LIMIT_S) -> None:
+                 ready_limit_s: float = _READY_LIMIT_S,
+                 forkservers: dict[str, ForkServer] | None = None) -> None:
         self.manifest_paths = [Path(p) for p in manifests]
         self.state = StateDir(state_dir)
         self.env_overrides = dict(env_overrides or {})
@@ -149,22 +151,25 @@ class LocalMesh:
         self._log_handler: logging.Handler | None = None
         self._saved_level = logging.NOTSET
         self._announced: set[str] = set()
+        # Fork servers launched before this mesh was built (launch_forkservers): handed to
+        # the supervisor, or stopped by stop() if it never got them.
+        self._forkservers = dict(forkservers or {})
 
     async def start(self) -> Endpoints:
         """Start everything and return once every pod is Ready (or raise, all stopped)."""
         started = time.time()
-        # Parse only (cheap): enough to know what the pods run, and to fail on bad YAML.
-        parsed = load_manifests(self.manifest_paths, registry=self.store.registry,
-                                validate=False)
-        self.state.claim()
-        self._claimed = True
-        self._attach_log()
-        log.info("starting the local mesh (pid %d) from %s", os.getpid(),
-                 ", ".join(map(str, self.manifest_paths)))
         try:
+            # Parse only (cheap): enough to know what the pods run, and to fail on bad YAML.
+            parsed = load_manifests(self.manifest_paths, registry=self.store.registry,
+                                    validate=False)
+            self.state.claim()
+            self._claimed = True
+            self._attach_log()
+            log.info("starting the local mesh (pid %d) from %s", os.getpid(),
+                     ", ".join(map(str, self.manifest_paths)))
             return await self._start(parsed, started)
         except BaseException:
-            await self.stop()
+            await self.stop()  # also what was handed in: fork servers launched early
             raise
 
     async def _start(self, parsed: list[Manifest], started: float) -> Endpoints:
@@ -173,8 +178,10 @@ class LocalMesh:
         ingress_port = ports.allocate()
         ports.release(ingress_port)  # the gateway's sidecar binds it moments from now
         self.xds = XdsServer(self.store, otlp_endpoint=otlp)
+        forkservers, self._forkservers = self._forkservers, {}
         self.supervisor = Supervisor(self.store, self.xds, state_dir=self.state.path,
-                                     otlp_endpoint=otlp, ingress_port=ingress_port)
+                                     otlp_endpoint=otlp, ingress_port=ingress_port,
+                                     forkservers=forkservers)
         self.supervisor.warm_up([m.obj for m in parsed])
         # Validation (CRD schemas) runs here while the fork server imports in its process.
         manifests = load_manifests(self.manifest_paths, registry=self.store.registry)
@@ -236,6 +243,10 @@ class LocalMesh:
             with _logged("supervisor"):
                 await self.supervisor.stop()
             self.supervisor = None
+        servers, self._forkservers = self._forkservers, {}
+        for server in servers.values():
+            with _logged("fork server"):
+                await server.stop()
         if self.xds is not None:
             with _logged("xds"):
                 await self.xds.stop()

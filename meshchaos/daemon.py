@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ class MeshDaemon:
         self.set_env = list(set_env)
         self.ready_timeout = ready_timeout
         self.owned = owned
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | _Forked | None = None
         self._read_fd = -1
         self._buffer = b""
         self._lock = threading.Lock()
@@ -93,21 +94,28 @@ class MeshDaemon:
             command += ["--set-env", value]
         return command
 
-    def launch(self) -> int:
+    def launch(self, serve: Callable[[int], int] | None = None) -> int:
         """Start the daemon without waiting for it; return its pid.
 
         Call it from the thread that stays alive as long as the mesh should (the main
         thread): Linux sends an owned daemon its death signal when that *thread* ends.
+        With ``serve`` (a single-threaded caller that has the up command loaded: the
+        ``meshchaos up --detach`` CLI) the daemon is a fork of this process that calls
+        ``serve(notify_fd)``, sparing a second interpreter's start and imports.
         """
         if self.proc is not None:
             raise MeshError("this mesh daemon was launched already")
         self.state.path.mkdir(parents=True, exist_ok=True)
         read_fd, write_fd = os.pipe()
         try:
-            with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(
-                    self.command(write_fd), pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            if serve is not None:
+                self.proc = _Forked(self._fork(serve, read_fd, write_fd))
+            else:
+                with open(self.log_path, "wb") as log:
+                    self.proc = subprocess.Popen(
+                        self.command(write_fd), pass_fds=(write_fd,),
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                        start_new_session=True)
         except BaseException:
             os.close(read_fd)
             raise
@@ -115,6 +123,31 @@ class MeshDaemon:
             os.close(write_fd)
         self._read_fd = read_fd
         return self.proc.pid
+
+    def _fork(self, serve: Callable[[int], int], read_fd: int, write_fd: int) -> int:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        pid = os.fork()
+        if pid:
+            os.close(log)
+            return pid
+        code = 1
+        try:  # the daemon: a session of its own, its output in the log, no way back
+            os.setsid()
+            os.close(read_fd)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.close(log)
+            code = serve(write_fd)
+        except BaseException:  # noqa: BLE001 - reported in the log, never raised in the CLI
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
 
     def wait_ready(self, progress: Callable[[str], None] | None = None,
                    timeout: float | None = None) -> str:
@@ -187,6 +220,31 @@ class MeshDaemon:
             _wait_gone(family, time.monotonic() + 5)
             if self.state.live_pid() is None and self.state.owner_pid() == proc.pid:
                 self.state.release()  # what a killed daemon could not remove
+
+
+class _Forked:
+    """The part of ``subprocess.Popen`` a MeshDaemon uses, for a daemon it forked."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.01)
+        assert self.returncode is not None
+        return self.returncode
 
 
 def _wait_gone(pids: list[int], deadline: float) -> None:

@@ -12,12 +12,13 @@ import sys
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from localmesh.errors import ProcessError
 
 log = logging.getLogger("localmesh.supervisor")
 
-__all__ = ["Child", "ForkServer"]
+__all__ = ["Child", "ForkServer", "launch_forkservers"]
 
 _START_TIMEOUT = 20.0
 
@@ -180,3 +181,29 @@ class ForkServer:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+def launch_forkservers(objects: list[dict[str, Any]], *,
+                       sidecar_module: str | None = None) -> dict[str, ForkServer]:
+    """Launch the mesh's two fork servers for these manifest objects: ``proxy`` (the
+    sidecar) and ``app`` (the Deployments' and Pods' ``-m`` packages). Needs a running
+    loop; the processes start on its next turn."""
+    from localmesh.supervisor.podspec import (
+        PRELOAD_LIBRARIES,
+        PROXY_LIBRARIES,
+        PROXY_TREES,
+        SIDECAR_MODULE,
+        preload_trees,
+    )
+
+    templates = [(o.get("spec") or {}).get("template") or {} for o in objects
+                 if o.get("kind") == "Deployment"]
+    trees = preload_trees(templates + [o for o in objects if o.get("kind") == "Pod"])
+    proxy_trees = list(PROXY_TREES)
+    if sidecar_module is not None and sidecar_module != SIDECAR_MODULE:
+        proxy_trees.append(sidecar_module)
+    servers = {"proxy": ForkServer(PROXY_LIBRARIES, proxy_trees),
+               "app": ForkServer(PRELOAD_LIBRARIES, trees)}
+    for server in servers.values():
+        server.launch()
+    return servers

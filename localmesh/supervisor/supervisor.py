@@ -20,16 +20,10 @@ from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
 from localmesh.supervisor.injection import install_injection
 from localmesh.supervisor.pods import PodContext, PodRunner, SidecarRegistry
-from localmesh.supervisor.podspec import (
-    PRELOAD_LIBRARIES,
-    PROXY_LIBRARIES,
-    PROXY_TREES,
-    SIDECAR_MODULE,
-    preload_trees,
-)
+from localmesh.supervisor.podspec import SIDECAR_MODULE
 from localmesh.supervisor.ports import PortAllocator
 from localmesh.supervisor.replicasets import ReplicaSetController, is_pod_ready
-from localmesh.supervisor.spawner import ForkServer
+from localmesh.supervisor.spawner import ForkServer, launch_forkservers
 
 __all__ = ["Supervisor"]
 
@@ -47,11 +41,13 @@ class Supervisor:
 
     def __init__(self, store: ObjectStore, xds: SidecarRegistry, *, state_dir: Path,
                  otlp_endpoint: str, ingress_port: int = 0, base_dir: Path | None = None,
-                 sidecar_module: str = SIDECAR_MODULE) -> None:
+                 sidecar_module: str = SIDECAR_MODULE,
+                 forkservers: dict[str, ForkServer] | None = None) -> None:
         self.store = store
         self.logs = PodLogs(state_dir)
         self.controller = ReplicaSetController(store)
-        self._forkservers: dict[str, ForkServer] = {}  # "proxy" and "app"
+        # "proxy" and "app"; launched by warm_up, or before this object (launch_forkservers)
+        self._forkservers: dict[str, ForkServer] = dict(forkservers or {})
         self._xds = xds
         self._otlp = otlp_endpoint
         self._ingress_port = ingress_port
@@ -80,16 +76,7 @@ class Supervisor:
         """
         if self._forkservers:
             return
-        templates = [(o.get("spec") or {}).get("template") or {} for o in objects
-                     if o.get("kind") == "Deployment"]
-        trees = preload_trees(templates + [o for o in objects if o.get("kind") == "Pod"])
-        proxy_trees = list(PROXY_TREES)
-        if self._sidecar_module != SIDECAR_MODULE:
-            proxy_trees.append(self._sidecar_module)
-        self._forkservers = {"proxy": ForkServer(PROXY_LIBRARIES, proxy_trees),
-                             "app": ForkServer(PRELOAD_LIBRARIES, trees)}
-        for server in self._forkservers.values():
-            server.launch()
+        self._forkservers = launch_forkservers(objects, sidecar_module=self._sidecar_module)
 
     async def start(self) -> None:
         """Start the fork servers (unless warmed up already) and the controllers."""
