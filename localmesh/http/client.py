@@ -101,9 +101,6 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._in_message = True
-
     def on_header(self, name: bytes, value: bytes) -> None:
         key = _NAMES.get(name)
         if key is None:
@@ -180,6 +177,7 @@ class ClientConnection(asyncio.Protocol):
     def _write(self, method: str, target: str, host: str, headers: Headers,
                body: bytes) -> None:
         self._sent = True
+        self._in_message = True  # until on_message_complete (no on_message_begin: a callback less)
         self._headers, self._extra, self._body = {}, [], []
         self._head = method == "HEAD"
         self.headers_at = 0.0

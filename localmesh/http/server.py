@@ -112,13 +112,10 @@ class ServerConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._in_message = True
-        self._url = b""
-        self._headers = {}
-        self._body = []
-
+    # No on_message_begin: each Python callback costs; on_message_complete resets the state
+    # for the next message and on_url (the first callback of every request) marks it begun.
     def on_url(self, url: bytes) -> None:
+        self._in_message = True
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -141,6 +138,7 @@ class ServerConnection(asyncio.Protocol):
         req = Request(method, self._url.decode("latin-1"), self._headers,
                       (body[0] if len(body) == 1 else b"".join(body)) if body else b"",
                       parser.should_keep_alive())
+        self._url, self._headers, self._body = b"", {}, []
         if self._current is None:
             self._start(req)
         else:
