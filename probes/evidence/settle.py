@@ -33,7 +33,7 @@ from probes.evidence.spans import Span
 from probes.evidence.traceapi import TraceReader
 from probes.target import Target
 
-__all__ = ["COLLECT_WAIT_S", "EXPORT_LAG_S", "Settled", "answered_at", "settle", "settled",
+__all__ = ["DEFAULT_SETTLE_S", "EXPORT_LAG_S", "Settled", "answered_at", "settle", "settled",
            "wait_settled"]
 
 # Inbound flags that say the app never got the request (no upstream, connect failure, §1.6).
@@ -137,8 +137,6 @@ def _sleep_until_wall(when: float, end_monotonic: float) -> None:
         time.sleep(delay)
 
 
-# Kept for callers that still read traces again after settle(): one read is enough.
-COLLECT_WAIT_S = 0.2
 DEFAULT_SETTLE_S = 8.0
 
 
