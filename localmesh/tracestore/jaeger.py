@@ -37,7 +37,8 @@ __all__ = ["RenderedTraces", "create_query_app", "etag", "render_trace", "span_t
 Doc = dict[str, Any]
 _STORE: web.AppKey[TraceStore] = web.AppKey("trace_store", TraceStore)
 _DEFAULT_LIMIT = 100
-_CACHED_TRACES = 4096  # rendered traces kept (a probe polls at most a few hundred at once)
+# Rendered traces kept, by size: ~1,000 traces of the chain (a probe polls a few hundred).
+_CACHE_BYTES = 32 * 1024 * 1024
 
 
 class QueryError(MeshError, ValueError):
@@ -163,10 +164,11 @@ def render_trace(spans: list[Span]) -> Doc:
 
 
 class RenderedTraces:
-    """Rendered trace documents as JSON bytes, one per (trace id, version), LRU-bounded."""
+    """Rendered trace documents as JSON bytes, one per (trace id, version), LRU by size."""
 
-    def __init__(self, size: int = _CACHED_TRACES) -> None:
-        self.size = size
+    def __init__(self, max_bytes: int = _CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
         self._docs: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
 
     def document(self, trace_id: str, version: int, spans: list[Span]) -> bytes:
@@ -183,10 +185,13 @@ class RenderedTraces:
         finally:
             if was_enabled:
                 gc.enable()
+        if hit is not None:
+            self.size -= len(hit[1])
         self._docs[trace_id] = (version, doc)
         self._docs.move_to_end(trace_id)
-        while len(self._docs) > self.size:
-            self._docs.popitem(last=False)
+        self.size += len(doc)
+        while self.size > self.max_bytes and len(self._docs) > 1:
+            self.size -= len(self._docs.popitem(last=False)[1][1])
         return doc
 
 

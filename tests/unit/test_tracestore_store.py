@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from localmesh.tracestore import Span, TraceStore
-from localmesh.tracestore.jaeger import tag_value
+from localmesh.tracestore.jaeger import RenderedTraces, tag_value
 from localmesh.tracestore.model import TraceQuery
 
 
@@ -92,3 +94,24 @@ def test_a_trace_version_changes_with_each_new_span_and_only_then() -> None:
     store.add([_span(1, 3, parent=1, start=5)])
     [(_, newer, spans)] = store.versioned(["1"])
     assert newer != version and [s.span_id for s in spans] == [f"{1:016x}", f"{3:016x}"]
+
+
+def test_rendered_traces_are_cached_per_version_within_a_byte_bound() -> None:
+    """A poll of an unchanged trace reuses its rendered answer; the cache never grows past
+    its bound (least recently read traces go first)."""
+    store = TraceStore()
+    for trace in range(1, 4):
+        store.add([_span(trace, trace)])
+    rendered = RenderedTraces(max_bytes=10**6)
+    [(t1, v1, spans1)] = store.versioned(["1"])
+    first = rendered.document(t1, v1, spans1)
+    assert rendered.document(t1, v1, spans1) is first
+    assert json.loads(first)["spans"][0]["spanID"] == f"{1:016x}"
+    store.add([_span(1, 9, parent=1)])
+    [(_, v2, spans2)] = store.versioned(["1"])
+    assert len(json.loads(rendered.document(t1, v2, spans2))["spans"]) == 2
+
+    small = RenderedTraces(max_bytes=len(first) * 2)
+    for t, v, spans in store.versioned(["1", "2", "3"]):
+        small.document(t, v, spans)
+    assert small.size <= small.max_bytes
