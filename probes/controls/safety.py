@@ -8,7 +8,10 @@ Usage (in the experiment's ``controls``)::
   writes it into the configuration *in place* as ``run_id``: chaoslib 1.44 copies that
   dict for each activity at call time, so ``probes.chaos`` names and labels its objects
   with it. It also installs SIGINT/SIGTERM handlers that remove the run's chaos objects
-  before handing the signal to the previous handler (chaoslib's, or Ctrl-C).
+  before handing the signal to the previous handler (chaoslib's, or Ctrl-C), and starts
+  importing the Kubernetes client those removals use, in a background thread. A signal
+  that lands once the experiment is over only removes the chaos: the journal and the
+  report are written first.
 - ``before_experiment_control`` checks, before anything is applied, every
   ``probes.chaos.apply_chaos`` activity of the experiment (with its overrides) and the
   configured ``namespace`` against the allowlist (``allowed_namespaces``, default
@@ -50,6 +53,7 @@ __all__ = [
 logger = logging.getLogger("chaostoolkit")
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PRELOAD_WAIT_S = 10.0  # bounded: a cleanup must never hang on an import
 _CHAOS_MODULE, _APPLY = "probes.chaos", "apply_chaos"
 
 
@@ -63,6 +67,7 @@ class _Run:
     removed: list[dict[str, str]] = field(default_factory=list)
     previous: dict[int, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    preload: threading.Thread | None = None
 
 
 _run: _Run | None = None
@@ -79,7 +84,7 @@ def configure_control(configuration: MutableMapping[str, Any] | None = None,
     configuration["run_id"] = run_id
     _run = _Run(run_id, configuration)
     _run.refusal = _refusal(experiment or {}, configuration)
-    _preload_kubernetes()
+    _run.preload = _preload_kubernetes_in_background()
     _install_signal_handlers(_run)
     logger.info("meshchaos run id '%s'%s", run_id,
                 " (dry run: chaos manifests are printed, nothing is applied)"
@@ -191,6 +196,7 @@ def _cleanup(when: str, *, relist: bool = False) -> None:
     if not run.lock.acquire(blocking=False):
         return  # a cleanup is already running (a signal arrived during it)
     try:
+        _wait_preloaded(run)
         result = chaos.remove_run_chaos(configuration=dict(run.configuration))
     except ProbeError:
         logger.exception("could not remove the chaos objects of run '%s' %s; run "
@@ -214,9 +220,23 @@ def _local_mesh_gone(configuration: Mapping[str, Any]) -> bool:
     return state.live_pid() is None and not kubeconfig.is_file()
 
 
+def _preload_kubernetes_in_background() -> threading.Thread:
+    """Import what the cleanup uses (the Kubernetes client: 1-2 s of CPU) in a thread.
+
+    Meanwhile the main thread waits for the local mesh (started in a process of its own)
+    and may run the first probe: the import is off the run's critical path. Whoever needs
+    the client before it is loaded (the first chaos action, the signal handler's cleanup)
+    waits on Python's per-module import locks, or joins this thread (:func:`_wait_preloaded`),
+    and never sees a half-initialised module: that only happens when a signal handler
+    re-enters an import of its own thread, and the import is never the main thread's now.
+    """
+    thread = threading.Thread(target=_preload_kubernetes, name="meshchaos-safety-preload",
+                              daemon=True)
+    thread.start()
+    return thread
+
+
 def _preload_kubernetes() -> None:
-    """Import now what the signal handler's cleanup uses: a signal that lands in the middle
-    of the first (lazy, ~0.4 s) import would otherwise re-enter a half-initialised module."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config.config_exception import ConfigException
@@ -225,6 +245,12 @@ def _preload_kubernetes() -> None:
     loaded = (client.ApiClient, client.CustomObjectsApi, client.CoreV1Api,
               config.new_client_from_config, ApiException, ConfigException)
     logger.debug("kubernetes client ready for cleanup (%d names)", len(loaded))
+
+
+def _wait_preloaded(run: _Run) -> None:
+    thread = run.preload
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(_PRELOAD_WAIT_S)
 
 
 def _install_signal_handlers(run: _Run) -> None:
