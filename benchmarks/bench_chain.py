@@ -202,7 +202,7 @@ runpy.run_module("fixtures.chain", run_name="__main__", alter_sys=True)
 """
 
 
-def one_start(preloaded: bool) -> float:
+def one_start(preloaded: bool, root: Path) -> float:
     """Seconds from spawn (cold) or from __main__ (preloaded) until the hop prints its port."""
     env = {**os.environ, "PORT": "0", "CHAIN_HOST": "127.0.0.1", "OTEL_SERVICE_NAME": "bench",
            "CHAIN_CALLS": "seq:http://orders:8080/orders", "HTTP_PROXY": "http://127.0.0.1:9",
@@ -210,7 +210,7 @@ def one_start(preloaded: bool) -> float:
     argv = ([sys.executable, "-c", _PRELOADED_START] if preloaded
             else [sys.executable, "-m", "fixtures.chain"])
     began = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stderr is not None
@@ -226,12 +226,12 @@ def one_start(preloaded: bool) -> float:
     return ready - began
 
 
-def start_times(runs: int) -> str:
+def start_times(runs: int, root: Path) -> str:
     rows = ["| app start, until it prints its port | min | median | max |", "|---|---|---|---|"]
     for label, preloaded in (("fresh interpreter (`python -m fixtures.chain`)", False),
                              ("modules preloaded as by the fork server: __main__ → ready",
                               True)):
-        times = sorted(one_start(preloaded) * 1000 for _ in range(runs))
+        times = sorted(one_start(preloaded, root) * 1000 for _ in range(runs))
         rows.append(f"| {label} | {times[0]:.1f} ms | {statistics.median(times):.1f} ms "
                     f"| {times[-1]:.1f} ms |")
     return "\n".join(rows)
@@ -253,9 +253,12 @@ def main() -> int:
     parser.add_argument("--no-work", action="store_true", help="set CHAIN_WORK_* to 0")
     parser.add_argument("--start-runs", type=int, default=5,
                         help="app start-up measurements (0: skip)")
+    parser.add_argument("--chain-root", type=Path, default=ROOT,
+                        help="time the start-up of the fixtures/ found here (an older checkout, "
+                             "to compare); the load always runs this checkout's chain")
     args = parser.parse_args()
     if args.start_runs:
-        print(start_times(args.start_runs), "\n", flush=True)
+        print(start_times(args.start_runs, args.chain_root), "\n", flush=True)
     if not args.concurrency:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
