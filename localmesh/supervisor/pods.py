@@ -280,6 +280,11 @@ class PodRunner:
     async def _readiness(self) -> None:
         failures: dict[str, int] = {}
         while not self.stopping:
+            # Cleared before probing, not after: a container that starts while a probe is
+            # in flight must wake the next pass at once. Cleared after, its kick was lost
+            # and the pod waited a whole period (2 s for the chain) to turn Ready: at every
+            # start, the pods whose app came up during their sidecar's probe lagged by 2 s.
+            self._kick.clear()
             changed = False
             fast = False
             for container in self.containers.values():
@@ -299,7 +304,6 @@ class PodRunner:
                 fast = fast or (container.running and not container.ready)
             if changed:
                 self.publish()
-            self._kick.clear()
             period = _FAST_PROBE_S if fast else self._period()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), period)

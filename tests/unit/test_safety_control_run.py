@@ -20,7 +20,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield served
 
 
-APPLY = {"type": "action", "name": "slow-pricing",
+APPLY: dict[str, Any] = {"type": "action", "name": "slow-pricing",
          "provider": {"type": "python", "module": "probes.chaos", "func": "apply_chaos",
                       "arguments": {"manifest": "leaf-delay-pricing.yaml"}}}
 # allowed, but fails in the run: Chaos Mesh selects no pod

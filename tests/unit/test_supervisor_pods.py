@@ -21,6 +21,9 @@ import pytest
 
 from localmesh.store import ObjectStore
 from localmesh.supervisor import Supervisor
+from localmesh.supervisor.container import ContainerRun
+from localmesh.supervisor.pods import PodRunner
+from localmesh.supervisor.spawner import ForkServer
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 NS = "shop"
@@ -197,8 +200,8 @@ async def test_app_output_lands_in_its_container_log(mesh: Any, tmp_path: Path) 
     await asyncio.to_thread(http_get, supervisor.pod_ports(NS, name)["app"], "/hello")
 
     def app_log() -> str:
-        return supervisor.logs.read(NS, name, "echo", since_seconds=None, tail_lines=None,
-                                    timestamps=False, previous=False)
+        return str(supervisor.logs.read(NS, name, "echo", since_seconds=None,
+                                        tail_lines=None, timestamps=False, previous=False))
 
     text = await until(lambda: "handled GET /hello" in app_log() and app_log(), what="log line")
     assert "echo-app listening on" in text and "echo-app stderr line" in text
@@ -410,3 +413,40 @@ async def test_a_killed_fork_server_is_replaced_and_its_pods_come_back(mesh: Any
     assert not alive(app_pid)
     new_servers = supervisor.forkserver_pids
     assert new_servers[0] == old_servers[0] and new_servers[1] != old_servers[1]
+
+
+async def test_an_app_that_starts_during_its_sidecars_probe_is_ready_without_a_period(
+        mesh: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubelet probes a container as soon as it starts, not one period later (k8s:
+    initialDelaySeconds 0). Here the app comes up while the sidecar's first successful
+    probe is in flight, the race that made two of the chain's pods turn Ready 2 s (one
+    periodSeconds) after the others on every mesh start; its start must wake the prober.
+    The probe period is stretched to 30 s here, so a lost wake-up cannot pass unseen."""
+    original, original_spawn = PodRunner._probe, ForkServer.spawn
+    probing = asyncio.Event()
+    held = {"done": False}
+
+    async def spawn(self: ForkServer, argv: list[str], **kw: Any) -> Any:
+        if "localmesh.sidecar" not in argv:  # the app starts once the sidecar is probed
+            await probing.wait()
+        return await original_spawn(self, argv, **kw)
+
+    async def probe(self: PodRunner, container: ContainerRun) -> bool:
+        if container.name != "istio-proxy" or held["done"]:
+            return await original(self, container)
+        probing.set()
+        app = self.containers["echo"]
+        # Polls the real probe too, so no Event can stand in for this loop.
+        while not (app.running and await original(self, container)):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # answer only once the app has started meanwhile
+        held["done"] = True
+        return True
+
+    monkeypatch.setattr(ForkServer, "spawn", spawn)
+    monkeypatch.setattr(PodRunner, "_period", lambda self: 30.0)
+    monkeypatch.setattr(PodRunner, "_probe", probe)
+    store, supervisor, _ = mesh
+    store.create(deployment())
+    await supervisor.start()
+    await supervisor.wait_ready(10)  # a third of the probe period
+    assert held["done"]
