@@ -346,18 +346,24 @@ class Sidecar:
         return resp
 
     def _fast(self, ex: _Exchange) -> None:
-        """The callback path for a request whose first try needs no waiting: no fault
-        touches it and an idle keep-alive connection is ready; anything else goes on
-        in :meth:`_rest`, from the try already begun."""
-        loop = self._loop or asyncio.get_running_loop()
+        """The callback path for a request whose first try needs no task: an idle
+        keep-alive connection is ready and no fault touches the request, or (outbound) only
+        a delay, held by the fault engine; anything else goes on in :meth:`_rest`, from the
+        try already begun (outbound) or from the start (inbound, whose partition stall
+        comes before any try)."""
         up, faults, conn = ex.up, self.faults, ex.conn
+        if faults.active and ex.kind == KIND_SERVER and faults.affects(ex.peer):
+            # A possible partition stall comes before any try (no upstream in the log line).
+            conn.adopt(self._rest(ex, None))
+            return
+        loop = self._loop or asyncio.get_running_loop()
         st = TryState(loop.time(), up)
         ep = begin_try(st, st.t0, self.picker, up, ex.txn, ex.headers, ex.trace)
         st.stage = "prepared"
         upstream = None
         delay = 0.0
-        if not faults.active or not (faults.affects(ex.peer) if ex.kind == KIND_SERVER
-                                     else up.egress_faults and faults.affects(ep.peer)):
+        if not faults.active or ex.kind == KIND_SERVER \
+                or not (up.egress_faults and faults.affects(ep.peer)):
             upstream = self.pool.take_idle(ep.host, ep.port)
         elif ex.kind == KIND_CLIENT and faults.delay_only(ep.peer):
             # A delayed send is held here, by the fault engine's deadline heap, rather than
