@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import urllib.error
-import urllib.request
 from calendar import timegm
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,10 @@ def add_state_dir(parser: argparse.ArgumentParser) -> None:
 
 def api_get(api: str, path: str, *, timeout: float = 5.0) -> dict[str, Any]:
     """GET a JSON document from the mesh's API server; a 404 is an empty list."""
+    # Here, not at module level: the `up` daemon imports this package on its start path.
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{api}{path}", timeout=timeout) as resp:
             data = json.loads(resp.read())
