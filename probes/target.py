@@ -3,8 +3,16 @@
 Configuration keys (architecture.md "Experiment configuration keys"): ``target``
 (``local`` | ``kubernetes``), ``kubeconfig``, ``namespace`` (default ``shop``),
 ``ingress_url``, ``traces_url``, ``traces_api`` (``jaeger`` | ``tempo``),
-``meshchaos_state_dir``. On target ``local`` the URLs and the kubeconfig come from
-the state dir of the running mesh (``endpoints.json``, ``kubeconfig``); explicit keys win.
+``meshchaos_state_dir``, ``span_export_lag_s``. On target ``local`` the URLs and the
+kubeconfig come from the state dir of the running mesh (``endpoints.json``,
+``kubeconfig``); explicit keys win.
+
+``span_export_lag_s`` is how long after a span ends it can take to show in the trace
+query API. The local mesh exports every 100 to 200 ms; on a cluster Envoy's OpenTelemetry
+tracer and the OpenTelemetry SDKs flush every 5 s by default
+(``tracing.opentelemetry.flush_interval_ms``, ``OTEL_BSP_SCHEDULE_DELAY``), and the
+collector and backend add their own delay, so waiting less judges traces before they
+are complete.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ __all__ = ["Target", "resolve_target"]
 
 DEFAULT_NAMESPACE = "shop"
 DEFAULT_STATE_DIR = ".meshchaos"
+# Export interval + encode/POST/ingest margin, per target (see the module docstring).
+DEFAULT_EXPORT_LAG_S = {"local": 0.3, "kubernetes": 7.0}
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class Target:
     traces_url: str
     traces_api: str
     kubeconfig: str | None
+    span_export_lag_s: float = DEFAULT_EXPORT_LAG_S["local"]
 
     def api_client(self) -> Any:
         """A Kubernetes ``ApiClient`` for this target's kubeconfig (default: the usual one)."""
@@ -84,10 +95,25 @@ def resolve_target(configuration: Mapping[str, Any] | None) -> Target:
         return Target(kind, namespace,
                       str(config.get("ingress_url") or endpoints.get("ingress", "")).rstrip("/"),
                       str(config.get("traces_url") or endpoints.get("traces", "")).rstrip("/"),
-                      api, str(kubeconfig))
+                      api, str(kubeconfig), _export_lag(config, kind))
     if kind == "kubernetes":
         return Target(kind, namespace, _require(config, "ingress_url", kind),
                       _require(config, "traces_url", kind), api,
-                      str(config["kubeconfig"]) if config.get("kubeconfig") else None)
+                      str(config["kubeconfig"]) if config.get("kubeconfig") else None,
+                      _export_lag(config, kind))
     raise ConfigurationError(f"configuration key 'target' must be 'local' or 'kubernetes', "
                              f"got {kind!r}")
+
+
+def _export_lag(config: Mapping[str, Any], kind: str) -> float:
+    raw = config.get("span_export_lag_s")
+    if raw is None or raw == "":
+        return DEFAULT_EXPORT_LAG_S[kind]
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0 < value <= 60:
+        raise ConfigurationError(f"configuration key 'span_export_lag_s' must be seconds in "
+                                 f"(0, 60], got {raw!r}")
+    return value

@@ -48,8 +48,11 @@ def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadlin
         mesh = read_mesh_settings(api_client, timeout_s=min(5.0, deadline.check("reading mesh")))
         sampled = [r.trace_id for r in sent if r.sampled]
         with TraceReader(target.traces_url, target.traces_api) as reader:
-            wait = min(trace_wait_s, deadline.check("waiting for traces") * 0.6)
-            result = wait_settled(reader, sent, tree.hops(), wait_s=wait)
+            lag = target.span_export_lag_s
+            # A slow exporter (a cluster's 5 s flush) needs room for two polls past its lag.
+            wait = min(max(trace_wait_s, 2 * lag + 1.0),
+                       deadline.check("waiting for traces") * 0.6)
+            result = wait_settled(reader, sent, tree.hops(), wait_s=wait, lag_s=lag)
             traces = dict(result.traces)
             # Unsampled requests must leave no span: look once, after the sampled ones had
             # all the time they needed to arrive.

@@ -40,7 +40,8 @@ __all__ = ["DEFAULT_SETTLE_S", "EXPORT_LAG_S", "Settled", "answered_at", "settle
 _APP_NOT_REACHED = frozenset({"UF", "UH", "NR", "NC", "UO", "URX", "UC"})
 
 # The longest export interval of the local mesh (sidecars: 200 ms) plus room for the
-# encode, the POST and the store's ingest on a busy machine.
+# encode, the POST and the store's ingest on a busy machine. Targets carry their own
+# (``Target.span_export_lag_s``: a cluster's exporters flush every 5 s).
 EXPORT_LAG_S = 0.3
 POLL_S = 0.05
 
@@ -143,6 +144,7 @@ DEFAULT_SETTLE_S = 8.0
 def settle(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadline: Deadline,
            wait_s: float = DEFAULT_SETTLE_S) -> Settled:
     """:func:`wait_settled` against the target's trace API, within the probe's deadline."""
-    wait = min(wait_s, deadline.check("waiting for the traces to settle") * 0.5)
+    lag = target.span_export_lag_s
+    wait = min(max(wait_s, 2 * lag + 1.0), deadline.check("waiting for the traces to settle") * 0.5)
     with TraceReader(target.traces_url, target.traces_api) as reader:
-        return wait_settled(reader, sent, tree.hops(), wait_s=wait)
+        return wait_settled(reader, sent, tree.hops(), wait_s=wait, lag_s=lag)

@@ -27,7 +27,7 @@ IDS = [p.stem for p in EXPERIMENTS]
 CONFIG_KEYS = {"target", "kubeconfig", "namespace", "ingress_url", "traces_url", "traces_api",
                "meshchaos_state_dir", "meshchaos_manifests", "chain_defect", "chain_defect_hop",
                "chain_defect_env",
-               "allowed_namespaces", "dry_run", "report_dir"}
+               "allowed_namespaces", "dry_run", "report_dir", "span_export_lag_s"}
 
 
 def load(path: Path) -> dict[str, Any]:

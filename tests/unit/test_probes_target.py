@@ -55,3 +55,30 @@ def test_kubernetes_target_uses_the_given_kubeconfig() -> None:
     assert (target.ingress_url, target.kubeconfig) == ("http://i", "/k")
     with pytest.raises(ConfigurationError, match="cannot load kubeconfig '/k'"):
         target.api_client()
+
+
+def test_a_cluster_waits_for_envoys_five_second_span_flush_by_default() -> None:
+    """Envoy's OpenTelemetry tracer flushes every tracing.opentelemetry.flush_interval_ms
+    (default 5000), as does the OpenTelemetry SDK's batch processor (OTEL_BSP_SCHEDULE_DELAY):
+    judging a trace sooner on a cluster would judge it before its spans arrived."""
+    target = resolve_target({"target": "kubernetes", "ingress_url": "http://i",
+                             "traces_url": "http://t"})
+    assert target.span_export_lag_s > 5.0
+
+
+def test_the_local_mesh_exports_within_a_third_of_a_second(tmp_path: Path) -> None:
+    (tmp_path / "endpoints.json").write_text(json.dumps({"ingress": "http://a", "traces": "b"}))
+    assert resolve_target({"meshchaos_state_dir": str(tmp_path)}).span_export_lag_s == 0.3
+
+
+def test_the_export_lag_can_be_set_for_a_tuned_cluster() -> None:
+    target = resolve_target({"target": "kubernetes", "ingress_url": "http://i",
+                             "traces_url": "http://t", "span_export_lag_s": "1.5"})
+    assert target.span_export_lag_s == 1.5
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "600"])
+def test_an_export_lag_that_is_no_sensible_duration_names_the_key_and_value(value: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"'span_export_lag_s' must be .* got '{value}'"):
+        resolve_target({"target": "kubernetes", "ingress_url": "http://i",
+                        "traces_url": "http://t", "span_export_lag_s": value})
