@@ -133,8 +133,9 @@ def dockerfile_copies() -> list[str]:
 async def test_the_image_file_set_alone_runs_the_chain(tmp_path: Path) -> None:
     """fixtures/Dockerfile copies fixtures/chain/ and, of localmesh, only the lean HTTP stack
     (localmesh.http and what it imports): those files, with the third-party packages but
-    without the editable project (python -S skips its .pth), must start, answer /healthz and
-    report a refused downstream call as 502."""
+    without the editable project (python -S skips its .pth), must start without importing
+    the packages the image does not install, answer /healthz and report a refused downstream
+    call as 502."""
     import shutil
     import sysconfig
 
@@ -145,8 +146,14 @@ async def test_the_image_file_set_alone_runs_the_chain(tmp_path: Path) -> None:
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / source, target)
-    probe = ("import importlib.util, fixtures.chain.app as a, localmesh.http as h; "
-             "print(importlib.util.find_spec('localmesh.mesh') is None, a.__file__, h.__file__)")
+    # What the image leaves out (aiohttp, the OTLP exporter package and its requests and
+    # protobuf) must not be imported by the chain's start path.
+    probe = ("import sys, importlib.util, fixtures.chain.run, fixtures.chain.app as a, "
+             "localmesh.http as h; "
+             "left_out = sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('aiohttp', 'requests', 'google') or m.startswith('opentelemetry.exporter')); "
+             "print(importlib.util.find_spec('localmesh.mesh') is None, a.__file__, h.__file__, "
+             "','.join(left_out) or '-')")
     env = {"PATH": os.environ.get("PATH", ""),
            "PYTHONPATH": f"{tmp_path}:{sysconfig.get_paths()['purelib']}"}
     check = await asyncio.create_subprocess_exec(
@@ -154,7 +161,7 @@ async def test_the_image_file_set_alone_runs_the_chain(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(check.communicate(), 30.0)
     assert out.decode().split() == ["True", str(tmp_path / "fixtures/chain/app.py"),
-                                    str(tmp_path / "localmesh/http/__init__.py")], err
+                                    str(tmp_path / "localmesh/http/__init__.py"), "-"], err
     env.update({"PORT": "0", "CHAIN_HOST": "127.0.0.1", "CHAIN_CALLS": "seq:http://127.0.0.1:9/x"})
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-S", "-m", "fixtures.chain", cwd=tmp_path, env=env,
