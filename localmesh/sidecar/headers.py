@@ -9,9 +9,9 @@ external by default, so both listeners strip these unless the mesh switch
 from __future__ import annotations
 
 import functools
-import random
 
 from localmesh.http.message import HOP_BY_HOP
+from localmesh.sidecar.ids import random_uuid4
 
 __all__ = [
     "INTERNAL_ONLY",
@@ -78,7 +78,4 @@ def strip_internal(headers: dict[str, str]) -> None:
 
 def new_request_id() -> str:
     """A random (version 4) UUID; ``uuid.uuid4()`` costs several µs, this a fraction."""
-    value = (random.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64))
-    value = value & ~(0xC000 << 48) | (0x8000 << 48)
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return random_uuid4()

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
 import time
 from dataclasses import dataclass, field
 
 from localmesh.http.client import ConnectionPool
 from localmesh.http.errors import HttpError
+from localmesh.sidecar.ids import random_hex
 from localmesh.sidecar.otlp_wire import SpanEncoder
 
 __all__ = ["KIND_CLIENT", "KIND_SERVER", "Span", "SpanContext", "SpanExporter",
@@ -36,6 +36,8 @@ KIND_SERVER = 2
 KIND_CLIENT = 3
 # Spans encoded between two yields to the loop: ~1 ms of work at most on this box.
 _ENCODE_SLICE = 64
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 # 2/32/16/2 hex digits, either case: the shape Envoy's extractor accepts (§3).
 _TRACEPARENT = re.compile(r"[0-9a-fA-F]{2}-[0-9a-fA-F]{32}-[0-9a-fA-F]{16}-[0-9a-fA-F]{2}")
 
@@ -48,12 +50,13 @@ class SpanContext:
 
 
 def new_trace_id() -> str:
-    # The module-level generator: it is reseeded after fork (the supervisor's fork server).
-    return f"{random.getrandbits(128) or 1:032x}"
+    value = random_hex(32)
+    return value if value != _ZERO_TRACE else new_trace_id()  # all-zero ids are invalid
 
 
 def new_span_id() -> str:
-    return f"{random.getrandbits(64) or 1:016x}"
+    value = random_hex(16)
+    return value if value != _ZERO_SPAN else new_span_id()
 
 
 def parse_traceparent(value: str) -> SpanContext | None:

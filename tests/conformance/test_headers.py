@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 
+from localmesh.sidecar.headers import new_request_id
+from localmesh.sidecar.tracing import new_trace_id
 from tests.conformance.conftest import Pair, leaf_route
 
 APP_TIMEOUT_HEADERS = {
@@ -139,3 +142,22 @@ async def test_app_per_try_timeout_header_is_honoured_with_the_switch_on(pair: P
     assert " 504 UT,URX upstream_per_try_timeout " in line
     assert [s.headers["x-envoy-attempt-count"] for s in pair.app.seen] == ["1", "2"]
     assert all("x-envoy-upstream-rq-per-try-timeout-ms" not in s.headers for s in pair.app.seen)
+
+
+def test_generated_ids_are_distinct_and_a_forked_child_draws_its_own() -> None:
+    """§3: request ids are random v4 UUIDs and trace/span ids random non-zero hex; sidecars
+    started from the supervisor's fork server must not hand out their parent's next ids."""
+    ids = [new_request_id() for _ in range(3000)]
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    assert all(len(t) == 32 and int(t, 16) for t in (new_trace_id() for _ in range(1000)))
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next trace id and leave at once
+        os.write(write_fd, new_trace_id().encode())
+        os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_fd) as pipe:
+        child = pipe.read()
+    assert len(child) == 32 and child != new_trace_id()
