@@ -3,6 +3,15 @@
 One :class:`Sidecar` per pod. The listeners share the configuration, which the
 admin endpoint replaces atomically (``apply_config``): a request reads
 ``self.cfg`` once and keeps that snapshot to the end.
+
+Two paths, one behaviour. Everything before the first try is synchronous
+(``_inbound``/``_outbound``). The common request (an idle keep-alive upstream
+connection, no fault on it but perhaps a caller-side delay) then runs on
+callbacks with no task (``fast_inbound``/``fast_outbound`` as the server's fast
+hook, :class:`~localmesh.sidecar.upstream.FastTry`); anything that has to wait
+(a new connection, a retry's backoff, a stall, loss, bandwidth, a response
+hold) continues in the coroutine ``_rest`` → ``call_upstream`` from the same
+router state, and both paths take their verdicts from the same functions.
 """
 
 from __future__ import annotations
@@ -383,16 +392,21 @@ class Sidecar:
 
     def _fast_done(self, ex: _Exchange, st: TryState, resp: Response | None) -> None:
         self.fast_in_flight -= 1
-        self.faults.run_due()  # each I/O callback polls the fault holds (see faults.py)
+        conn = ex.conn
         if resp is None:  # a retry: its backoff and the next tries run in a coroutine
             st.stage = "backoff"
-            ex.conn.adopt(self._rest(ex, st))
-            return
-        try:
-            self._settle(ex, resp)
-        except Exception:  # a bug here must not leave the downstream hanging
-            log.exception("settling %s %s failed", ex.req.method, ex.target)
-        ex.conn.respond(resp)
+            conn.adopt(self._rest(ex, st))
+        else:
+            # The answer first (the bookkeeping is off the latency path), then the log line,
+            # then the connection's next pipelined request, so log lines keep request order.
+            req = ex.req
+            conn.write(resp, req.keep_alive, req.method == "HEAD")
+            try:
+                self._settle(ex, resp)
+            except Exception:  # a bug here must not leave the downstream hanging
+                log.exception("settling %s %s failed", req.method, ex.target)
+            conn.respond(None)
+        self.faults.run_due()  # each I/O callback polls the fault holds (see faults.py)
 
     def _fast_lost(self, ex: _Exchange, ftry: FastTry) -> None:
         self.fast_in_flight -= 1

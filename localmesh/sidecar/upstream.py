@@ -29,8 +29,8 @@ from localmesh.sidecar.routing import Picker
 from localmesh.sidecar.tracing import KIND_CLIENT, Span, format_traceparent, new_span_id, now_ns
 from localmesh.sidecar.txn import Txn
 
-__all__ = ["FastTry", "TraceCtx", "TryState", "Upstream", "begin_try", "call_upstream",
-           "local_reply"]
+__all__ = ["FastTry", "TraceCtx", "TryDone", "TryState", "Upstream", "begin_try",
+           "call_upstream", "local_reply", "try_failure", "try_response", "try_timeout"]
 
 _GRPC_RETRY = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8",
                "internal": "13", "unavailable": "14"}
