@@ -174,14 +174,17 @@ class LocalMesh:
 
     async def _start(self, parsed: list[Manifest], started: float) -> Endpoints:
         otlp, traces = await self._serve_traces()
+        # Held (bound, not listening) until the gateway's sidecar is about to bind it: the
+        # supervisor shares this allocator and lets go of the port right before that spawn.
+        # Released here, any outgoing connection on the machine could take it as its
+        # ephemeral source port meanwhile, and the gateway would never start.
         ports = PortAllocator()
         ingress_port = ports.allocate()
-        ports.release(ingress_port)  # the gateway's sidecar binds it moments from now
         self.xds = XdsServer(self.store, otlp_endpoint=otlp)
         forkservers, self._forkservers = self._forkservers, {}
         self.supervisor = Supervisor(self.store, self.xds, state_dir=self.state.path,
                                      otlp_endpoint=otlp, ingress_port=ingress_port,
-                                     forkservers=forkservers)
+                                     forkservers=forkservers, ports=ports)
         self.supervisor.warm_up([m.obj for m in parsed])
         # Validation (CRD schemas) runs here while the fork server imports in its process.
         manifests = load_manifests(self.manifest_paths, registry=self.store.registry)

@@ -42,7 +42,8 @@ class Supervisor:
     def __init__(self, store: ObjectStore, xds: SidecarRegistry, *, state_dir: Path,
                  otlp_endpoint: str, ingress_port: int = 0, base_dir: Path | None = None,
                  sidecar_module: str = SIDECAR_MODULE,
-                 forkservers: dict[str, ForkServer] | None = None) -> None:
+                 forkservers: dict[str, ForkServer] | None = None,
+                 ports: PortAllocator | None = None) -> None:
         self.store = store
         self.logs = PodLogs(state_dir)
         self.controller = ReplicaSetController(store)
@@ -57,7 +58,8 @@ class Supervisor:
         self._retired: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ctx: PodContext | None = None
-        self._ports = PortAllocator()
+        # The caller's allocator may already hold ports for pods to come (the ingress port).
+        self._ports = ports if ports is not None else PortAllocator()
         self._retiring: dict[tuple[str, str], _Retiring] = {}
         self._terminating: set[tuple[str, str]] = set()
         self._seen_uids: set[str] = set()
