@@ -354,7 +354,9 @@ def _wait_injected(api_client: Any, obj: Obj, wait_timeout: float) -> Obj:
         status = current.get("status") or {}
         if _conditions(status).get("AllInjected") == "True":
             return status
-        if _conditions(status).get("Selected") != "True":
+        # Selected is "False" once the controller found no pod (records nil, §5.4); an
+        # absent condition only means it has not reconciled yet: no events to look up.
+        if _conditions(status).get("Selected") == "False":
             message = _no_pod_selected(api_client, obj)
             if message:
                 raise ChaosNotSelected(f"{label} selected no pod: {message}")
