@@ -17,13 +17,10 @@ router state, and both paths take their verdicts from the same functions.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import random
 import time
 from typing import Any
-
-import httptools
 
 from localmesh.http.client import ConnectionPool
 from localmesh.http.message import HOP_BY_HOP as _HOP_BY_HOP
@@ -32,12 +29,6 @@ from localmesh.http.server import ServerConnection
 from localmesh.sidecar import admin
 from localmesh.sidecar.accesslog import AccessLog
 from localmesh.sidecar.config import (
-    DEFAULT_RETRY,
-    Destination,
-    Endpoint,
-    RetryPolicy,
-    Route,
-    Service,
     SidecarConfig,
     parse_config,
 )
@@ -50,13 +41,9 @@ from localmesh.sidecar.headers import (
     peer_id,
     strip_internal,
 )
+from localmesh.sidecar.planner import Reject, RoutePlanner, sanitize, split_target
 from localmesh.sidecar.routing import (
     Picker,
-    default_route,
-    pick_destination,
-    resolve_host,
-    select_route,
-    split_authority,
 )
 from localmesh.sidecar.tracing import (
     KIND_CLIENT,
@@ -84,54 +71,7 @@ __all__ = ["Sidecar"]
 
 log = logging.getLogger("localmesh.sidecar")
 
-_PASSTHROUGH_ROUTE = "allow_any"
 _NO_ATTRS: dict[str, str | int | float] = {}
-
-
-def _is_address(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
-
-
-# Absolute-form targets (an app's HTTP_PROXY requests) → (path, authority). Apps call the
-# same few URLs over and over; bounded, since targets come from apps.
-_ABSOLUTE_TARGETS: dict[str, tuple[str, str]] = {}
-_MAX_ABSOLUTE_TARGETS = 4096
-
-
-def _split_absolute(target: str) -> tuple[str, str]:
-    url = httptools.parse_url(target.encode("latin-1"))
-    host = url.host.decode("latin-1") if url.host else ""
-    authority = f"{host}:{url.port}" if url.port else host
-    path = (url.path or b"/").decode("latin-1")
-    if url.query:
-        path = f"{path}?{url.query.decode('latin-1')}"
-    return path, authority
-
-
-# Istio's inbound default route: retry only what never reached the app (§2.2).
-_INBOUND_RETRY = RetryPolicy(2, 0.0, frozenset({"reset-before-request"}))
-
-
-class _Reject(Exception):
-    """A request answered locally before any upstream was chosen (NR, UH, NC)."""
-
-    def __init__(self, status: int, body: str, flag: str, details: str) -> None:
-        super().__init__(details)
-        self.status, self.body, self.flag, self.details = status, body, flag, details
-
-
-def _int_header(headers: dict[str, str], name: str) -> int | None:
-    """Pop an integer x-envoy-* header; non-integers are ignored (Envoy SimpleAtoi, §1.4)."""
-    value = headers.pop(name, None)
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value.strip())
 
 
 class _Exchange:
@@ -172,9 +112,8 @@ class Sidecar:
             "config_rejected": 0,
         }
         self._old_exporters: set[asyncio.Task[None]] = set()
-        # Per-configuration memo of routing results (default routes, endpoint lists): the
-        # frozen objects cost µs to build and only change when a new config arrives.
-        self._memo: dict[tuple[object, ...], Any] = {}
+        self.planner = RoutePlanner(self.picker, pod=pod, namespace=namespace, fqdn=self.fqdn,
+                                    mode=mode)
         # The attributes every span of this sidecar starts with (§3), built once.
         self._span_base: dict[str, str | int | float] = {
             "node_id": self.peer_id, "component": "proxy", "istio.namespace": namespace,
@@ -196,7 +135,7 @@ class Sidecar:
         if cfg.app_port:
             self.app_port = cfg.app_port
         self._configure_exporter(cfg.mesh.otlp_endpoint)
-        self._memo = {}
+        self.planner.reset()
         self.cfg = cfg
         self.stats["config_updates"] += 1
         return cfg
@@ -428,7 +367,7 @@ class Sidecar:
         if not cfg.mesh.honor_app_envoy_headers:
             strip_internal(headers)
         self._ensure_ids(headers)
-        up, span_name = self._inbound_upstream(cfg, txn.authority)
+        up, span_name = self.planner.inbound(cfg, txn.authority, self.app_port)
         txn.upstream_cluster = up.cluster
         txn.route_name = "default"
         start_ns = now_ns()
@@ -453,29 +392,6 @@ class Sidecar:
             self._fast(ex)
         return True
 
-    def _inbound_upstream(self, cfg: SidecarConfig, authority: str) -> tuple[Upstream, str]:
-        """The app as this config's inbound upstream, and the span name: built once per
-        (config, authority), the authority being the only per-request part."""
-        key = ("inbound", authority)
-        cached: tuple[Upstream, str] | None = self._memo.get(key)
-        if cached is None:
-            port = self._service_port(cfg)
-            app = self._memo.get(("app",))
-            if app is None:
-                app = self._memo[("app",)] = [
-                    Endpoint(self.pod, self.namespace, "127.0.0.1", self.app_port, {}, True)]
-            up = Upstream(f"inbound|{port}||", app, ("inbound", ""),
-                          cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0,
-                          _INBOUND_RETRY, authority, False, False)
-            cached = self._remember(key, (up, f"{self.fqdn}:{port}/*"))
-        return cached
-
-    def _service_port(self, cfg: SidecarConfig) -> int:
-        svc = cfg.services.get(self.fqdn)
-        if svc is not None and svc.ports:
-            return svc.ports[0]
-        return self.app_port
-
     @staticmethod
     def _url(txn: Txn) -> str:
         return f"http://{txn.authority}{txn.path}"
@@ -486,13 +402,13 @@ class Sidecar:
         """Everything before the first try (synchronous); a Response is a local reply."""
         cfg = self.cfg
         self.stats["downstream_rq_outbound"] += 1
-        path, authority = self._split_target(req)
+        path, authority = split_target(req)
         txn, headers = self._begin(req, conn, path, authority)
         if cfg is None:
             early = local_reply(503, "no configuration yet")
             self._end(txn, early)
             return early
-        overrides = self._sanitize(cfg, headers)
+        overrides = sanitize(cfg, headers)
         headers[PEER_HEADER] = self.peer_id
         self._ensure_ids(headers)
         start_ns = now_ns()
@@ -500,8 +416,8 @@ class Sidecar:
         # still appear in the trace; it is renamed after the route once one is found.
         trace, parent = self._trace(cfg, headers, f"{txn.authority}/*", child_spans=True)
         try:
-            up, name = self._plan(cfg, txn, headers, overrides)
-        except _Reject as rej:
+            up, name = self.planner.outbound(cfg, txn, headers, overrides)
+        except Reject as rej:
             txn.add_flag(rej.flag)
             txn.details = rej.details
             resp = local_reply(rej.status, rej.body)
@@ -529,151 +445,6 @@ class Sidecar:
         else:
             self._fast(ex)
         return True
-
-    @staticmethod
-    def _split_target(req: Request) -> tuple[str, str]:
-        """Absolute-form (proxy) or origin-form + Host → (path, authority)."""
-        target = req.target
-        if target.startswith(("http://", "HTTP://")):
-            split = _ABSOLUTE_TARGETS.get(target)
-            if split is None:
-                split = _split_absolute(target)
-                if len(_ABSOLUTE_TARGETS) < _MAX_ABSOLUTE_TARGETS:
-                    _ABSOLUTE_TARGETS[target] = split
-            return split
-        return target, req.headers.get("host", "")
-
-    @staticmethod
-    def _sanitize(cfg: SidecarConfig, headers: dict[str, str]) -> dict[str, Any]:
-        """§1.7: strip the internal-only headers, or (switch on) consume the router's ones."""
-        if not cfg.mesh.honor_app_envoy_headers:
-            strip_internal(headers)
-            return {}
-        out: dict[str, Any] = {
-            "timeout_ms": _int_header(headers, "x-envoy-upstream-rq-timeout-ms"),
-            "per_try_ms": _int_header(headers, "x-envoy-upstream-rq-per-try-timeout-ms"),
-            "max_retries": _int_header(headers, "x-envoy-max-retries"),
-        }
-        retry_on = headers.pop("x-envoy-retry-on", None)
-        if retry_on:
-            out["retry_on"] = frozenset(t.strip() for t in retry_on.split(",") if t.strip())
-        return out
-
-    def _routes_for(self, cfg: SidecarConfig, host: str) -> tuple[Route, ...] | None:
-        if cfg.mode == "gateway" or self.mode == "gateway":
-            for hosts, routes in cfg.gateway_routes:
-                if "*" in hosts or host in hosts:
-                    return routes
-        return None
-
-    def _plan(self, cfg: SidecarConfig, txn: Txn, headers: dict[str, str],
-              overrides: dict[str, Any]) -> tuple[Upstream, str]:
-        """Route the request: pick the route and destination, then the upstream to call."""
-        if not overrides:
-            # One route without matches to one destination (a Service without a
-            # VirtualService, the usual case): the whole plan depends on the authority only.
-            plan: tuple[str, Upstream, str] | None = self._memo.get(("plan", txn.authority))
-            if plan is not None:
-                txn.route_name, up, name = plan
-                txn.upstream_cluster = up.cluster
-                return up, name
-        routes = self._routes_of(cfg, txn.authority)
-        route = select_route(routes, txn.path, headers)
-        if route is None:
-            raise _Reject(404, "", "NR", "route_not_found")
-        txn.route_name = route.name or "default"
-        dest = pick_destination(route)
-        if overrides:
-            up, name = self._upstream_for(cfg, txn.authority, route, dest, overrides)
-        else:
-            # Without app overrides the upstream only depends on (authority, route,
-            # destination) of this config: build it once.
-            # Identities, not values: route and destination live as long as this config.
-            key = ("up", txn.authority, id(route), id(dest))
-            cached = self._memo.get(key)
-            if cached is None:
-                cached = self._remember(key, self._upstream_for(cfg, txn.authority, route,
-                                                                dest, overrides))
-            up, name = cached
-            if len(routes) == 1 and not route.matches and len(route.destinations) == 1:
-                self._remember(("plan", txn.authority), (txn.route_name, up, name))
-        txn.upstream_cluster = up.cluster
-        return up, name
-
-    def _remember(self, key: tuple[object, ...], value: Any) -> Any:
-        if len(self._memo) > 10_000:  # authorities come from apps: keep the memo bounded
-            self._memo.clear()
-        self._memo[key] = value
-        return value
-
-    def _routes_of(self, cfg: SidecarConfig, authority: str) -> tuple[Route, ...]:
-        key = ("routes", authority)
-        routes = self._memo.get(key)
-        if routes is None:
-            routes = self._remember(key, self._lookup_routes(cfg, authority))
-        if not routes:
-            raise _Reject(404, "", "NR", "route_not_found")
-        return routes  # type: ignore[no-any-return]
-
-    def _lookup_routes(self, cfg: SidecarConfig, authority: str) -> tuple[Route, ...]:
-        """The routes of the host named by ``authority``; () when nothing serves it (NR)."""
-        host, port = split_authority(authority)
-        routes = self._routes_for(cfg, host)
-        if routes is not None:
-            return routes
-        svc = resolve_host(cfg, host)
-        if svc is None and port is not None and _is_address(host):
-            # Istio's default outboundTrafficPolicy ALLOW_ANY: an IP that is no Service
-            # goes straight through (PassthroughCluster), e.g. an app's OTLP exporter.
-            return (Route(_PASSTHROUGH_ROUTE, (), (Destination(host, "", port, 100),), 0.0,
-                          DEFAULT_RETRY),)
-        if svc is None or (port is not None and svc.ports and port not in svc.ports):
-            return ()
-        return tuple(cfg.routes.get(svc.fqdn) or ()) or self._default_routes(svc, port)
-
-    def _upstream_for(self, cfg: SidecarConfig, authority: str, route: Route, dest: Destination,
-                      overrides: dict[str, Any]) -> tuple[Upstream, str]:
-        if route.name == _PASSTHROUGH_ROUTE:
-            ep = Endpoint("", "", dest.host, dest.port, {}, True)
-            return (Upstream("PassthroughCluster", [ep], ("passthrough", ""),
-                             cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0, DEFAULT_RETRY,
-                             authority, True, True), "PassthroughCluster")
-        dsvc = resolve_host(cfg, dest.host)
-        if dsvc is None:
-            raise _Reject(503, "", "NC", "cluster_not_found")
-        _, port = split_authority(authority)
-        dport = dest.port or port or (dsvc.ports[0] if dsvc.ports else 80)
-        eps = self.picker.candidates(cfg, dsvc, dest.subset)
-        if not eps:
-            raise _Reject(503, "no healthy upstream", "UH", "no_healthy_upstream")
-        policy = route.retry
-        global_ms = route.timeout_ms
-        per_try = policy.per_try_timeout_ms
-        if overrides.get("timeout_ms") is not None:
-            global_ms = float(overrides["timeout_ms"])
-        if overrides.get("per_try_ms") is not None:
-            per_try = float(overrides["per_try_ms"])
-        if overrides.get("max_retries") is not None or overrides.get("retry_on"):
-            policy = RetryPolicy(
-                overrides["max_retries"] if overrides.get("max_retries") is not None
-                else policy.num_retries, per_try,
-                policy.retry_on | overrides.get("retry_on", frozenset()),
-                policy.retriable_status_codes)
-        if global_ms and per_try >= global_ms:
-            per_try = 0.0  # §1.2: a per-try timeout >= the global one is ignored
-        connect_ms = cfg.connect_timeout_ms.get(dsvc.fqdn) or cfg.mesh.connect_timeout_ms
-        cluster = f"outbound|{dport}|{dest.subset}|{dsvc.fqdn}"
-        up = Upstream(cluster, eps, (dsvc.fqdn, dest.subset), connect_ms / 1000.0,
-                      global_ms, per_try, policy, authority or dsvc.fqdn, True, True)
-        return up, f"{dsvc.fqdn}:{dport}/*"
-
-    def _default_routes(self, svc: Service, port: int | None) -> tuple[Route, ...]:
-        key = ("default", svc.fqdn, str(port))
-        routes = self._memo.get(key)
-        if routes is None:
-            routes = self._memo[key] = (
-                default_route(svc, port or (svc.ports[0] if svc.ports else 80)),)
-        return routes
 
     # -- admin --------------------------------------------------------------------------
 
