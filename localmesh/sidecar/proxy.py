@@ -377,15 +377,19 @@ class Sidecar:
 
     async def handle_inbound(self, req: Request, conn: ServerConnection) -> Response | None:
         """Callers' sidecars → this pod's app (listener ``inbound|<port>||``)."""
-        ex = self._inbound(req, conn)
-        if isinstance(ex, Response):
-            return ex
-        return await self._rest(ex, None)
+        return await self._serve(self._inbound(req, conn))
 
     def fast_inbound(self, req: Request, conn: ServerConnection) -> bool:
         """:meth:`handle_inbound` without a task in the common case (server fast hook)."""
         self.faults.run_due()  # each I/O callback polls the fault holds (see faults.py)
-        ex = self._inbound(req, conn)
+        return self._serve_fast(self._inbound(req, conn), conn)
+
+    async def _serve(self, ex: _Exchange | Response) -> Response | None:
+        if isinstance(ex, Response):
+            return ex
+        return await self._rest(ex, None)
+
+    def _serve_fast(self, ex: _Exchange | Response, conn: ServerConnection) -> bool:
         if isinstance(ex, Response):
             conn.respond(ex)
         else:
@@ -431,20 +435,12 @@ class Sidecar:
 
     async def handle_outbound(self, req: Request, conn: ServerConnection) -> Response | None:
         """The app's HTTP_PROXY (or, in gateway mode, the ingress) → a Service."""
-        ex = self._outbound(req, conn)
-        if isinstance(ex, Response):
-            return ex
-        return await self._rest(ex, None)
+        return await self._serve(self._outbound(req, conn))
 
     def fast_outbound(self, req: Request, conn: ServerConnection) -> bool:
         """:meth:`handle_outbound` without a task in the common case (server fast hook)."""
         self.faults.run_due()  # each I/O callback polls the fault holds (see faults.py)
-        ex = self._outbound(req, conn)
-        if isinstance(ex, Response):
-            conn.respond(ex)
-        else:
-            self._fast(ex)
-        return True
+        return self._serve_fast(self._outbound(req, conn), conn)
 
     # -- admin --------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import requests
@@ -64,13 +64,7 @@ class TraceReader:
         if resp.status_code != 200:
             raise EvidenceError(f"trace api '{self.url}' answered {resp.status_code} for trace "
                                 f"{trace_id}: {resp.text[:200]!r}")
-        with gc_paused():
-            try:
-                doc: Any = json.loads(resp.content)
-            except ValueError as exc:
-                raise EvidenceError(f"trace api '{self.url}' sent non-JSON for "
-                                    f"{trace_id}") from exc
-            spans = parse_tempo(doc) if self.api == "tempo" else parse_jaeger(doc)
+        spans = self._decode(resp, trace_id, parse_tempo if self.api == "tempo" else parse_jaeger)
         return [s for s in spans if s.trace_id == trace_id]
 
     def fetch_many(self, trace_ids: Sequence[str]) -> dict[str, list[Span]]:
@@ -85,6 +79,16 @@ class TraceReader:
                 if span.trace_id in found:
                     found[span.trace_id].append(span)
         return found
+
+    def _decode(self, resp: requests.Response, what: str,
+                parse: Callable[[Any], list[Span]]) -> list[Span]:
+        """A trace answer's spans (decoded with the cyclic GC paused, see gcpause)."""
+        with gc_paused():
+            try:
+                doc: Any = json.loads(resp.content)
+            except ValueError as exc:
+                raise EvidenceError(f"trace api '{self.url}' sent non-JSON for {what}") from exc
+            return parse(doc)
 
     def _search(self, batch: tuple[str, ...]) -> list[Span]:
         """One Jaeger search by ids, conditional on the previous answer for the same ids."""
@@ -102,13 +106,7 @@ class TraceReader:
         if resp.status_code != 200:
             raise EvidenceError(f"trace api '{self.url}' answered {resp.status_code} for "
                                 f"{len(batch)} trace ids: {resp.text[:200]!r}")
-        with gc_paused():
-            try:
-                doc: Any = json.loads(resp.content)
-            except ValueError as exc:
-                raise EvidenceError(f"trace api '{self.url}' sent non-JSON for "
-                                    f"{len(batch)} trace ids") from exc
-            spans = parse_jaeger(doc)
+        spans = self._decode(resp, f"{len(batch)} trace ids", parse_jaeger)
         tag = resp.headers.get("ETag")
         if tag:
             if len(self._seen) >= _REMEMBERED:  # a long wait polls ever smaller batches
