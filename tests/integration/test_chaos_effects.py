@@ -293,7 +293,11 @@ def test_loss_inflates_the_tail_in_retransmission_steps(mesh: Mesh) -> None:
         chaos.remove_run_chaos(configuration=config)
     extra = [v - base for v in values]
     steps = (0.0, 0.2, 0.6, 1.4, 3.0)
-    assert all(min(abs(e - s) for s in steps) <= 0.06 for e in extra), extra
+    off_step = [e for e in extra if min(abs(e - s) for s in steps) > 0.06]
+    # A busy 2-core runner can stall one call by tens of ms; a wrong model (a uniform or a
+    # fixed delay) would put most samples off the steps, and a hold never shortens a call.
+    assert len(off_step) <= 2, (off_step, extra)
+    assert all(e >= -0.02 for e in extra), extra
     assert any(e >= 0.19 for e in extra), extra
     assert sum(e < 0.06 for e in extra) >= 10, extra
 
