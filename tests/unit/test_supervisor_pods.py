@@ -435,9 +435,11 @@ async def test_an_app_that_starts_during_its_sidecars_probe_is_ready_without_a_p
         if container.name != "istio-proxy" or held["done"]:
             return await original(self, container)
         probing.set()
-        app = self.containers["echo"]
-        # Polls the real probe too, so no Event can stand in for this loop.
-        while not (app.running and await original(self, container)):  # noqa: ASYNC110
+        # Polls the real probe too, so no Event can stand in for this loop. The app's
+        # container may not be registered yet when the first probe runs.
+        while not (  # noqa: ASYNC110
+                (app := self.containers.get("echo")) is not None and app.running
+                and await original(self, container)):
             await asyncio.sleep(0.01)  # answer only once the app has started meanwhile
         held["done"] = True
         return True
