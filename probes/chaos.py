@@ -470,8 +470,8 @@ def _remove_with(api_client: Any, targets: list[Obj], wait_timeout: float) -> di
     return {"removed": removed, "already_gone": already_gone, "dry_run": False}
 
 
-def _labels_or_none(api: Any, ref: Mapping[str, str]) -> dict[str, str] | None:
-    """The labels of an object named by the caller; None when it is already gone."""
+def _read_or_none(api: Any, ref: Mapping[str, str], doing: str = "") -> Obj | None:
+    """The object named by ``ref``; None when it is gone (404)."""
     try:
         current: Any = api.get_namespaced_custom_object(GROUP, VERSION, ref["namespace"],
                                                         PLURALS[ref["kind"]], ref["name"],
@@ -479,8 +479,16 @@ def _labels_or_none(api: Any, ref: Mapping[str, str]) -> dict[str, str] | None:
     except _api_exception() as exc:
         if _status_of(exc) == 404:
             return None
-        raise ChaosError(f"could not read {ref['kind']} '{ref['namespace']}/{ref['name']}': "
-                         f"{_reason(exc)}") from exc
+        raise ChaosError(f"could not read {ref['kind']} '{ref['namespace']}/{ref['name']}'"
+                         f"{doing}: {_reason(exc)}") from exc
+    return dict(current)
+
+
+def _labels_or_none(api: Any, ref: Mapping[str, str]) -> dict[str, str] | None:
+    """The labels of an object named by the caller; None when it is already gone."""
+    current = _read_or_none(api, ref)
+    if current is None:
+        return None
     return dict((current.get("metadata") or {}).get("labels") or {})
 
 
@@ -488,15 +496,9 @@ def _wait_gone(api: Any, ref: Mapping[str, str], deadline: float, wait_timeout: 
     status: Obj = {}
     pause = _POLL_FIRST_S
     while True:
-        try:
-            current: Any = api.get_namespaced_custom_object(GROUP, VERSION, ref["namespace"],
-                                                       PLURALS[ref["kind"]], ref["name"],
-                                                       _request_timeout=_REQUEST_TIMEOUT_S)
-        except _api_exception() as exc:
-            if _status_of(exc) == 404:
-                return
-            raise ChaosError(f"could not read {ref['kind']} '{ref['namespace']}/"
-                             f"{ref['name']}' while removing it: {_reason(exc)}") from exc
+        current = _read_or_none(api, ref, " while removing it")
+        if current is None:
+            return
         status = current.get("status") or {}
         if time.monotonic() >= deadline:
             raise ChaosNotRemoved(f"{ref['kind']} '{ref['namespace']}/{ref['name']}' was "
