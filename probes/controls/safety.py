@@ -22,14 +22,18 @@ Usage (in the experiment's ``controls``)::
 - ``after_experiment_control`` removes every chaos object labelled with the run id,
   whatever the outcome, and records what it removed in the journal
   (``meshchaos_safety``); ``cleanup_control`` does it again if that did not succeed and
-  restores the signal handlers.
+  restores the signal handlers. Under ``chaos run``, whose CLI writes the journal after the
+  controls are cleaned up, it then ignores Ctrl-C for a few seconds: a second press landing
+  in that write would leave an empty journal.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +58,7 @@ logger = logging.getLogger("chaostoolkit")
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PRELOAD_WAIT_S = 10.0  # bounded: a cleanup must never hang on an import
+_JOURNAL_GRACE_S = 5.0  # chaos run writes its journal moments after the controls' cleanup
 _CHAOS_MODULE, _APPLY = "probes.chaos", "apply_chaos"
 
 
@@ -133,6 +138,8 @@ def cleanup_control() -> None:
         _cleanup("at control cleanup", relist=True)
     finally:
         _restore_signal_handlers(run)
+        if run.ending and _under_chaos_cli():
+            _guard_journal_write()
         _run = None
 
 
@@ -269,6 +276,34 @@ def _restore_signal_handlers(run: _Run) -> None:
     for signum, previous in run.previous.items():
         if signal.getsignal(signum) is _on_signal:
             signal.signal(signum, previous)
+
+
+def _under_chaos_cli() -> bool:
+    """Whether this process is the ``chaos`` command (which writes the journal after us)."""
+    return Path(sys.argv[0]).name == "chaos" or sys.argv[0].endswith("chaostoolkit/__main__.py")
+
+
+def _guard_journal_write(grace_s: float = _JOURNAL_GRACE_S) -> None:
+    """Ignore Ctrl-C for ``grace_s``: ``chaos run`` writes its journal right after the
+    controls' cleanup, and a KeyboardInterrupt inside that write leaves it empty. Later
+    presses do what the handler before did (main thread only, as signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    until = time.monotonic() + grace_s
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if time.monotonic() < until:
+            logger.warning("Ctrl-C ignored: the run's chaos is removed and its journal is "
+                           "being written")
+            return
+        signal.signal(signal.SIGINT, previous)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

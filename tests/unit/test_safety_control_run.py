@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,23 @@ def test_ctrl_c_after_the_experiment_still_lets_the_run_write_its_journal(
     assert cluster.chaos_names() == []
     assert "the run is ending: its journal and report are written first" in caplog.text
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_while_chaos_run_writes_its_journal_is_ignored_then_works_again() -> None:
+    """chaos run writes its journal after the controls' cleanup; a KeyboardInterrupt inside
+    that write leaves an empty file. For a moment after the cleanup, Ctrl-C is ignored; after
+    that it interrupts as before, through the handler that was there."""
+    from probes.controls.safety import _guard_journal_write
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        _guard_journal_write(grace_s=0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here, and ignores it
+        time.sleep(0.3)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGINT, before)
