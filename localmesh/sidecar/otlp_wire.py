@@ -77,43 +77,27 @@ class _KeyCache:
     """One attribute key: its encoded name, and the whole ``Span.attributes`` field of
     each str or int value seen so far (methods, flags, clusters, status codes repeat)."""
 
-    __slots__ = ("ints", "key", "strs")
+    __slots__ = ("caches", "key")
 
     def __init__(self, key: str) -> None:
         self.key = _ld(0x0A, key.encode())
-        # Separate maps by exact type: True == 1 as dict keys, but not on the wire.
-        self.strs: dict[str, bytes] | None = {}
-        self.ints: dict[int, bytes] | None = {}
+        # One map per exact type: True == 1 as dict keys, but not on the wire; a type
+        # whose values never repeat (request ids) is dropped once its map is full.
+        self.caches: dict[type, dict[AttrValue, bytes]] = {str: {}, int: {}}
 
     def field(self, value: AttrValue) -> bytes:
-        cls = value.__class__
-        if cls is str:
-            strs = self.strs
-            if strs is not None:
-                cached = strs.get(value)  # type: ignore[arg-type]
-                if cached is not None:
-                    return cached
-            data = _ld(0x4A, self.key + _ld(0x12, _any(value)))
-            if strs is not None:
-                if len(strs) < _MAX_CACHED_VALUES:
-                    strs[value] = data  # type: ignore[index]
-                else:
-                    self.strs = None  # a key of unique values: stop looking them up
-            return data
-        if cls is int:
-            ints = self.ints
-            if ints is not None:
-                cached = ints.get(value)  # type: ignore[arg-type]
-                if cached is not None:
-                    return cached
-            data = _ld(0x4A, self.key + _ld(0x12, _any(value)))
-            if ints is not None:
-                if len(ints) < _MAX_CACHED_VALUES:
-                    ints[value] = data  # type: ignore[index]
-                else:
-                    self.ints = None
-            return data
-        return _ld(0x4A, self.key + _ld(0x12, _any(value)))
+        cache = self.caches.get(value.__class__)
+        if cache is not None:
+            cached = cache.get(value)
+            if cached is not None:
+                return cached
+        data = _ld(0x4A, self.key + _ld(0x12, _any(value)))
+        if cache is not None:
+            if len(cache) < _MAX_CACHED_VALUES:
+                cache[value] = data
+            else:
+                del self.caches[value.__class__]  # stop looking its values up
+        return data
 
 
 class SpanEncoder:
