@@ -39,11 +39,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import urllib3
 import yaml
 
 from probes import safety
+from probes.coreapi import core_get_json
 from probes.errors import (
     ChaosError,
     ChaosNotInjected,
@@ -325,15 +327,14 @@ def _conditions(status: Mapping[str, Any]) -> dict[str, str]:
 
 def _no_pod_selected(api_client: Any, obj: Obj) -> str | None:
     """The "no pod is selected" Failed event of the object, if Chaos Mesh reported one."""
-    from kubernetes import client
-
     meta = obj["metadata"]
-    events = client.CoreV1Api(api_client).list_namespaced_event(
-        meta["namespace"], field_selector=f"involvedObject.name={meta['name']}",
-        _request_timeout=_REQUEST_TIMEOUT_S)
-    for event in events.items:
-        if event.reason == "Failed" and "no pod is selected" in (event.message or ""):
-            return str(event.message)
+    events = core_get_json(api_client, f"/api/v1/namespaces/{quote(meta['namespace'])}/events",
+                           query={"fieldSelector": f"involvedObject.name={meta['name']}"},
+                           timeout_s=_REQUEST_TIMEOUT_S)
+    for event in events.get("items") or ():
+        message = str(event.get("message") or "")
+        if event.get("reason") == "Failed" and "no pod is selected" in message:
+            return message
     return None
 
 

@@ -137,7 +137,6 @@ def before_experiment_control(context: dict[str, Any],
             "with `meshchaos down` or set meshchaos_state_dir to another directory")
     if endpoints is None:
         thread, endpoints = _start_mesh(configuration, state_dir, overrides, launched)
-    _preload_kube_client()
     _remember(thread)
     _publish(configuration, endpoints, state_dir)
 
@@ -194,27 +193,6 @@ def _export_cluster_kubeconfig(configuration: MutableMapping[str, Any]) -> None:
     _remember(None)
     os.environ["KUBECONFIG"] = str(path)
     _point_kube_client_at(str(path))
-
-
-def _preload_kube_client() -> threading.Thread:
-    """Import the Kubernetes client's core API in the background, once the mesh is up.
-
-    ``CoreV1Api`` alone costs 0.7 s of CPU to import (each of its methods is wrapped by
-    pydantic's validate_call; 1-5 s on a busy node), and only the evidence readers (pods,
-    their logs, the mesh ConfigMap) use it, from the first hypothesis probe on. Imported
-    while the baseline and the chaos action run (mostly waits on other processes), it is
-    off the run's critical path; imported while the mesh starts, it would slow the start
-    (the safety control already loads what the chaos actions use then). A later import
-    simply waits on the import lock for this one.
-    """
-    def load() -> None:
-        import kubernetes.client.api.core_v1_api
-        import kubernetes.client.api.custom_objects_api
-        import kubernetes.config  # noqa: F401
-
-    thread = threading.Thread(target=load, name="meshchaos-preload-kube", daemon=True)
-    thread.start()
-    return thread
 
 
 def _live_endpoints(state_dir: Path) -> Any | None:

@@ -249,8 +249,8 @@ def _preload_kubernetes() -> None:
     from kubernetes.config.config_exception import ConfigException
 
     # kubernetes >= 30 resolves its API classes lazily, on first attribute access. The
-    # removals use CustomObjectsApi only; CoreV1Api (0.7 s more) is the local-mesh
-    # control's to load, after the mesh is up (its start would compete with it for CPU).
+    # suite uses CustomObjectsApi only (core/v1 reads go through probes.coreapi: CoreV1Api
+    # would cost 1 s more of CPU).
     loaded = (client.ApiClient, client.CustomObjectsApi, config.new_client_from_config,
               ApiException, ConfigException)
     logger.debug("kubernetes client ready for cleanup (%d names)", len(loaded))

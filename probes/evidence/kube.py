@@ -13,9 +13,11 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
+from probes.coreapi import core_get, core_get_json
 from probes.errors import EvidenceError
 from probes.evidence.accesslog import AccessLogRecord, LogFormat, compile_format, parse_lines
 from probes.evidence.formats import ISTIO_JSON, ISTIO_TEXT
@@ -65,12 +67,6 @@ def parse_mesh_config(mesh_yaml: str | None,
                         str(flag).lower() == "true")
 
 
-def _core(api_client: Any) -> Any:
-    from kubernetes import client  # slow import, only when evidence is read
-
-    return client.CoreV1Api(api_client)
-
-
 def _api_error(what: str, exc: Exception) -> EvidenceError:
     status = getattr(exc, "status", None)
     detail = f"http {status}" if status else str(exc)
@@ -81,16 +77,20 @@ def read_mesh_settings(api_client: Any, *, timeout_s: float = 5.0) -> MeshSettin
     """Read ConfigMap istio-system/istio (absent → Istio's defaults: no access log)."""
     from kubernetes.client.exceptions import ApiException
 
+    what = "configmap istio-system/istio"
     try:
-        cm = _core(api_client).read_namespaced_config_map("istio", "istio-system",
-                                                          _request_timeout=timeout_s)
+        cm = core_get_json(api_client, "/api/v1/namespaces/istio-system/configmaps/istio",
+                           timeout_s=timeout_s)
     except ApiException as exc:
         if exc.status == 404:
             return parse_mesh_config(None)
-        raise _api_error("configmap istio-system/istio", exc) from exc
+        raise _api_error(what, exc) from exc
     except OSError as exc:
-        raise _api_error("configmap istio-system/istio", exc) from exc
-    return parse_mesh_config((cm.data or {}).get("mesh"), cm.metadata.annotations or {})
+        raise _api_error(what, exc) from exc
+    except ValueError as exc:
+        raise EvidenceError(f"could not read {what}: the API sent no JSON ({exc})") from exc
+    return parse_mesh_config((cm.get("data") or {}).get("mesh"),
+                             (cm.get("metadata") or {}).get("annotations") or {})
 
 
 def read_proxy_logs(api_client: Any, namespace: str, log_format: LogFormat, *,
@@ -104,11 +104,10 @@ def read_proxy_logs(api_client: Any, namespace: str, log_format: LogFormat, *,
     pods = _sidecar_pods(api_client, namespace, timeout_s)
     if not pods:
         return [], 0
-    core = _core(api_client)
     with ThreadPoolExecutor(max_workers=min(_LOG_READERS, len(pods)),
                             thread_name_prefix="meshchaos-logs") as pool:
-        texts = list(pool.map(lambda pod: _proxy_log(core, namespace, pod[0], since_seconds,
-                                                     timeout_s), pods))
+        texts = list(pool.map(lambda pod: _proxy_log(api_client, namespace, pod[0],
+                                                     since_seconds, timeout_s), pods))
     records: list[AccessLogRecord] = []
     skipped = 0
     with gc_paused():
@@ -134,9 +133,8 @@ def _sidecar_pods(api_client: Any, namespace: str,
     from kubernetes.client.exceptions import ApiException
 
     try:
-        resp = _core(api_client).list_namespaced_pod(namespace, _request_timeout=timeout_s,
-                                                     _preload_content=False)
-        doc = json.loads(resp.data)
+        doc = core_get_json(api_client, f"/api/v1/namespaces/{quote(namespace)}/pods",
+                            timeout_s=timeout_s)
     except (ApiException, OSError) as exc:
         raise _api_error(f"pods of namespace '{namespace}'", exc) from exc
     except ValueError as exc:
@@ -150,22 +148,22 @@ def _sidecar_pods(api_client: Any, namespace: str,
     return pods
 
 
-def _proxy_log(core: Any, namespace: str, name: str, since_seconds: int,
+def _proxy_log(api_client: Any, namespace: str, name: str, since_seconds: int,
                timeout_s: float) -> str | None:
     """One pod's istio-proxy log text; None when the pod went away meanwhile."""
     from kubernetes.client.exceptions import ApiException
 
     try:
-        text = core.read_namespaced_pod_log(name, namespace, container="istio-proxy",
-                                            since_seconds=max(1, since_seconds),
-                                            _request_timeout=timeout_s)
+        text = core_get(api_client, f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/log",
+                        query={"container": "istio-proxy", "sinceSeconds": max(1, since_seconds)},
+                        timeout_s=timeout_s, accept="text/plain").decode(errors="replace")
     except ApiException as exc:
         if exc.status == 404:  # the pod went away (pod-kill): its evidence went with it
             return None
         raise _api_error(f"istio-proxy log of pod '{namespace}/{name}'", exc) from exc
     except OSError as exc:
         raise _api_error(f"istio-proxy log of pod '{namespace}/{name}'", exc) from exc
-    return str(text)
+    return text
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)$")
