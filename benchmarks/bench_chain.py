@@ -15,7 +15,11 @@ c=1 by latency, not CPU; ``--no-work`` runs a copy of the manifests with that wo
 see the per-request cost alone. Wall-clock numbers depend on what else runs on the machine:
 the load average is printed beside them; CPU per request is the steadier figure.
 
+``--sampling 1`` runs it at Istio's default trace sampling (1 %) instead of the fixtures' 100 %
+(which the probes need): unsampled requests export no span from the apps or the sidecars.
+
 Usage: .venv/bin/python benchmarks/bench_chain.py [--duration S] [--concurrency 1 32] [--no-work]
+       [--sampling PERCENT]
 """
 
 from __future__ import annotations
@@ -173,14 +177,17 @@ def report(level: Level, kinds: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def without_work(manifests: Path, into: Path) -> Path:
-    """A copy of ``manifests`` whose CHAIN_WORK_* values are 0."""
+def variant(manifests: Path, into: Path, *, no_work: bool, sampling: float | None) -> Path:
+    """A copy of ``manifests`` with CHAIN_WORK_* set to 0 and/or another trace sampling %."""
     target = into / "k8s"
     shutil.copytree(manifests, target)
     for path in target.glob("*.yaml"):
         text = path.read_text()
-        text = re.sub(r"(- name: CHAIN_WORK_(?:BEFORE|AFTER)\n\s+value: )\"[^\"]*\"",
-                      r'\1"0"', text)
+        if no_work:
+            text = re.sub(r"(- name: CHAIN_WORK_(?:BEFORE|AFTER)\n\s+value: )\"[^\"]*\"",
+                          r'\1"0"', text)
+        if sampling is not None:
+            text = re.sub(r"(\n\s+sampling: )[0-9.]+", rf"\g<1>{sampling:g}", text)
         # local-cwd is relative to the manifest: keep pointing at the repository root
         text = text.replace('meshchaos.io/local-cwd: "../.."', f'meshchaos.io/local-cwd: "{ROOT}"')
         path.write_text(text)
@@ -251,6 +258,9 @@ def main() -> int:
                         help="levels to measure (none: only the start-up)")
     parser.add_argument("--manifests", type=Path, default=ROOT / "fixtures" / "k8s")
     parser.add_argument("--no-work", action="store_true", help="set CHAIN_WORK_* to 0")
+    parser.add_argument("--sampling", type=float, default=None,
+                        help="trace sampling %% of the mesh config (fixtures: 100, what the "
+                             "probes need; Istio's default: 1)")
     parser.add_argument("--start-runs", type=int, default=5,
                         help="app start-up measurements (0: skip)")
     parser.add_argument("--chain-root", type=Path, default=ROOT,
@@ -262,7 +272,9 @@ def main() -> int:
     if not args.concurrency:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        manifests = without_work(args.manifests, Path(tmp)) if args.no_work else args.manifests
+        manifests = (variant(args.manifests, Path(tmp), no_work=args.no_work,
+                             sampling=args.sampling)
+                     if args.no_work or args.sampling is not None else args.manifests)
         state = Path(tmp) / "state"
         up = cli("up", "--detach", "--manifests", str(manifests), "--state-dir", str(state))
         if up.returncode != 0:
@@ -271,7 +283,9 @@ def main() -> int:
             endpoints = read_endpoints(state)
             kinds = process_kinds(endpoints.api, endpoints.pid)
             print(f"# reference chain through the ingress ({manifests}"
-                  f"{', no simulated work' if args.no_work else ''}); pids {kinds}\n")
+                  f"{', no simulated work' if args.no_work else ''}"
+                  f"{'' if args.sampling is None else f', sampling {args.sampling:g} %'}); "
+                  f"pids {kinds}\n")
             runner = asyncio.run
             with contextlib.suppress(ImportError):
                 import uvloop
