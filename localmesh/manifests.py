@@ -20,6 +20,7 @@ import yaml
 
 from localmesh.errors import ApiError, ManifestError
 from localmesh.resources import ResourceRegistry
+from localmesh.yamldoc import safe_load_all
 
 __all__ = ["Manifest", "load_manifests"]
 
@@ -69,9 +70,7 @@ def _documents(source: Path) -> list[tuple[int, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{source}: cannot be read: {exc}") from exc
     try:
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in
-        return [(i, doc) for i, doc in enumerate(yaml.load_all(text, Loader=loader))
-                if doc is not None]
+        return [(i, doc) for i, doc in enumerate(safe_load_all(text)) if doc is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""

@@ -24,6 +24,7 @@ import yaml
 
 from localmesh.errors import Invalid, NotFound
 from localmesh.store import ObjectStore
+from localmesh.yamldoc import safe_load
 
 __all__ = ["HONOR_ANNOTATION", "MeshConfig", "parse_duration_ms"]
 
@@ -92,7 +93,7 @@ class MeshConfig:
         if not raw:
             return {}
         try:
-            doc = yaml.safe_load(raw)
+            doc = safe_load(raw)
         except yaml.YAMLError as exc:
             raise Invalid(f"configmap istio-system/istio: data.mesh is not YAML: {exc}",
                           field="data.mesh") from None

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from localmesh.errors import BadRequest, Invalid
 from localmesh.resources import split_api_version
 from localmesh.selectors import match_expressions, match_labels
 from localmesh.store import ObjectStore
+from localmesh.yamldoc import safe_load
 
 __all__ = [
     "check_unknown_fields",
@@ -81,7 +81,7 @@ def _crd_schemas(filename: str) -> dict[str, Obj]:
     # libyaml parses the 7,000-line DestinationRule CRD ~8x faster than pure Python, and
     # still takes 0.17 s of CPU for the five CRDs: every mesh start after the first reads
     # the JSON copy instead (40x faster).
-    crd = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    crd = safe_load(data)
     schemas = {v["name"]: v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]}
     if cached is not None:
         _write_cache(cached, json.dumps(schemas).encode())

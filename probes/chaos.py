@@ -44,6 +44,7 @@ from urllib.parse import quote
 import urllib3
 import yaml
 
+from localmesh.yamldoc import safe_load
 from probes import safety
 from probes.coreapi import core_get_json
 from probes.errors import (
@@ -140,7 +141,7 @@ def _resolve_manifest(manifest: str) -> Path:
 def _load(manifest: str) -> tuple[Obj, str]:
     path = _resolve_manifest(manifest)
     try:
-        obj = yaml.safe_load(path.read_text())
+        obj = safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigurationError(f"cannot read chaos manifest '{path}': {exc}") from exc
     if not isinstance(obj, dict) or obj.get("kind") not in PLURALS:
@@ -316,7 +317,7 @@ def _create_unique(api_client: Any, obj: Obj) -> Obj:
 def _reason(exc: Exception) -> str:
     body = getattr(exc, "body", None)
     try:
-        return str(yaml.safe_load(body).get("message")) if body else str(exc)
+        return str(safe_load(body).get("message")) if body else str(exc)
     except (yaml.YAMLError, AttributeError):
         return str(exc)
 

@@ -9,6 +9,7 @@ import yaml
 from aiohttp import web
 
 from localmesh.errors import BadRequest
+from localmesh.yamldoc import safe_load
 
 __all__ = ["patch_type", "query_bool", "query_int", "read_body"]
 
@@ -33,7 +34,7 @@ async def read_body(request: web.Request) -> Any:
         raise BadRequest(f"the request body is not UTF-8: {exc}") from exc
     if "yaml" in request.content_type:
         try:
-            return yaml.safe_load(text)
+            return safe_load(text)
         except yaml.YAMLError as exc:
             raise BadRequest(f"the request body is not valid YAML: {exc}") from exc
     try:

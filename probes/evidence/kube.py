@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import yaml
 
+from localmesh.yamldoc import safe_load
 from probes.coreapi import core_get, core_get_json
 from probes.errors import EvidenceError
 from probes.evidence.accesslog import AccessLogRecord, LogFormat, compile_format, parse_lines
@@ -44,7 +45,7 @@ def parse_mesh_config(mesh_yaml: str | None,
                       annotations: Mapping[str, str] | None = None) -> MeshSettings:
     """Parse the ``mesh`` key of ConfigMap istio-system/istio."""
     try:
-        mesh = yaml.safe_load(mesh_yaml or "") or {}
+        mesh = safe_load(mesh_yaml or "") or {}
     except yaml.YAMLError as exc:
         raise EvidenceError(f"configmap istio-system/istio key 'mesh' is not YAML: {exc}") from exc
     if not isinstance(mesh, dict):
