@@ -140,12 +140,26 @@ class ObjectStore:
     def list(self, group: str, plural: str, namespace: str | None = None, *,
              label_selector: str | None = None, field_selector: str | None = None) -> list[Obj]:
         """List objects of a type, in one namespace or all (namespace None or '')."""
+        return [_copy(o) for o in self.list_shared(group, plural, namespace,
+                                                   label_selector=label_selector,
+                                                   field_selector=field_selector)]
+
+    def list_shared(self, group: str, plural: str, namespace: str | None = None, *,
+                    label_selector: str | None = None,
+                    field_selector: str | None = None) -> builtins.list[Obj]:
+        """:meth:`list` without the copies: the stored objects themselves, to read only.
+
+        For controllers in this process that read many objects on every pass (the
+        ReplicaSet controller lists every pod each time one changes) and change them only
+        through the store's writes. An object is replaced, never changed in place, on
+        every write, so what was listed stays a consistent snapshot.
+        """
         self.rtype(group, plural)
         labels_ok = parse_label_selector(label_selector)
         fields_ok = parse_field_selector(field_selector)
         with self._lock:
             items = [
-                _copy(o) for k, o in self._objects.items()
+                o for k, o in self._objects.items()
                 if k.group == group and k.plural == plural
                 and (not namespace or k.namespace == namespace)
                 and labels_ok(o.get("metadata", {}).get("labels") or {})

@@ -131,14 +131,15 @@ class ReplicaSetController:
 
     def reconcile(self) -> None:
         """Bring every ReplicaSet and Deployment to its wanted state (idempotent)."""
-        # One listing per kind per pass: listing copies every object, pods are many.
+        # One listing per kind per pass, of the stored objects themselves (no copies: a
+        # pass only reads them and writes through the store), as pods are many.
         try:
-            deployments = self.store.list("apps", "deployments")
-            owned_rs = _by_owner(self.store.list("apps", "replicasets"))
+            deployments = self.store.list_shared("apps", "deployments")
+            owned_rs = _by_owner(self.store.list_shared("apps", "replicasets"))
             for deployment in deployments:
                 self._sync_deployment(deployment, owned_rs.get(deployment["metadata"]["uid"], []))
-            replicasets = self.store.list("apps", "replicasets")
-            pods = self.store.list("", "pods")
+            replicasets = self.store.list_shared("apps", "replicasets")
+            pods = self.store.list_shared("", "pods")
             owned_pods = _by_owner(pods)
             for rs in replicasets:
                 self._sync_replicaset(rs, owned_pods.get(rs["metadata"]["uid"], []))

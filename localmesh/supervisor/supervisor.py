@@ -260,7 +260,7 @@ class Supervisor:
     def unready_pods(self) -> list[Obj]:
         """Pods that run (or should run) an app and are not Ready."""
         pods = []
-        for pod in self.store.list("", "pods"):
+        for pod in self.store.list_shared("", "pods"):
             if pod["metadata"].get("deletionTimestamp") or is_pod_ready(pod):
                 continue
             statuses = (pod.get("status") or {}).get("containerStatuses") or []
@@ -295,7 +295,7 @@ class Supervisor:
 
     def _missing_replicas(self) -> list[str]:
         missing = []
-        for rs in self.store.list("apps", "replicasets"):
+        for rs in self.store.list_shared("apps", "replicasets"):
             wanted = int((rs.get("spec") or {}).get("replicas", 1))
             have = int((rs.get("status") or {}).get("replicas") or 0)
             if have < wanted:

@@ -44,3 +44,17 @@ def test_a_value_that_is_not_json_is_still_copied() -> None:
     assert read["metadata"]["annotations"]["seen"] == datetime(2026, 11, 26, tzinfo=UTC)
     read["metadata"]["annotations"]["seen"] = None
     assert store.get("", "pods", "shop", "orders-1")["metadata"]["annotations"]["seen"]
+
+
+def test_a_shared_listing_stays_the_snapshot_it_was_when_the_object_is_written_later() -> None:
+    """list_shared (controllers in the mesh process) skips the copies: every write stores a
+    new object instead of changing the listed one."""
+    store = _store()
+    store.create(pod("orders-1", labels={"app": "orders"}))
+    shared = store.list_shared("", "pods", "shop")[0]
+    store.patch("", "pods", "shop", "orders-1", {"metadata": {"labels": {"app": "moved"}}})
+    store.update_status(shared, {"phase": "Failed"})
+    assert shared["metadata"]["labels"] == {"app": "orders"}
+    assert shared["status"]["phase"] != "Failed"
+    fresh = store.list_shared("", "pods", "shop")[0]
+    assert fresh["metadata"]["labels"] == {"app": "moved"} and fresh["status"]["phase"] == "Failed"
