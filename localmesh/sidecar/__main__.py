@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         import uvloop
         runner = uvloop.run
     runner(run(args))
+    # Everything the sidecar owns is closed and flushed by now (listeners, connections,
+    # the access log, the span exporter): skip tearing down the interpreter, which costs
+    # more CPU than the drain when a whole mesh stops at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
