@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import gc
 import json
+import logging
 import os
 import signal
 import sys
@@ -265,4 +266,10 @@ def _daemon_main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_daemon_main())
+    code = _daemon_main()
+    # The mesh is stopped and its state dir released: flush the logs and end without
+    # tearing down an interpreter that holds the whole mesh (``chaos run`` waits for it).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
