@@ -93,22 +93,28 @@ class Span:
 class SpanExporter:
     """Batches finished spans and posts them as OTLP/HTTP protobuf.
 
-    A batch leaves ``linger`` seconds after its first span ended (or at once when it
-    reaches ``max_batch``), so a span is in the trace store tens of milliseconds after it
-    ends and the probes' wait for evidence stays short; an idle exporter never wakes up.
-    Under load the linger still gathers hundreds of spans per POST. (Envoy's own
-    OpenTelemetry tracer flushes on a fixed ``flush_interval_ms``, 5 s by default: the
-    probes' ``span_export_lag_s`` covers that on a cluster.)
+    A batch leaves ``linger`` seconds after its first span ended, but no sooner than
+    ``min_interval`` after the previous POST (or at once when it reaches ``max_batch``).
+    A quiet sidecar's spans reach the trace store tens of milliseconds after they end, so
+    the probes' wait for evidence stays short; a busy one posts at most every
+    ``min_interval``, so a saturated mesh does not spend its CPU on POSTs of a few spans
+    each. A span is sent at most ``max(linger, min_interval)`` after it ends (plus the
+    POST); an idle exporter never wakes up. (Envoy's own OpenTelemetry tracer flushes on a
+    fixed ``flush_interval_ms``, 5 s by default: the probes' ``span_export_lag_s`` covers
+    that on a cluster.)
     """
 
     def __init__(self, endpoint: str, service_name: str, resource: dict[str, str], *,
-                 linger: float = 0.02, max_batch: int = 512, max_queue: int = 20_000) -> None:
+                 linger: float = 0.02, min_interval: float = 0.1, max_batch: int = 512,
+                 max_queue: int = 20_000) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._encoder = SpanEncoder({"service.name": service_name, **resource})
         self._queue: list[Span] = []
         # id(shared dict) -> (that dict, its encoded fields); holding the dict keeps the id valid.
         self._shared: dict[int, tuple[dict[str, str | int | float], bytes]] = {}
         self._linger = linger
+        self._min_interval = min_interval
+        self._last_post = -min_interval  # loop time of the previous batch's POST
         self._max_batch = max_batch
         self._max_queue = max_queue
         self._pool = ConnectionPool(max_idle_per_host=2)
@@ -134,15 +140,18 @@ class SpanExporter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._pending.wait()
+            wait = max(self._linger, self._last_post + self._min_interval - loop.time())
             if len(self._queue) < self._max_batch:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._linger)
+                    await asyncio.wait_for(self._full.wait(), wait)
             # Cleared before the flush: a span queued while a batch is on the wire sets
             # them again (or is taken by the same flush), so none waits for a later one.
             self._pending.clear()
             self._full.clear()
+            self._last_post = loop.time()
             await self.flush()
 
     async def flush(self) -> None:

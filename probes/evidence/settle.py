@@ -1,7 +1,8 @@
 """Wait until the traces of a batch of requests have settled: no work still running.
 
 Spans are exported when they end, in batches: the local mesh's sidecars post 20 ms after
-a span ends, the chain's apps every 40 ms (``OTEL_BSP_SCHEDULE_DELAY``). So a span that ended
+a span ends (100 ms after their previous POST when busy), the chain's apps every 50 ms
+(``OTEL_BSP_SCHEDULE_DELAY``). So a span that ended
 at ``t`` is in the trace store by ``t + EXPORT_LAG_S``. A trace has *settled* when a poll
 made at least ``EXPORT_LAG_S`` after both the last answer the probe got and the latest
 span end the trace shows returns the same spans as the poll before it, and
@@ -39,10 +40,10 @@ __all__ = ["DEFAULT_SETTLE_S", "EXPORT_LAG_S", "Settled", "answered_at", "settle
 # Inbound flags that say the app never got the request (no upstream, connect failure, §1.6).
 _APP_NOT_REACHED = frozenset({"UF", "UH", "NR", "NC", "UO", "URX", "UC"})
 
-# The longest export interval of the local mesh (apps: 40 ms) plus room for the encode,
-# the POST and the store's ingest on a busy machine. Targets carry their own
+# The longest export delay of the local mesh (a busy sidecar: 100 ms) plus room for the
+# encode, the POST and the store's ingest on a busy machine. Targets carry their own
 # (``Target.span_export_lag_s``: a cluster's exporters flush every 5 s).
-EXPORT_LAG_S = 0.12
+EXPORT_LAG_S = 0.15
 POLL_S = 0.05
 
 

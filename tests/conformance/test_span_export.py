@@ -121,3 +121,25 @@ async def test_an_idle_exporter_sends_nothing_and_stop_flushes_what_is_left(
     exporter.add(_span(0))
     await exporter.stop()
     assert sink.batches == [1]
+
+
+async def test_a_busy_exporter_posts_at_most_once_per_min_interval(
+        collector: tuple[Collector, str]) -> None:
+    """Spans arriving faster than the minimum interval share POSTs instead of each
+    linger starting a POST of its own: a saturated sidecar spends its CPU on traffic."""
+    sink, url = collector
+    exporter = SpanExporter(url, "front.shop", {}, linger=0.001, min_interval=0.2)
+    exporter.start()
+    try:
+        exporter.add(_span(0))
+        await asyncio.wait_for(sink.arrived.wait(), 5)
+        for n in range(1, 6):  # five spans, 10 ms apart, right after a POST
+            exporter.add(_span(n))
+            await asyncio.sleep(0.01)
+        for _ in range(500):
+            if sum(sink.batches) == 6:
+                break
+            await asyncio.sleep(0.01)
+        assert sink.batches == [1, 5]
+    finally:
+        await exporter.stop()
