@@ -9,10 +9,18 @@ names are inferred from the installed ``.py`` files: none for an editable instal
 wheel. This hook writes ``top_level.txt`` into the ``.dist-info`` of both kinds of wheel,
 listing the package that holds ``discover()`` (option ``discover-package``) first and the
 other packages of the wheel after it.
+
+For an editable install the hook also compiles the packages' bytecode into the source tree
+(``__pycache__``), as pip does for the files of a regular install: with
+``PYTHONDONTWRITEBYTECODE`` set (common in containers and CI images) nothing else ever
+writes it, and every process of a ``chaos run`` (the controls, the mesh daemon, its fork
+servers) would compile the project's sources again, a few tenths of a second of CPU per
+run. A source edited later simply has a stale ``.pyc``, which Python ignores.
 """
 
 from __future__ import annotations
 
+import compileall
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +37,9 @@ class TopLevelHook(BuildHookInterface):  # type: ignore[type-arg]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel":
             return
+        if version == "editable":
+            for package in self.build_config.packages:
+                compileall.compile_dir(Path(self.root) / package, quiet=1)
         first = str(self.config.get("discover-package", "probes"))
         packages = [first, *(p for p in self.build_config.packages if p != first)]
         self._scratch = Path(tempfile.mkdtemp(prefix="meshchaos-build-"))
