@@ -8,7 +8,8 @@ Usage (in the experiment's ``controls``)::
   writes it into the configuration *in place* as ``run_id``: chaoslib 1.44 copies that
   dict for each activity at call time, so ``probes.chaos`` names and labels its objects
   with it. It also installs SIGINT/SIGTERM handlers that remove the run's chaos objects
-  before handing the signal to the previous handler (chaoslib's, or Ctrl-C). A signal
+  before handing the signal to the previous handler (chaoslib's, or Ctrl-C), and starts
+  importing the Kubernetes client those removals use, in a background thread. A signal
   that lands once the experiment is over only removes the chaos: the journal and the
   report are written first.
 - ``before_experiment_control`` checks, before anything is applied, every
@@ -16,9 +17,7 @@ Usage (in the experiment's ``controls``)::
   configured ``namespace`` against the allowlist (``allowed_namespaces``, default
   ``["shop"]``; ``kube-system``, ``istio-system`` and ``chaos-mesh`` never) and
   interrupts the run if any is refused. chaoslib swallows errors raised while a
-  control is configured, so the refusal is raised here, where it stops the run. It then
-  starts importing the Kubernetes client the chaos actions and the removals use, in a
-  background thread (after the local mesh is up: its start needs the CPU more).
+  control is configured, so the refusal is raised here, where it stops the run.
 - ``before_activity_control`` checks each chaos action again, with its final arguments.
 - ``after_experiment_control`` removes every chaos object labelled with the run id,
   whatever the outcome, and records what it removed in the journal
@@ -90,6 +89,7 @@ def configure_control(configuration: MutableMapping[str, Any] | None = None,
     configuration["run_id"] = run_id
     _run = _Run(run_id, configuration)
     _run.refusal = _refusal(experiment or {}, configuration)
+    _run.preload = _preload_kubernetes_in_background()
     _install_signal_handlers(_run)
     logger.info("meshchaos run id '%s'%s", run_id,
                 " (dry run: chaos manifests are printed, nothing is applied)"
@@ -103,10 +103,6 @@ def before_experiment_control(context: Any = None, **_: Any) -> None:
                                  "refusing to run chaos without it")
     if _run.refusal:
         raise InterruptExecution(_run.refusal)
-    # Not earlier: on target local the mesh starts before this hook (the local-mesh
-    # control comes first), and its start needs both cores more than this import does.
-    if _run.preload is None:
-        _run.preload = _preload_kubernetes_in_background()
 
 
 def before_activity_control(context: Mapping[str, Any] | None = None,
@@ -232,10 +228,10 @@ def _local_mesh_gone(configuration: Mapping[str, Any]) -> bool:
 
 
 def _preload_kubernetes_in_background() -> threading.Thread:
-    """Import what the cleanup uses (the Kubernetes client: ~0.25 s of CPU) in a thread.
+    """Import what the cleanup uses (the Kubernetes client: ~0.7 s of CPU) in a thread.
 
-    Meanwhile the main thread runs the first probe (mostly waiting on the chain): the
-    import is off the run's critical path. Whoever needs
+    Meanwhile the main thread waits for the local mesh (started in a process of its own)
+    and may run the first probe: the import is off the run's critical path. Whoever needs
     the client before it is loaded (the first chaos action, the signal handler's cleanup)
     waits on Python's per-module import locks, or joins this thread (:func:`_wait_preloaded`),
     and never sees a half-initialised module: that only happens when a signal handler
