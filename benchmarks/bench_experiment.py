@@ -11,9 +11,14 @@ row per run plus the median:
 - ``probes``: the sum of the journal's probe durations (method, hypothesis, rollbacks);
 - ``actions``: the sum of its action durations (chaos applied and removed);
 - ``after``: the journal's ``end`` → exit (verdict, report, mesh teardown, exit);
-- ``overhead`` = total - probes - actions: what the suite itself costs.
+- ``overhead`` = total - probes - actions: what is not an activity (Chaos Toolkit's own
+  start included);
+- ``evidence``: the time the evidence probes spent reading evidence (their
+  ``measurements.evidence_s``: the wait for settled traces, logs, mesh config);
+- ``suite`` = (journal start → first activity) + evidence + after: the suite's own
+  overhead as issue 6 counts it (mesh start, evidence, report).
 
-Targets (issue 6): total ≤ 10 s, overhead ≤ 2 s. Wall numbers on a shared 2-core box are
+Targets (issue 6): total ≤ 10 s, suite overhead ≤ 2 s. Wall numbers on a shared 2-core box are
 noisy, so each row also gives the CPU seconds of ``chaos`` and everything it started
 (children reaped), and the 1-minute load average when the run began.
 
@@ -55,6 +60,7 @@ class Run:
     probes: float
     actions: float
     after: float
+    evidence: float
     cpu: float
     load: float
     verdict: str
@@ -62,6 +68,10 @@ class Run:
     @property
     def overhead(self) -> float:
         return self.total - self.probes - self.actions
+
+    @property
+    def suite(self) -> float:
+        return (self.to_first - self.to_run) + self.evidence + self.after
 
 
 def _epoch(stamp: str) -> float:
@@ -74,6 +84,15 @@ def _activities(journal: dict[str, Any]) -> list[dict[str, Any]]:
         runs += list((state or {}).get("probes") or [])
     runs += list(journal.get("rollbacks") or [])
     return runs
+
+
+def _evidence_s(activities: list[dict[str, Any]]) -> float:
+    total = 0.0
+    for activity in activities:
+        output = activity.get("output")
+        if isinstance(output, dict):
+            total += float((output.get("measurements") or {}).get("evidence_s") or 0.0)
+    return total
 
 
 def _mesh_ready(state_dir: Path) -> float | None:
@@ -117,7 +136,7 @@ def one_run(experiment: Path, state_dir: Path | None) -> Run:
                mesh_ready=mesh_ready, to_first=first - launched,
                probes=sum(d for t, d in kinds if t == "probe"),
                actions=sum(d for t, d in kinds if t == "action"),
-               after=exited - _epoch(journal["end"]),
+               after=exited - _epoch(journal["end"]), evidence=_evidence_s(activities),
                cpu=(cpu_after.ru_utime + cpu_after.ru_stime)
                - (cpu_before.ru_utime + cpu_before.ru_stime),
                load=load, verdict=str((journal.get("meshchaos") or {}).get("verdict")))
@@ -129,7 +148,7 @@ def _fmt(value: float | None) -> str:
 
 def _row(label: str, run: Run) -> str:
     cells = [run.total, run.to_run, run.mesh_ready, run.to_first, run.probes, run.actions,
-             run.after, run.overhead, run.cpu]
+             run.after, run.overhead, run.evidence, run.suite, run.cpu]
     return (f"| {label} | " + " | ".join(_fmt(c) for c in cells)
             + f" | {run.load:.2f} | {run.verdict} |")
 
@@ -140,7 +159,7 @@ def _median(runs: list[Run]) -> Run:
         return statistics.median(known) if known else None
 
     fields = ("total", "to_run", "mesh_ready", "to_first", "probes", "actions", "after",
-              "cpu", "load")
+              "evidence", "cpu", "load")
     values = {f: med([getattr(r, f) for r in runs]) for f in fields}
     return Run(**values, verdict="")  # type: ignore[arg-type]
 
@@ -180,13 +199,16 @@ def main() -> None:
     mode = "one reused mesh (meshchaos up --detach)" if args.reuse else "a fresh mesh per run"
     print(f"chaos run {args.experiment.name}: {args.runs} runs, {mode} (seconds)\n")
     print("| run | total | to run | mesh→Ready | to 1st activity | probes | actions | after "
-          "| overhead | CPU | load | verdict |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| overhead | evidence | suite | CPU | load | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for number, run in enumerate(runs, 1):
         print(_row(str(number), run))
     print(_row("median", _median(runs)))
-    print(f"\ntargets: total ≤ {TOTAL_TARGET_S:.0f} s, overhead (total - probes - actions) "
-          f"≤ {OVERHEAD_TARGET_S:.0f} s; CPU = chaos and every process it started")
+    suites = sorted(r.suite for r in runs)
+    print(f"\nsuite overhead per run (mesh start + evidence + report): min {suites[0]:.2f}, "
+          f"median {statistics.median(suites):.2f}, max {suites[-1]:.2f} s")
+    print(f"\ntargets: total ≤ {TOTAL_TARGET_S:.0f} s, suite overhead (mesh start + evidence + "
+          f"report) ≤ {OVERHEAD_TARGET_S:.0f} s; CPU = chaos and every process it started")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | No
     return probe_result("orphan-work", results,
                         traces=_common.sample_traces(gathered.requests, results),
                         measurements={"requests": len(sent), "grace_ms": grace_ms,
+                                      "evidence_s": round(gathered.seconds, 3),
                                       "orphaned_requests": orphans.requests,
                                       "orphan_work_ms": orphans.work_ms,
                                       "statuses": sorted({str(r.status) for r in sent})})

@@ -53,6 +53,7 @@ def deadline_propagation(requests: int = 5, path: str = "/",
     return probe_result("deadline-propagation", results,
                         traces=_common.sample_traces(gathered.requests, results),
                         measurements={"requests": len(sent),
+                                      "evidence_s": round(gathered.seconds, 3),
                                       "honor_app_envoy_headers":
                                           gathered.mesh.honor_app_envoy_headers,
                                       "statuses": sorted({str(r.status) for r in sent})})

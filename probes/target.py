@@ -8,7 +8,7 @@ kubeconfig come from the state dir of the running mesh (``endpoints.json``,
 ``kubeconfig``); explicit keys win.
 
 ``span_export_lag_s`` is how long after a span ends it can take to show in the trace
-query API. The local mesh exports within 20 to 100 ms of a span's end; on a cluster
+query API. The local mesh exports within 20 to 60 ms of a span's end; on a cluster
 Envoy's OpenTelemetry tracer and the OpenTelemetry SDKs flush every 5 s by default
 (``tracing.opentelemetry.flush_interval_ms``, ``OTEL_BSP_SCHEDULE_DELAY``), and the
 collector and backend add their own delay, so waiting less judges traces before they
@@ -30,7 +30,7 @@ __all__ = ["Target", "resolve_target"]
 DEFAULT_NAMESPACE = "shop"
 DEFAULT_STATE_DIR = ".meshchaos"
 # Export interval + encode/POST/ingest margin, per target (see the module docstring).
-DEFAULT_EXPORT_LAG_S = {"local": 0.15, "kubernetes": 7.0}
+DEFAULT_EXPORT_LAG_S = {"local": 0.12, "kubernetes": 7.0}
 
 
 @dataclass(frozen=True)

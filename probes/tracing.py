@@ -61,6 +61,7 @@ def trace_continuity(requests: int = 5, path: str = "/", headers: dict[str, str]
     return probe_result("trace-continuity", results,
                         traces=_common.sample_traces(gathered.requests, results),
                         measurements={"requests": len(sent),
+                                      "evidence_s": round(gathered.seconds, 3),
                                       "unsampled_requests": sum(not r.sampled for r in sent),
                                       "log_lines": gathered.log_lines,
                                       "unparsed_log_lines": gathered.unparsed_lines,

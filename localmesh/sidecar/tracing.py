@@ -105,7 +105,7 @@ class SpanExporter:
     """
 
     def __init__(self, endpoint: str, service_name: str, resource: dict[str, str], *,
-                 linger: float = 0.02, min_interval: float = 0.1, max_batch: int = 512,
+                 linger: float = 0.02, min_interval: float = 0.06, max_batch: int = 512,
                  max_queue: int = 20_000) -> None:
         self.endpoint = endpoint.rstrip("/")
         self._encoder = SpanEncoder({"service.name": service_name, **resource})

@@ -1,7 +1,7 @@
 """Wait until the traces of a batch of requests have settled: no work still running.
 
 Spans are exported when they end, in batches: the local mesh's sidecars post 20 ms after
-a span ends (100 ms after their previous POST when busy), the chain's apps every 50 ms
+a span ends (60 ms after their previous POST when busy), the chain's apps every 50 ms
 (``OTEL_BSP_SCHEDULE_DELAY``). So a span that ended
 at ``t`` is in the trace store by ``t + EXPORT_LAG_S``. A trace has *settled* when a poll
 made at least ``EXPORT_LAG_S`` after both the last answer the probe got and the latest
@@ -34,17 +34,23 @@ from probes.evidence.spans import Span
 from probes.evidence.traceapi import TraceReader
 from probes.target import Target
 
-__all__ = ["DEFAULT_SETTLE_S", "EXPORT_LAG_S", "Settled", "answered_at", "settle", "settled",
-           "wait_settled"]
+__all__ = ["DEFAULT_SETTLE_S", "EXPORT_LAG_S", "Settled", "answered_at", "poll_interval",
+           "settle", "settled", "wait_settled"]
 
 # Inbound flags that say the app never got the request (no upstream, connect failure, §1.6).
 _APP_NOT_REACHED = frozenset({"UF", "UH", "NR", "NC", "UO", "URX", "UC"})
 
-# The longest export delay of the local mesh (a busy sidecar: 100 ms) plus room for the
+# The longest export delay of the local mesh (a busy sidecar: 60 ms) plus room for the
 # encode, the POST and the store's ingest on a busy machine. Targets carry their own
 # (``Target.span_export_lag_s``: a cluster's exporters flush every 5 s).
-EXPORT_LAG_S = 0.15
-POLL_S = 0.05
+EXPORT_LAG_S = 0.12
+POLL_S = 0.025
+
+
+def poll_interval(lag_s: float) -> float:
+    """How often to poll for a target with this export lag: a fifth of it, at least
+    ``POLL_S`` (the local store every 25 ms, a cluster's trace backend every 1.4 s)."""
+    return max(POLL_S, lag_s / 5)
 
 
 def settled(spans: Sequence[Span], root_parent: str, hops: Iterable[str]) -> bool:
@@ -148,4 +154,5 @@ def settle(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadline
     lag = target.span_export_lag_s
     wait = min(max(wait_s, 2 * lag + 1.0), deadline.check("waiting for the traces to settle") * 0.5)
     with TraceReader(target.traces_url, target.traces_api) as reader:
-        return wait_settled(reader, sent, tree.hops(), wait_s=wait, lag_s=lag)
+        return wait_settled(reader, sent, tree.hops(), wait_s=wait, lag_s=lag,
+                            poll_s=poll_interval(lag))

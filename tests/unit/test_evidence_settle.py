@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from probes.evidence.request import SentRequest
-from probes.evidence.settle import settled, wait_settled
+from probes.evidence.settle import POLL_S, poll_interval, settled, wait_settled
 from probes.evidence.spans import Span
 from probes.evidence.traceapi import TraceReader
 from probes.traffic import fresh_headers
@@ -213,3 +213,9 @@ def test_waiting_gives_up_after_wait_s_on_a_trace_that_never_settles(
     with TraceReader(url) as reader:
         assert not wait_settled(reader, [_sent()], HOPS, wait_s=0.2, poll_s=0.02)
     assert 2 <= traces.polls <= 20
+
+
+def test_polls_are_spaced_by_a_fifth_of_the_export_lag_and_never_tighter_than_25_ms() -> None:
+    """A cluster's trace backend (lag 7 s) is polled every 1.4 s, the local store every 25 ms."""
+    assert poll_interval(7.0) == pytest.approx(1.4)
+    assert poll_interval(0.12) == POLL_S == 0.025

@@ -68,7 +68,7 @@ def test_a_cluster_waits_for_envoys_five_second_span_flush_by_default() -> None:
 
 def test_the_local_mesh_exports_within_a_third_of_a_second(tmp_path: Path) -> None:
     (tmp_path / "endpoints.json").write_text(json.dumps({"ingress": "http://a", "traces": "b"}))
-    assert resolve_target({"meshchaos_state_dir": str(tmp_path)}).span_export_lag_s == 0.15
+    assert resolve_target({"meshchaos_state_dir": str(tmp_path)}).span_export_lag_s == 0.12
 
 
 def test_the_export_lag_can_be_set_for_a_tuned_cluster() -> None:
