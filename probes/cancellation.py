@@ -40,7 +40,10 @@ def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | No
 
     Timeouts are every ``504 UT`` at a caller's sidecar and, when ``client_timeout_ms`` is
     set, the probe itself giving up on its request (a user leaving): then every hop of the
-    chain must stop within ``grace_ms`` of that moment.
+    chain must stop within ``grace_ms`` of that moment. The probe watches the traces for
+    twice ``grace_ms`` (plus the span export lag) after each answer: a run leaves no span
+    until it ends, so an orphan is seen when it ends within that window or while a hop's
+    inbound span still waits for its app run; one that runs on unseen past both passes.
 
     Returns the probe result dict (``$.passed``; ``measurements.orphaned_requests`` and
     ``measurements.orphan_work_ms`` per hop); raises ``EvidenceError`` when no request
@@ -53,9 +56,12 @@ def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | No
     sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
                                  timeout_s=request_timeout, deadline=deadline,
                                  exact_timeout=client_timeout_ms is not None)
-    # Orphans finish *after* the caller gave up: collect waits until no run is left in
-    # flight (bounded by the chain's longest route timeout), not a fixed time.
-    gathered = collect(target, sent, tree, deadline, trace_wait_s=SETTLE_S)
+    # Orphans finish *after* the caller gave up, and a run leaves no span before it ends:
+    # the traces stay open for twice the grace after each answer, so work overstaying the
+    # grace by up to as much again is seen ending; a run seen still in flight then (an
+    # inbound span without its app run) is waited for, up to SETTLE_S.
+    gathered = collect(target, sent, tree, deadline, trace_wait_s=SETTLE_S,
+                       hold_s=2 * grace_ms / 1000)
     results, orphans = rules.evaluate(gathered.requests, tree, grace_ms, client_timeout_ms)
     return probe_result("orphan-work", results,
                         traces=_common.sample_traces(gathered.requests, results),

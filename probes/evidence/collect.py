@@ -39,9 +39,10 @@ class Collected:
 
 
 def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadline: Deadline, *,
-            trace_wait_s: float = DEFAULT_SETTLE_S, logs: bool = True) -> Collected:
+            trace_wait_s: float = DEFAULT_SETTLE_S, logs: bool = True,
+            hold_s: float = 0.0) -> Collected:
     """Wait (at most ``trace_wait_s``) until the traces settled, then read the istio-proxy
-    logs covering the requests."""
+    logs covering the requests. ``hold_s``: see :func:`wait_settled`."""
     began = time.monotonic()
     if not sent:
         raise EvidenceError("no request was sent, so there is nothing to read back")
@@ -55,7 +56,7 @@ def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadlin
             wait = min(max(trace_wait_s, 2 * lag + 1.0),
                        deadline.check("waiting for traces") * 0.6)
             result = wait_settled(reader, sent, tree.hops(), wait_s=wait, lag_s=lag,
-                                  poll_s=poll_interval(lag))
+                                  poll_s=poll_interval(lag), hold_s=hold_s)
             traces = dict(result.traces)
             # Unsampled requests must leave no span: look once, after the sampled ones had
             # all the time they needed to arrive.

@@ -93,8 +93,8 @@ class Settled:
 
 
 def wait_settled(reader: TraceReader, sent: Sequence[SentRequest], hops: Iterable[str], *,
-                 wait_s: float, poll_s: float = POLL_S,
-                 lag_s: float = EXPORT_LAG_S) -> Settled:
+                 wait_s: float, poll_s: float = POLL_S, lag_s: float = EXPORT_LAG_S,
+                 hold_s: float = 0.0) -> Settled:
     """Poll the sampled requests' traces until all have settled, at most ``wait_s``.
 
     Returns the traces (the last read of each) and whether they settled; a trace still
@@ -102,6 +102,10 @@ def wait_settled(reader: TraceReader, sent: Sequence[SentRequest], hops: Iterabl
     what ran past the deadline so far). Each trace's lag runs from its own request's
     answer. Unsampled requests have no trace to wait for, but the wait still lasts until
     their answers' spans could have arrived: their evidence is that none did.
+
+    ``hold_s`` keeps each trace open that long after its answer (plus the lag) even when
+    it looks settled: work still running leaves no span until it ends, so a probe that
+    looks for work outliving its caller (an orphan) must watch for a while to see it end.
     """
     expected = list(hops)
     requests = {r.trace_id: r for r in sent if r.sampled}
@@ -115,7 +119,7 @@ def wait_settled(reader: TraceReader, sent: Sequence[SentRequest], hops: Iterabl
     # No trace can be complete before its answer's spans could be exported: the first
     # poll comes one poll before the earliest such moment (the next one confirms).
     _sleep_until_wall(min((_answered(r) for r in requests.values()), default=0.0)
-                      + lag_s - poll_s, end)
+                      + hold_s + lag_s - poll_s, end)
     while True:
         for batch in batches:
             if any(t not in done for t in batch):
@@ -127,12 +131,12 @@ def wait_settled(reader: TraceReader, sent: Sequence[SentRequest], hops: Iterabl
             spans = traces[trace_id]
             ids = frozenset(s.span_id for s in spans)
             latest = max((s.end_us for s in spans), default=0) / 1e6
-            if (now >= max(_answered(request), latest) + lag_s
+            if (now >= max(_answered(request) + hold_s, latest) + lag_s
                     and previous.get(trace_id) == ids
                     and settled(spans, request.parent_id, expected)):
                 done.add(trace_id)
             previous[trace_id] = ids
-        if len(done) == len(requests) and now >= answered_at(sent) + lag_s:
+        if len(done) == len(requests) and now >= answered_at(sent) + hold_s + lag_s:
             return Settled(True, traces)
         if time.monotonic() >= end:
             return Settled(False, traces)

@@ -194,6 +194,20 @@ def test_a_run_that_ended_after_the_answer_restarts_the_wait_from_its_end(
     assert traces.polled_at[-1] >= ended + 0.3
 
 
+def test_a_hold_keeps_a_settled_looking_trace_open_to_see_work_that_outlived_its_caller(
+        trace_api: tuple[str, _Traces]) -> None:
+    """Work still running leaves no span until it ends (an orphan below a caller that gave
+    up looks like nothing at all), so the orphan-work probe holds each trace open."""
+    url, traces = trace_api
+    traces.complete_after = 0
+    answered = time.time()
+    with TraceReader(url) as reader:
+        assert wait_settled(reader, [_sent(answered)], HOPS, wait_s=5.0, poll_s=0.01,
+                            lag_s=0.05, hold_s=0.3)
+    assert traces.polled_at[0] >= answered + 0.35 - 0.01
+    assert traces.polled_at[-1] >= answered + 0.35
+
+
 def test_unsampled_requests_alone_still_wait_for_the_export(
         trace_api: tuple[str, _Traces]) -> None:
     """Their evidence is that no span arrived, which means something only after the lag."""
