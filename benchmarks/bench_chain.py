@@ -187,7 +187,9 @@ def variant(manifests: Path, into: Path, *, no_work: bool, sampling: float | Non
             text = re.sub(r"(- name: CHAIN_WORK_(?:BEFORE|AFTER)\n\s+value: )\"[^\"]*\"",
                           r'\1"0"', text)
         if sampling is not None:
-            text = re.sub(r"(\n\s+sampling: )[0-9.]+", rf"\g<1>{sampling:g}", text)
+            # Both knobs: the mesh config's default and the Telemetry resource that overrides it.
+            text = re.sub(r"(\n\s+(?:sampling|randomSamplingPercentage): )[0-9.]+",
+                          rf"\g<1>{sampling:g}", text)
         # local-cwd is relative to the manifest: keep pointing at the repository root
         text = text.replace('meshchaos.io/local-cwd: "../.."', f'meshchaos.io/local-cwd: "{ROOT}"')
         path.write_text(text)
