@@ -361,10 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != args.parent:
         return 1
+    gc.disable()  # no sweeps of a heap that only grows while the modules load
     _preload(args.preload, args.preload_tree)
     # Preloaded objects move to a generation the collector never scans: a child's GC then
     # does not touch (and copy-on-write) every shared page.
     gc.freeze()
+    gc.enable()
     server = _Server("\0" + args.address, args.parent)
     spec = server.serve()
     if spec is None:
