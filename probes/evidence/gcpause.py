@@ -2,9 +2,9 @@
 
 Decoding a trace answer or a pod's log builds tens of thousands of small dicts and
 records, none of them in a reference cycle. Each allocation burst triggers collections
-that walk every live object of the process, and a probe's process can hold a lot (the
-local mesh runs in it during ``chaos run``): measured on 100 traces, decoding took 0.16 s
-CPU with the collector running and 0.06 s with it paused. Reference counting still frees
+that walk every live object of the process, and a probe's process holds a lot (Chaos
+Toolkit, the Kubernetes client): measured on 100 traces, decoding took 0.16 s CPU with the
+collector running and 0.06 s with it paused. Reference counting still frees
 everything; the collector resumes when the block ends.
 """
 
