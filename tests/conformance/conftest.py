@@ -204,12 +204,15 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
+        self.batches: list[int] = []  # spans per POST, in arrival order
         self.port = 0
         self._runner: web.AppRunner | None = None
 
     async def _traces(self, request: web.Request) -> web.Response:
         req = ExportTraceServiceRequest()
         req.ParseFromString(await request.read())
+        self.batches.append(sum(len(ss.spans) for rs in req.resource_spans
+                                for ss in rs.scope_spans))
         for rs in req.resource_spans:
             service = next(a.value.string_value for a in rs.resource.attributes
                            if a.key == "service.name")
