@@ -173,6 +173,13 @@ class LeafApp:
         return web.json_response({"headers": dict(request.headers), "body": body.decode()},
                                  status=int(request.query.get("status", "200")))
 
+    async def last_was_cancelled(self, within: float = 2.0) -> bool:
+        """Wait (at most ``within``) until the latest request ended; whether it was cancelled."""
+        seen = self.seen[-1]
+        async with asyncio.timeout(within):
+            await seen.done.wait()
+        return seen.cancelled
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
