@@ -5,7 +5,7 @@ Starts the reference chain (fixtures/k8s) on a local mesh in a temporary state d
 times ``probes.evidence.collect`` twice:
 
 - *first read*: right after the last answer, so it includes waiting until every trace has
-  settled (probes/evidence/settle.py: each trace is read at least the export lag, 0.3 s,
+  settled (probes/evidence/settle.py: each trace is read at least the export lag, 0.12 s,
   after its own answer; the apps and sidecars export in batches);
 - *re-read*: the same requests again, everything already stored: the cost of collection
   itself (mesh config, trace API, istio-proxy logs of every pod, correlation).

@@ -28,14 +28,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from probes.deadline import Deadline
-from probes.evidence.request import CallTree, SentRequest
+from probes.evidence.request import SentRequest
 from probes.evidence.spans import Span
 from probes.evidence.traceapi import TraceReader
-from probes.target import Target
 
 __all__ = ["DEFAULT_SETTLE_S", "EXPORT_LAG_S", "Settled", "answered_at", "poll_interval",
-           "settle", "settled", "wait_settled"]
+           "settled", "wait_settled"]
 
 # Inbound flags that say the app never got the request (no upstream, connect failure, §1.6).
 _APP_NOT_REACHED = frozenset({"UF", "UH", "NR", "NC", "UO", "URX", "UC"})
@@ -150,13 +148,3 @@ def _sleep_until_wall(when: float, end_monotonic: float) -> None:
 
 
 DEFAULT_SETTLE_S = 8.0
-
-
-def settle(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadline: Deadline,
-           wait_s: float = DEFAULT_SETTLE_S) -> Settled:
-    """:func:`wait_settled` against the target's trace API, within the probe's deadline."""
-    lag = target.span_export_lag_s
-    wait = min(max(wait_s, 2 * lag + 1.0), deadline.check("waiting for the traces to settle") * 0.5)
-    with TraceReader(target.traces_url, target.traces_api) as reader:
-        return wait_settled(reader, sent, tree.hops(), wait_s=wait, lag_s=lag,
-                            poll_s=poll_interval(lag))
