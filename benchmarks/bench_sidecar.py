@@ -90,7 +90,7 @@ uvloop.run(main())
 # request into a header dict, re-encode it to a keep-alive upstream connection of its own,
 # parse the response, re-encode it downstream) with none of the sidecar's work. Its CPU per
 # request in the same run says what the sidecar's could be on this machine at best.
-# argv: upstream port; prints its own port.
+# argv: upstream ports; one listener each, whose ports it prints a line each.
 _BARE = r"""
 import asyncio, sys, httptools, uvloop
 class Up(asyncio.Protocol):
@@ -134,9 +134,10 @@ class Proxy(asyncio.Protocol):
         else:
             self.up.t.write(data)
 async def main():
-    port = int(sys.argv[1])
-    srv = await asyncio.get_running_loop().create_server(lambda: Proxy(port), "127.0.0.1", 0)
-    print(srv.sockets[0].getsockname()[1], flush=True)
+    for arg in sys.argv[1:]:
+        srv = await asyncio.get_running_loop().create_server(
+            lambda port=int(arg): Proxy(port), "127.0.0.1", 0)
+        print(srv.sockets[0].getsockname()[1], flush=True)
     await asyncio.Event().wait()
 uvloop.run(main())
 """
@@ -170,16 +171,26 @@ class Procs:
         self.pool = ConnectionPool()
 
     async def app(self) -> tuple[int, int]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _APP, stdout=asyncio.subprocess.PIPE, start_new_session=True)
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        return proc.pid, int(await proc.stdout.readline())
+        return await self.python(_APP)
 
     async def bare_proxy(self, app_port: int) -> tuple[int, int]:
         """The floor proxy (``_BARE``) in front of ``app_port``: (pid, port)."""
+        pid, ports = await self.bare_proxies(app_port)
+        return pid, ports[0]
+
+    async def bare_proxies(self, *upstreams: int) -> tuple[int, list[int]]:
+        """One floor proxy process with a listener in front of each upstream port."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _BARE, str(app_port), stdout=asyncio.subprocess.PIPE,
+            sys.executable, "-c", _BARE, *map(str, upstreams), stdout=asyncio.subprocess.PIPE,
+            start_new_session=True)
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        return proc.pid, [int(await proc.stdout.readline()) for _ in upstreams]
+
+    async def python(self, source: str, *args: str) -> tuple[int, int]:
+        """A process running ``source`` that prints its port: (pid, port)."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", source, *args, stdout=asyncio.subprocess.PIPE,
             start_new_session=True)
         self.procs.append(proc)
         assert proc.stdout is not None
