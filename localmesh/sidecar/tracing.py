@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from localmesh.http.client import ConnectionPool
 from localmesh.http.errors import HttpError
@@ -42,8 +43,9 @@ _ZERO_SPAN = "0" * 16
 _TRACEPARENT = re.compile(r"[0-9a-fA-F]{2}-[0-9a-fA-F]{32}-[0-9a-fA-F]{16}-[0-9a-fA-F]{2}")
 
 
-@dataclass(frozen=True, slots=True)
-class SpanContext:
+class SpanContext(NamedTuple):
+    """An extracted ``traceparent`` (a tuple: built on every inbound request)."""
+
     trace_id: str  # 32 lowercase hex
     span_id: str  # 16 lowercase hex
     sampled: bool
@@ -63,11 +65,10 @@ def parse_traceparent(value: str) -> SpanContext | None:
     """Envoy's extractor: ``None`` for anything it rejects (§3)."""
     if len(value) != 55 or _TRACEPARENT.fullmatch(value) is None:
         return None
-    parts = value.split("-")
-    trace_id, span_id = parts[1].lower(), parts[2].lower()
-    if trace_id == "0" * 32 or span_id == "0" * 16:
+    trace_id, span_id = value[3:35].lower(), value[36:52].lower()
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
-    return SpanContext(trace_id, span_id, bool(int(parts[3], 16) & 1))
+    return SpanContext(trace_id, span_id, bool(int(value[53:], 16) & 1))
 
 
 def format_traceparent(trace_id: str, span_id: str, sampled: bool) -> str:

@@ -353,9 +353,12 @@ def _failure_reply(f: _TryFailed, txn: Txn, *, retried: bool, exhausted: bool) -
 def _proxied(resp: Response, txn: Txn, service_time_s: float) -> Response:
     """The upstream's response as sent downstream; it is ours alone, so edit it in place."""
     headers = resp.headers
-    for name in HOP_BY_HOP.intersection(headers):
-        del headers[name]
-    headers["x-envoy-upstream-service-time"] = str(max(int(service_time_s * 1000), 0))
+    headers.pop("content-length", None)  # in nearly every response: no set needed for it
+    if not HOP_BY_HOP.isdisjoint(headers):
+        for name in HOP_BY_HOP.intersection(headers):
+            del headers[name]
+    ms = int(service_time_s * 1000)
+    headers["x-envoy-upstream-service-time"] = str(ms) if ms > 0 else "0"
     txn.details = "via_upstream"
     return resp
 
