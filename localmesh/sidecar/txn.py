@@ -12,40 +12,40 @@ _FLAG_RANK = {f: i for i, f in enumerate(FLAG_ORDER)}
 
 
 class Txn:
-    """Mutable record of one request through one listener."""
+    """Mutable record of one request through one listener.
 
-    __slots__ = ("attempts", "authority", "bytes_received", "bytes_sent", "details",
-                 "downstream_local", "downstream_remote", "end", "flags", "method", "path",
-                 "req_headers", "resp_headers", "route_name", "start", "start_wall", "status",
-                 "transport_failure", "upstream_cluster", "upstream_host", "upstream_local")
+    Most fields keep their class-level default for most requests: an instance stores
+    only what a request sets (no ``__slots__``), which costs less than 21 stores each.
+    """
+
+    end = 0.0
+    resp_headers: dict[str, str] = {}  # a response's own dict replaces it; never mutated
+    status = 0
+    flags: tuple[str, ...] | list[str] = ()  # add_flag makes the instance's own list
+    details = ""
+    transport_failure = ""
+    upstream_host = ""
+    upstream_cluster = ""
+    upstream_local = ""
+    downstream_local = ""
+    downstream_remote = ""
+    route_name = ""
+    bytes_received = 0
+    bytes_sent = 0
+    attempts = 0
 
     def __init__(self, start: float, start_wall: float, method: str, path: str,
                  authority: str, req_headers: dict[str, str]) -> None:
         self.start = start
         self.start_wall = start_wall
-        self.end = 0.0
         self.method = method
         self.path = path
         self.authority = authority
         self.req_headers = req_headers
-        self.resp_headers: dict[str, str] = {}
-        self.status = 0
-        self.flags: list[str] = []
-        self.details = ""
-        self.transport_failure = ""
-        self.upstream_host = ""
-        self.upstream_cluster = ""
-        self.upstream_local = ""
-        self.downstream_local = ""
-        self.downstream_remote = ""
-        self.route_name = ""
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.attempts = 0
 
     def add_flag(self, flag: str) -> None:
         if flag not in self.flags:
-            self.flags.append(flag)
+            self.flags = [*self.flags, flag]
 
     def flags_text(self) -> str:
         if not self.flags:
