@@ -119,10 +119,12 @@ def wait_settled(reader: TraceReader, sent: Sequence[SentRequest], hops: Iterabl
     _sleep_until_wall(min((_answered(r) for r in requests.values()), default=0.0)
                       + hold_s + lag_s - poll_s, end)
     while True:
+        # The time before the read, not after: what a read returns is as of some moment
+        # after this, so a trace judged settled "lag after its last span" truly was.
+        now = time.time()
         for batch in batches:
             if any(t not in done for t in batch):
                 traces.update(reader.fetch_many(batch))
-        now = time.time()
         for trace_id, request in requests.items():
             if trace_id in done:
                 continue
