@@ -71,7 +71,7 @@ _INTERNAL_SET = frozenset(INTERNAL_ONLY)
 
 
 def strip_internal(headers: dict[str, str]) -> None:
-    """Remove the §1.7 list in place (one set intersection: most requests carry none)."""
+    """Remove the §1.7 list in place (most requests carry none: one isdisjoint check)."""
     if _INTERNAL_SET.isdisjoint(headers):
         return
     for name in _INTERNAL_SET.intersection(headers):

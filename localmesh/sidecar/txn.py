@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 __all__ = ["FLAG_ORDER", "Txn"]
 
 # Envoy's ResponseFlag enum order, which %RESPONSE_FLAGS% follows (mesh-semantics.md §1.6).
@@ -19,7 +22,7 @@ class Txn:
     """
 
     end = 0.0
-    resp_headers: dict[str, str] = {}  # a response's own dict replaces it; never mutated
+    resp_headers: Mapping[str, str] = MappingProxyType({})  # until a response's own dict
     status = 0
     flags: tuple[str, ...] | list[str] = ()  # add_flag makes the instance's own list
     details = ""
