@@ -23,6 +23,19 @@ __all__ = ["Child", "ForkServer", "launch_forkservers"]
 _START_TIMEOUT = 20.0
 
 
+class _ServerGone(Exception):
+    """A spawn request found no fork server listening, or lost it before the reply."""
+
+
+async def _exits_soon(proc: asyncio.subprocess.Process, within_s: float = 2.0) -> bool:
+    """Whether ``proc`` has exited or does within ``within_s`` (reaped by the loop)."""
+    try:
+        await asyncio.wait_for(proc.wait(), within_s)
+    except TimeoutError:
+        return False
+    return True
+
+
 class Child:
     """A process forked by the fork server; ``wait()`` returns its exit code."""
 
@@ -121,17 +134,35 @@ class ForkServer:
                     python: bool, stdout: int, stderr: int,
                     extra_fds: Sequence[int] = ()) -> Child:
         """Fork a child running ``argv``; the caller keeps (and closes) its fds."""
+        for retry in (False, True):
+            proc = await self._serving()
+            try:
+                return await self._ask(argv, env, cwd, python, [stdout, stderr, *extra_fds])
+            except _ServerGone as gone:
+                # Its children saw it die (their exit pipes closed) before the loop reaped
+                # it, so a restart can race its death: once reaped, a replacement serves.
+                if retry or not await _exits_soon(proc):
+                    raise ProcessError(f"could not start {argv[0]!r}: {gone}") from None
+        raise AssertionError("unreachable")  # the second pass returns or raises
+
+    async def _serving(self) -> asyncio.subprocess.Process:
+        """The running server, relaunched first if it died (killed, OOM)."""
         if self._ready is None:
             raise ProcessError("the fork server was not started")
         await asyncio.shield(self._ready)
         if self._proc is not None and self._proc.returncode is not None:
-            # It died (killed, OOM): its children died with it; a new one serves from now on.
+            # Its children died with it; a new one serves from now on.
             log.warning("fork server pid %d exited with %s; starting a new one",
                         self._proc.pid, self._proc.returncode)
             self._proc, self._ready = None, None
             await asyncio.shield(self.launch())
         if self._proc is None or self._proc.returncode is not None:
             raise ProcessError("the fork server is not running")
+        return self._proc
+
+    async def _ask(self, argv: Sequence[str], env: dict[str, str], cwd: Path, python: bool,
+                   fds: list[int]) -> Child:
+        """One spawn request (raises _ServerGone when the server is unreachable)."""
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -141,7 +172,7 @@ class ForkServer:
                                   "python": python}).encode() + b"\n"
             devnull = os.open(os.devnull, os.O_RDONLY)
             try:
-                sent = socket.send_fds(sock, [request], [devnull, stdout, stderr, *extra_fds])
+                sent = socket.send_fds(sock, [request], [devnull, *fds])
             finally:
                 os.close(devnull)
             if sent != len(request):
@@ -149,10 +180,18 @@ class ForkServer:
             reader, writer = await asyncio.open_unix_connection(sock=sock)
         except OSError as exc:
             sock.close()
-            raise ProcessError(f"could not reach the fork server to start {argv[0]!r}: {exc}"
-                               ) from exc
-        line = await reader.readline()
-        reply = json.loads(line) if line else {"error": "the fork server closed the connection"}
+            raise _ServerGone(f"could not reach the fork server: {exc}") from exc
+        try:
+            line = await reader.readline()
+        except OSError as exc:  # reset: it died while reading the request
+            line = b""
+            gone = f"the fork server dropped the request: {exc}"
+        else:
+            gone = "the fork server closed the connection"
+        if not line:
+            writer.close()
+            raise _ServerGone(gone)
+        reply = json.loads(line)
         if "pid" not in reply:
             writer.close()
             raise ProcessError(f"could not start {' '.join(argv)!r}: {reply.get('error')}")

@@ -118,6 +118,19 @@ async def test_children_die_with_the_fork_server(server: ForkServer) -> None:
     os.close(out)
 
 
+async def test_a_spawn_racing_the_servers_death_is_served_by_its_replacement(
+        server: ForkServer) -> None:
+    """A pod whose container died with the fork server restarts at once, often before the
+    loop has reaped the dead server: that restart must not fail (and count twice)."""
+    old = server.pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)  # no await before the spawn: the death is not reaped yet
+    child, out = await run(server, [sys.executable, "-c", "print('up')"])
+    assert server.pid not in (None, old)
+    assert await child.wait() == 0
+    assert await asyncio.to_thread(drain, out) == "up\n"
+
+
 async def test_stopping_the_server_kills_every_child_group() -> None:
     fs = ForkServer()
     await fs.start()
