@@ -180,38 +180,41 @@ class Level:
     own_us: float
 
 
-async def _drive(w: Wiring, concurrency: int, seconds: float) -> Level:
-    pool = ConnectionPool(max_idle_per_host=256)
+async def _round(w: Wiring, pool: ConnectionPool, concurrency: int,
+                 seconds: float) -> list[float]:
+    """``concurrency`` closed-loop workers for ``seconds``: every request's latency (ms)."""
     lat: list[float] = []
-    stop_at = 0.0
+    stop_at = time.perf_counter() + seconds
 
     async def worker() -> None:
         conn = await pool.acquire("127.0.0.1", w.entry, 5.0)
         try:
             while time.perf_counter() < stop_at:
                 t = time.perf_counter()
-                resp = await conn.send("GET", "/", w.authority or "app1", {}, b"")
+                resp = await conn.send("GET", "/", w.authority, {}, b"")
                 lat.append((time.perf_counter() - t) * 1000)
                 if resp.status != 200 or not resp.body.endswith(b"app1"):
                     raise RuntimeError(f"{w.name}: {resp.status} {resp.body[:200]!r}")
         finally:
             conn.abort()
 
-    async def _one_round() -> None:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return lat
 
-    stop_at = time.perf_counter() + 0.3  # warm every connection pool along the chain
-    await _one_round()
-    lat.clear()
-    apps0 = sum(_cpu_seconds(p) for p in w.apps)
-    prox0 = sum(_cpu_seconds(p) for p in w.proxies)
-    own0 = time.process_time()
-    start = time.perf_counter()
-    stop_at = start + seconds
-    await _one_round()
-    wall = time.perf_counter() - start
+
+async def _drive(w: Wiring, concurrency: int, seconds: float) -> Level:
+    pool = ConnectionPool(max_idle_per_host=256)
+    try:
+        await _round(w, pool, concurrency, 0.3)  # warm every connection pool along the chain
+        apps0 = sum(_cpu_seconds(p) for p in w.apps)
+        prox0 = sum(_cpu_seconds(p) for p in w.proxies)
+        own0 = time.process_time()
+        start = time.perf_counter()
+        lat = await _round(w, pool, concurrency, seconds)
+        wall = time.perf_counter() - start
+    finally:
+        await pool.close()
     n = len(lat)
-    await pool.close()
     return Level(w.name, concurrency, n / wall, _pct(lat, 0.5), _pct(lat, 0.99),
                  (sum(_cpu_seconds(p) for p in w.apps) - apps0) / n * 1e6,
                  (sum(_cpu_seconds(p) for p in w.proxies) - prox0) / n * 1e6,

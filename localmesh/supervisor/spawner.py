@@ -134,16 +134,20 @@ class ForkServer:
                     python: bool, stdout: int, stderr: int,
                     extra_fds: Sequence[int] = ()) -> Child:
         """Fork a child running ``argv``; the caller keeps (and closes) its fds."""
-        for retry in (False, True):
+        fds = [stdout, stderr, *extra_fds]
+        try:
             proc = await self._serving()
             try:
-                return await self._ask(argv, env, cwd, python, [stdout, stderr, *extra_fds])
-            except _ServerGone as gone:
+                return await self._ask(argv, env, cwd, python, fds)
+            except _ServerGone:
                 # Its children saw it die (their exit pipes closed) before the loop reaped
                 # it, so a restart can race its death: once reaped, a replacement serves.
-                if retry or not await _exits_soon(proc):
-                    raise ProcessError(f"could not start {argv[0]!r}: {gone}") from None
-        raise AssertionError("unreachable")  # the second pass returns or raises
+                if not await _exits_soon(proc):
+                    raise
+            await self._serving()
+            return await self._ask(argv, env, cwd, python, fds)
+        except _ServerGone as gone:
+            raise ProcessError(f"could not start {argv[0]!r}: {gone}") from None
 
     async def _serving(self) -> asyncio.subprocess.Process:
         """The running server, relaunched first if it died (killed, OOM)."""
