@@ -45,7 +45,7 @@ import urllib3
 import yaml
 
 from localmesh.yamldoc import safe_load
-from probes import safety
+from probes import config, safety, services
 from probes.coreapi import core_get_json
 from probes.errors import (
     ChaosError,
@@ -77,11 +77,11 @@ Configuration = Mapping[str, Any] | None
 
 def _kubeconfig(configuration: Configuration) -> str | None:
     """Explicit ``kubeconfig``, else the local mesh's (target local), else the default."""
-    config = configuration or {}
-    if config.get("kubeconfig"):
-        return str(config["kubeconfig"])
-    if str(config.get("target", "local")) == "local":
-        local = Path(str(config.get("meshchaos_state_dir") or ".meshchaos")) / "kubeconfig"
+    settings = config.resolve(configuration)
+    if settings.kubeconfig:
+        return settings.kubeconfig
+    if settings.target == "local":
+        local = Path(settings.state_dir) / "kubeconfig"
         if local.is_file():
             return str(local)
     return None
@@ -161,15 +161,14 @@ def _retarget(obj: Obj, old_ns: str, namespace: str) -> None:
 
 
 def _build(manifest: str, run_id: str, *, duration: str | None,
-           selector: Mapping[str, Any] | None, namespace: str | None) -> Obj:
+           selector: Mapping[str, Any] | None, namespace: str) -> Obj:
+    """The run's object from a reviewed manifest, moved to ``namespace`` (its selectors
+    too) with the documented overrides; nothing is read from the cluster here."""
     obj, stem = _load(manifest)
     obj = copy.deepcopy(obj)
     meta = obj.setdefault("metadata", {})
-    old_ns = str(meta.get("namespace") or "shop")
-    if namespace:
-        _retarget(obj, old_ns, namespace)
-    else:
-        meta["namespace"] = old_ns
+    old_ns = str(meta.get("namespace") or namespace)
+    _retarget(obj, old_ns, namespace)
     if selector is not None:
         if not isinstance(selector, Mapping):
             raise ConfigurationError(f"argument 'selector' must be a Chaos Mesh selector "
@@ -185,6 +184,41 @@ def _build(manifest: str, run_id: str, *, duration: str | None,
     return obj
 
 
+def _aim(api_client: Any, obj: Obj, *, service: str, peer: str, latency: str,
+         latency_factor: float, caller: str) -> str:
+    """Point the object at the named services' pods (their Services' selectors as the
+    cluster holds them) and derive the delay from the route timeout; returns what was
+    derived, for the run's log (empty when nothing was)."""
+    namespace = obj["metadata"]["namespace"]
+    label = f"{obj['kind']} '{obj['metadata']['name']}'"
+    spec = obj["spec"]
+    if service:
+        spec["selector"] = services.pod_selector(api_client, namespace, service, "service")
+    if peer:
+        if "target" not in spec:
+            raise ConfigurationError(f"{label}: argument 'peer' needs a manifest with "
+                                     "spec.target (a partition), this one has none")
+        spec["target"] = {**spec["target"], "selector": services.pod_selector(
+            api_client, namespace, peer, "peer")}
+    if latency_factor and latency:
+        raise ConfigurationError(f"{label}: pass 'latency' or 'latency_factor', not both")
+    if latency_factor:
+        if not service:
+            raise ConfigurationError(f"{label}: 'latency_factor' needs 'service' (the "
+                                     "service whose route timeout it multiplies)")
+        budget = services.route_budget(api_client, namespace, service, caller)
+        latency = f"{round(latency_factor * budget.budget_ms)}ms"
+        derived = budget.explain(latency_factor)
+    else:
+        derived = ""
+    if latency:
+        if "delay" not in spec:
+            raise ConfigurationError(f"{label}: 'latency' applies to a delay, this manifest's "
+                                     f"action is '{spec.get('action')}'")
+        spec["delay"] = {**spec["delay"], "latency": latency}
+    return derived
+
+
 def _run_id(configuration: Configuration) -> str:
     run_id = str((configuration or {}).get("run_id") or "")
     if not run_id:
@@ -198,47 +232,76 @@ def _run_id(configuration: Configuration) -> str:
 # -- the actions ------------------------------------------------------------------------
 
 def apply_chaos(manifest: str, duration: str = "", selector: dict[str, Any] | None = None,
-                namespace: str = "", wait_timeout: float = 30.0,
+                namespace: str = "", service: str = "", peer: str = "", latency: str = "",
+                latency_factor: float = 0.0, caller: str = "", wait_timeout: float = 30.0,
                 configuration: Configuration = None, secrets: Any = None) -> dict[str, Any]:
     """Apply a Chaos Mesh manifest for this run and wait until it is injected.
 
-    ``manifest``: a file in fixtures/chaos (``leaf-delay-pricing.yaml``) or a path.
-    Overrides: ``duration`` (Go duration), ``selector`` (a whole Chaos Mesh selector),
-    ``namespace`` (moves the object and its selectors). The object is named
-    ``<name>-<run id>``, labelled for the run and checked against the namespace
-    allowlist before anything is sent. Waits (at most ``wait_timeout`` s) for
-    ``AllInjected=True``; "no pod is selected" fails at once.
+    ``manifest``: a file in fixtures/chaos (``leaf-delay-pricing.yaml``) or a path: a
+    reviewed template whose kind, action and magnitudes are kept. It is moved to
+    ``namespace`` (default: the ``namespace`` configuration key) and aimed with:
+    ``service`` (the pods behind that Service, by its ``spec.selector`` as the cluster
+    holds it; experiments pass ``${target_service}``), ``peer`` (the same for a
+    partition's ``spec.target``), ``latency`` (a Go duration for a delay) or
+    ``latency_factor`` (the delay is that multiple of the route timeout towards
+    ``service``; ``caller`` names the calling service for the explanation), ``duration``,
+    or a whole ``selector``. The object is named ``<name>-<run id>``, labelled for the
+    run and checked against the namespace allowlist before anything is sent. Waits (at
+    most ``wait_timeout`` s) for ``AllInjected=True``; "no pod is selected" fails at once.
 
     Returns ``{"name", "namespace", "kind", "run_id", "applied", "dry_run",
     "records": [{"id", "selectorKey", "phase"}], "injected_at", "duration",
-    "manifest"}``.
+    "manifest", "derived"}``.
     """
     run_id = _run_id(configuration)
+    settings = config.resolve(configuration)
     obj = _build(manifest, run_id, duration=duration or None, selector=selector,
-                 namespace=namespace or None)
+                 namespace=namespace or settings.namespace)
     kind, meta = obj["kind"], obj["metadata"]
     safety.check_namespaces(safety.namespaces_of(obj), configuration,
                             f"{kind} '{meta['name']}'")
-    result: dict[str, Any] = {"name": meta["name"], "namespace": meta["namespace"],
-                              "kind": kind, "run_id": run_id, "duration":
-                              obj["spec"]["duration"], "records": [], "injected_at": None,
-                              "applied": False, "dry_run": False,
-                              "manifest": yaml.safe_dump(obj, sort_keys=False)}
-    if safety.is_dry_run(configuration):
-        print(f"# dry run: would apply\n---\n{result['manifest']}", flush=True)
-        return {**result, "dry_run": True}
+    dry_run = safety.is_dry_run(configuration)
+    if dry_run and not (service or peer or latency_factor):
+        return _dry_run_result(obj, run_id, "")
     with _api(configuration) as api_client:
+        derived = _aim(api_client, obj, service=service, peer=peer, latency=latency,
+                       latency_factor=latency_factor, caller=caller)
+        if derived:
+            logger.info("%s '%s': %s", kind, meta["name"], derived)
+        if dry_run:
+            return _dry_run_result(obj, run_id, derived)
         created = _create_unique(api_client, obj)
-        result["name"] = created["metadata"]["name"]
         try:
             status = _wait_injected(api_client, created, wait_timeout)
         except ChaosError:
             _delete_quietly(api_client, created)
             raise
     records = (status.get("experiment") or {}).get("containerRecords") or []
-    return {**result, "applied": True,
+    return {**_result(obj, run_id, derived), "applied": True,
             "records": [{k: r.get(k) for k in ("id", "selectorKey", "phase")} for r in records],
             "injected_at": datetime.now(UTC).isoformat()}
+
+
+def _result(obj: Obj, run_id: str, derived: str) -> dict[str, Any]:
+    meta = obj["metadata"]
+    return {"name": meta["name"], "namespace": meta["namespace"], "kind": obj["kind"],
+            "run_id": run_id, "duration": obj["spec"]["duration"], "records": [],
+            "injected_at": None, "applied": False, "dry_run": False, "derived": derived,
+            "manifest": yaml.safe_dump(_applied_form(obj), sort_keys=False)}
+
+
+def _applied_form(obj: Obj) -> Obj:
+    """The object as it was sent: what the cluster added (status, uid, …) left out."""
+    meta = {k: v for k, v in obj["metadata"].items()
+            if k in ("name", "namespace", "labels", "annotations")}
+    return {"apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"), "kind": obj["kind"],
+            "metadata": meta, "spec": obj["spec"]}
+
+
+def _dry_run_result(obj: Obj, run_id: str, derived: str) -> dict[str, Any]:
+    result = _result(obj, run_id, derived)
+    print(f"# dry run: would apply\n---\n{result['manifest']}", flush=True)
+    return {**result, "dry_run": True}
 
 
 def remove_chaos(name: str = "", manifest: str = "", namespace: str = "",
@@ -253,7 +316,7 @@ def remove_chaos(name: str = "", manifest: str = "", namespace: str = "",
     """
     if bool(name) == bool(manifest):
         raise ConfigurationError("remove_chaos needs exactly one of 'name' or 'manifest'")
-    namespace = namespace or str((configuration or {}).get("namespace") or "shop")
+    namespace = namespace or config.resolve(configuration).namespace
     if name:
         if kind not in PLURALS:
             raise ConfigurationError(f"kind '{kind}' is not one of {sorted(PLURALS)}")

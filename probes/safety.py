@@ -8,7 +8,7 @@ Every chaos object the suite creates:
 - has a ``spec.duration``, so a forgotten object ends by itself;
 - lives in, and selects pods only in, allowed namespaces: never ``kube-system``,
   ``istio-system`` or ``chaos-mesh``, and only those in ``allowed_namespaces``
-  (configuration, default ``["shop"]``).
+  (configuration; default: the ``namespace`` key's value).
 
 ``dry_run`` (configuration) turns every chaos action into a print of the
 manifest it would apply.
@@ -20,10 +20,10 @@ import secrets as _secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from probes.errors import ConfigurationError, SafetyError
+from probes import config
+from probes.errors import SafetyError
 
 __all__ = [
-    "DEFAULT_ALLOWED_NAMESPACES",
     "DEFAULT_DURATION",
     "FORBIDDEN_NAMESPACES",
     "MANAGED_BY",
@@ -44,7 +44,6 @@ MANAGED_BY = "meshchaos"
 RUN_ID_LABEL = "meshchaos.io/run-id"
 MANIFEST_LABEL = "meshchaos.io/manifest"
 FORBIDDEN_NAMESPACES = frozenset({"kube-system", "istio-system", "chaos-mesh"})
-DEFAULT_ALLOWED_NAMESPACES = ("shop",)
 DEFAULT_DURATION = "60s"
 
 Configuration = Mapping[str, Any] | None
@@ -56,22 +55,14 @@ def new_run_id() -> str:
 
 
 def is_dry_run(configuration: Configuration) -> bool:
-    """True when the ``dry_run`` configuration var is set (bool or "true"/"1"/"yes")."""
-    value = (configuration or {}).get("dry_run", False)
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
+    """True when the ``dry_run`` configuration key is set (bool or "true"/"1"/"yes")."""
+    return config.resolve(configuration).dry_run
 
 
 def allowed_namespaces(configuration: Configuration) -> list[str]:
-    """The namespaces chaos may touch (``allowed_namespaces``, a list or a comma string)."""
-    raw = (configuration or {}).get("allowed_namespaces", list(DEFAULT_ALLOWED_NAMESPACES))
-    if isinstance(raw, str):
-        raw = [part.strip() for part in raw.split(",") if part.strip()]
-    if not isinstance(raw, list) or not all(isinstance(ns, str) for ns in raw):
-        raise ConfigurationError(f"configuration 'allowed_namespaces' must be a list of "
-                                 f"namespace names, not '{raw}'")
-    return list(raw)
+    """The namespaces chaos may touch: ``allowed_namespaces`` (a list or a comma string),
+    else the ``namespace`` under test alone."""
+    return list(config.resolve(configuration).allowed_namespaces)
 
 
 def check_namespaces(namespaces: Iterable[str], configuration: Configuration,

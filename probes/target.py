@@ -1,9 +1,10 @@
 """Resolve the experiment configuration into where the probes send traffic and read evidence.
 
 Configuration keys (architecture.md "Experiment configuration keys"): ``target``
-(``local`` | ``kubernetes``), ``kubeconfig``, ``namespace`` (default ``shop``),
-``ingress_url``, ``traces_url``, ``traces_api`` (``jaeger`` | ``tempo``),
-``meshchaos_state_dir``, ``span_export_lag_s``. On target ``local`` the URLs and the
+(``local`` | ``kubernetes``), ``kubeconfig``, ``namespace``, ``ingress_url``,
+``traces_url``, ``traces_api`` (``jaeger`` | ``tempo``), ``meshchaos_state_dir``,
+``span_export_lag_s``, ``entry_path``, ``entry_headers``, parsed by :mod:`probes.config`
+(which holds every default). On target ``local`` the URLs and the
 kubeconfig come from the state dir of the running mesh (``endpoints.json``,
 ``kubeconfig``); explicit keys win.
 
@@ -23,12 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from probes.config import Settings, resolve
 from probes.errors import ConfigurationError
 
-__all__ = ["Target", "resolve_target"]
+__all__ = ["Target", "resolve_target", "target_of"]
 
-DEFAULT_NAMESPACE = "shop"
-DEFAULT_STATE_DIR = ".meshchaos"
 # Export interval + encode/POST/ingest margin, per target (see the module docstring).
 DEFAULT_EXPORT_LAG_S = {"local": 0.12, "kubernetes": 7.0}
 
@@ -44,6 +44,16 @@ class Target:
     traces_api: str
     kubeconfig: str | None
     span_export_lag_s: float = DEFAULT_EXPORT_LAG_S["local"]
+    entry_path: str = "/"
+    entry_headers: Mapping[str, str] | None = None
+
+    def entry_url(self, path: str | None = None) -> str:
+        """The URL of the probes' request: ``path`` if given, else the ``entry_path`` key."""
+        return self.ingress_url + (path or self.entry_path)
+
+    def request_headers(self, headers: Mapping[str, str] | None) -> dict[str, str]:
+        """``entry_headers`` with an activity's own ``headers`` on top."""
+        return {**dict(self.entry_headers or {}), **dict(headers or {})}
 
     def api_client(self) -> Any:
         """A Kubernetes ``ApiClient`` for this target's kubeconfig (default: the usual one)."""
@@ -72,48 +82,32 @@ def _endpoints(state_dir: Path) -> Mapping[str, Any]:
     return data
 
 
-def _require(config: Mapping[str, Any], key: str, kind: str) -> str:
-    value = config.get(key)
+def _require(value: str, key: str, kind: str) -> str:
     if not value:
         raise ConfigurationError(f"configuration key '{key}' is required on target '{kind}'")
-    return str(value).rstrip("/")
+    return value
 
 
 def resolve_target(configuration: Mapping[str, Any] | None) -> Target:
     """Turn a Chaos Toolkit configuration dict into a :class:`Target`."""
-    config = dict(configuration or {})
-    kind = str(config.get("target", "local"))
-    namespace = str(config.get("namespace") or DEFAULT_NAMESPACE)
-    api = str(config.get("traces_api") or "jaeger").lower()
-    if api not in ("jaeger", "tempo"):
-        raise ConfigurationError(f"configuration key 'traces_api' must be 'jaeger' or 'tempo', "
-                                 f"got {api!r}")
+    settings = resolve(configuration)
+    return target_of(settings)
+
+
+def target_of(settings: Settings) -> Target:
+    """The :class:`Target` of resolved settings (the local mesh's endpoints filled in)."""
+    kind = settings.target
+    lag = settings.span_export_lag_s or DEFAULT_EXPORT_LAG_S[kind]
     if kind == "local":
-        state_dir = Path(str(config.get("meshchaos_state_dir") or DEFAULT_STATE_DIR))
+        state_dir = Path(settings.state_dir)
         endpoints = _endpoints(state_dir)
-        kubeconfig = config.get("kubeconfig") or str(state_dir / "kubeconfig")
-        return Target(kind, namespace,
-                      str(config.get("ingress_url") or endpoints.get("ingress", "")).rstrip("/"),
-                      str(config.get("traces_url") or endpoints.get("traces", "")).rstrip("/"),
-                      api, str(kubeconfig), _export_lag(config, kind))
-    if kind == "kubernetes":
-        return Target(kind, namespace, _require(config, "ingress_url", kind),
-                      _require(config, "traces_url", kind), api,
-                      str(config["kubeconfig"]) if config.get("kubeconfig") else None,
-                      _export_lag(config, kind))
-    raise ConfigurationError(f"configuration key 'target' must be 'local' or 'kubernetes', "
-                             f"got {kind!r}")
-
-
-def _export_lag(config: Mapping[str, Any], kind: str) -> float:
-    raw = config.get("span_export_lag_s")
-    if raw is None or raw == "":
-        return DEFAULT_EXPORT_LAG_S[kind]
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        value = -1.0
-    if not 0 < value <= 60:
-        raise ConfigurationError(f"configuration key 'span_export_lag_s' must be seconds in "
-                                 f"(0, 60], got {raw!r}")
-    return value
+        ingress = settings.ingress_url or str(endpoints.get("ingress", "")).rstrip("/")
+        traces = settings.traces_url or str(endpoints.get("traces", "")).rstrip("/")
+        kubeconfig: str | None = settings.kubeconfig or str(state_dir / "kubeconfig")
+    else:
+        ingress = _require(settings.ingress_url, "ingress_url", kind)
+        traces = _require(settings.traces_url, "traces_url", kind)
+        kubeconfig = settings.kubeconfig or None
+    return Target(kind, settings.namespace, ingress, traces, settings.traces_api, kubeconfig,
+                  span_export_lag_s=lag, entry_path=settings.entry_path,
+                  entry_headers=settings.entry_headers)

@@ -43,7 +43,7 @@ from typing import Any
 from chaoslib.exceptions import InterruptExecution
 
 from localmesh.statedir import StateDir
-from probes import chaos, safety
+from probes import chaos, config, safety
 from probes.errors import ConfigurationError, ProbeError
 from probes.evidence.gcpause import gc_paused
 
@@ -166,7 +166,9 @@ def _check_activity(activity: Mapping[str, Any], configuration: Mapping[str, Any
         # the same object apply_chaos would build (a sibling module's private helper)
         obj = chaos._build(str(args.get("manifest", "")), "check",
                            duration=args.get("duration") or None,
-                           selector=args.get("selector"), namespace=args.get("namespace"))
+                           selector=args.get("selector"),
+                           namespace=str(args.get("namespace") or "")
+                           or config.resolve(configuration).namespace)
         safety.check_namespaces(safety.namespaces_of(obj), configuration,
                                 f"action '{activity.get('name')}'")
     except ProbeError as exc:

@@ -130,7 +130,7 @@ def test_a_409_leftover_never_passes_for_success(cluster: Cluster) -> None:
     """chaostoolkit-kubernetes 0.39 returns a 409 body as success; here a leftover with the
     same name leads to a fresh unique name and a real injection."""
     leftover = chaos._build("leaf-delay-pricing.yaml", "t1", duration=None, selector=None,
-                            namespace=None)
+                            namespace="shop")
     leftover["metadata"]["annotations"] = {"experiment.chaos-mesh.org/pause": "true"}
     cluster.store.create(leftover)
     result = chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=cluster.config())
@@ -322,7 +322,7 @@ def test_remove_by_name_refuses_an_object_the_suite_did_not_create(cluster: Clus
     """Removal by name only takes objects labelled managed-by meshchaos: someone else's
     experiment is never deleted by a typo."""
     foreign = chaos._build("leaf-delay-pricing.yaml", "x", duration=None, selector=None,
-                           namespace=None)
+                           namespace="shop")
     foreign["metadata"]["name"] = "someone-elses"
     foreign["metadata"]["labels"] = {"team": "payments"}
     cluster.store.create(foreign)
@@ -339,7 +339,7 @@ def test_a_webhook_refusal_reaches_the_client_as_a_422_naming_the_field(
     from kubernetes.client.exceptions import ApiException
 
     bad = chaos._build("leaf-delay-pricing.yaml", "t1", duration=None, selector=None,
-                       namespace=None)
+                       namespace="shop")
     bad["spec"]["direction"] = "from"
     api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))
     with pytest.raises(ApiException) as exc:
@@ -371,3 +371,111 @@ def test_ctrl_c_removes_the_runs_chaos_then_interrupts_as_before(cluster: Cluste
     finally:
         safety_control.cleanup_control()
         signal.signal(signal.SIGINT, original)
+
+
+# -- aiming a reviewed template at services named by configuration keys -----------------
+
+def _service(name: str, ns: str, selector: dict[str, str] | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"ports": [{"port": 8080}]}
+    if selector is not None:
+        spec["selector"] = selector
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": spec}
+
+
+def _virtual_service(host: str, ns: str, http: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": host, "namespace": ns},
+            "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": host}}],
+                                                **http}]}}
+
+
+@pytest.fixture
+def store_ns(cluster: Cluster) -> Cluster:
+    """A namespace 'store' of someone else's services: stock's pods are labelled
+    tier=stock (not app=<name>), so only its Service's selector finds them."""
+    cluster.store.create(namespace("store"))
+    cluster.store.create(pod("stock-7f9-a", "store", labels={"tier": "stock"}))
+    cluster.store.create(pod("catalog-1b2-a", "store", labels={"tier": "catalog"}))
+    cluster.store.create(_service("stock", "store", {"tier": "stock"}))
+    cluster.store.create(_service("catalog", "store", {"tier": "catalog"}))
+    cluster.store.create(_service("headless", "store", None))
+    cluster.store.create(_virtual_service("stock", "store", {"timeout": "250ms"}))
+    cluster.store.create(_virtual_service("catalog", "store", {
+        "retries": {"attempts": 2, "perTryTimeout": "100ms"}}))
+    return cluster
+
+
+def test_the_namespace_key_moves_the_manifest_and_its_selectors(store_ns: Cluster) -> None:
+    """`--var namespace=store` retargets a template written for shop, selectors included."""
+    config = store_ns.config(namespace="store", allowed_namespaces="store")
+    result = chaos.apply_chaos("leaf-delay-pricing.yaml", service="stock",
+                               configuration=config)
+    stored = store_ns.store.get(GROUP, "networkchaos", "store", result["name"])
+    assert stored["spec"]["selector"] == {"namespaces": ["store"],
+                                          "labelSelectors": {"tier": "stock"}}
+    assert [r["id"] for r in result["records"]] == ["store/stock-7f9-a"]
+
+
+def test_the_delay_is_derived_from_the_route_timeout_and_says_so(store_ns: Cluster) -> None:
+    """Istio's route timeout bounds every try (fidelity §1.2): twice it makes callers give up."""
+    config = store_ns.config(namespace="store", allowed_namespaces="store")
+    result = chaos.apply_chaos("leaf-delay-pricing.yaml", service="stock", caller="catalog",
+                               latency_factor=2, configuration=config)
+    stored = store_ns.store.get(GROUP, "networkchaos", "store", result["name"])
+    assert stored["spec"]["delay"]["latency"] == "500ms"
+    assert result["derived"] == "delay 500 ms = 2 x catalog->stock timeout 250 ms"
+
+
+def test_a_route_with_only_per_try_timeouts_bounds_the_delay_by_all_its_tries(
+        store_ns: Cluster) -> None:
+    config = store_ns.config(namespace="store", allowed_namespaces="store", dry_run="true")
+    result = chaos.apply_chaos("leaf-delay-pricing.yaml", service="catalog",
+                               latency_factor=1.5, configuration=config)
+    assert result["dry_run"] is True
+    assert result["derived"] == ("delay 450 ms = 1.5 x route to catalog 3 tries x "
+                                 "perTryTimeout 100 ms")
+    assert store_ns.chaos_names() == []
+
+
+def test_a_partition_peer_is_aimed_by_its_own_service_selector(store_ns: Cluster) -> None:
+    config = store_ns.config(namespace="store", allowed_namespaces="store")
+    result = chaos.apply_chaos("partition-inventory-pricing.yaml", service="catalog",
+                               peer="stock", configuration=config)
+    stored = store_ns.store.get(GROUP, "networkchaos", "store", result["name"])
+    assert stored["spec"]["selector"]["labelSelectors"] == {"tier": "catalog"}
+    assert stored["spec"]["target"]["selector"] == {"namespaces": ["store"],
+                                                    "labelSelectors": {"tier": "stock"}}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"service": "stokc"}, "names service 'stokc', but namespace 'store' has no such "
+                           "Service \\(it has: catalog, headless, stock\\)"),
+    ({"service": "headless"}, "Service 'store/headless' has no spec.selector"),
+    ({"service": "catalog", "latency_factor": 2, "manifest": "pod-kill-inventory.yaml"},
+     "'latency' applies to a delay"),
+    ({"service": "headless", "peer": "stock", "manifest": "leaf-delay-pricing.yaml"},
+     "has no spec.selector"),
+    ({"service": "stock", "peer": "catalog"}, "argument 'peer' needs a manifest with "
+                                              "spec.target"),
+])
+def test_bad_targets_fail_before_any_chaos_is_applied(store_ns: Cluster, kwargs: dict[str, Any],
+                                                      message: str) -> None:
+    config = store_ns.config(namespace="store", allowed_namespaces="store")
+    manifest = kwargs.pop("manifest", "leaf-delay-pricing.yaml")
+    with pytest.raises(ConfigurationError, match=message):
+        chaos.apply_chaos(manifest, configuration=config, **kwargs)
+    assert store_ns.chaos_names() == [] and store_ns.chaos_names("podchaos") == []
+
+
+def test_a_timeout_experiment_on_a_service_without_a_route_timeout_is_refused(
+        store_ns: Cluster) -> None:
+    """Istio's default route has no timeout (fidelity §2.1): there is nothing to exceed."""
+    store_ns.store.create(_service("reviews", "store", {"tier": "reviews"}))
+    store_ns.store.create(pod("reviews-1-a", "store", labels={"tier": "reviews"}))
+    config = store_ns.config(namespace="store", allowed_namespaces="store")
+    with pytest.raises(ConfigurationError, match="no VirtualService in namespace 'store' "
+                                                 "routes to it"):
+        chaos.apply_chaos("leaf-delay-pricing.yaml", service="reviews", latency_factor=2,
+                          configuration=config)
+    assert store_ns.chaos_names() == []
