@@ -33,7 +33,8 @@ h1{font-size:22px;margin:0 0 6px} h2{font-size:17px;margin:26px 0 8px}
 .verdict .reason{font-size:15px;margin-top:4px}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{border:1px solid #d5d9e0;padding:4px 6px;text-align:left;vertical-align:top}
-th{background:#eef1f5} tr.fail td{background:#fdecea} tr.hop td{background:#f6f8fa;font-weight:600}
+th{background:#eef1f5} tr.fail td{background:#fdecea} tr.unjudged td{background:#fff6e0}
+tr.hop td{background:#f6f8fa;font-weight:600}
 code{font-size:12px;word-break:break-all}
 .waterfall{border:1px solid #d5d9e0;border-radius:6px;padding:10px;margin:12px 0}
 .waterfall h3{font-size:14px;margin:0 0 8px}
@@ -91,16 +92,19 @@ def _banner(verdict: Verdict) -> str:
 
 def _checks(rows: tuple[CheckRow, ...]) -> str:
     out = ['<h2>Checks by hop</h2><table id="checks"><thead><tr><th>phase</th><th>probe</th>'
-           '<th>check</th><th>result</th><th>expected</th><th>observed</th></tr></thead><tbody>']
+           '<th>check</th><th>result</th><th>judged</th><th>expected</th><th>observed</th>'
+           '</tr></thead><tbody>']
     for hop, group in group_by_hop(rows).items():
-        out.append(f'<tr class="hop"><td colspan="6">{escape(hop)}</td></tr>')
+        out.append(f'<tr class="hop"><td colspan="7">{escape(hop)}</td></tr>')
         for row in group:
-            css = "" if row.passed else ' class="fail"'
+            css = {"FAIL": ' class="fail"', "not judged": ' class="unjudged"'}.get(row.result, "")
+            observed = "; ".join([str(row.observed), *row.notes]) if row.notes else row.observed
             out.append(f"<tr{css}><td>{row.phase}</td><td>{escape(row.probe)}</td>"
-                       f"<td>{escape(row.name)}</td><td>{'pass' if row.passed else 'FAIL'}</td>"
-                       f"<td>{_cell(row.expected)}</td><td>{_cell(row.observed)}</td></tr>")
+                       f"<td>{escape(row.name)}</td><td>{row.result}</td>"
+                       f"<td>{escape(row.tally)}</td>"
+                       f"<td>{_cell(row.expected)}</td><td>{_cell(observed)}</td></tr>")
     if not rows:
-        out.append('<tr><td colspan="6">No probe recorded a check.</td></tr>')
+        out.append('<tr><td colspan="7">No probe recorded a check.</td></tr>')
     return "".join(out) + "</tbody></table>"
 
 

@@ -42,13 +42,16 @@ def group_by_hop(rows: Iterable[CheckRow]) -> dict[str, list[CheckRow]]:
 def _checks_table(rows: tuple[CheckRow, ...]) -> list[str]:
     if not rows:
         return ["## Checks by hop", "", "No probe recorded a check.", ""]
-    out = ["## Checks by hop", "", "| hop | phase | probe | check | result | expected | observed |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["## Checks by hop", "",
+           "| hop | phase | probe | check | result | judged | expected | observed |",
+           "|---|---|---|---|---|---|---|---|"]
     for hop, group in group_by_hop(rows).items():
         for row in group:
+            result = "**FAIL**" if row.result == "FAIL" else row.result
+            observed = "; ".join([str(row.observed), *row.notes]) if row.notes else row.observed
             out.append(f"| {_cell(hop)} | {row.phase} | {_cell(row.probe)} | {_cell(row.name)} | "
-                       f"{'pass' if row.passed else '**FAIL**'} | {_cell(row.expected)} | "
-                       f"{_cell(row.observed)} |")
+                       f"{result} | {_cell(row.tally)} | {_cell(row.expected)} | "
+                       f"{_cell(observed)} |")
     return [*out, ""]
 
 

@@ -46,6 +46,27 @@ class CheckRow:
     hop: str | None = None
     rule: str = ""
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    status: str = ""  # held | failed | not judged (probes.results.Check.verdict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    basis: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def result(self) -> str:
+        """What a report prints: pass, FAIL, or not judged (the rule had nothing to look at)."""
+        if self.status == "not judged":
+            return "not judged"
+        return "pass" if self.passed else "FAIL"
+
+    @property
+    def tally(self) -> str:
+        """``evaluated 5 / held 5 / failed 0 / not judged 0 (sidecar)``, or '' without counts."""
+        if not self.counts:
+            return ""
+        basis = f" ({'+'.join(self.basis)})" if self.basis else ""
+        return (f"evaluated {self.counts.get('evaluated', 0)} / held {self.counts.get('held', 0)}"
+                f" / failed {self.counts.get('failed', 0)} / not judged "
+                f"{self.counts.get('not_judged', 0)}{basis}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,7 @@ class ProbeRun:
     checks: tuple[CheckRow, ...]
     traces: tuple[Mapping[str, Any], ...] = ()
     exception: str | None = None
+    inconclusive: str | None = None  # the probe judged nothing its hypothesis rests on
 
     @property
     def passed(self) -> bool:
@@ -212,10 +234,12 @@ def _probe_run(run: Mapping[str, Any], phase: str) -> ProbeRun:
         checks = (_tolerance_row(name, phase, activity, output, status, tolerance_met, error),)
     traces = tuple(t for t in (output or {}).get("traces") or [] if isinstance(t, Mapping)) \
         if isinstance(output, Mapping) else ()
+    inconclusive = output.get("inconclusive") if isinstance(output, Mapping) else None
     return ProbeRun(name=name, phase=phase, status=status,
                     tolerance_met=None if tolerance_met is None else bool(tolerance_met),
                     reason=_reason(output, error, tolerance_met), checks=checks,
-                    traces=traces, exception=error)
+                    traces=traces, exception=error,
+                    inconclusive=str(inconclusive) if inconclusive else None)
 
 
 def _checks(probe: str, phase: str, output: Any) -> tuple[CheckRow, ...]:
@@ -231,7 +255,12 @@ def _checks(probe: str, phase: str, output: Any) -> tuple[CheckRow, ...]:
             passed=bool(check.get("passed")), expected=check.get("expected"),
             observed=check.get("observed"), hop=check.get("hop"),
             rule=str(check.get("rule") or ""),
-            evidence=evidence if isinstance(evidence, Mapping) else {}))
+            evidence=evidence if isinstance(evidence, Mapping) else {},
+            status=str(check.get("status") or ""),
+            counts={str(k): int(v) for k, v in (check.get("counts") or {}).items()
+                    if isinstance(v, int)},
+            basis=tuple(str(b) for b in check.get("basis") or ()),
+            notes=tuple(str(n) for n in check.get("notes") or ())))
     return tuple(rows)
 
 

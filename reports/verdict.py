@@ -16,7 +16,9 @@ by rules applied in order, the first that matches deciding:
    condition ``AllInjected`` → INCONCLUSIVE;
 5. a fault was injected but no *effect* probe (a method probe with a tolerance after the
    injection, or in the background) confirmed it had an effect → INCONCLUSIVE;
-6. a hypothesis probe raised ("could not measure") → INCONCLUSIVE;
+6. a hypothesis probe raised ("could not measure"), or judged nothing that its hypothesis
+   rests on (its output's ``inconclusive``: a rule with no evidence to evaluate, e.g. no
+   hop received a budget, is never a pass) → INCONCLUSIVE;
 7. the hypothesis was not checked after the method → INCONCLUSIVE;
 8. the steady state did not hold during or after the fault → FAIL, with the probe's reason;
 9. a rollback failed → INCONCLUSIVE (the fault may still be in place);
@@ -77,7 +79,11 @@ class Verdict:
 
     @property
     def failed_checks(self) -> tuple[CheckRow, ...]:
-        return tuple(row for row in self.checks if not row.passed)
+        return tuple(row for row in self.checks if row.result == "FAIL")
+
+    @property
+    def unjudged_checks(self) -> tuple[CheckRow, ...]:
+        return tuple(row for row in self.checks if row.result == "not judged")
 
     def line(self) -> str:
         """The one-line verdict printed at the end of a run."""
@@ -114,9 +120,12 @@ def _judge(journal: Mapping[str, Any], probes: list[ProbeRun]) -> tuple[Outcome,
     if rollback:
         return Outcome.INCONCLUSIVE, rollback
     judged = [p for p in probes if p.phase in HYPOTHESIS_PHASES]
-    count = sum(len(p.checks) for p in judged)
+    count = sum(row.status != "not judged" for p in judged for row in p.checks)
+    unjudged = sum(row.status == "not judged" for p in judged for row in p.checks)
+    also = f" ({unjudged} not judged: no evidence for them)" if unjudged else ""
     return Outcome.PASS, (f"the steady state held{' under the fault' if faulted else ''}: "
-                          f"{count} checks passed across {len({p.name for p in judged})} probes")
+                          f"{count} checks passed across {len({p.name for p in judged})} "
+                          f"probes{also}")
 
 
 def _interrupted(journal: Mapping[str, Any], _: list[ProbeRun]) -> str | None:
@@ -182,6 +191,11 @@ def _probe_raised(_: Mapping[str, Any], probes: list[ProbeRun]) -> str | None:
     culprit = next((p for p in probes if p.raised and p.phase != "effect"), None)
     if culprit:
         return f"probe '{culprit.name}' ({culprit.phase}) {culprit.reason}"
+    unjudged = next((p for p in probes if p.inconclusive and p.phase in HYPOTHESIS_PHASES),
+                    None)
+    if unjudged:
+        return (f"probe '{unjudged.name}' ({unjudged.phase}) judged nothing it rests on: "
+                f"{unjudged.inconclusive}")
     return None
 
 
