@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from probes.evidence.kube import (
 )
 from probes.evidence.traceapi import TraceReader
 from probes.target import resolve_target
-from tests.data.evidence.fakecluster import Fake, serve
+from tests.data.evidence.fakecluster import Fake, serve, serving
 
 
 def test_proxy_logs_of_every_sidecar_pod_are_read_and_parsed(tmp_path: Path) -> None:
@@ -154,16 +153,9 @@ def test_trace_reader_polls_conditionally_and_reuses_what_it_parsed_on_304(
         def log_message(self, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with TraceReader(f"http://127.0.0.1:{server.server_address[1]}") as reader:
-            first = reader.fetch_many([sent["trace_id"]])
-            second = reader.fetch_many([sent["trace_id"]])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url, \
+            TraceReader(url) as reader:
+        first = reader.fetch_many([sent["trace_id"]])
+        second = reader.fetch_many([sent["trace_id"]])
     assert seen == [None, '"v1"']
     assert second == first and len(first[sent["trace_id"]]) > 10

@@ -11,7 +11,6 @@ have been exported.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -26,6 +25,7 @@ from probes.evidence.settle import POLL_S, poll_interval, settled, wait_settled
 from probes.evidence.spans import Span
 from probes.evidence.traceapi import TraceReader
 from probes.traffic import fresh_headers
+from tests.data.evidence.fakecluster import serving
 
 HOPS = ["frontend", "orders"]
 ROOT_PARENT = "a" * 16
@@ -130,15 +130,8 @@ def trace_api() -> Iterator[tuple[str, _Traces]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", traces
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+        yield url, traces
 
 
 def _sent(answered: float = 0.0, *, sampled: bool = True) -> SentRequest:

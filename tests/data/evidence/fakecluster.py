@@ -30,6 +30,8 @@ from probes.evidence.formats import EXTENDED_TEXT
 HERE = Path(__file__).resolve().parent
 MESH_YAML = "accessLogFile: /dev/stdout\naccessLogEncoding: TEXT\naccessLogFormat: |\n  " + \
     EXTENDED_TEXT.rstrip("\n") + "\n"
+# The export lag the probes allow for: the fake has none, so only the polls' own pace.
+FAKE_EXPORT_LAG_S = 0.05
 
 
 @dataclass
@@ -63,8 +65,11 @@ class Fake:
         if not received:
             return text
         last = received[-1]
-        trace = last["traceparent"].split("-")[1]
+        _, trace, parent, _ = last["traceparent"].split("-")
         text = text.replace(sent["trace_id"], trace)
+        # The root span's parent is the probe's own span: without it no trace ever settles
+        # (probes.evidence.settle), and every probe would wait out its whole bound.
+        text = text.replace(sent["parent_id"], parent)
         text = text.replace(sent["request_id"], last["x-request-id"])
         return text.replace(sent["tracestate"], last.get("tracestate", ""))
 
@@ -194,9 +199,12 @@ class Running:
     kubeconfig: Path
 
     def configuration(self, **extra: Any) -> dict[str, Any]:
+        # The fake serves every span at once: a cluster's export lag (the 7 s default of
+        # target kubernetes) would only make each probe wait for nothing.
         return {"target": "kubernetes", "namespace": "shop", "ingress_url": self.url,
                 "traces_url": self.url, "traces_api": "jaeger",
-                "kubeconfig": str(self.kubeconfig), **extra}
+                "kubeconfig": str(self.kubeconfig), "span_export_lag_s": FAKE_EXPORT_LAG_S,
+                **extra}
 
 
 @contextmanager
@@ -205,17 +213,28 @@ def serve(tmp: Path, fake: Fake | None = None) -> Iterator[Running]:
     fake = fake or Fake()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="fake-cluster", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    kubeconfig = tmp / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": url}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        "users": [{"name": "fake", "user": {}}]}))
-    try:
+    with serving(server, "fake-cluster") as url:
+        kubeconfig = tmp / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": url}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            "users": [{"name": "fake", "user": {}}]}))
         yield Running(fake, url, kubeconfig)
+
+
+@contextmanager
+def serving(server: ThreadingHTTPServer, name: str = "loopback-http") -> Iterator[str]:
+    """Serve on a thread for the duration of the block; yields the server's base URL.
+
+    ``shutdown()`` waits for the serving loop's next poll: the default poll of 0.5 s would
+    cost every test that stops a server half a second.
+    """
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
+                              name=name, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
