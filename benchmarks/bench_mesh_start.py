@@ -34,10 +34,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from localmesh.daemon import descendants
 from localmesh.mesh import LocalMesh
 from localmesh.statedir import StateDir
 from localmesh.supervisor.replicasets import is_pod_ready
-from meshchaos.daemon import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "shop"

@@ -295,7 +295,7 @@ def _logged(what: str) -> Any:
 
 class MeshThread:
     """A LocalMesh on its own loop in a daemon thread (tests; ``chaos run`` starts its mesh in
-    a process of its own instead, :class:`meshchaos.daemon.MeshDaemon`)."""
+    a process of its own instead, :class:`localmesh.daemon.MeshDaemon`)."""
 
     def __init__(self, manifests: list[Path], state_dir: Path, *,
                  env_overrides: EnvOverrides | None = None,

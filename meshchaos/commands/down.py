@@ -14,10 +14,10 @@ import signal
 import time
 from typing import Any
 
+from localmesh.daemon import descendants
 from localmesh.errors import MeshError
 from localmesh.statedir import StateDir, pid_alive
 from meshchaos.commands import add_state_dir, plain
-from meshchaos.daemon import descendants
 
 __all__ = ["HELP", "descendants", "register", "run"]
 

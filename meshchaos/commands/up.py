@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from localmesh.daemon import MeshDaemon
 from localmesh.errors import MeshError, StateDirError
 from localmesh.statedir import Endpoints, StateDir
 from meshchaos.commands import POD_HEADER, add_state_dir, plain, pod_rows, table
-from meshchaos.daemon import MeshDaemon
 
 if TYPE_CHECKING:  # the mesh (aiohttp, schemas) loads only where it runs: not for --help
     from localmesh.mesh import LocalMesh

@@ -8,7 +8,7 @@ On target ``kubernetes`` it only exports the configured ``kubeconfig`` as ``KUBE
 (restored at cleanup) so chaostoolkit-kubernetes activities reach the same cluster as the
 probes. When ``configuration.target`` is ``local`` (the default), it reuses the live mesh
 of ``meshchaos_state_dir`` (default ``.meshchaos``, e.g. one started with ``meshchaos up``)
-or starts one (:class:`meshchaos.daemon.MeshDaemon`: ``meshchaos up`` in a process of
+or starts one (:class:`localmesh.daemon.MeshDaemon`: ``meshchaos up`` in a process of
 its own, which dies with this one) with the manifests of ``meshchaos_manifests`` (default
 ``fixtures/k8s``) and, when ``chain_defect`` is set, the twin
 ``CHAIN_DEFECT=<chain_defect>`` at deployment ``chain_defect_hop``.
@@ -50,8 +50,8 @@ from typing import Any, Protocol
 
 from chaoslib.exceptions import InterruptExecution
 
+from localmesh.daemon import MeshDaemon
 from localmesh.errors import MeshError
-from meshchaos.daemon import MeshDaemon
 from probes.controls import skip_collection_at_exit
 
 __all__ = [

@@ -212,7 +212,7 @@ def test_a_killed_mesh_takes_its_pods_along_and_down_cleans_the_stale_dir(
 _OWNER = """
 import sys, time
 from pathlib import Path
-from meshchaos.daemon import MeshDaemon
+from localmesh.daemon import MeshDaemon
 daemon = MeshDaemon([Path(sys.argv[1])], Path(sys.argv[2]), owned=True)
 daemon.launch()
 daemon.wait_ready()

@@ -12,6 +12,10 @@ SIGTERM when the process that launched it dies (``--parent``, ``PR_SET_PDEATHSIG
 a session of its own either way: a terminal's Ctrl-C reaches ``chaos`` (whose safety
 control removes the run's chaos through the mesh's API first), and ``chaos`` stops the
 mesh afterwards with :meth:`MeshDaemon.stop`.
+
+It lives in ``localmesh`` (the lowest layer) so that both the probes' control and the
+command line can use it without importing each other; the process it starts is the
+command line's ``up`` module, named in :data:`UP_MODULE` and run by name, never imported.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ from typing import Any
 from localmesh.errors import MeshError
 from localmesh.statedir import StateDir, pid_alive
 
-__all__ = ["DAEMON_LOG", "MeshDaemon", "descendants"]
+__all__ = ["DAEMON_LOG", "UP_MODULE", "MeshDaemon", "descendants"]
 
 DAEMON_LOG = "up.log"
+# What the daemon runs (``python -m UP_MODULE up …``): the command line's up module alone,
+# with no other subcommand's imports on its start.
+UP_MODULE = "meshchaos.commands.up"
 _STOP_TIMEOUT_S = 30.0
 
 
@@ -82,8 +89,7 @@ class MeshDaemon:
         return self.state.path / DAEMON_LOG
 
     def command(self, notify_fd: int) -> list[str]:
-        # The daemon runs the up module alone: no other subcommand's imports on its start.
-        command = [sys.executable, "-m", "meshchaos.commands.up", "up", "--state-dir",
+        command = [sys.executable, "-m", UP_MODULE, "up", "--state-dir",
                    str(self.state.path), "--notify-fd", str(notify_fd),
                    "--ready-timeout", str(self.ready_timeout)]
         if self.owned:
