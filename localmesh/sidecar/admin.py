@@ -3,26 +3,41 @@
 ``POST /config`` (whole document, atomic replace; 400 with the reason when bad),
 ``GET /config``, ``GET /ready`` (200 once a config arrived), ``GET /stats``,
 ``POST /quitquitquit``.
+
+It drives the sidecar through :class:`AdminTarget`, the few members of
+``localmesh.sidecar.proxy.Sidecar`` it needs, so the proxy imports this module and not
+the other way round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from localmesh.errors import SidecarConfigError
 from localmesh.http.message import Request, Response
+from localmesh.sidecar.config import SidecarConfig
 
-if TYPE_CHECKING:
-    from localmesh.sidecar.proxy import Sidecar
-
-__all__ = ["handle"]
+__all__ = ["AdminTarget", "handle"]
 
 _TEXT = {"content-type": "text/plain"}
 
 
-def handle(sidecar: Sidecar, req: Request) -> Response:
+class AdminTarget(Protocol):
+    """The part of ``Sidecar`` the admin listener uses."""
+
+    cfg: SidecarConfig | None
+    stats: dict[str, int]
+
+    def apply_config(self, doc: Any) -> SidecarConfig: ...
+
+    def stats_snapshot(self) -> dict[str, Any]: ...
+
+    def request_quit(self) -> None: ...
+
+
+def handle(sidecar: AdminTarget, req: Request) -> Response:
     """Answer one admin request."""
     path = req.target.split("?", 1)[0]
     if path == "/config" and req.method == "POST":
@@ -44,7 +59,7 @@ def handle(sidecar: Sidecar, req: Request) -> Response:
     return _json(404, {"error": f"no admin endpoint {req.method} {path}"})
 
 
-def _push(sidecar: Sidecar, body: bytes) -> Response:
+def _push(sidecar: AdminTarget, body: bytes) -> Response:
     try:
         doc = json.loads(body)
         cfg = sidecar.apply_config(doc)
