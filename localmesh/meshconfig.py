@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from localmesh.documents import AccessLogEncoding, MeshDoc
 from localmesh.errors import Invalid, NotFound
 from localmesh.store import ObjectStore
 from localmesh.yamldoc import safe_load
@@ -50,7 +51,7 @@ class MeshConfig:
     honor_app_envoy_headers: bool = False
     sampling_percent: float = 1.0
     access_log_enabled: bool = False
-    access_log_encoding: str = "TEXT"
+    access_log_encoding: AccessLogEncoding = "TEXT"
     access_log_format: str = ""
     connect_timeout_ms: float = 10_000.0
     providers: tuple[tuple[str, str], ...] = ()  # (name, text format) of envoyFileAccessLog
@@ -67,7 +68,8 @@ class MeshConfig:
         annotations = (cm.get("metadata") or {}).get("annotations") or {}
         tracing = ((mesh.get("defaultConfig") or {}).get("tracing") or {})
         sampling = float(tracing.get("sampling", 1.0))
-        encoding = str(mesh.get("accessLogEncoding") or "TEXT").upper()
+        encoding: AccessLogEncoding = (
+            "JSON" if str(mesh.get("accessLogEncoding") or "").upper() == "JSON" else "TEXT")
         connect = mesh.get("connectTimeout")
         providers = []
         for p in mesh.get("extensionProviders") or []:
@@ -81,7 +83,7 @@ class MeshConfig:
             honor_app_envoy_headers=str(annotations.get(HONOR_ANNOTATION, "")).lower() == "true",
             sampling_percent=sampling,
             access_log_enabled=bool(mesh.get("accessLogFile")),
-            access_log_encoding=encoding if encoding in ("TEXT", "JSON") else "TEXT",
+            access_log_encoding=encoding,
             access_log_format=str(mesh.get("accessLogFormat") or ""),
             connect_timeout_ms=parse_duration_ms(connect, "mesh.connectTimeout")
             if connect else 10_000.0,
@@ -133,7 +135,7 @@ class MeshConfig:
                 out = replace(out, sampling_percent=float(pct))
         return out
 
-    def to_doc(self, otlp_endpoint: str) -> dict[str, Any]:
+    def to_doc(self, otlp_endpoint: str) -> MeshDoc:
         """The ``mesh`` block of a sidecar configuration document."""
         return {
             "honor_app_envoy_headers": self.honor_app_envoy_headers,

@@ -25,6 +25,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from localmesh.documents import (
+    DestinationDoc,
+    EndpointDoc,
+    FaultRuleDoc,
+    GatewayRoutesDoc,
+    HeaderMatchDoc,
+    KubeObject,
+    ObjectMeta,
+    RetriesDoc,
+    RouteDoc,
+    RouteMatchDoc,
+    ServiceDoc,
+    SidecarConfigDoc,
+)
 from localmesh.errors import MeshError, NotFound, SidecarConfigError
 from localmesh.http.client import ConnectionPool
 from localmesh.http.errors import HttpError
@@ -36,7 +50,6 @@ __all__ = ["XdsServer", "build_shared", "build_sidecar_config"]
 
 log = logging.getLogger("localmesh.xds")
 
-Obj = dict[str, Any]
 _ISTIO = "networking.istio.io"
 _RELEVANT = {("", "services"), ("", "pods"), ("", "configmaps"), (_ISTIO, "virtualservices"),
              (_ISTIO, "destinationrules"), (_ISTIO, "gateways"),
@@ -56,8 +69,9 @@ def _fqdn(host: str, namespace: str) -> str:
     return host.lower()
 
 
-def _pod_ready(pod: Obj) -> bool:
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+def _pod_ready(pod: KubeObject) -> bool:
+    meta: ObjectMeta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
         return False
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Ready":
@@ -65,29 +79,31 @@ def _pod_ready(pod: Obj) -> bool:
     return False
 
 
-def _pod_port(pod: Obj) -> int | None:
+def _pod_port(pod: KubeObject) -> int | None:
     """Where callers connect: the sidecar's inbound listener, else the app (no sidecar)."""
-    ann = (pod.get("metadata") or {}).get("annotations") or {}
+    meta: ObjectMeta = pod.get("metadata") or {}
+    ann = meta.get("annotations") or {}
     raw = ann.get("meshchaos.io/inbound-port") or ann.get("meshchaos.io/app-port")
     return int(raw) if raw and str(raw).isdigit() else None
 
 
-def _services(store: ObjectStore) -> dict[str, Obj]:
+def _services(store: ObjectStore) -> dict[str, ServiceDoc]:
     pods = store.list("", "pods")
-    out: dict[str, Obj] = {}
+    out: dict[str, ServiceDoc] = {}
     for svc in store.list("", "services"):
-        meta, spec = svc["metadata"], svc.get("spec") or {}
+        meta: ObjectMeta = svc["metadata"]
+        spec = svc.get("spec") or {}
         ns = meta.get("namespace", "default")
         selector = spec.get("selector") or {}
-        eps = []
+        eps: list[EndpointDoc] = []
         for pod in pods:
-            pmeta = pod["metadata"]
+            pmeta: ObjectMeta = pod["metadata"]
             port = _pod_port(pod)
             if (not selector or pmeta.get("namespace") != ns or port is None
                     or not match_labels(selector, pmeta.get("labels") or {})):
                 continue
             eps.append({"pod": pmeta["name"], "namespace": ns,
-                        "host": (pod.get("status") or {}).get("podIP") or "127.0.0.1",
+                        "host": str((pod.get("status") or {}).get("podIP") or "127.0.0.1"),
                         "port": port, "labels": dict(pmeta.get("labels") or {}),
                         "ready": _pod_ready(pod)})
         out[f"{meta['name']}.{ns}.svc.cluster.local"] = {
@@ -97,7 +113,7 @@ def _services(store: ObjectStore) -> dict[str, Obj]:
     return out
 
 
-def _retries(spec: Mapping[str, Any] | None, where: str) -> Obj | None:
+def _retries(spec: Mapping[str, Any] | None, where: str) -> RetriesDoc | None:
     if spec is None:
         return None  # Istio's default policy (§2.2)
     attempts = int(spec.get("attempts") or 0)
@@ -115,36 +131,52 @@ def _retries(spec: Mapping[str, Any] | None, where: str) -> Obj | None:
             "retry_on": names, "retriable_status_codes": codes}
 
 
-def _match(m: Mapping[str, Any]) -> Obj:
-    out: Obj = {}
-    uri = m.get("uri") or {}
-    for kind in ("prefix", "exact", "regex"):
-        if kind in uri:
-            out[kind] = uri[kind]
-    headers = {name.lower(): {k: v for k, v in cond.items() if k in ("exact", "prefix", "regex")}
+def _string_match(spec: Mapping[str, Any]) -> HeaderMatchDoc:
+    """Istio's StringMatch (one of exact/prefix/regex), as the sidecar reads it."""
+    out: HeaderMatchDoc = {}
+    if "exact" in spec:
+        out["exact"] = str(spec["exact"])
+    if "prefix" in spec:
+        out["prefix"] = str(spec["prefix"])
+    if "regex" in spec:
+        out["regex"] = str(spec["regex"])
+    return out
+
+
+def _match(m: Mapping[str, Any]) -> RouteMatchDoc:
+    uri = _string_match(m.get("uri") or {})
+    out: RouteMatchDoc = {}
+    if "prefix" in uri:
+        out["prefix"] = uri["prefix"]
+    if "exact" in uri:
+        out["exact"] = uri["exact"]
+    if "regex" in uri:
+        out["regex"] = uri["regex"]
+    headers = {str(name).lower(): _string_match(cond)
                for name, cond in (m.get("headers") or {}).items()}
     if headers:
         out["headers"] = headers
     return out
 
 
-def _http_routes(vs: Obj) -> list[Obj]:
-    ns = vs["metadata"].get("namespace", "default")
-    where = f"virtualservice {ns}/{vs['metadata']['name']}"
-    routes = []
+def _http_routes(vs: KubeObject) -> list[RouteDoc]:
+    meta: ObjectMeta = vs["metadata"]
+    ns = meta.get("namespace", "default")
+    where = f"virtualservice {ns}/{meta['name']}"
+    routes: list[RouteDoc] = []
     for i, http in enumerate((vs.get("spec") or {}).get("http") or []):
-        dests = []
+        dests: list[DestinationDoc] = []
         for d in http.get("route") or []:
             dest = d.get("destination") or {}
             dests.append({"host": _fqdn(str(dest.get("host", "")), ns),
-                          "subset": dest.get("subset", ""),
+                          "subset": str(dest.get("subset", "")),
                           "port": int((dest.get("port") or {}).get("number") or 0),
                           "weight": int(d.get("weight", 100 if len(http["route"]) == 1 else 0))})
         if not dests:
             continue  # redirect/direct_response routes are not emulated
         timeout = http.get("timeout")
         routes.append({
-            "name": http.get("name") or f"{vs['metadata']['name']}.{i}",
+            "name": str(http.get("name") or f"{meta['name']}.{i}"),
             "match": [_match(m) for m in http.get("match") or []],
             "destinations": dests,
             "timeout_ms": parse_duration_ms(timeout, f"{where}.http[{i}].timeout")
@@ -158,17 +190,17 @@ class Shared:
     """The parts of every sidecar's document that do not depend on the sidecar."""
 
     mesh: MeshConfig
-    services: dict[str, Obj]
-    routes: dict[str, list[Obj]]
-    gateway_routes: list[Obj]
+    services: dict[str, ServiceDoc]
+    routes: dict[str, list[RouteDoc]]
+    gateway_routes: list[GatewayRoutesDoc]
     subsets: dict[str, dict[str, dict[str, str]]]
     connect_timeout_ms: dict[str, float]
 
 
 def build_shared(store: ObjectStore) -> Shared:
     """Translate the store's Services, Pods, VirtualServices and DestinationRules once."""
-    routes: dict[str, list[Obj]] = {}
-    gateway_routes: list[Obj] = []
+    routes: dict[str, list[RouteDoc]] = {}
+    gateway_routes: list[GatewayRoutesDoc] = []
     for vs in sorted(store.list(_ISTIO, "virtualservices"),
                      key=lambda o: o["metadata"].get("creationTimestamp", "")):
         spec = vs.get("spec") or {}
@@ -199,10 +231,11 @@ def build_shared(store: ObjectStore) -> Shared:
                   subsets, connect)
 
 
-def build_sidecar_config(shared: Shared, pod: Obj | None, namespace: str, name: str, *,
-                         version: int, otlp_endpoint: str, faults: list[Obj]) -> Obj:
+def build_sidecar_config(shared: Shared, pod: KubeObject | None, namespace: str, name: str, *,
+                         version: int, otlp_endpoint: str,
+                         faults: list[FaultRuleDoc]) -> SidecarConfigDoc:
     """One sidecar's whole configuration document (docs/architecture.md)."""
-    meta = (pod or {}).get("metadata") or {}
+    meta: ObjectMeta = (pod or {}).get("metadata") or {}
     labels = meta.get("labels") or {}
     ann = meta.get("annotations") or {}
     app_port = ann.get("meshchaos.io/app-port")
@@ -246,7 +279,7 @@ class XdsServer:
         self._targets: dict[tuple[str, str], _Target] = {}
         # Fault rules outlive registrations: a sidecar that restarts (pod-failure,
         # container-kill) must come back with the chaos still in force.
-        self._faults: dict[tuple[str, str], list[Obj]] = {}
+        self._faults: dict[tuple[str, str], list[FaultRuleDoc]] = {}
         self._versions = itertools.count(1)
         self._pool = ConnectionPool(max_idle_per_host=2)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -271,7 +304,7 @@ class XdsServer:
 
     # -- store events ---------------------------------------------------------------
 
-    def _on_change(self, event: str, obj: Obj) -> None:
+    def _on_change(self, event: str, obj: KubeObject) -> None:
         group = obj.get("apiVersion", "v1").rpartition("/")[0]
         kind = obj.get("kind", "")
         rtype = self._store.registry.by_kind(group, kind)
@@ -322,9 +355,9 @@ class XdsServer:
         if target is not None and target.task is not None:
             target.task.cancel()
 
-    def set_faults(self, namespace: str, pod: str, rules: list[Obj]) -> None:
+    def set_faults(self, namespace: str, pod: str, rules: list[FaultRuleDoc]) -> None:
         """Replace one pod's fault rules ([] clears them) and push at once."""
-        self._faults[(namespace, pod)] = [dict(r) for r in rules]
+        self._faults[(namespace, pod)] = [r.copy() for r in rules]
         target = self._targets.get((namespace, pod))
         if target is not None:
             target.synced.clear()
@@ -362,11 +395,11 @@ class XdsServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await target.task
 
-    def _document(self, target: _Target) -> Obj:
+    def _document(self, target: _Target) -> SidecarConfigDoc:
         if self._shared is None:
             self._shared = build_shared(self._store)
         try:
-            pod: Obj | None = self._store.get("", "pods", target.namespace, target.pod)
+            pod: KubeObject | None = self._store.get("", "pods", target.namespace, target.pod)
         except NotFound:
             pod = None
         target.built = next(self._versions)

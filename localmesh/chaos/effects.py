@@ -19,20 +19,20 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from localmesh.chaos.faults import SOURCE, TARGET, record_rules
+from localmesh.documents import FaultRuleDoc, KubeObject
 from localmesh.errors import NotFound
 from localmesh.store import ObjectStore
 
 __all__ = ["EffectError", "Effects", "FaultSink", "PodRunner", "image_annotation"]
 
 log = logging.getLogger("localmesh.chaos")
-Obj = dict[str, Any]
-Record = dict[str, Any]
+Record = dict[str, Any]  # one entry of a chaos object's status.experiment.containerRecords
 
 
 class FaultSink(Protocol):
     """The part of ``XdsServer`` the controller uses."""
 
-    def set_faults(self, namespace: str, pod: str, rules: list[dict[str, Any]]) -> None: ...
+    def set_faults(self, namespace: str, pod: str, rules: list[FaultRuleDoc]) -> None: ...
 
     async def wait_synced(self, namespace: str, pod: str, timeout: float = 2.0) -> None: ...  # noqa: ASYNC109 - the XdsServer contract
 
@@ -64,7 +64,7 @@ class Effects:
         self._store, self._xds, self._supervisor = store, xds, supervisor
         self._sync_timeout = sync_timeout
         # pod key "ns/name" -> (chaos id, selector key) -> rules in force on that pod
-        self._rules: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = {}
+        self._rules: dict[str, dict[tuple[str, str], list[FaultRuleDoc]]] = {}
         self._failed_pods: dict[str, set[str]] = {}  # pod key -> chaos ids holding it failed
 
     def _pod_exists(self, pod_key: str) -> bool:
@@ -75,7 +75,7 @@ class Effects:
             return False
         return True
 
-    async def apply(self, obj: Obj, record: Record, records: list[Record]) -> str:
+    async def apply(self, obj: KubeObject, record: Record, records: list[Record]) -> str:
         """Inject one record; return the success message or raise EffectError."""
         chaos_id = _chaos_id(obj)
         spec: Mapping[str, Any] = obj["spec"]
@@ -92,7 +92,7 @@ class Effects:
             await self._apply_pod(spec, record["id"], chaos_id)
         return f"Successfully apply chaos for {record['id']}"
 
-    async def recover(self, obj: Obj, record: Record) -> str:
+    async def recover(self, obj: KubeObject, record: Record) -> str:
         """Recover one record; a vanished pod counts as recovered."""
         chaos_id = _chaos_id(obj)
         pod_key = "/".join(_split(record["id"])[:2])
@@ -138,7 +138,7 @@ class Effects:
     async def push(self, pod_key: str) -> None:
         await self._push(pod_key, wait=False)
 
-    def merged_rules(self, pod_key: str) -> list[dict[str, Any]]:
+    def merged_rules(self, pod_key: str) -> list[FaultRuleDoc]:
         """Every rule in force on a pod, from all chaos objects, in a stable order."""
         owned = self._rules.get(pod_key, {})
         return [rule for owner in sorted(owned) for rule in owned[owner]]
@@ -179,7 +179,7 @@ class Effects:
         """Chaos Mesh's pod-failure saves each container's image in a pod annotation before it
         swaps in the pause image, and drops it on recovery (§5.3); the local pod shows the same.
         """
-        def change(obj: Obj) -> None:
+        def change(obj: KubeObject) -> None:
             annotations = obj["metadata"].setdefault("annotations", {})
             spec = obj.get("spec") or {}
             for kind, field in (("normal", "containers"), ("init", "initContainers")):

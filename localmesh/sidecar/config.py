@@ -13,6 +13,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from localmesh.doccheck import Shape, ShapeError, show
+from localmesh.documents import (
+    FaultRuleDoc,
+    GatewayRoutesDoc,
+    HeaderMatchDoc,
+    MeshDoc,
+    RetriesDoc,
+    RouteDoc,
+    RouteMatchDoc,
+    ServiceDoc,
+    SidecarConfigDoc,
+)
 from localmesh.errors import SidecarConfigError
 
 __all__ = [
@@ -42,15 +54,6 @@ DEFAULT_TEXT_FORMAT = (
     "%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% "
     "%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"
 )
-
-_RETRY_ON_TOKENS = frozenset({
-    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
-    "refused-stream", "retriable-4xx", "retriable-status-codes", "retriable-headers",
-    "envoy-ratelimited", "http3-post-connect-failure", "cancelled", "deadline-exceeded",
-    "internal", "resource-exhausted", "unavailable",
-})
-_ACTIONS = frozenset({"delay", "loss", "duplicate", "corrupt", "partition", "bandwidth", "netem"})
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -206,205 +209,136 @@ class SidecarConfig:
     raw: dict[str, Any]
 
 
-# -- parsing helpers ---------------------------------------------------------------
+# -- building the objects from a checked document ---------------------------------------
+# The document was checked against SidecarConfigDoc as a whole first (types, required
+# fields, bounds, known names); what is left here are the rules a type cannot say.
+
+_SHAPE: Shape[SidecarConfigDoc] = Shape(SidecarConfigDoc)
 
 
-def _obj(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise SidecarConfigError(f"{where} must be an object, got {value!r}")
-    return value
-
-
-def _list(value: Any, where: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise SidecarConfigError(f"{where} must be a list, got {value!r}")
-    return value
-
-
-def _num(value: Any, where: str, default: float = 0.0) -> float:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise SidecarConfigError(f"{where} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _int(value: Any, where: str, default: int = 0) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise SidecarConfigError(f"{where} must be an integer >= 0, got {value!r}")
-    return value
-
-
-def _str(value: Any, where: str, default: str = "") -> str:
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise SidecarConfigError(f"{where} must be a string, got {value!r}")
-    return value
+def _bad(where: str, value: object, expected: str) -> SidecarConfigError:
+    return SidecarConfigError(f"sidecar config: {where} is {show(value)}, not {expected}")
 
 
 def _regex(value: str, where: str) -> re.Pattern[str]:
     try:
         return re.compile(value)
     except re.error as exc:
-        raise SidecarConfigError(f"{where} is not a valid regex {value!r}: {exc}") from None
+        raise _bad(where, value, f"a valid regex ({exc})") from None
 
 
-def _header_match(name: str, spec: Any, where: str) -> HeaderMatch:
-    spec = _obj(spec, where)
-    for kind in ("exact", "prefix", "regex"):
-        if kind in spec:
-            value = _str(spec[kind], f"{where}.{kind}")
-            pattern = _regex(value, f"{where}.regex") if kind == "regex" else None
-            return HeaderMatch(name.lower(), kind, value, pattern)
-    raise SidecarConfigError(f"{where} needs one of exact/prefix/regex, got {spec!r}")
+def _header_match(name: str, spec: HeaderMatchDoc, where: str) -> HeaderMatch:
+    if "exact" in spec:
+        return HeaderMatch(name.lower(), "exact", spec["exact"])
+    if "prefix" in spec:
+        return HeaderMatch(name.lower(), "prefix", spec["prefix"])
+    if "regex" in spec:
+        value = spec["regex"]
+        return HeaderMatch(name.lower(), "regex", value, _regex(value, f"{where}.regex"))
+    raise _bad(where, spec, "an object with one of exact, prefix, regex")
 
 
-def _route_match(spec: Any, where: str) -> RouteMatch:
-    spec = _obj(spec, where)
-    headers = tuple(_header_match(n, s, f"{where}.headers.{n}")
-                    for n, s in _obj(spec.get("headers") or {}, f"{where}.headers").items())
-    for kind in ("prefix", "exact", "regex"):
-        if spec.get(kind) is not None:
-            value = _str(spec[kind], f"{where}.{kind}")
-            pattern = _regex(value, f"{where}.regex") if kind == "regex" else None
-            return RouteMatch(kind, value, pattern, headers)
+def _route_match(spec: RouteMatchDoc, where: str) -> RouteMatch:
+    headers = tuple(_header_match(n, h, f"{where}.headers[{n!r}]")
+                    for n, h in spec.get("headers", {}).items())
+    if "prefix" in spec:
+        return RouteMatch("prefix", spec["prefix"], None, headers)
+    if "exact" in spec:
+        return RouteMatch("exact", spec["exact"], None, headers)
+    if "regex" in spec:
+        value = spec["regex"]
+        return RouteMatch("regex", value, _regex(value, f"{where}.regex"), headers)
     return RouteMatch("any", "", None, headers)
 
 
-def _retry(spec: Any, where: str) -> RetryPolicy:
+def _retry(spec: RetriesDoc | None) -> RetryPolicy:
     if spec is None:
         return DEFAULT_RETRY
-    spec = _obj(spec, where)
-    tokens = frozenset(_str(t, f"{where}.retry_on[]").strip()
-                       for t in _list(spec.get("retry_on"), f"{where}.retry_on"))
-    unknown = sorted(t for t in tokens if t not in _RETRY_ON_TOKENS)
-    if unknown:
-        raise SidecarConfigError(f"{where}.retry_on has unknown conditions {unknown}")
-    codes = frozenset(_int(c, f"{where}.retriable_status_codes[]")
-                      for c in _list(spec.get("retriable_status_codes"),
-                                     f"{where}.retriable_status_codes"))
-    return RetryPolicy(_int(spec.get("attempts"), f"{where}.attempts"),
-                       _num(spec.get("per_try_timeout_ms"), f"{where}.per_try_timeout_ms"),
-                       tokens or DEFAULT_RETRY.retry_on, codes)
+    return RetryPolicy(spec["attempts"], float(spec.get("per_try_timeout_ms", 0.0)),
+                       frozenset(spec.get("retry_on", ())) or DEFAULT_RETRY.retry_on,
+                       frozenset(spec.get("retriable_status_codes", ())))
 
 
-def _route(spec: Any, where: str) -> Route:
-    spec = _obj(spec, where)
+def _route(spec: RouteDoc, where: str) -> Route:
     matches = tuple(_route_match(m, f"{where}.match[{i}]")
-                    for i, m in enumerate(_list(spec.get("match"), f"{where}.match")))
-    dests = []
-    for i, d in enumerate(_list(spec.get("destinations"), f"{where}.destinations")):
-        d = _obj(d, f"{where}.destinations[{i}]")
-        host = _str(d.get("host"), f"{where}.destinations[{i}].host")
-        if not host:
-            raise SidecarConfigError(f"{where}.destinations[{i}].host is required")
-        dests.append(Destination(host, _str(d.get("subset"), "subset"),
-                                 _int(d.get("port"), f"{where}.destinations[{i}].port"),
-                                 _int(d.get("weight"), f"{where}.destinations[{i}].weight", 100)))
-    if not dests:
-        raise SidecarConfigError(f"{where}.destinations must name at least one destination")
-    return Route(_str(spec.get("name"), f"{where}.name"), matches, tuple(dests),
-                 _num(spec.get("timeout_ms"), f"{where}.timeout_ms"),
-                 _retry(spec.get("retries"), f"{where}.retries"))
+                    for i, m in enumerate(spec.get("match", ())))
+    dests = tuple(Destination(d["host"], d.get("subset", ""), d.get("port", 0),
+                              d.get("weight", 100)) for d in spec["destinations"])
+    return Route(spec.get("name", ""), matches, dests, float(spec.get("timeout_ms", 0.0)),
+                 _retry(spec.get("retries")))
 
 
-def _service(fqdn: str, spec: Any) -> Service:
-    where = f"services.{fqdn}"
-    spec = _obj(spec, where)
-    eps = []
-    for i, e in enumerate(_list(spec.get("endpoints"), f"{where}.endpoints")):
-        e = _obj(e, f"{where}.endpoints[{i}]")
-        labels = _obj(e.get("labels") or {}, f"{where}.endpoints[{i}].labels")
-        eps.append(Endpoint(_str(e.get("pod"), "pod"), _str(e.get("namespace"), "namespace"),
-                            _str(e.get("host"), "host", "127.0.0.1"),
-                            _int(e.get("port"), f"{where}.endpoints[{i}].port"),
-                            {str(k): str(v) for k, v in labels.items()},
-                            bool(e.get("ready", True))))
-    ports = tuple(_int(p, f"{where}.ports[]") for p in _list(spec.get("ports"), f"{where}.ports"))
-    return Service(fqdn, _str(spec.get("name"), f"{where}.name", fqdn.split(".")[0]),
-                   _str(spec.get("namespace"), f"{where}.namespace"), ports, tuple(eps))
+def _service(fqdn: str, spec: ServiceDoc) -> Service:
+    eps = tuple(Endpoint(e["pod"], e["namespace"], e.get("host", "127.0.0.1"), e["port"],
+                         dict(e.get("labels", {})), e.get("ready", True))
+                for e in spec.get("endpoints", ()))
+    return Service(fqdn, spec.get("name", fqdn.split(".")[0]), spec.get("namespace", ""),
+                   tuple(spec.get("ports", ())), eps)
 
 
-def _fault(spec: Any, where: str) -> FaultRule:
-    spec = _obj(spec, where)
-    action = _str(spec.get("action"), f"{where}.action")
-    if action not in _ACTIONS:
-        raise SidecarConfigError(
-            f"{where}.action must be one of {sorted(_ACTIONS)}, got {action!r}")
-    peers_raw = spec.get("peers")
-    peers = None if peers_raw is None else frozenset(
-        _str(p, f"{where}.peers[]") for p in _list(peers_raw, f"{where}.peers"))
-    delay = _obj(spec.get("delay") or {}, f"{where}.delay")
-    loss = _obj(spec.get("loss") or {}, f"{where}.loss")
-    corrupt = _obj(spec.get("corrupt") or {}, f"{where}.corrupt")
-    bw = _obj(spec.get("bandwidth") or {}, f"{where}.bandwidth")
-    rate = _num(bw.get("rate_bytes_per_s"), f"{where}.bandwidth.rate_bytes_per_s")
-    if action == "bandwidth" and rate <= 0:
-        raise SidecarConfigError(f"{where}.bandwidth.rate_bytes_per_s must be > 0, got {rate}")
+def _fault(spec: FaultRuleDoc, where: str) -> FaultRule:
+    action, peers = spec["action"], spec["peers"]
+    delay, loss = spec.get("delay"), spec.get("loss")
+    corrupt, bandwidth = spec.get("corrupt"), spec.get("bandwidth")
+    if action == "bandwidth":
+        if bandwidth is None:
+            raise SidecarConfigError(f"sidecar config: {where}.bandwidth is missing "
+                                     "(action 'bandwidth' needs it)")
+        if bandwidth["rate_bytes_per_s"] <= 0:
+            raise _bad(f"{where}.bandwidth.rate_bytes_per_s", bandwidth["rate_bytes_per_s"],
+                       "> 0 (action 'bandwidth')")
     return FaultRule(
-        _str(spec.get("id"), f"{where}.id"), action, peers,
-        _num(delay.get("latency_ms"), f"{where}.delay.latency_ms"),
-        _num(delay.get("jitter_ms"), f"{where}.delay.jitter_ms"),
-        _num(delay.get("correlation"), f"{where}.delay.correlation"),
-        _num(loss.get("percent"), f"{where}.loss.percent"),
-        _num(loss.get("correlation"), f"{where}.loss.correlation"),
-        _num(corrupt.get("percent"), f"{where}.corrupt.percent"),
-        rate, _num(bw.get("buffer_bytes"), f"{where}.bandwidth.buffer_bytes"))
+        spec["id"], action, None if peers is None else frozenset(peers),
+        float(delay["latency_ms"]) if delay else 0.0,
+        float(delay.get("jitter_ms", 0.0)) if delay else 0.0,
+        float(delay.get("correlation", 0.0)) if delay else 0.0,
+        float(loss["percent"]) if loss else 0.0,
+        float(loss.get("correlation", 0.0)) if loss else 0.0,
+        float(corrupt["percent"]) if corrupt else 0.0,
+        float(bandwidth["rate_bytes_per_s"]) if bandwidth else 0.0,
+        float(bandwidth.get("buffer_bytes", 0.0)) if bandwidth else 0.0)
 
 
-def _mesh(spec: Any) -> MeshSettings:
-    spec = _obj(spec or {}, "mesh")
-    al = _obj(spec.get("access_log") or {}, "mesh.access_log")
-    encoding = _str(al.get("encoding"), "mesh.access_log.encoding", "TEXT").upper()
-    if encoding not in ("TEXT", "JSON"):
-        raise SidecarConfigError(f"mesh.access_log.encoding must be TEXT or JSON, got {encoding!r}")
-    access_log = AccessLogConfig(bool(al.get("enabled", True)), encoding,
-                                 _str(al.get("format"), "mesh.access_log.format") or "")
+def _mesh(spec: MeshDoc) -> MeshSettings:
+    al = spec.get("access_log", {})
     return MeshSettings(
-        bool(spec.get("honor_app_envoy_headers", False)),
-        _num(spec.get("sampling_percent"), "mesh.sampling_percent", 1.0),
-        access_log,
-        _num(spec.get("connect_timeout_ms"), "mesh.connect_timeout_ms", 10_000.0) or 10_000.0,
-        _str(spec.get("otlp_endpoint"), "mesh.otlp_endpoint"))
+        spec.get("honor_app_envoy_headers", False),
+        float(spec.get("sampling_percent", 1.0)),
+        AccessLogConfig(al.get("enabled", True), al.get("encoding", "TEXT"), al.get("format", "")),
+        float(spec.get("connect_timeout_ms", 0.0)) or 10_000.0,
+        spec.get("otlp_endpoint", ""))
 
 
-def parse_config(doc: Any) -> SidecarConfig:
-    """Check a pushed configuration document and build the objects the data path reads."""
-    doc = _obj(doc, "config")
-    node = _obj(doc.get("node") or {}, "node")
-    mode = _str(node.get("mode"), "node.mode", "sidecar")
-    if mode not in ("sidecar", "gateway"):
-        raise SidecarConfigError(f"node.mode must be sidecar or gateway, got {mode!r}")
-    services = {fqdn: _service(fqdn, s)
-                for fqdn, s in _obj(doc.get("services") or {}, "services").items()}
-    routes = {host: tuple(_route(r, f"routes.{host}[{i}]")
-                          for i, r in enumerate(_list(rs, f"routes.{host}")))
-              for host, rs in _obj(doc.get("routes") or {}, "routes").items()}
-    subsets: dict[str, dict[str, dict[str, str]]] = {}
-    for host, named in _obj(doc.get("subsets") or {}, "subsets").items():
-        subsets[host] = {name: {str(k): str(v) for k, v in
-                                _obj(labels, f"subsets.{host}.{name}").items()}
-                         for name, labels in _obj(named, f"subsets.{host}").items()}
-    connect = {h: _num(v, f"connect_timeout_ms.{h}")
-               for h, v in _obj(doc.get("connect_timeout_ms") or {}, "connect_timeout_ms").items()}
-    gateway = []
-    for i, g in enumerate(_list(doc.get("gateway_routes"), "gateway_routes")):
-        g = _obj(g, f"gateway_routes[{i}]")
-        hosts = tuple(_str(h, f"gateway_routes[{i}].hosts[]").lower()
-                      for h in _list(g.get("hosts"), f"gateway_routes[{i}].hosts")) or ("*",)
-        rs = tuple(_route(r, f"gateway_routes[{i}].routes[{j}]")
-                   for j, r in enumerate(_list(g.get("routes"), f"gateway_routes[{i}].routes")))
-        gateway.append((hosts, rs))
-    faults = tuple(_fault(f, f"faults[{i}]")
-                   for i, f in enumerate(_list(doc.get("faults"), "faults")))
+def _gateway_routes(spec: GatewayRoutesDoc,
+                    where: str) -> tuple[tuple[str, ...], tuple[Route, ...]]:
+    hosts = tuple(h.lower() for h in spec.get("hosts", ())) or ("*",)
+    return hosts, tuple(_route(r, f"{where}.routes[{j}]")
+                        for j, r in enumerate(spec.get("routes", ())))
+
+
+def parse_config(raw: Any) -> SidecarConfig:
+    """Check a pushed configuration document and build the objects the data path reads.
+
+    Raises :class:`SidecarConfigError` naming the first bad field by its path, e.g.
+    ``sidecar config: routes['orders.shop.svc.cluster.local'][0].timeout_ms is 'x', not a
+    number >= 0``.
+    """
+    try:
+        doc = _SHAPE.check(raw)
+    except ShapeError as exc:
+        raise SidecarConfigError(f"sidecar config: {exc}") from None
+    node = doc["node"]
+    subsets = {host: {name: dict(labels) for name, labels in named.items()}
+               for host, named in doc.get("subsets", {}).items()}
     return SidecarConfig(
-        _int(doc.get("version"), "version"),
-        _str(node.get("pod"), "node.pod"), _str(node.get("namespace"), "node.namespace"),
-        _str(node.get("service"), "node.service"), mode,
-        _int(node.get("app_port"), "node.app_port"),
-        _mesh(doc.get("mesh")), services, routes, subsets, connect, tuple(gateway), faults, doc)
+        doc["version"], node["pod"], node["namespace"], node["service"],
+        node.get("mode", "sidecar"), node.get("app_port", 0), _mesh(doc.get("mesh", {})),
+        {fqdn: _service(fqdn, s) for fqdn, s in doc.get("services", {}).items()},
+        {host: tuple(_route(r, f"routes[{host!r}][{i}]") for i, r in enumerate(rs))
+         for host, rs in doc.get("routes", {}).items()},
+        subsets,
+        {host: float(ms) for host, ms in doc.get("connect_timeout_ms", {}).items()},
+        tuple(_gateway_routes(g, f"gateway_routes[{i}]")
+              for i, g in enumerate(doc.get("gateway_routes", ()))),
+        tuple(_fault(f, f"faults[{i}]") for i, f in enumerate(doc.get("faults", ()))),
+        raw)

@@ -113,7 +113,8 @@ async def test_bad_config_is_rejected_with_400_and_the_old_one_kept(pair: Pair) 
                  routes={LEAF: [{"name": "r", "destinations": [], "timeout_ms": 10}]})
     resp = await pair.front.push(bad)
     assert resp.status == 400
-    assert "routes.leaf.shop.svc.cluster.local[0].destinations" in json.loads(resp.body)["error"]
+    assert ("sidecar config: routes['leaf.shop.svc.cluster.local'][0].destinations is [], "
+            "not a non-empty list") in json.loads(resp.body)["error"]
     bad_fmt = config("front-1", "front", services=pair.services(), version=9,
                      mesh={"access_log": {"enabled": True, "encoding": "TEXT",
                                           "format": "%NOPE%"}})
