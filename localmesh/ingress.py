@@ -8,8 +8,7 @@ the gateway's Deployment and Service, they are created here.
 
 from __future__ import annotations
 
-from typing import Any
-
+from localmesh.documents import KubeObject
 from localmesh.store import ObjectStore
 from localmesh.supervisor.injection import PROXY_CONTAINER, PROXY_IMAGE
 
@@ -20,10 +19,9 @@ GATEWAY_NAMESPACE = "istio-system"
 GATEWAY_NAME = "istio-ingressgateway"
 GATEWAY_LABELS = {"app": GATEWAY_NAME, "istio": "ingressgateway"}
 
-Obj = dict[str, Any]
 
 
-def has_gateway(objects: list[Obj]) -> bool:
+def has_gateway(objects: list[KubeObject]) -> bool:
     """True when the objects already hold an ingress gateway Deployment."""
     return any(o.get("kind") == "Deployment"
                and ((o.get("spec") or {}).get("template", {}).get("metadata", {})
@@ -31,7 +29,7 @@ def has_gateway(objects: list[Obj]) -> bool:
                for o in objects)
 
 
-def gateway_objects() -> list[Obj]:
+def gateway_objects() -> list[KubeObject]:
     """The Deployment and Service of the ingress gateway (Istio's default profile)."""
     labels = dict(GATEWAY_LABELS)
     deployment = {

@@ -18,20 +18,20 @@ from typing import Any
 
 import yaml
 
+from localmesh.documents import KubeObject
 from localmesh.errors import ApiError, ManifestError
 from localmesh.resources import ResourceRegistry
 from localmesh.yamldoc import safe_load_all
 
 __all__ = ["Manifest", "load_manifests"]
 
-Obj = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Manifest:
     """One object and where it came from."""
 
-    obj: Obj
+    obj: KubeObject
     source: Path
     index: int = 0  # the document's position in its file
 
@@ -40,7 +40,7 @@ class Manifest:
         return _label(self.obj)
 
 
-def _label(obj: Obj) -> str:
+def _label(obj: KubeObject) -> str:
     meta = obj.get("metadata") or {}
     ns = f"{meta['namespace']}/" if meta.get("namespace") else ""
     return f"{obj.get('kind') or '<no kind>'} {ns}{meta.get('name', '<unnamed>')}"
@@ -78,7 +78,7 @@ def _documents(source: Path) -> list[tuple[int, Any]]:
         raise ManifestError(f"{source}:{where}: invalid YAML: {problem}") from exc
 
 
-def _check_shape(source: Path, index: int, doc: Any) -> Obj:
+def _check_shape(source: Path, index: int, doc: Any) -> KubeObject:
     if not isinstance(doc, dict):
         raise _error(source, index, type(doc).__name__,
                      "a manifest document must be a mapping")

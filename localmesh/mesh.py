@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from localmesh.apiserver.app import create_api_app
+from localmesh.documents import KubeObject
 from localmesh.errors import ManifestError, MeshError
 from localmesh.ingress import GATEWAY_NAMESPACE, ensure_ingress_objects
 from localmesh.kubeconfig import write_kubeconfig
@@ -49,7 +50,6 @@ __all__ = ["Endpoints", "EnvOverrides", "LocalMesh", "MeshThread"]
 
 log = logging.getLogger("localmesh.mesh")
 
-Obj = dict[str, Any]
 EnvOverrides = dict[tuple[str, str], dict[str, str]]
 T = TypeVar("T")
 
@@ -73,9 +73,9 @@ def _chaos_controller(store: ObjectStore, xds: XdsServer,
     return ChaosController(store, xds, supervisor)
 
 
-def prepare_objects(manifests: list[Manifest], env_overrides: EnvOverrides) -> list[Obj]:
+def prepare_objects(manifests: list[Manifest], env_overrides: EnvOverrides) -> list[KubeObject]:
     """Copy the manifest objects, resolving local cwd annotations and applying env overrides."""
-    objects: list[Obj] = []
+    objects: list[KubeObject] = []
     wanted = dict(env_overrides)
     for manifest in manifests:
         obj = copy.deepcopy(manifest.obj)
@@ -93,14 +93,14 @@ def prepare_objects(manifests: list[Manifest], env_overrides: EnvOverrides) -> l
     return objects
 
 
-def _resolve_cwd(deployment: Obj, folder: Path) -> None:
+def _resolve_cwd(deployment: KubeObject, folder: Path) -> None:
     meta = deployment.get("spec", {}).get("template", {}).get("metadata", {})
     annotations = meta.get("annotations") or {}
     if annotations.get(CWD_ANNOTATION):
         annotations[CWD_ANNOTATION] = str((folder / annotations[CWD_ANNOTATION]).resolve())
 
 
-def _override_env(deployment: Obj, env: dict[str, str]) -> None:
+def _override_env(deployment: KubeObject, env: dict[str, str]) -> None:
     containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get(
         "containers") or []
     if not containers:
@@ -111,7 +111,7 @@ def _override_env(deployment: Obj, env: dict[str, str]) -> None:
     containers[0]["env"] = items
 
 
-def _ensure_namespaces(store: ObjectStore, objects: list[Obj]) -> None:
+def _ensure_namespaces(store: ObjectStore, objects: list[KubeObject]) -> None:
     declared = {o["metadata"]["name"] for o in objects if o.get("kind") == "Namespace"}
     for name in ("default", GATEWAY_NAMESPACE):
         if name not in declared:
@@ -229,7 +229,7 @@ class LocalMesh:
         return sum(int((d.get("spec") or {}).get("replicas", 1))
                    for d in self.store.list("apps", "deployments"))
 
-    def _announce_ready(self, event: str, pod: Obj) -> None:
+    def _announce_ready(self, event: str, pod: KubeObject) -> None:
         meta = pod["metadata"]
         key = f"{meta['namespace']}/{meta['name']}"
         if event != "DELETED" and is_pod_ready(pod) and key not in self._announced:

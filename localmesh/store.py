@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import jsonpatch
 
+from localmesh.documents import KubeObject
 from localmesh.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound
 from localmesh.resources import ResourceRegistry, ResourceType
 from localmesh.selectors import parse_field_selector, parse_label_selector
@@ -46,12 +47,11 @@ __all__ = [
 
 log = logging.getLogger("localmesh.store")
 
-Obj = dict[str, Any]
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
-Subscriber = Callable[[EventType, Obj], None]
+Subscriber = Callable[[EventType, KubeObject], None]
 # An admission hook gets (operation, new object, old object or None) and may
 # mutate the new object (defaulting) or raise Invalid.
-Admission = Callable[[str, Obj, Obj | None], None]
+Admission = Callable[[str, KubeObject, KubeObject | None], None]
 
 
 def now_rfc3339() -> str:
@@ -96,7 +96,7 @@ class ObjectStore:
 
     def __init__(self, registry: ResourceRegistry | None = None) -> None:
         self.registry = registry or ResourceRegistry.with_builtins()
-        self._objects: dict[ObjectKey, Obj] = {}
+        self._objects: dict[ObjectKey, KubeObject] = {}
         self._lock = threading.RLock()
         self._versions = itertools.count(1)
         self._subscribers: list[tuple[tuple[str, str] | None, Subscriber]] = []
@@ -127,7 +127,7 @@ class ObjectStore:
             raise NotFound(f"the server could not find the requested resource ({plural}.{group})")
         return rtype
 
-    def get(self, group: str, plural: str, namespace: str, name: str) -> Obj:
+    def get(self, group: str, plural: str, namespace: str, name: str) -> KubeObject:
         rtype = self.rtype(group, plural)
         key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
         with self._lock:
@@ -138,7 +138,8 @@ class ObjectStore:
             return _copy(obj)
 
     def list(self, group: str, plural: str, namespace: str | None = None, *,
-             label_selector: str | None = None, field_selector: str | None = None) -> list[Obj]:
+             label_selector: str | None = None,
+             field_selector: str | None = None) -> list[KubeObject]:
         """List objects of a type, in one namespace or all (namespace None or '')."""
         return [_copy(o) for o in self.list_shared(group, plural, namespace,
                                                    label_selector=label_selector,
@@ -146,7 +147,7 @@ class ObjectStore:
 
     def list_shared(self, group: str, plural: str, namespace: str | None = None, *,
                     label_selector: str | None = None,
-                    field_selector: str | None = None) -> builtins.list[Obj]:
+                    field_selector: str | None = None) -> builtins.list[KubeObject]:
         """:meth:`list` without the copies: the stored objects themselves, to read only.
 
         For controllers in this process that read many objects on every pass (the
@@ -175,7 +176,7 @@ class ObjectStore:
 
     # -- writes -----------------------------------------------------------------
 
-    def create(self, obj: Obj, *, namespace: str | None = None) -> Obj:
+    def create(self, obj: KubeObject, *, namespace: str | None = None) -> KubeObject:
         """Store a new object; the namespace argument wins over metadata.namespace."""
         rtype = self._type_of(obj)
         obj = _copy(obj)
@@ -211,7 +212,7 @@ class ObjectStore:
         self._notify("ADDED", rtype, stored)
         return _copy(stored)
 
-    def replace(self, obj: Obj, *, subresource: str = "") -> Obj:
+    def replace(self, obj: KubeObject, *, subresource: str = "") -> KubeObject:
         """Replace an object (PUT); a stale resourceVersion is a Conflict."""
         rtype = self._type_of(obj)
         meta = obj.get("metadata") or {}
@@ -230,7 +231,7 @@ class ObjectStore:
             return self._write(rtype, key, old, _copy(obj), subresource)
 
     def patch(self, group: str, plural: str, namespace: str, name: str, patch: Any,
-              patch_type: str = "merge", *, subresource: str = "") -> Obj:
+              patch_type: str = "merge", *, subresource: str = "") -> KubeObject:
         """Apply a JSON merge patch (also used for strategic merge) or a JSON patch."""
         rtype = self.rtype(group, plural)
         key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
@@ -241,7 +242,7 @@ class ObjectStore:
             new = self._apply_patch(old, patch, patch_type)
             return self._write(rtype, key, old, new, subresource)
 
-    def update_status(self, obj_or_key: Obj, status: Obj) -> Obj:
+    def update_status(self, obj_or_key: KubeObject, status: KubeObject) -> KubeObject:
         """Replace the status of an object (the status subresource)."""
         rtype = self._type_of(obj_or_key)
         key = self._key(rtype, obj_or_key["metadata"])
@@ -254,7 +255,7 @@ class ObjectStore:
             return self._write(rtype, key, old, new, "status")
 
     def mutate(self, group: str, plural: str, namespace: str, name: str,
-               change: Callable[[Obj], None], *, subresource: str = "") -> Obj:
+               change: Callable[[KubeObject], None], *, subresource: str = "") -> KubeObject:
         """Read-modify-write an object atomically (controllers use this)."""
         rtype = self.rtype(group, plural)
         key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
@@ -267,7 +268,7 @@ class ObjectStore:
             return self._write(rtype, key, old, new, subresource)
 
     def delete(self, group: str, plural: str, namespace: str, name: str, *,
-               grace_period_seconds: int | None = None) -> Obj:
+               grace_period_seconds: int | None = None) -> KubeObject:
         """Delete an object, or mark it for deletion while finalizers or its owner hold it."""
         rtype = self.rtype(group, plural)
         key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
@@ -300,8 +301,8 @@ class ObjectStore:
         if gone is not None:
             self._notify("DELETED", rtype, gone)
 
-    def record_event(self, involved: Obj, reason: str, message: str, *,
-                     type_: str = "Normal", component: str = "localmesh") -> Obj:
+    def record_event(self, involved: KubeObject, reason: str, message: str, *,
+                     type_: str = "Normal", component: str = "localmesh") -> KubeObject:
         """Create a core/v1 Event about an object, as controllers and the kubelet do."""
         meta = involved.get("metadata", {})
         namespace = meta.get("namespace") or "default"
@@ -349,12 +350,13 @@ class ObjectStore:
                 raise NotFound(f'namespaces "{namespace}" not found', kind="namespaces",
                                name=namespace)
 
-    def _admit(self, operation: str, rtype: ResourceType, new: Obj, old: Obj | None) -> None:
+    def _admit(self, operation: str, rtype: ResourceType, new: KubeObject,
+               old: KubeObject | None) -> None:
         for hook in self._admission.get((rtype.group, rtype.plural), []):
             hook(operation, new, old)
 
     @staticmethod
-    def _apply_patch(old: Obj, patch: Any, patch_type: str) -> Obj:
+    def _apply_patch(old: KubeObject, patch: Any, patch_type: str) -> KubeObject:
         if patch_type == "json":
             if not isinstance(patch, list):
                 raise BadRequest("json patch must be a list of operations")
@@ -367,11 +369,11 @@ class ObjectStore:
             return result
         if not isinstance(patch, dict):
             raise BadRequest("merge patch must be an object")
-        merged: Obj = _merge_patch(old, patch)
+        merged: KubeObject = _merge_patch(old, patch)
         return merged
 
-    def _write(self, rtype: ResourceType, key: ObjectKey, old: Obj, new: Obj,
-               subresource: str) -> Obj:
+    def _write(self, rtype: ResourceType, key: ObjectKey, old: KubeObject, new: KubeObject,
+               subresource: str) -> KubeObject:
         """Store ``new`` in place of ``old``: keep identity fields, bump versions, notify."""
         new_meta = new.setdefault("metadata", {})
         old_meta = old["metadata"]
@@ -406,7 +408,7 @@ class ObjectStore:
         self._notify("DELETED" if finished else "MODIFIED", rtype, stored)
         return _copy(stored)
 
-    def _notify(self, event: EventType, rtype: ResourceType, obj: Obj) -> None:
+    def _notify(self, event: EventType, rtype: ResourceType, obj: KubeObject) -> None:
         for key, callback in list(self._subscribers):
             if key is None or key == (rtype.group, rtype.plural):
                 try:
@@ -415,7 +417,7 @@ class ObjectStore:
                     log.exception("subscriber %r failed on %s %s", callback, event,
                                   obj.get("metadata", {}).get("name"))
 
-    def load(self, objects: Iterable[Obj]) -> builtins.list[Obj]:
+    def load(self, objects: Iterable[KubeObject]) -> builtins.list[KubeObject]:
         """Create objects in order (namespaces first), returning what was stored."""
         ordered = sorted(objects, key=lambda o: 0 if o.get("kind") == "Namespace" else 1)
         return [self.create(o) for o in ordered]

@@ -31,6 +31,7 @@ from typing import Any
 
 import jsonschema
 
+from localmesh.documents import KubeObject
 from localmesh.errors import BadRequest, Invalid
 from localmesh.resources import split_api_version
 from localmesh.selectors import match_expressions, match_labels
@@ -45,7 +46,6 @@ __all__ = [
     "validate_object",
 ]
 
-Obj = dict[str, Any]
 
 _SCHEMA_FILES = {
     ("chaos-mesh.org", "NetworkChaos"): "chaos-mesh.org_networkchaos.yaml",
@@ -70,13 +70,13 @@ _UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000,
 # -- schemas --------------------------------------------------------------------
 
 @functools.cache
-def _crd_schemas(filename: str) -> dict[str, Obj]:
+def _crd_schemas(filename: str) -> dict[str, KubeObject]:
     """Map each served version of a CRD file to its openAPIV3Schema."""
     data = resources.files("localmesh.schemas").joinpath(filename).read_bytes()
     cached = _schema_cache(filename, data)
     if cached is not None:
         with contextlib.suppress(OSError, ValueError):
-            loaded: dict[str, Obj] = json.loads(cached.read_bytes())
+            loaded: dict[str, KubeObject] = json.loads(cached.read_bytes())
             return loaded
     # libyaml parses the 7,000-line DestinationRule CRD ~8x faster than pure Python, and
     # still takes 0.17 s of CPU for the five CRDs: every mesh start after the first reads
@@ -139,7 +139,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_schema(obj: Obj, filename: str) -> None:
+def _check_schema(obj: KubeObject, filename: str) -> None:
     _, version = split_api_version(str(obj.get("apiVersion", "")))
     schemas = _crd_schemas(filename)
     if version not in schemas:
@@ -189,13 +189,13 @@ def _unknown_fields(schema: Mapping[str, Any], value: Any, where: list[str | int
             yield from _unknown_fields(schema["items"], child, [*where, index])
 
 
-def _schema_of(obj: Obj) -> Mapping[str, Any] | None:
+def _schema_of(obj: KubeObject) -> Mapping[str, Any] | None:
     group, version = split_api_version(str(obj.get("apiVersion", "")))
     filename = _SCHEMA_FILES.get((group, str(obj.get("kind", ""))))
     return _crd_schemas(filename).get(version) if filename else None
 
 
-def prune_unknown_fields(obj: Obj) -> list[str]:
+def prune_unknown_fields(obj: KubeObject) -> list[str]:
     """Drop fields the CRD schema does not declare, as the API server prunes them.
 
     Returns the dropped paths. Kinds without a CRD schema are left as they are.
@@ -209,7 +209,7 @@ def prune_unknown_fields(obj: Obj) -> list[str]:
     return [_path(where) for where, _, _ in found]
 
 
-def check_unknown_fields(obj: Obj) -> None:
+def check_unknown_fields(obj: KubeObject) -> None:
     """Refuse undeclared fields, as ``fieldValidation=Strict`` (kubectl's default) does."""
     schema = _schema_of(obj)
     if schema is None:
@@ -239,7 +239,7 @@ def parse_go_duration(text: str) -> int:
     return sign * int(total)
 
 
-def _check_cel_durations(obj: Obj, schema: Mapping[str, Any], value: Any,
+def _check_cel_durations(obj: KubeObject, schema: Mapping[str, Any], value: Any,
                          where: list[str | int]) -> None:
     """Walk the instance alongside its schema, evaluating duration minimum rules."""
     for rule in schema.get("x-kubernetes-validations") or []:
@@ -266,7 +266,7 @@ def _check_cel_durations(obj: Obj, schema: Mapping[str, Any], value: Any,
 
 # -- core kinds -------------------------------------------------------------------
 
-def _check_name(obj: Obj, group: str, kind: str) -> None:
+def _check_name(obj: KubeObject, group: str, kind: str) -> None:
     meta = obj.get("metadata") or {}
     name = meta.get("name")
     if not name:
@@ -285,7 +285,7 @@ def _check_name(obj: Obj, group: str, kind: str) -> None:
                        "must be a lowercase RFC 1123 DNS-1123 label")
 
 
-def _check_containers(obj: Obj, spec: Any, prefix: str, *, need_image: bool) -> None:
+def _check_containers(obj: KubeObject, spec: Any, prefix: str, *, need_image: bool) -> None:
     containers = spec.get("containers") if isinstance(spec, dict) else None
     if not isinstance(containers, list) or not containers:
         raise _invalid(obj, f"{prefix}.containers", _MISSING, "Required value")
@@ -311,7 +311,7 @@ def _check_containers(obj: Obj, spec: Any, prefix: str, *, need_image: bool) -> 
                                "must be between 1 and 65535, inclusive")
 
 
-def _check_workload(obj: Obj) -> None:
+def _check_workload(obj: KubeObject) -> None:
     """Deployment and ReplicaSet: selector present and matching the template labels."""
     spec = obj.get("spec")
     if not isinstance(spec, dict):
@@ -334,7 +334,7 @@ def _check_workload(obj: Obj) -> None:
     _check_containers(obj, template.get("spec"), "spec.template.spec", need_image=True)
 
 
-def _check_service(obj: Obj) -> None:
+def _check_service(obj: KubeObject) -> None:
     spec = obj.get("spec") or {}
     ports = spec.get("ports")
     headless = spec.get("clusterIP") == "None" or spec.get("type") == "ExternalName"
@@ -359,11 +359,11 @@ def _check_service(obj: Obj) -> None:
             names.add(name)
 
 
-def _check_pod(obj: Obj) -> None:
+def _check_pod(obj: KubeObject) -> None:
     _check_containers(obj, obj.get("spec"), "spec", need_image=True)
 
 
-def _check_configmap(obj: Obj) -> None:
+def _check_configmap(obj: KubeObject) -> None:
     data = obj.get("data")
     if data is None:
         return
@@ -374,7 +374,7 @@ def _check_configmap(obj: Obj) -> None:
             raise _invalid(obj, f"data.{key}", value, "must be a string")
 
 
-_CORE_CHECKS: dict[tuple[str, str], Callable[[Obj], None]] = {
+_CORE_CHECKS: dict[tuple[str, str], Callable[[KubeObject], None]] = {
     ("apps", "Deployment"): _check_workload,
     ("apps", "ReplicaSet"): _check_workload,
     ("", "Service"): _check_service,
@@ -383,7 +383,7 @@ _CORE_CHECKS: dict[tuple[str, str], Callable[[Obj], None]] = {
 }
 
 
-def validate_object(obj: Obj, *, strict: bool = False) -> None:
+def validate_object(obj: KubeObject, *, strict: bool = False) -> None:
     """Raise :class:`Invalid` if a real API server would refuse ``obj``.
 
     ``strict`` also refuses fields the CRD schema does not declare (BadRequest), as
@@ -408,7 +408,7 @@ def validate_object(obj: Obj, *, strict: bool = False) -> None:
 def install_validation(store: ObjectStore) -> None:
     """Prune and validate every create and update of every known type, as admission does."""
 
-    def hook(operation: str, new: Obj, old: Obj | None) -> None:
+    def hook(operation: str, new: KubeObject, old: KubeObject | None) -> None:
         prune_unknown_fields(new)
         validate_object(new)
 

@@ -23,6 +23,7 @@ from localmesh.apiserver.paths import Target
 from localmesh.apiserver.scale import apply_scale_change, scale_of
 from localmesh.apiserver.strategic import strategic_merge
 from localmesh.apiserver.watch import Watcher, WatchHub
+from localmesh.documents import KubeObject
 from localmesh.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound
 from localmesh.podlogs import choose_container
 from localmesh.selectors import parse_field_selector, parse_label_selector
@@ -31,7 +32,6 @@ from localmesh.validation import check_unknown_fields
 
 __all__ = ["ResourceHandlers"]
 
-Obj = dict[str, Any]
 # Types whose Kubernetes registry sets ReturnDeletedObject (the client expects V1Pod etc.).
 _RETURNS_DELETED_OBJECT = {("", "pods"), ("", "services"), ("", "serviceaccounts")}
 _IDLE_CHECK_S = 2.0
@@ -43,7 +43,7 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _present(obj: Obj, target: Target) -> Obj:
+def _present(obj: KubeObject, target: Target) -> KubeObject:
     obj["apiVersion"] = target.api_version
     obj["kind"] = target.rtype.kind
     return obj
@@ -89,7 +89,7 @@ class ResourceHandlers:
 
     # -- reads ----------------------------------------------------------------------
 
-    def _list_items(self, request: web.Request, target: Target) -> list[Obj]:
+    def _list_items(self, request: web.Request, target: Target) -> list[KubeObject]:
         rtype = target.rtype
         return self.store.list(rtype.group, rtype.plural, target.namespace,
                                label_selector=request.query.get("labelSelector"),
@@ -108,7 +108,7 @@ class ResourceHandlers:
 
     # -- writes ---------------------------------------------------------------------
 
-    async def _object_body(self, request: web.Request, target: Target) -> Obj:
+    async def _object_body(self, request: web.Request, target: Target) -> KubeObject:
         body = await read_body(request)
         if not isinstance(body, dict):
             raise BadRequest(f"the request body must be a {target.rtype.kind} object")
@@ -166,7 +166,7 @@ class ResourceHandlers:
                                   subresource=target.subresource)
         return _json(_present(stored, target))
 
-    def _strategic_patch(self, target: Target, patch: Obj) -> Obj:
+    def _strategic_patch(self, target: Target, patch: KubeObject) -> KubeObject:
         rtype, ns, name = target.rtype, target.namespace or "", str(target.name)
         current = self.store.get(rtype.group, rtype.plural, ns, name)
         merged = strategic_merge(current, patch)
@@ -180,7 +180,7 @@ class ResourceHandlers:
         merged["apiVersion"], merged["kind"] = current["apiVersion"], current["kind"]
         return self.store.replace(merged, subresource=target.subresource)
 
-    def _check_patch_version(self, target: Target, patch: Obj) -> None:
+    def _check_patch_version(self, target: Target, patch: KubeObject) -> None:
         """A patch naming metadata.resourceVersion is an optimistic-concurrency write."""
         wanted = (patch.get("metadata") or {}).get("resourceVersion") \
             if isinstance(patch.get("metadata"), dict) else None
@@ -270,7 +270,7 @@ class ResourceHandlers:
                            "latest version and try again", kind=rtype.plural, name=name)
         replicas = apply_scale_change(obj, body, kind)
 
-        def set_replicas(new: Obj) -> None:
+        def set_replicas(new: KubeObject) -> None:
             new.setdefault("spec", {})["replicas"] = replicas
 
         return _json(scale_of(self.store.mutate(rtype.group, rtype.plural, ns, name,
@@ -341,13 +341,13 @@ class ResourceHandlers:
         return response
 
 
-def _field_validation(request: web.Request, body: Obj) -> None:
+def _field_validation(request: web.Request, body: KubeObject) -> None:
     """fieldValidation=Strict refuses undeclared fields; otherwise admission prunes them."""
     if request.query.get("fieldValidation", "").lower() == "strict":
         check_unknown_fields(body)
 
 
-async def _next_event(watcher: Watcher, request: web.Request) -> tuple[str, Obj] | None:
+async def _next_event(watcher: Watcher, request: web.Request) -> tuple[str, KubeObject] | None:
     """The next event, or None once the stream is closed or the client has gone.
 
     aiohttp does not cancel a handler whose client hung up, so an idle watch checks
@@ -361,11 +361,11 @@ async def _next_event(watcher: Watcher, request: web.Request) -> tuple[str, Obj]
                 return None
 
 
-async def _send(response: web.StreamResponse, event: str, obj: Obj) -> None:
+async def _send(response: web.StreamResponse, event: str, obj: KubeObject) -> None:
     await response.write(json.dumps({"type": event, "object": obj}).encode() + b"\n")
 
 
-def _check_preconditions(obj: Obj, preconditions: dict[str, Any]) -> None:
+def _check_preconditions(obj: KubeObject, preconditions: dict[str, Any]) -> None:
     meta = obj["metadata"]
     for field in ("uid", "resourceVersion"):
         wanted = preconditions.get(field)
@@ -375,7 +375,7 @@ def _check_preconditions(obj: Obj, preconditions: dict[str, Any]) -> None:
                            name=str(meta.get("name")))
 
 
-def _pick_container(pod: Obj, container: str | None) -> str:
+def _pick_container(pod: KubeObject, container: str | None) -> str:
     """Resolve the log container among the pod's spec and status containers."""
     spec_names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
     status_names = [c.get("name") for c in
@@ -384,14 +384,14 @@ def _pick_container(pod: Obj, container: str | None) -> str:
     return choose_container(pod["metadata"]["name"], names, container)
 
 
-def _deleted_status(obj: Obj, target: Target) -> Obj:
+def _deleted_status(obj: KubeObject, target: Target) -> KubeObject:
     meta = obj.get("metadata") or {}
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
             "details": {"name": meta.get("name"), "group": target.rtype.group,
                         "kind": target.rtype.plural, "uid": meta.get("uid")}}
 
 
-def _unsupported(content_type: str) -> Obj:
+def _unsupported(content_type: str) -> KubeObject:
     error = ApiError(f"the body of the request was in an unknown format - accepted media "
                      f"types include: application/json-patch+json, "
                      f"application/merge-patch+json, "

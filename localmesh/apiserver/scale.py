@@ -10,14 +10,14 @@ from typing import Any
 
 import jsonpatch
 
+from localmesh.documents import KubeObject
 from localmesh.errors import BadRequest, Invalid
 
 __all__ = ["apply_scale_change", "scale_of"]
 
-Obj = dict[str, Any]
 
 
-def scale_of(obj: Obj) -> Obj:
+def scale_of(obj: KubeObject) -> KubeObject:
     """The Scale view of a Deployment or ReplicaSet."""
     meta = obj["metadata"]
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
@@ -32,7 +32,7 @@ def scale_of(obj: Obj) -> Obj:
     }
 
 
-def apply_scale_change(obj: Obj, change: Any, patch_type: str | None) -> int:
+def apply_scale_change(obj: KubeObject, change: Any, patch_type: str | None) -> int:
     """The replicas a Scale write asks for (PUT body when patch_type is None, else a patch)."""
     scale = scale_of(obj)
     if patch_type is None:

@@ -16,12 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from localmesh.documents import KubeObject
 from localmesh.store import EventType, ObjectStore
 
 __all__ = ["WatchEvent", "WatchHub", "Watcher"]
 
-Obj = dict[str, Any]
-WatchEvent = tuple[str, Obj] | None  # None ends the stream
+WatchEvent = tuple[str, KubeObject] | None  # None ends the stream
 _QUEUE_LIMIT = 10_000
 
 
@@ -38,7 +38,7 @@ class Watcher:
         default_factory=lambda: asyncio.Queue(_QUEUE_LIMIT + 1))
     closed: bool = False
 
-    def offer(self, event: str, obj: Obj) -> None:
+    def offer(self, event: str, obj: KubeObject) -> None:
         """Queue one event (runs on the watcher's loop)."""
         if self.closed:
             return
@@ -83,7 +83,7 @@ class WatchHub:
             with contextlib.suppress(RuntimeError):  # its loop is already closed
                 watcher.loop.call_soon_threadsafe(watcher.close)
 
-    def _on_change(self, event: EventType, obj: Obj) -> None:
+    def _on_change(self, event: EventType, obj: KubeObject) -> None:
         api_version = str(obj.get("apiVersion", ""))
         group = api_version.split("/", 1)[0] if "/" in api_version else ""
         meta = obj.get("metadata") or {}

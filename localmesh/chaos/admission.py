@@ -28,13 +28,13 @@ from localmesh.chaos.units import (
     parse_percent,
     parse_rate_bytes_per_s,
 )
-from localmesh.errors import Invalid
+from localmesh.documents import KubeObject
+from localmesh.errors import Invalid, UnknownMode
 from localmesh.store import ObjectStore
 
 __all__ = ["GROUP", "install_chaos_admission", "validate_chaos"]
 
 GROUP = "chaos-mesh.org"
-Obj = dict[str, Any]
 
 _NETEM_ACTIONS = ("netem", "delay", "loss", "duplicate", "corrupt", "partition", "bandwidth")
 _POD_ACTIONS = ("pod-kill", "pod-failure", "container-kill")
@@ -72,10 +72,10 @@ def _check_selection(refuse: _Refusal, spec: Mapping[str, Any], prefix: str) -> 
     value = str(spec.get("value") or "")
     try:
         parse_mode_value(mode, value)
+    except UnknownMode as exc:
+        raise refuse.error(f"{prefix}mode", f"'{mode}' {exc}") from None
     except ValueError as exc:
-        field, shown = (f"{prefix}mode", mode) if "is not a mode" in str(exc) \
-            else (f"{prefix}value", value)
-        raise refuse.error(field, f"'{shown}' {exc}") from None
+        raise refuse.error(f"{prefix}value", f"'{value}' {exc}") from None
 
 
 def _check_network(refuse: _Refusal, spec: Mapping[str, Any]) -> None:
@@ -147,7 +147,7 @@ def _check_pod(refuse: _Refusal, spec: Mapping[str, Any]) -> None:
         raise refuse.error("spec.gracePeriod", f"'{grace}' must be an integer >= 0")
 
 
-def validate_chaos(obj: Obj) -> None:
+def validate_chaos(obj: KubeObject) -> None:
     """Apply the webhook rules of one NetworkChaos or PodChaos; raise Invalid on the first."""
     refuse = _Refusal(obj)
     spec = obj.get("spec")
@@ -161,7 +161,7 @@ def validate_chaos(obj: Obj) -> None:
         _check_pod(refuse, spec)
 
 
-def _hook(operation: str, new: Obj, old: Obj | None) -> None:
+def _hook(operation: str, new: KubeObject, old: KubeObject | None) -> None:
     if operation == "UPDATE" and old is not None:
         if new.get("spec") != old.get("spec"):
             raise _Refusal(new).error("spec", "Cannot update chaos spec: a chaos experiment's "

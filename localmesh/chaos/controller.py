@@ -43,13 +43,13 @@ from localmesh.chaos.status import (
     records_of,
 )
 from localmesh.chaos.units import parse_duration_ms
+from localmesh.documents import KubeObject
 from localmesh.errors import NotFound
 from localmesh.store import ObjectStore
 
 __all__ = ["ChaosController"]
 
 log = logging.getLogger("localmesh.chaos")
-Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (plural, namespace, name)
 PLURALS = ("networkchaos", "podchaos")
 ONE_SHOT = ("pod-kill", "container-kill")
@@ -109,7 +109,7 @@ class ChaosController:
 
     # -- queueing ---------------------------------------------------------------
 
-    def _on_change(self, event: str, obj: Obj) -> None:
+    def _on_change(self, event: str, obj: KubeObject) -> None:
         """Store callback (any thread): hand the key to the controller loop."""
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -178,7 +178,7 @@ class ChaosController:
         obj = self._commit_status(key, obj, status, records)
         self._finish(key, obj, records, phase, retry)
 
-    def _phase_event(self, obj: Obj, reason: str) -> None:
+    def _phase_event(self, obj: KubeObject, reason: str) -> None:
         """Started/Paused/TimeUp/Deleted, once each time the desired phase's reason changes."""
         uid = obj["metadata"]["uid"]
         if self._reasons.get(uid) != reason:
@@ -186,8 +186,8 @@ class ChaosController:
             event_reason, message = _PHASE_EVENTS[reason]
             self._store.record_event(obj, event_reason, message, component=COMPONENT)
 
-    def _commit_status(self, key: Key, obj: Obj, status: Obj,
-                       records: list[dict[str, Any]] | None) -> Obj:
+    def _commit_status(self, key: Key, obj: KubeObject, status: KubeObject,
+                       records: list[dict[str, Any]] | None) -> KubeObject:
         """Write the status if it changed (event Updated when the records did)."""
         if status == (obj.get("status") or {}):
             return obj
@@ -197,7 +197,7 @@ class ChaosController:
                                      "resource", component=COMPONENT)
         return written or obj
 
-    def _finish(self, key: Key, obj: Obj, records: list[Any] | None, phase: str,
+    def _finish(self, key: Key, obj: KubeObject, records: list[Any] | None, phase: str,
                 retry: bool) -> None:
         """Drop the finalizer once recovered, schedule retries and the duration timer."""
         deleted = bool(obj["metadata"].get("deletionTimestamp"))
@@ -214,12 +214,12 @@ class ChaosController:
         if remaining is not None and remaining > 0:  # paused too: TimeUp comes on time
             self._requeue_after(key, remaining)
 
-    def _ensure_finalizer(self, key: Key, obj: Obj) -> Obj:
+    def _ensure_finalizer(self, key: Key, obj: KubeObject) -> KubeObject:
         meta = obj["metadata"]
         if meta.get("deletionTimestamp") or FINALIZER in (meta.get("finalizers") or []):
             return obj
 
-        def add(o: Obj) -> None:
+        def add(o: KubeObject) -> None:
             o["metadata"]["finalizers"] = [*(o["metadata"].get("finalizers") or []), FINALIZER]
 
         obj = self._store.mutate(GROUP, key[0], key[1], key[2], add)
@@ -228,7 +228,7 @@ class ChaosController:
         return obj
 
     def _drop_finalizer(self, key: Key) -> None:
-        def drop(o: Obj) -> None:
+        def drop(o: KubeObject) -> None:
             o["metadata"]["finalizers"] = [
                 f for f in o["metadata"].get("finalizers") or [] if f != FINALIZER]
 
@@ -247,7 +247,7 @@ class ChaosController:
         if timer is not None:
             timer.cancel()
 
-    def _desired_phase(self, obj: Obj) -> tuple[str, str]:
+    def _desired_phase(self, obj: KubeObject) -> tuple[str, str]:
         """Chaos Mesh's desired-phase rules, first match wins (§5.4)."""
         if obj["metadata"].get("deletionTimestamp"):
             return "Stop", "deleted"
@@ -260,7 +260,7 @@ class ChaosController:
             return "Stop", "paused"
         return "Run", "run"
 
-    def _remaining_s(self, obj: Obj) -> float | None:
+    def _remaining_s(self, obj: KubeObject) -> float | None:
         """Seconds until ``creationTimestamp + duration``; None without a duration.
 
         creationTimestamp has one-second resolution, so the start is the later of it and
@@ -275,7 +275,7 @@ class ChaosController:
         start = max(created, self._first_seen.setdefault(meta["uid"], time.time()))
         return start + parse_duration_ms(str(duration)) / 1000 - time.time()
 
-    def _select(self, obj: Obj) -> list[dict[str, Any]] | None:
+    def _select(self, obj: KubeObject) -> list[dict[str, Any]] | None:
         """Select the records once; None (and a Failed event) when nothing matches."""
         namespace = obj["metadata"]["namespace"]
         try:
@@ -295,7 +295,7 @@ class ChaosController:
                     for p in targets]
         return records
 
-    def _report_failure(self, obj: Obj, message: str) -> None:
+    def _report_failure(self, obj: KubeObject, message: str) -> None:
         """A Warning event Failed, once per distinct message per object."""
         uid = obj["metadata"]["uid"]
         if self._failures.get(uid) == message:
@@ -303,7 +303,7 @@ class ChaosController:
         self._failures[uid] = message
         self._store.record_event(obj, "Failed", message, type_="Warning", component=COMPONENT)
 
-    async def _drive(self, obj: Obj, records: list[dict[str, Any]], phase: str) -> bool:
+    async def _drive(self, obj: KubeObject, records: list[dict[str, Any]], phase: str) -> bool:
         """Apply or recover each record toward the phase; True when something must be retried."""
         retry = False
         for record in records:
@@ -316,7 +316,7 @@ class ChaosController:
                 retry |= not await self._step(obj, record, records, "Recover")
         return retry
 
-    async def _step(self, obj: Obj, record: dict[str, Any], records: list[dict[str, Any]],
+    async def _step(self, obj: KubeObject, record: dict[str, Any], records: list[dict[str, Any]],
                     operation: str) -> bool:
         try:
             if operation == "Apply":
@@ -339,8 +339,8 @@ class ChaosController:
                                  component=COMPONENT)
         return True
 
-    def _write_status(self, key: Key, status: Obj) -> Obj | None:
-        def put(o: Obj) -> None:
+    def _write_status(self, key: Key, status: KubeObject) -> KubeObject | None:
+        def put(o: KubeObject) -> None:
             o["status"] = status
 
         try:

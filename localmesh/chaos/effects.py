@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from localmesh.chaos.faults import SOURCE, TARGET, record_rules
 from localmesh.documents import FaultRuleDoc, KubeObject
-from localmesh.errors import NotFound
+from localmesh.errors import EffectError, NotFound
 from localmesh.store import ObjectStore
 
 __all__ = ["EffectError", "Effects", "FaultSink", "PodRunner", "image_annotation"]
@@ -45,10 +45,6 @@ class PodRunner(Protocol):
     async def fail_pod(self, namespace: str, pod: str) -> None: ...
 
     async def recover_pod(self, namespace: str, pod: str) -> None: ...
-
-
-class EffectError(Exception):
-    """Raised when a record could not be applied; the message goes into a Failed event."""
 
 
 def _split(record_id: str) -> tuple[str, str, str]:

@@ -17,22 +17,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from localmesh.chaos.units import parse_mode_value
+from localmesh.documents import KubeObject
+from localmesh.errors import NoPodSelected
 from localmesh.selectors import field_value, match_expressions, match_labels
 from localmesh.store import ObjectStore
 
 __all__ = ["NoPodSelected", "pick", "select_pods"]
 
-Obj = dict[str, Any]
 
 
-class NoPodSelected(LookupError):
-    """Raised when a selector matches no pod (Chaos Mesh's "no pod is selected")."""
-
-    def __init__(self) -> None:
-        super().__init__("no pod is selected")
-
-
-def _matches(pod: Obj, selector: Mapping[str, Any]) -> bool:
+def _matches(pod: KubeObject, selector: Mapping[str, Any]) -> bool:
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     if not match_labels(selector.get("labelSelectors"), labels):
@@ -54,7 +48,8 @@ def _matches(pod: Obj, selector: Mapping[str, Any]) -> bool:
     return not selector.get("nodeSelectors")
 
 
-def _candidates(store: ObjectStore, selector: Mapping[str, Any], default_ns: str) -> list[Obj]:
+def _candidates(store: ObjectStore, selector: Mapping[str, Any],
+                default_ns: str) -> list[KubeObject]:
     named: Mapping[str, list[str]] = selector.get("pods") or {}
     if named:
         found = []
@@ -68,7 +63,8 @@ def _candidates(store: ObjectStore, selector: Mapping[str, Any], default_ns: str
     return [p for p in found if not p["metadata"].get("deletionTimestamp")]
 
 
-def pick(pods: list[Obj], mode: str, value: str, rng: random.Random | None = None) -> list[Obj]:
+def pick(pods: list[KubeObject], mode: str, value: str,
+         rng: random.Random | None = None) -> list[KubeObject]:
     """Apply a selection mode to the matching pods."""
     rng = rng or random.Random()
     number = parse_mode_value(mode, value)
@@ -87,7 +83,7 @@ def pick(pods: list[Obj], mode: str, value: str, rng: random.Random | None = Non
 
 
 def select_pods(store: ObjectStore, selector_spec: Mapping[str, Any], default_ns: str,
-                rng: random.Random | None = None) -> list[Obj]:
+                rng: random.Random | None = None) -> list[KubeObject]:
     """Select pods for a spec holding ``selector``, ``mode`` and ``value``; none is an error."""
     matches = _candidates(store, selector_spec.get("selector") or {}, default_ns)
     chosen = pick(matches, str(selector_spec.get("mode") or "one"),

@@ -13,15 +13,14 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
+from localmesh.documents import KubeObject
 from localmesh.podlogs import LogWriter
 from localmesh.store import now_rfc3339
 from localmesh.supervisor.spawner import Child
 
 __all__ = ["BackOff", "ContainerRun", "exit_state", "pump_lines"]
 
-Obj = dict[str, Any]
 
 PAUSE_IMAGE = "gcr.io/google-containers/pause:latest"
 
@@ -45,11 +44,12 @@ class BackOff:
         return float(min(self.base * 2 ** (self._streak - 2), self.cap))
 
 
-def exit_state(code: int, started_at: str) -> Obj:
+def exit_state(code: int, started_at: str) -> KubeObject:
     """The ``terminated`` state of a process that exited with ``code`` (negative = signal)."""
     exit_code = 128 - code if code < 0 else code
-    terminated: Obj = {"exitCode": exit_code, "reason": "Completed" if code == 0 else "Error",
-                       "startedAt": started_at, "finishedAt": now_rfc3339()}
+    terminated: KubeObject = {"exitCode": exit_code,
+                              "reason": "Completed" if code == 0 else "Error",
+                              "startedAt": started_at, "finishedAt": now_rfc3339()}
     if code < 0:
         terminated["signal"] = -code
     return {"terminated": terminated}
@@ -62,8 +62,8 @@ class ContainerRun:
     name: str
     image: str
     restart_count: int = 0
-    state: Obj = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
-    last_state: Obj = field(default_factory=dict)
+    state: KubeObject = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
+    last_state: KubeObject = field(default_factory=dict)
     ready: bool = False
     child: Child | None = None
     started_mono: float = 0.0
@@ -86,7 +86,7 @@ class ContainerRun:
         self.ready = False
 
     def mark_waiting(self, reason: str, message: str = "") -> None:
-        waiting: Obj = {"reason": reason}
+        waiting: KubeObject = {"reason": reason}
         if message:
             waiting["message"] = message
         self.state = {"waiting": waiting}
@@ -100,9 +100,9 @@ class ContainerRun:
         self.state = {"running": {"startedAt": now_rfc3339()}}
         self.ready = False
 
-    def status(self) -> Obj:
+    def status(self) -> KubeObject:
         running = "running" in self.state
-        entry: Obj = {
+        entry: KubeObject = {
             "name": self.name,
             "image": PAUSE_IMAGE if self.paused else self.image,
             "imageID": "",

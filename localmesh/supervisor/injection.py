@@ -8,8 +8,7 @@ sidecar for every pod whose spec names an ``istio-proxy`` container.
 
 from __future__ import annotations
 
-from typing import Any
-
+from localmesh.documents import KubeObject
 from localmesh.errors import NotFound
 from localmesh.store import ObjectStore
 
@@ -18,15 +17,14 @@ __all__ = ["PROXY_CONTAINER", "PROXY_IMAGE", "has_sidecar", "install_injection",
 PROXY_CONTAINER = "istio-proxy"
 PROXY_IMAGE = "docker.io/istio/proxyv2:1.27.0"
 
-Obj = dict[str, Any]
 
 
-def has_sidecar(pod: Obj) -> bool:
+def has_sidecar(pod: KubeObject) -> bool:
     containers = (pod.get("spec") or {}).get("containers") or []
     return any(c.get("name") == PROXY_CONTAINER for c in containers)
 
 
-def wants_sidecar(store: ObjectStore, pod: Obj) -> bool:
+def wants_sidecar(store: ObjectStore, pod: KubeObject) -> bool:
     meta = pod.get("metadata") or {}
     opt = (meta.get("labels") or {}).get("sidecar.istio.io/inject",
                                          (meta.get("annotations") or {}).get(
@@ -44,7 +42,7 @@ def wants_sidecar(store: ObjectStore, pod: Obj) -> bool:
 def install_injection(store: ObjectStore) -> None:
     """Add the ``istio-proxy`` container to pods created in injected namespaces."""
 
-    def inject(operation: str, new: Obj, old: Obj | None) -> None:
+    def inject(operation: str, new: KubeObject, old: KubeObject | None) -> None:
         if operation != "CREATE" or has_sidecar(new) or not wants_sidecar(store, new):
             return
         spec = new.setdefault("spec", {})

@@ -17,8 +17,9 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from localmesh.documents import KubeObject
 from localmesh.errors import ApiError, NotFound, ProcessError
 from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
@@ -42,7 +43,6 @@ __all__ = ["PodContext", "PodRunner", "SidecarRegistry"]
 
 log = logging.getLogger("localmesh.supervisor")
 
-Obj = dict[str, Any]
 
 _FAST_PROBE_S = 0.02  # readiness polling until a container is first Ready
 _SIDECAR_PORTS_TIMEOUT_S = 10.0
@@ -76,7 +76,7 @@ class PodContext:
 class PodRunner:
     """Runs one pod until it is deleted (or the supervisor stops)."""
 
-    def __init__(self, ctx: PodContext, pod: Obj) -> None:
+    def __init__(self, ctx: PodContext, pod: KubeObject) -> None:
         self.ctx = ctx
         meta = pod["metadata"]
         self.namespace: str = meta["namespace"]
@@ -100,11 +100,11 @@ class PodRunner:
         self._allowed.set()
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._published: Obj | None = None
+        self._published: KubeObject | None = None
 
     # -- set-up -----------------------------------------------------------------------
 
-    def _allocate_ports(self, pod: Obj) -> PodPorts:
+    def _allocate_ports(self, pod: KubeObject) -> PodPorts:
         alloc = self.ctx.ports.allocate
         outbound = self.ctx.ingress_port if is_gateway(pod) and self.ctx.ingress_port \
             else alloc()
@@ -336,7 +336,7 @@ class PodRunner:
         if status == self._published and not annotations:
             return
 
-        def change(pod: Obj) -> None:
+        def change(pod: KubeObject) -> None:
             pod["status"] = status
             if annotations:
                 pod["metadata"].setdefault("annotations", {}).update(annotations)

@@ -14,8 +14,8 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from localmesh.documents import KubeObject
 from localmesh.errors import ProcessError
 from localmesh.supervisor.injection import PROXY_CONTAINER
 
@@ -39,7 +39,6 @@ COMMAND_ANNOTATION = "meshchaos.io/local-command"
 CWD_ANNOTATION = "meshchaos.io/local-cwd"
 SIDECAR_MODULE = "localmesh.sidecar"
 
-Obj = dict[str, Any]
 
 _PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
 # The host environment a container may see: enough to find the interpreter and its packages.
@@ -75,12 +74,12 @@ class Launch:
     env: dict[str, str]
 
 
-def is_gateway(pod: Obj) -> bool:
+def is_gateway(pod: KubeObject) -> bool:
     labels = (pod.get("metadata") or {}).get("labels") or {}
     return labels.get("istio") == "ingressgateway"
 
 
-def app_container(pod: Obj) -> Obj | None:
+def app_container(pod: KubeObject) -> KubeObject | None:
     """The pod's application container (the first one that is not the sidecar)."""
     for container in (pod.get("spec") or {}).get("containers") or []:
         if container.get("name") != PROXY_CONTAINER:
@@ -88,7 +87,7 @@ def app_container(pod: Obj) -> Obj | None:
     return None
 
 
-def service_name(pod: Obj) -> str:
+def service_name(pod: KubeObject) -> str:
     """The pod's canonical service: label ``app``, else its Deployment's name."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
@@ -100,14 +99,14 @@ def service_name(pod: Obj) -> str:
     return name.rsplit("-", 2)[0] if name.count("-") >= 2 else name
 
 
-def _container_port(container: Obj) -> int | None:
+def _container_port(container: KubeObject) -> int | None:
     for port in container.get("ports") or []:
         if port.get("containerPort"):
             return int(port["containerPort"])
     return None
 
 
-def _command(pod: Obj) -> tuple[list[str], bool] | None:
+def _command(pod: KubeObject) -> tuple[list[str], bool] | None:
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
     raw = annotations.get(COMMAND_ANNOTATION)
     if not raw:
@@ -130,7 +129,7 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def app_launch(pod: Obj, ports: PodPorts, *, otlp_endpoint: str, sidecar: bool,
+def app_launch(pod: KubeObject, ports: PodPorts, *, otlp_endpoint: str, sidecar: bool,
                base_dir: Path) -> Launch | None:
     """The app container's process, or None when the pod has no local command."""
     container = app_container(pod)
@@ -159,7 +158,7 @@ def app_launch(pod: Obj, ports: PodPorts, *, otlp_endpoint: str, sidecar: bool,
     return Launch(str(container.get("name") or "app"), argv, python, cwd.resolve(), env)
 
 
-def sidecar_launch(pod: Obj, ports: PodPorts, *, base_dir: Path, ready_fd: int = 3,
+def sidecar_launch(pod: KubeObject, ports: PodPorts, *, base_dir: Path, ready_fd: int = 3,
                    module: str = SIDECAR_MODULE) -> Launch:
     """The ``istio-proxy`` container's process (``python -m localmesh.sidecar``)."""
     meta = pod["metadata"]
@@ -173,7 +172,7 @@ def sidecar_launch(pod: Obj, ports: PodPorts, *, base_dir: Path, ready_fd: int =
     return Launch(PROXY_CONTAINER, argv, True, base_dir.resolve(), _base_env())
 
 
-def declared_app_port(pod: Obj) -> int | None:
+def declared_app_port(pod: KubeObject) -> int | None:
     """The first containerPort of the app container (the port the Service targets)."""
     container = app_container(pod)
     return _container_port(container) if container else None
@@ -191,7 +190,7 @@ PRELOAD_LIBRARIES = ("asyncio", "json", "uvloop",
                      "opentelemetry.exporter.otlp.proto.http.trace_exporter")
 
 
-def preload_trees(pods_or_templates: list[Obj]) -> list[str]:
+def preload_trees(pods_or_templates: list[KubeObject]) -> list[str]:
     """Packages worth importing in the apps' fork server: their ``-m`` packages."""
     trees: list[str] = []
     for obj in pods_or_templates:

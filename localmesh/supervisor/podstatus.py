@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from localmesh.documents import KubeObject
 from localmesh.store import now_rfc3339
 from localmesh.supervisor.container import ContainerRun
 
 __all__ = ["PodStatus"]
 
-Obj = dict[str, Any]
 
 
 class PodStatus:
@@ -17,9 +15,9 @@ class PodStatus:
 
     def __init__(self) -> None:
         self.start_time = now_rfc3339()
-        self._conditions: dict[str, Obj] = {}
+        self._conditions: dict[str, KubeObject] = {}
 
-    def compose(self, containers: list[ContainerRun]) -> Obj:
+    def compose(self, containers: list[ContainerRun]) -> KubeObject:
         all_ready = bool(containers) and all(c.ready for c in containers)
         started = bool(containers) and all(c.ever_started or c.paused for c in containers)
         unready = sorted(c.name for c in containers if not c.ready)
@@ -39,7 +37,7 @@ class PodStatus:
             "containerStatuses": [c.status() for c in containers],
         }
 
-    def _condition(self, type_: str, ok: bool, unready: list[str]) -> Obj:
+    def _condition(self, type_: str, ok: bool, unready: list[str]) -> KubeObject:
         value = "True" if ok else "False"
         previous = self._conditions.get(type_)
         if previous is None or previous["status"] != value:

@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import copy
 import logging
-from typing import Any
 
+from localmesh.documents import KubeObject
 from localmesh.errors import AlreadyExists, ApiError, NotFound
 from localmesh.store import ObjectStore, now_rfc3339
 from localmesh.supervisor.naming import pod_name, replicaset_name, template_hash
@@ -25,12 +25,11 @@ __all__ = ["ReplicaSetController", "is_pod_ready", "owner_uid"]
 
 log = logging.getLogger("localmesh.supervisor")
 
-Obj = dict[str, Any]
 
 _HASH_LABEL = "pod-template-hash"
 
 
-def owner_uid(obj: Obj) -> str | None:
+def owner_uid(obj: KubeObject) -> str | None:
     """The uid of the controlling owner of an object, if any."""
     for ref in obj.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("controller"):
@@ -38,13 +37,13 @@ def owner_uid(obj: Obj) -> str | None:
     return None
 
 
-def is_pod_ready(pod: Obj) -> bool:
+def is_pod_ready(pod: KubeObject) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def _by_owner(objects: list[Obj]) -> dict[str, list[Obj]]:
-    grouped: dict[str, list[Obj]] = {}
+def _by_owner(objects: list[KubeObject]) -> dict[str, list[KubeObject]]:
+    grouped: dict[str, list[KubeObject]] = {}
     for obj in objects:
         uid = owner_uid(obj)
         if uid is not None:
@@ -52,13 +51,13 @@ def _by_owner(objects: list[Obj]) -> dict[str, list[Obj]]:
     return grouped
 
 
-def _owner_ref(owner: Obj) -> Obj:
+def _owner_ref(owner: KubeObject) -> KubeObject:
     return {"apiVersion": owner["apiVersion"], "kind": owner["kind"],
             "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
             "controller": True, "blockOwnerDeletion": True}
 
 
-def _replicas(obj: Obj) -> int:
+def _replicas(obj: KubeObject) -> int:
     value = (obj.get("spec") or {}).get("replicas")
     return 1 if value is None else int(value)
 
@@ -83,7 +82,7 @@ class ReplicaSetController:
     def stop(self) -> None:
         self._loop = None
 
-    def _on_change(self, event: str, obj: Obj) -> None:
+    def _on_change(self, event: str, obj: KubeObject) -> None:
         # Store callbacks run inside the write: only note that work is due.
         if obj.get("kind") == "Pod" and not self._pod_changed(event, obj):
             return
@@ -93,7 +92,7 @@ class ReplicaSetController:
         self._pending = True
         loop.call_soon_threadsafe(self._run_pending)
 
-    def _pod_changed(self, event: str, pod: Obj) -> bool:
+    def _pod_changed(self, event: str, pod: KubeObject) -> bool:
         """False for a pod write a reconcile cannot see (a container started, a restart).
 
         A starting mesh writes each pod's status several times; each reconcile lists
@@ -150,7 +149,7 @@ class ReplicaSetController:
 
     # -- deployments ----------------------------------------------------------------
 
-    def _sync_deployment(self, deployment: Obj, owned: list[Obj]) -> None:
+    def _sync_deployment(self, deployment: KubeObject, owned: list[KubeObject]) -> None:
         meta = deployment["metadata"]
         owned = list(owned)
         if meta.get("deletionTimestamp"):
@@ -170,14 +169,15 @@ class ReplicaSetController:
                 self._scale(deployment, old, 0)
         self._deployment_status(deployment, current, owned)
 
-    def _create_replicaset(self, deployment: Obj, name: str, phash: str, replicas: int) -> Obj:
+    def _create_replicaset(self, deployment: KubeObject, name: str, phash: str,
+                           replicas: int) -> KubeObject:
         spec = deployment.get("spec") or {}
         template = copy.deepcopy(spec.get("template") or {})
         tmeta = template.setdefault("metadata", {})
         tmeta.setdefault("labels", {})[_HASH_LABEL] = phash
         selector = copy.deepcopy(spec.get("selector") or {})
         selector.setdefault("matchLabels", {})[_HASH_LABEL] = phash
-        rs: Obj = {
+        rs: KubeObject = {
             "apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {"name": name, "namespace": deployment["metadata"]["namespace"],
                          "labels": dict(tmeta["labels"]),
@@ -195,7 +195,7 @@ class ReplicaSetController:
                                 component="deployment-controller")
         return created
 
-    def _scale(self, deployment: Obj, rs: Obj, replicas: int) -> None:
+    def _scale(self, deployment: KubeObject, rs: KubeObject, replicas: int) -> None:
         before = _replicas(rs)
         meta = rs["metadata"]
         self.store.patch("apps", "replicasets", meta["namespace"], meta["name"],
@@ -205,13 +205,14 @@ class ReplicaSetController:
                                 f"Scaled {verb} replica set {meta['name']} to {replicas} "
                                 f"from {before}", component="deployment-controller")
 
-    def _deployment_status(self, deployment: Obj, current: Obj, owned: list[Obj]) -> None:
+    def _deployment_status(self, deployment: KubeObject, current: KubeObject,
+                           owned: list[KubeObject]) -> None:
         def total(key: str) -> int:
             return sum(int((rs.get("status") or {}).get(key) or 0) for rs in owned)
 
         wanted = _replicas(deployment)
         available = total("availableReplicas")
-        status: Obj = {
+        status: KubeObject = {
             "observedGeneration": deployment["metadata"].get("generation", 1),
             "replicas": total("replicas"),
             "updatedReplicas": int((current.get("status") or {}).get("replicas") or 0),
@@ -233,7 +234,8 @@ class ReplicaSetController:
         self._write_status("deployments", deployment, status)
 
     @staticmethod
-    def _condition(old_status: Obj, type_: str, ok: bool, reason: str, message: str) -> Obj:
+    def _condition(old_status: KubeObject, type_: str, ok: bool, reason: str,
+                   message: str) -> KubeObject:
         value = "True" if ok else "False"
         previous = next((c for c in old_status.get("conditions") or []
                          if c.get("type") == type_), None)
@@ -246,7 +248,7 @@ class ReplicaSetController:
 
     # -- replicasets ------------------------------------------------------------------
 
-    def _sync_replicaset(self, rs: Obj, pods: list[Obj]) -> None:
+    def _sync_replicaset(self, rs: KubeObject, pods: list[KubeObject]) -> None:
         meta = rs["metadata"]
         active = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         wanted = 0 if meta.get("deletionTimestamp") else _replicas(rs)
@@ -255,7 +257,7 @@ class ReplicaSetController:
                 active.append(self._create_pod(rs))
         elif len(active) > wanted:
             # Like the controller: give up unready pods first, then the youngest.
-            def keep_first(pod: Obj) -> tuple[bool, str]:
+            def keep_first(pod: KubeObject) -> tuple[bool, str]:
                 return is_pod_ready(pod), str(pod["metadata"].get("creationTimestamp", ""))
 
             doomed = sorted(active, key=keep_first)[: len(active) - wanted]
@@ -268,7 +270,7 @@ class ReplicaSetController:
                   "observedGeneration": meta.get("generation", 1)}
         self._write_status("replicasets", rs, status)
 
-    def _create_pod(self, rs: Obj) -> Obj:
+    def _create_pod(self, rs: KubeObject) -> KubeObject:
         template = copy.deepcopy((rs.get("spec") or {}).get("template") or {})
         tmeta = template.get("metadata") or {}
         rs_meta = rs["metadata"]
@@ -286,7 +288,7 @@ class ReplicaSetController:
                                 component="replicaset-controller")
         return created
 
-    def _delete_pod(self, rs: Obj, pod: Obj) -> None:
+    def _delete_pod(self, rs: KubeObject, pod: KubeObject) -> None:
         meta = pod["metadata"]
         try:
             self.store.delete("", "pods", meta["namespace"], meta["name"])
@@ -297,8 +299,8 @@ class ReplicaSetController:
 
     # -- garbage collection -------------------------------------------------------------
 
-    def _collect_orphans(self, deployments: set[str], replicasets: list[Obj],
-                         pods: list[Obj]) -> None:
+    def _collect_orphans(self, deployments: set[str], replicasets: list[KubeObject],
+                         pods: list[KubeObject]) -> None:
         """Delete ReplicaSets whose Deployment is gone and pods whose ReplicaSet is gone."""
         live_rs = {rs["metadata"]["uid"] for rs in replicasets}
         for rs in replicasets:
@@ -314,7 +316,7 @@ class ReplicaSetController:
                 self.store.delete("", "pods", pod["metadata"]["namespace"],
                                   pod["metadata"]["name"])
 
-    def _write_status(self, plural: str, obj: Obj, status: Obj) -> None:
+    def _write_status(self, plural: str, obj: KubeObject, status: KubeObject) -> None:
         if obj.get("status") == status:
             return
         with contextlib.suppress(NotFound):

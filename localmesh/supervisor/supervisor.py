@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from localmesh.documents import KubeObject
 from localmesh.errors import NotFound, ProcessError
 from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
@@ -29,7 +30,6 @@ __all__ = ["Supervisor"]
 
 log = logging.getLogger("localmesh.supervisor")
 
-Obj = dict[str, Any]
 
 _STOP_GRACE_S = 2.0
 # A replacement gateway waits this long at most for the old one to free the ingress port.
@@ -69,7 +69,7 @@ class Supervisor:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def warm_up(self, objects: list[Obj]) -> None:
+    def warm_up(self, objects: list[KubeObject]) -> None:
         """Start the fork servers now, preloading what these objects' pods will run.
 
         Their imports are most of a mesh's start-up time; they overlap with whatever
@@ -131,12 +131,12 @@ class Supervisor:
 
     # -- store events -------------------------------------------------------------------------
 
-    def _on_replicaset(self, event: str, rs: Obj) -> None:
+    def _on_replicaset(self, event: str, rs: KubeObject) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._changed.set)
 
-    def _on_pod(self, event: str, pod: Obj) -> None:
+    def _on_pod(self, event: str, pod: KubeObject) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -146,7 +146,7 @@ class Supervisor:
         else:
             loop.call_soon_threadsafe(self._sync_pod, pod)
 
-    def _sync_pod(self, pod: Obj) -> None:
+    def _sync_pod(self, pod: KubeObject) -> None:
         if self._ctx is None:
             return
         meta = pod["metadata"]
@@ -162,7 +162,7 @@ class Supervisor:
             self._seen_uids.add(str(meta.get("uid")))
             self._start_runner(key, pod)
 
-    def _start_runner(self, key: tuple[str, str], pod: Obj) -> None:
+    def _start_runner(self, key: tuple[str, str], pod: KubeObject) -> None:
         assert self._ctx is not None
         holder = self._port_holder(pod)
         runner = PodRunner(self._ctx, pod)
@@ -179,7 +179,7 @@ class Supervisor:
 
         self._track(start_after_handover())
 
-    def _port_holder(self, pod: Obj) -> _Retiring | None:
+    def _port_holder(self, pod: KubeObject) -> _Retiring | None:
         """A terminating pod that still holds the fixed ingress port this pod will bind."""
         labels = pod["metadata"].get("labels") or {}
         if labels.get("istio") != "ingressgateway" or not self._ingress_port:
@@ -204,7 +204,7 @@ class Supervisor:
 
         self._track(stop_and_purge())
 
-    def _forget(self, pod: Obj) -> None:
+    def _forget(self, pod: KubeObject) -> None:
         meta = pod["metadata"]
         key = (meta["namespace"], meta["name"])
         runner = self._runners.get(key)
@@ -257,7 +257,7 @@ class Supervisor:
         pids += self.forkserver_pids
         return pids
 
-    def unready_pods(self) -> list[Obj]:
+    def unready_pods(self) -> list[KubeObject]:
         """Pods that run (or should run) an app and are not Ready."""
         pods = []
         for pod in self.store.list_shared("", "pods"):
@@ -302,7 +302,8 @@ class Supervisor:
                 missing.append(f"{rs['metadata']['namespace']}/{rs['metadata']['name']}")
         return missing
 
-    def _not_ready_message(self, pending: list[Obj], missing: list[str], timeout: float) -> str:
+    def _not_ready_message(self, pending: list[KubeObject], missing: list[str],
+                           timeout: float) -> str:
         lines = [f"pods not Ready after {timeout:.0f}s:"]
         for pod in pending:
             ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
@@ -327,11 +328,11 @@ class _Retiring:
         self.stopped = asyncio.Event()
 
 
-def _containers(pod: Obj) -> list[str]:
+def _containers(pod: KubeObject) -> list[str]:
     return [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or []]
 
 
-def _describe(pod: Obj) -> str:
+def _describe(pod: KubeObject) -> str:
     parts = []
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         state = status.get("state") or {}

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from localmesh.errors import MeshError
+from localmesh.errors import QueryError
 from localmesh.tracestore.model import Span, TraceQuery, TraceStore
 from localmesh.validation import parse_go_duration
 
@@ -39,10 +39,6 @@ _STORE: web.AppKey[TraceStore] = web.AppKey("trace_store", TraceStore)
 _DEFAULT_LIMIT = 100
 # Rendered traces kept, by size: ~1,000 traces of the chain (a probe polls a few hundred).
 _CACHE_BYTES = 32 * 1024 * 1024
-
-
-class QueryError(MeshError, ValueError):
-    """A query parameter Jaeger would answer with 400."""
 
 
 # -- rendering ------------------------------------------------------------------------

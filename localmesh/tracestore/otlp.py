@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from localmesh.errors import MeshError
+from localmesh.errors import OtlpDecodeError
 from localmesh.tracestore.model import Span, SpanEvent, TraceStore
 
 __all__ = ["OtlpDecodeError", "create_otlp_app", "decode_request", "spans_from_request"]
@@ -44,10 +44,6 @@ _KINDS = {trace_pb2.Span.SPAN_KIND_SERVER: "server", trace_pb2.Span.SPAN_KIND_CL
           trace_pb2.Span.SPAN_KIND_CONSUMER: "consumer"}
 _STATUS = {trace_pb2.Status.STATUS_CODE_OK: "OK", trace_pb2.Status.STATUS_CODE_ERROR: "ERROR"}
 _STORE: web.AppKey[TraceStore] = web.AppKey("trace_store", TraceStore)
-
-
-class OtlpDecodeError(MeshError, ValueError):
-    """A request body that is not an ExportTraceServiceRequest."""
 
 
 # -- decoding -------------------------------------------------------------------------
