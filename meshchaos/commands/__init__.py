@@ -11,8 +11,8 @@ import json
 import time
 from calendar import timegm
 from pathlib import Path
-from typing import Any
 
+from localmesh.documents import KubeObject, ObjectMeta
 from localmesh.errors import MeshError
 from localmesh.statedir import DEFAULT_STATE_DIR
 
@@ -25,8 +25,8 @@ def add_state_dir(parser: argparse.ArgumentParser) -> None:
                         help=f"state dir of the local mesh (default: {DEFAULT_STATE_DIR})")
 
 
-def api_get(api: str, path: str, *, timeout: float = 5.0) -> dict[str, Any]:
-    """GET a JSON document from the mesh's API server; a 404 is an empty list."""
+def api_get(api: str, path: str, *, timeout: float = 5.0) -> KubeObject:
+    """GET an object or a list from the mesh's API server; a 404 is an empty list."""
     # Here, not at module level: the `up` daemon imports this package on its start path.
     import urllib.error
     import urllib.request
@@ -69,9 +69,10 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def pod_status_word(pod: dict[str, Any]) -> str:
+def pod_status_word(pod: KubeObject) -> str:
     """kubectl's STATUS column: Terminating, a waiting reason, or the phase."""
-    if pod.get("metadata", {}).get("deletionTimestamp"):
+    meta: ObjectMeta = pod.get("metadata", {})
+    if meta.get("deletionTimestamp"):
         return "Terminating"
     status = pod.get("status") or {}
     for container in status.get("containerStatuses") or []:
@@ -84,11 +85,11 @@ def pod_status_word(pod: dict[str, Any]) -> str:
     return str(status.get("phase") or "Pending")
 
 
-def pod_rows(pods: list[dict[str, Any]], now: float | None = None) -> list[list[str]]:
+def pod_rows(pods: list[KubeObject], now: float | None = None) -> list[list[str]]:
     """Rows of NAMESPACE NAME READY STATUS RESTARTS AGE, as ``kubectl get pods -A``."""
     rows = []
     for pod in pods:
-        meta = pod.get("metadata") or {}
+        meta: ObjectMeta = pod.get("metadata") or {}
         containers = (pod.get("status") or {}).get("containerStatuses") or []
         total = len((pod.get("spec") or {}).get("containers") or []) or len(containers)
         ready = sum(1 for c in containers if c.get("ready"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from localmesh.documents import KubeObject, ObjectMeta
 from localmesh.statedir import StateDir, read_endpoints
 from meshchaos.commands import POD_HEADER, add_state_dir, age, api_get, plain, pod_rows, table
 
@@ -27,11 +28,11 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def chaos_rows(objects: list[dict[str, Any]]) -> list[list[str]]:
+def chaos_rows(objects: list[KubeObject]) -> list[list[str]]:
     """NAMESPACE KIND NAME ACTION CONDITIONS AGE; conditions as Chaos Mesh names them."""
     rows = []
     for obj in objects:
-        meta = obj.get("metadata") or {}
+        meta: ObjectMeta = obj.get("metadata") or {}
         conditions = (obj.get("status") or {}).get("conditions") or []
         shown = ",".join(f"{c.get('type')}={c.get('status')}" for c in conditions) or "-"
         if meta.get("deletionTimestamp"):
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     endpoints = read_endpoints(state.path)
     pods = api_get(endpoints.api, "/api/v1/pods").get("items") or []
-    chaos: list[dict[str, Any]] = []
+    chaos: list[KubeObject] = []
     for plural in _CHAOS:
         chaos += api_get(endpoints.api, f"/apis/chaos-mesh.org/v1alpha1/{plural}").get(
             "items") or []
