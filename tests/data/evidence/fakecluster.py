@@ -56,31 +56,42 @@ class Fake:
         logs = {p.stem.split("_", 1)[1]: p.read_text() for p in (base / "logs").glob("*.log")}
         return sent, traces, logs
 
-    def _rewrite(self, text: str) -> str:
-        sent, _, _ = self.recorded()
+    def _sampled(self) -> list[dict[str, str]]:
+        """The sampled requests received so far; unsampled ones (flags 00) leave no
+        evidence, as on a correct mesh."""
         with self.lock:
-            # The recorded case stands for the latest sampled request; unsampled ones
-            # (flags 00) leave no evidence, as on a correct mesh.
-            received = [r for r in self.received if r.get("traceparent", "").endswith("-01")]
-        if not received:
-            return text
-        last = received[-1]
-        _, trace, parent, _ = last["traceparent"].split("-")
+            return [r for r in self.received if r.get("traceparent", "").endswith("-01")]
+
+    def _rewrite(self, text: str, request: dict[str, str]) -> str:
+        """The recorded case as if ``request`` had caused it."""
+        sent, _, _ = self.recorded()
+        _, trace, parent, _ = request["traceparent"].split("-")
         text = text.replace(sent["trace_id"], trace)
         # The root span's parent is the probe's own span: without it no trace ever settles
         # (probes.evidence.settle), and every probe would wait out its whole bound.
         text = text.replace(sent["parent_id"], parent)
-        text = text.replace(sent["request_id"], last["x-request-id"])
-        return text.replace(sent["tracestate"], last.get("tracestate", ""))
+        text = text.replace(sent["request_id"], request["x-request-id"])
+        return text.replace(sent["tracestate"], request.get("tracestate", ""))
 
     def trace(self, trace_id: str) -> dict[str, Any] | None:
+        """Each sampled request's trace is the recorded one under its ids (before any
+        request: the recorded trace under its own)."""
         _, traces, _ = self.recorded()
-        doc = json.loads(self._rewrite(json.dumps(traces)))
-        data = [t for t in doc["data"] if t["traceID"] == trace_id]
+        sampled = self._sampled()
+        text = json.dumps(traces)
+        if sampled:
+            mine = [r for r in sampled if r["traceparent"].split("-")[1] == trace_id]
+            if not mine:
+                return None
+            text = self._rewrite(text, mine[-1])
+        data = [t for t in json.loads(text)["data"] if t["traceID"] == trace_id]
         return {"data": data} if data else None
 
     def log(self, pod: str) -> str:
-        return self._rewrite(self.recorded()[2].get(pod, ""))
+        """The recorded log lines once per sampled request, under its ids."""
+        text = self.recorded()[2].get(pod, "")
+        sampled = self._sampled()
+        return "".join(self._rewrite(text, r) for r in sampled) if sampled else text
 
     def pods(self) -> list[str]:
         return sorted(self.recorded()[2])
