@@ -15,7 +15,15 @@ any of them into the body a real API server would send::
     ├── ManifestError            a manifest file that cannot be loaded (names file, object, field)
     ├── StateDirError            a state dir that is live, locked or unreadable
     ├── ProcessError             a pod's process could not start or stay up
-    └── SidecarConfigError       a pushed sidecar configuration that cannot be applied
+    ├── SidecarConfigError       a pushed sidecar configuration that cannot be applied
+    ├── ChaosSpecError           a Chaos Mesh duration, percentage, rate or selector value
+    │   │                        that does not parse (also a ValueError)
+    │   └── UnknownMode          a selector mode Chaos Mesh does not have
+    ├── NoPodSelected            a chaos selector that matches no pod (also a LookupError)
+    ├── EffectError              a chaos record that could not be applied or recovered
+    ├── QueryError               a trace query parameter Jaeger answers with 400 (also a ValueError)
+    └── OtlpDecodeError          an OTLP/HTTP body that is not an ExportTraceServiceRequest
+                                 (also a ValueError)
 """
 
 from __future__ import annotations
@@ -24,15 +32,21 @@ __all__ = [
     "AlreadyExists",
     "ApiError",
     "BadRequest",
+    "ChaosSpecError",
     "Conflict",
+    "EffectError",
     "Invalid",
     "ManifestError",
     "MeshError",
     "MethodNotAllowed",
+    "NoPodSelected",
     "NotFound",
+    "OtlpDecodeError",
     "ProcessError",
+    "QueryError",
     "SidecarConfigError",
     "StateDirError",
+    "UnknownMode",
 ]
 
 
@@ -120,3 +134,33 @@ class ProcessError(MeshError):
 
 class SidecarConfigError(MeshError, ValueError):
     """A sidecar configuration pushed by the control plane that cannot be applied."""
+
+
+class ChaosSpecError(MeshError, ValueError):
+    """A Chaos Mesh string quantity (duration, percentage, rate, selector mode or value)
+    that does not parse; the message is the reason (``"is not a duration"``), which the
+    admission hook prefixes with the field and the value."""
+
+
+class UnknownMode(ChaosSpecError):
+    """A selector ``mode`` that is none of Chaos Mesh's modes (the field at fault is the
+    mode, not its value)."""
+
+
+class NoPodSelected(MeshError, LookupError):
+    """Raised when a selector matches no pod (Chaos Mesh's "no pod is selected")."""
+
+    def __init__(self) -> None:
+        super().__init__("no pod is selected")
+
+
+class EffectError(MeshError):
+    """Raised when a chaos record could not be applied; the message goes into a Failed event."""
+
+
+class QueryError(MeshError, ValueError):
+    """A trace query parameter Jaeger would answer with 400."""
+
+
+class OtlpDecodeError(MeshError, ValueError):
+    """A request body that is not an ExportTraceServiceRequest."""

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from localmesh.errors import MeshError
+from meshchaos.errors import MeshchaosError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"meshchaos {args.command}: interrupted", file=sys.stderr)
         return 130
-    except MeshError as exc:
+    except (MeshError, MeshchaosError) as exc:
         print(f"meshchaos {args.command}: {exc}", file=sys.stderr)
         return 1
 

@@ -36,6 +36,8 @@ from typing import Any
 
 import pytest
 
+from meshchaos.errors import ExperimentNotPassed
+
 __all__ = ["ChaosSettings", "ExperimentFile", "ExperimentItem", "ExperimentNotPassed"]
 
 TARGETS = ("local", "kubernetes")
@@ -169,14 +171,6 @@ class ExperimentFile(pytest.File):
 
     def collect(self) -> Iterator[pytest.Item]:
         yield ExperimentItem.from_parent(self, name=self.path.stem)
-
-
-class ExperimentNotPassed(Exception):
-    """Raised by an experiment item when the verdict is FAIL or INCONCLUSIVE."""
-
-    def __init__(self, summary: str) -> None:
-        super().__init__(summary)
-        self.summary = summary
 
 
 class ExperimentItem(pytest.Item):

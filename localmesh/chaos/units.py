@@ -4,13 +4,16 @@ Chaos Mesh keeps durations, percentages and rates as strings and checks them in
 its admission webhook (mesh-semantics.md §5.2/§5.3): durations are Go
 ``time.ParseDuration`` strings (``"300ms"``, ``"1m30s"``), percentages are
 ``"0"`` to ``"100"``, bandwidth rates are tc units where ``bit`` counts bits and
-``bps`` counts **bytes** per second. Each parser raises ``ValueError`` with the
-reason; the admission hook turns it into an ``Invalid`` naming the field.
+``bps`` counts **bytes** per second. Each parser raises ``ChaosSpecError`` (a
+``ValueError``) with the reason, ``UnknownMode`` for a selector mode that does not exist;
+the admission hook turns it into an ``Invalid`` naming the field.
 """
 
 from __future__ import annotations
 
 import re
+
+from localmesh.errors import ChaosSpecError, UnknownMode
 
 __all__ = ["parse_duration_ms", "parse_mode_value", "parse_percent", "parse_rate_bytes_per_s"]
 
@@ -33,11 +36,11 @@ def parse_duration_ms(text: str) -> float:
     while pos < len(text):
         match = _DURATION_PART.match(text, pos)
         if match is None:
-            raise ValueError("is not a duration")
+            raise ChaosSpecError("is not a duration")
         total += float(match.group(1)) * _UNIT_MS[match.group(2)]
         pos = match.end()
     if pos == 0:
-        raise ValueError("is not a duration")
+        raise ChaosSpecError("is not a duration")
     return total
 
 
@@ -46,9 +49,9 @@ def parse_percent(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError("is not a percentage") from None
+        raise ChaosSpecError("is not a percentage") from None
     if not 0.0 <= value <= 100.0:
-        raise ValueError("is not a percentage between 0 and 100")
+        raise ChaosSpecError("is not a percentage between 0 and 100")
     return value
 
 
@@ -56,11 +59,11 @@ def parse_rate_bytes_per_s(text: str) -> float:
     """Parse a tc rate (``"1mbps"`` = 1,000,000 bytes/s, ``"8mbit"`` = 1,000,000 bytes/s)."""
     match = _RATE.match(text.strip().lower())
     if match is None:
-        raise ValueError("is not a rate (units bit, kbit, mbit, gbit, tbit, bps, kbps, "
+        raise ChaosSpecError("is not a rate (units bit, kbit, mbit, gbit, tbit, bps, kbps, "
                          "mbps, gbps, tbps)")
     value = float(match.group(1)) * _RATE_BYTES[match.group(2)]
     if value <= 0:
-        raise ValueError("is not a positive rate")
+        raise ChaosSpecError("is not a positive rate")
     return value
 
 
@@ -71,23 +74,23 @@ def parse_mode_value(mode: str, value: str) -> float:
     ``fixed-percent`` a percentage in (0, 100], ``random-max-percent`` one in [0, 100].
     """
     if mode not in MODES:
-        raise ValueError(f"is not a mode (one of {', '.join(MODES)})")
+        raise UnknownMode(f"is not a mode (one of {', '.join(MODES)})")
     if mode in ("one", "all"):
         return 0.0
     if mode == "fixed":
         try:
             number = int(value)
         except ValueError:
-            raise ValueError("is not an integer (mode 'fixed')") from None
+            raise ChaosSpecError("is not an integer (mode 'fixed')") from None
         if number <= 0:
-            raise ValueError("must be greater than 0 (mode 'fixed')")
+            raise ChaosSpecError("must be greater than 0 (mode 'fixed')")
         return float(number)
     try:
         percent = float(value)
     except ValueError:
-        raise ValueError(f"is not a percentage (mode '{mode}')") from None
+        raise ChaosSpecError(f"is not a percentage (mode '{mode}')") from None
     low_ok = percent > 0 if mode == "fixed-percent" else percent >= 0
     if not low_ok or percent > 100:
         bounds = "(0, 100]" if mode == "fixed-percent" else "[0, 100]"
-        raise ValueError(f"must be in {bounds} (mode '{mode}')")
+        raise ChaosSpecError(f"must be in {bounds} (mode '{mode}')")
     return percent

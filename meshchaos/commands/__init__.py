@@ -13,8 +13,8 @@ from calendar import timegm
 from pathlib import Path
 
 from localmesh.documents import KubeObject, ObjectMeta
-from localmesh.errors import MeshError
 from localmesh.statedir import DEFAULT_STATE_DIR
+from meshchaos.errors import MeshApiError
 
 __all__ = ["POD_HEADER", "add_state_dir", "age", "api_get", "plain", "pod_rows",
            "pod_status_word", "table"]
@@ -37,9 +37,9 @@ def api_get(api: str, path: str, *, timeout: float = 5.0) -> KubeObject:
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return {"items": []}
-        raise MeshError(f"the mesh API at {api} answered {exc.code} to GET {path}") from exc
+        raise MeshApiError(f"the mesh API at {api} answered {exc.code} to GET {path}") from exc
     except (OSError, ValueError) as exc:
-        raise MeshError(f"the mesh API at {api} did not answer GET {path}: {exc}") from exc
+        raise MeshApiError(f"the mesh API at {api} did not answer GET {path}: {exc}") from exc
     return data if isinstance(data, dict) else {}
 
 

@@ -15,9 +15,9 @@ import time
 from typing import Any
 
 from localmesh.daemon import descendants
-from localmesh.errors import MeshError
 from localmesh.statedir import StateDir, pid_alive
 from meshchaos.commands import add_state_dir, plain
+from meshchaos.errors import StopError
 
 __all__ = ["HELP", "descendants", "register", "run"]
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 os.kill(victim, signal.SIGKILL)
         left = _wait_gone(left, time.monotonic() + 5)
     if left:
-        raise MeshError(f"processes {left} of the mesh survived SIGKILL")
+        raise StopError(f"processes {left} of the mesh survived SIGKILL")
     state.release()  # what a killed mesh could not remove; the logs stay for post-mortems
     print(f"meshchaos down: the mesh of {state.path} is stopped; every process is gone")
     return 0

@@ -26,6 +26,7 @@ from localmesh.daemon import MeshDaemon
 from localmesh.errors import MeshError, StateDirError
 from localmesh.statedir import Endpoints, StateDir
 from meshchaos.commands import POD_HEADER, add_state_dir, plain, pod_rows, table
+from meshchaos.errors import MeshchaosError, UsageError
 
 if TYPE_CHECKING:  # the mesh (aiohttp, schemas) loads only where it runs: not for --help
     from localmesh.mesh import LocalMesh
@@ -67,7 +68,7 @@ def parse_set_env(values: list[str]) -> EnvOverrides:
         namespace, slash, deployment = target.partition("/")
         key, eq, env_value = assignment.partition("=")
         if not (sep and slash and eq and namespace and deployment and key):
-            raise MeshError(f"--set-env {value!r}: expected NAMESPACE/DEPLOYMENT:KEY=VALUE, "
+            raise UsageError(f"--set-env {value!r}: expected NAMESPACE/DEPLOYMENT:KEY=VALUE, "
                             "e.g. shop/orders:LOG_LEVEL=debug")
         overrides.setdefault((namespace, deployment), {})[key] = env_value
     return overrides
@@ -77,12 +78,12 @@ def _manifests(args: argparse.Namespace) -> list[Path]:
     if args.manifests:
         missing = [str(p) for p in args.manifests if not p.exists()]
         if missing:
-            raise MeshError(f"--manifests {', '.join(missing)}: no such file or directory "
+            raise UsageError(f"--manifests {', '.join(missing)}: no such file or directory "
                             f"(relative to {Path.cwd()})")
         return [p.resolve() for p in args.manifests]
     if DEFAULT_MANIFESTS.is_dir():
         return [DEFAULT_MANIFESTS.resolve()]
-    raise MeshError(f"no manifests to start: pass --manifests DIR ({DEFAULT_MANIFESTS} does "
+    raise UsageError(f"no manifests to start: pass --manifests DIR ({DEFAULT_MANIFESTS} does "
                     f"not exist in {Path.cwd()})")
 
 
@@ -266,7 +267,7 @@ def _daemon_main() -> int:
     args = parser.parse_args()
     try:
         return int(args.func(args))
-    except MeshError as exc:
+    except (MeshError, MeshchaosError) as exc:
         print(f"meshchaos up: {exc}", file=sys.stderr)
         return 1
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from localmesh.chaos import install_chaos_admission
-from localmesh.errors import Invalid
+from localmesh.chaos.units import parse_mode_value
+from localmesh.errors import ChaosSpecError, Invalid, UnknownMode
 from localmesh.store import ObjectStore
 
 Obj = dict[str, Any]
@@ -114,6 +115,16 @@ def test_webhook_rule_refuses_with_422_naming_the_field(store: ObjectStore, obj:
     assert str(exc.value).startswith(f"{obj['kind']} '{obj['metadata']['name']}': {field}")
     status = exc.value.to_status()
     assert status["reason"] == "Invalid"
+
+
+def test_an_unknown_mode_is_told_from_a_bad_value_by_its_type() -> None:
+    """The hook blames spec.mode for an UnknownMode and spec.value for any other
+    ChaosSpecError (above, unknown-mode and fixed-not-integer)."""
+    with pytest.raises(UnknownMode):
+        parse_mode_value("sometimes", "")
+    with pytest.raises(ChaosSpecError) as exc:
+        parse_mode_value("fixed", "two")
+    assert not isinstance(exc.value, UnknownMode)
 
 
 ACCEPTED = [
