@@ -18,6 +18,7 @@ from typing import Any
 
 from probes import _common
 from probes.checks import cancellation as rules
+from probes.config import resolve
 from probes.deadline import Deadline
 from probes.evidence.collect import collect
 from probes.evidence.request import CallTree
@@ -31,7 +32,7 @@ __all__ = ["orphan_work"]
 SETTLE_S = 3.0
 
 
-def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | None = None,
+def orphan_work(requests: int = 3, path: str = "", headers: dict[str, str] | None = None,
                 call_tree: dict[str, Any] | None = None, grace_ms: float = 100.0,
                 client_timeout_ms: float | None = None, timeout_s: float = 60.0,
                 configuration: dict[str, Any] | None = None,
@@ -46,27 +47,31 @@ def orphan_work(requests: int = 3, path: str = "/", headers: dict[str, str] | No
     inbound span still waits for its app run; one that runs on unseen past both passes.
 
     Returns the probe result dict (``$.passed``; ``measurements.orphaned_requests`` and
-    ``measurements.orphan_work_ms`` per hop); raises ``EvidenceError`` when no request
-    timed out, since then there was nothing to cancel.
+    ``measurements.orphan_work_ms`` per hop); the check is ``not judged``
+    (the result inconclusive) when no request timed out, since then there was nothing to
+    cancel. Judged from the sidecars' lines (a hop's call still open after its own caller
+    left, a request below completing late) and from app spans where there are any.
     """
     deadline = Deadline(timeout_s, "orphan_work")
     target = resolve_target(configuration)
-    tree = CallTree.from_config(call_tree or (configuration or {}).get("call_tree"))
+    expected = CallTree.from_config(call_tree or resolve(configuration).call_tree)
     request_timeout = client_timeout_ms / 1000 if client_timeout_ms else 30.0
-    sent = _common.send_requests(target.ingress_url + path, configuration, requests, headers,
-                                 timeout_s=request_timeout, deadline=deadline,
-                                 exact_timeout=client_timeout_ms is not None)
+    sent = _common.send_requests(target.entry_url(path), configuration, requests,
+                                 target.request_headers(headers), timeout_s=request_timeout,
+                                 deadline=deadline, exact_timeout=client_timeout_ms is not None)
     # Orphans finish *after* the caller gave up, and a run leaves no span before it ends:
     # the traces stay open for twice the grace after each answer, so work overstaying the
     # grace by up to as much again is seen ending; a run seen still in flight then (an
     # inbound span without its app run) is waited for, up to SETTLE_S.
-    gathered = collect(target, sent, tree, deadline, trace_wait_s=SETTLE_S,
+    gathered = collect(target, sent, expected, deadline, trace_wait_s=SETTLE_S,
                        hold_s=2 * grace_ms / 1000)
-    results, orphans = rules.evaluate(gathered.requests, tree, grace_ms, client_timeout_ms)
+    results, orphans = rules.evaluate(gathered.requests, gathered.tree, grace_ms,
+                                      client_timeout_ms)
     return probe_result("orphan-work", results,
                         traces=_common.sample_traces(gathered.requests, results),
                         measurements={"requests": len(sent), "grace_ms": grace_ms,
                                       "evidence_s": round(gathered.seconds, 3),
                                       "orphaned_requests": orphans.requests,
                                       "orphan_work_ms": orphans.work_ms,
+                                      "call_tree": gathered.tree.describe(),
                                       "statuses": sorted({str(r.status) for r in sent})})

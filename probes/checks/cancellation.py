@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from probes.checks.findings import Finding, aggregate
-from probes.errors import EvidenceError
+from probes.checks.findings import Finding, Judged, NotJudged, Outcome, aggregate
 from probes.evidence.accesslog import AccessLogRecord
-from probes.evidence.request import CallTree, RequestEvidence
+from probes.evidence.request import CallTree, HopEvidence, RequestEvidence
 from probes.evidence.spans import Span
 from probes.results import Check
 
@@ -143,34 +142,69 @@ def _orphan_ms(start_us: int, end_us: int, deadline_us: int) -> float:
 
 
 def orphan_work(ev: RequestEvidence, tree: CallTree, grace_ms: float, orphans: Orphans,
-                client_timeout_ms: float | None = None) -> list[Finding]:
+                client_timeout_ms: float | None = None) -> Outcome:
     """Every hop under a timed-out call stops within ``grace_ms``; count what did not."""
-    findings: list[Finding] = []
-    judged: set[int] = set()
-    for timeout in find_timeouts(ev, tree, client_timeout_ms):
+    timeouts = find_timeouts(ev, tree, client_timeout_ms)
+    if not timeouts:
+        return NotJudged("no caller gave up on this request")
+    judged = Judged()
+    done: set[int] = set()
+    seen: set[str] = set()  # hops found orphaned in any scope of this request
+    for timeout in timeouts:
         gave_up = "timeout" if timeout.caller == "probe" else timeout.how
         for scope in scopes(ev, timeout):
             limit = scope.deadline_us + int(grace_ms * 1000)
             orphaned: set[str] = set()
-            for hop in [timeout.callee, *tree.below(timeout.callee)]:
-                late = _late_work(ev, hop, scope, limit, judged)
+            hops = [timeout.callee, *tree.below(timeout.callee)]
+            for hop in hops:
+                evidence = ev.hop(hop)
+                if evidence.logs_in or evidence.logs_out:
+                    judged.basis.add("sidecar")
+                if evidence.app_server:
+                    judged.basis.add("app")
+                late = _late_work(ev, hop, scope, limit, done)
                 if late is None:
                     continue
                 orphaned.add(hop)
                 orphans.add(hop, late[0])
-                parent = tree.caller(hop)
-                # A disconnect at the hop's inbound sidecar in time means its caller did
-                # cancel: the hop ignored it. Otherwise the caller left its call running.
-                told = hop == timeout.callee or _disconnected_by(ev, hop, scope, limit)
-                blame = hop if told or parent in orphaned else parent
-                how = (f"{hop} went on {late[0]:.0f} ms after {timeout.caller}'s {gave_up} "
-                       f"({late[1]})")
-                if blame is not None and blame != hop:
-                    stopped = "stopped but " if ev.hop(blame).app_server else ""
-                    how += f": {blame} {stopped}did not cancel its call to {hop}"
-                findings.append(Finding(blame, how, (ev.sent.trace_id,),
-                                        (timeout.line, *late[2])))
-    return findings
+                judged.findings.append(_blame(ev, tree, hop, timeout, gave_up, scope, limit,
+                                              orphaned, late))
+            # A call left open with no work seen below it (the callee's evidence ended in
+            # time, or it has none): the open call itself is the orphan.
+            seen |= orphaned
+            for hop in hops:
+                if hop in seen or seen & set(tree.below(hop)):
+                    continue
+                late = _open_call(ev.hop(hop), scope, limit, done)
+                if late is not None:
+                    orphaned.add(hop)
+                    seen.add(hop)
+                    orphans.add(hop, late[0])
+                    judged.findings.append(_blame(ev, tree, hop, timeout, gave_up, scope,
+                                                  limit, orphaned, late))
+    if not judged.basis:
+        return NotJudged(f"{', '.join(sorted({t.callee for t in timeouts}))}: no evidence "
+                         "below the timed-out call")
+    return judged
+
+
+def _blame(ev: RequestEvidence, tree: CallTree, hop: str, timeout: Timeout, gave_up: str,
+           scope: Scope, limit: int, orphaned: set[str],
+           late: tuple[float, str, tuple[str, ...], bool]) -> Finding:
+    """Who let the work run on: the hop itself when it was told (its caller's request to it
+    ended in time, or it kept its own call open), else the caller that did not cancel."""
+    parent = tree.caller(hop)
+    told = late[3] or hop == timeout.callee or _disconnected_by(ev, hop, scope, limit)
+    blame = hop if told or parent in orphaned else parent
+    how = f"{hop} went on {late[0]:.0f} ms after {timeout.caller}'s {gave_up} ({late[1]})"
+    if late[3]:
+        callee = late[1].split(" ", 4)[3]
+        how = (f"{hop} did not cancel its call to {callee}: {late[1]} {late[0]:.0f} ms after "
+               f"{timeout.caller}'s {gave_up}")
+    elif blame is not None and blame != hop:
+        stopped = "stopped but " if ev.hop(blame).app_server else ""
+        how += f": {blame} {stopped}did not cancel its call to {hop}"
+    return Finding(blame, how, (ev.sent.trace_id,), (timeout.line, *late[2]))
 
 
 def _disconnected_by(ev: RequestEvidence, hop: str, scope: Scope, limit_us: int) -> bool:
@@ -179,41 +213,69 @@ def _disconnected_by(ev: RequestEvidence, hop: str, scope: Scope, limit_us: int)
 
 
 def _late_work(ev: RequestEvidence, hop: str, scope: Scope, limit_us: int,
-               judged: set[int]) -> tuple[float, str, tuple[str, ...]] | None:
-    """Orphan ms, what showed it, and the lines — or None when the hop stopped in time."""
+               judged: set[int]) -> tuple[float, str, tuple[str, ...], bool] | None:
+    """Orphan ms, what showed it, the lines, and whether the hop itself kept the work
+    going — or None when the hop stopped in time."""
     evidence = ev.hop(hop)
     runs = [s for s in evidence.app_server if scope.holds_span(s)]
     for span in runs:
         if span.end_us > limit_us and id(span) not in judged:
             judged.add(id(span))
             return (_orphan_ms(span.start_us, span.end_us, scope.deadline_us),
-                    "app span ended late" + (" (cancelled)" if span.cancelled else ""), ())
-    if runs:
-        # The app's own spans say when its work ended. A line that ends later is bytes
-        # still on the way (a delay fault holds them, §5.2), not work.
-        return None
-    for record in evidence.logs_in:
-        end = record.end_us
-        if end and end > limit_us and not record.downstream_disconnected \
-                and scope.holds_line(record) and id(record) not in judged:
-            judged.add(id(record))
-            return (_orphan_ms(record.start_us or end, end, scope.deadline_us),
-                    f"request completed {record.response_code}", (record.line,))
+                    "app span ended late" + (" (cancelled)" if span.cancelled else ""), (),
+                    False)
+    if not runs:
+        for record in evidence.logs_in:
+            end = record.end_us
+            if end and end > limit_us and not record.downstream_disconnected \
+                    and scope.holds_line(record) and id(record) not in judged:
+                judged.add(id(record))
+                return (_orphan_ms(record.start_us or end, end, scope.deadline_us),
+                        f"request completed {record.response_code}", (record.line,), False)
+    # The app's own spans say when its work ended: a line ending later is bytes a delay
+    # fault still holds (§5.2), not work.
     return None
+
+
+def _open_call(evidence: HopEvidence, scope: Scope, limit_us: int,
+               judged: set[int]) -> tuple[float, str, tuple[str, ...], bool] | None:
+    """A call the hop still had open after its own request ended and the grace ran out:
+    the callee keeps working for a caller that is gone."""
+    if not _caller_left(evidence, limit_us):
+        return None
+    for call in evidence.logs_out:
+        end = call.end_us
+        if end and end > limit_us and (call.start_us or 0) < limit_us \
+                and scope.holds_line(call) and id(call) not in judged:
+            judged.add(id(call))
+            return (_orphan_ms(call.start_us or end, end, scope.deadline_us),
+                    f"its call to {call.upstream_service} stayed open and ended "
+                    f"{call.response_code} {','.join(sorted(call.flags)) or '-'}",
+                    (call.line,), True)
+    return None
+
+
+def _caller_left(evidence: HopEvidence, limit_us: int) -> bool:
+    """The hop's own inbound request ended (its caller left, or it answered) in time: after
+    that no call of its may still be open."""
+    return any(r.end_us is not None and r.end_us <= limit_us for r in evidence.logs_in)
 
 
 def evaluate(evidence: Sequence[RequestEvidence], tree: CallTree, grace_ms: float = 100.0,
              client_timeout_ms: float | None = None) -> tuple[list[Check], Orphans]:
-    """Orphan-work check over every request that timed out; raises if none did."""
-    timed_out = [ev for ev in evidence if find_timeouts(ev, tree, client_timeout_ms)]
-    if not timed_out:
-        statuses = sorted({str(ev.sent.status) for ev in evidence})
-        raise EvidenceError(f"could not measure cancellation: none of {len(evidence)} requests "
-                            f"timed out (no 504 UT and no caller giving up, 0 DC, at any caller "
-                            f"sidecar; statuses {statuses}); "
-                            "make the chain slow (delay fault, slow path/headers)")
+    """The orphan-work check over every request that timed out.
+
+    Requests where no caller gave up are not judged; when none did, the check is
+    ``not judged`` (there was nothing to cancel), never "held".
+    """
     orphans = Orphans()
-    findings = [orphan_work(ev, tree, grace_ms, orphans, client_timeout_ms) for ev in timed_out]
+    outcomes = [orphan_work(ev, tree, grace_ms, orphans, client_timeout_ms) for ev in evidence]
+    if not any(isinstance(o, Judged) for o in outcomes):
+        statuses = sorted({str(ev.sent.status) for ev in evidence})
+        outcomes = [NotJudged(f"none of {len(evidence)} requests timed out (no 504 UT and no "
+                              f"caller giving up, 0 DC, at any caller sidecar; statuses "
+                              f"{statuses}): make the chain slow (delay fault, slow "
+                              "path/headers)")]
     check = aggregate("orphan-work", RULE, f"every hop below a timeout stops within "
-                      f"{grace_ms:g} ms", findings)
+                      f"{grace_ms:g} ms", outcomes)
     return [check], orphans

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from probes.checks.findings import Finding, aggregate
-from probes.errors import EvidenceError
+from probes.checks.calls import failed, sidecar_runs
+from probes.checks.findings import Finding, Judged, NotJudged, Outcome, aggregate
 from probes.evidence.request import CallTree, HopEvidence, RequestEvidence
 from probes.evidence.routes import Route
 from probes.evidence.spans import Span
@@ -22,6 +22,7 @@ from probes.results import Check
 
 __all__ = [
     "CLUSTER_SWITCH",
+    "CORE",
     "LOCAL_SWITCH",
     "RULES",
     "Invocation",
@@ -128,10 +129,57 @@ def _callee(call: Span) -> str:
     return call.name.rsplit(" ", 1)[-1].split(".", 1)[0].split(":", 1)[0]
 
 
-def budget_within_caller_remaining(ev: RequestEvidence, tree: CallTree,
-                                   tolerance_ms: float = 2.0) -> list[Finding]:
-    """Callee budget <= what its caller's run had left when it made that call."""
-    findings: list[Finding] = []
+def _tree_callers(tree: CallTree) -> set[str]:
+    return {caller for caller, _ in tree.edges()}
+
+
+def _route_of(routes: Mapping[str, Route], callee: str | None) -> Route | None:
+    return routes.get(callee or "")
+
+
+def _route_note(route: Route | None, sent_ms: int) -> str:
+    if route is None:
+        return ""
+    if sent_ms in (route.timeout_ms, route.per_try_timeout_ms):
+        return (f" (= the route timeout of {route.virtual_service}: the app sent no budget "
+                "of its own, or one no shorter)")
+    return ""
+
+
+# The sidecars' view starts a hop's clock when its inbound sidecar got the request; the app
+# starts its own when it reads it, after the inbound sidecar forwarded it. No log shows that
+# gap; in recorded runs on a loaded 2-core machine it reached 5 ms, so a stale budget is
+# one more than that (plus the caller's tolerance) beyond what was left.
+SIDECAR_SLACK_MS = 6.0
+
+
+def _sidecar_budget_findings(ev: RequestEvidence, tree: CallTree, tolerance_ms: float,
+                             routes: Mapping[str, Route], judged: Judged) -> None:
+    """Sidecar view of budget-within-remaining: each call's budget vs what was left."""
+    for hop in tree.hops():
+        for run in sidecar_runs(ev.hop(hop)):
+            if run.budget_ms is None:
+                continue
+            for call in run.calls:
+                sent = call.expected_rq_timeout_ms
+                if sent is None or call.start_us is None:
+                    continue
+                judged.basis.add("sidecar")
+                left = run.left_ms(call.start_us)
+                if sent > left + tolerance_ms + SIDECAR_SLACK_MS:
+                    spent = (call.start_us - run.start_us) / 1000
+                    judged.findings.append(Finding(
+                        hop, f"{hop} gave {call.upstream_service} a budget of {sent} ms "
+                        f"{spent:.0f} ms after it was given {run.budget_ms} ms: only "
+                        f"{left:.0f} ms were left (stale by {sent - left:.0f} ms)"
+                        f"{_route_note(_route_of(routes, call.upstream_service), sent)}",
+                        (ev.sent.trace_id,), (run.inbound.line, call.line)))
+                    return
+
+
+def _app_budget_findings(ev: RequestEvidence, tree: CallTree, tolerance_ms: float,
+                         judged: Judged) -> None:
+    """App view: callee SERVER span budget vs its caller's run's remaining budget."""
     for caller, callee in tree.edges():
         runs = {r.server.span_id: r for r in invocations(ev.hop(caller))
                 if r.server is not None and r.budget_ms is not None}
@@ -142,71 +190,204 @@ def budget_within_caller_remaining(ev: RequestEvidence, tree: CallTree,
             parent = runs.get(call.parent_id or "") if call is not None else None
             if call is None or parent is None or call.kind != "client":
                 continue
+            judged.basis.add("app")
             left = parent.left_ms(call.start_us)
             if run.budget_ms > left + tolerance_ms:
-                findings.append(Finding(caller, f"{callee} was given {run.budget_ms:.0f} ms but "
-                                        f"{caller} had {left:.0f} ms left", (ev.sent.trace_id,),
-                                        tuple(ev.log_lines(caller, callee))))
-                break
-    return findings
+                judged.findings.append(Finding(
+                    caller, f"{callee} was given {run.budget_ms:.0f} ms but {caller} had "
+                    f"{left:.0f} ms left", (ev.sent.trace_id,),
+                    tuple(ev.log_lines(caller, callee))))
+                return
+
+
+def _no_budget_anywhere(ev: RequestEvidence) -> bool:
+    return not any(r.expected_rq_timeout_ms is not None for h in ev.hops.values()
+                   for r in (*h.logs_in, *h.logs_out)) and \
+        not any(budget(h) is not None for h in ev.hops.values())
+
+
+_NO_BUDGET = NotJudged("no hop received a budget (no x-envoy-expected-rq-timeout-ms in any "
+                       "inbound line, no app span with meshchaos.budget_ms): give the entry "
+                       "route a VirtualService timeout, and keep the headers (the switch in "
+                       "headers-stripped)")
+
+
+def _skipped_callers(ev: RequestEvidence, tree: CallTree) -> list[str]:
+    """Hops the tree says call others, that got a budget but showed no call at all."""
+    out = []
+    for hop in sorted(_tree_callers(tree)):
+        runs = sidecar_runs(ev.hop(hop))
+        if any(r.budget_ms is not None for r in runs) and not any(r.calls for r in runs) \
+                and not any(i.calls for i in invocations(ev.hop(hop))):
+            out.append(f"{hop}: no outbound requests seen")
+    return out
+
+
+def budget_within_caller_remaining(ev: RequestEvidence, tree: CallTree,
+                                   tolerance_ms: float = 2.0,
+                                   routes: Mapping[str, Route] | None = None) -> Outcome:
+    """A callee's budget <= what its caller had left when it made that call: read from the
+    sidecars (inbound budget vs each outbound call's budget) and from app spans."""
+    if _no_budget_anywhere(ev):
+        return _NO_BUDGET
+    judged = Judged(skipped=_skipped_callers(ev, tree))
+    _sidecar_budget_findings(ev, tree, tolerance_ms, routes or {}, judged)
+    if not judged.findings:
+        _app_budget_findings(ev, tree, tolerance_ms, judged)
+    if not judged.basis:
+        return NotJudged("no hop that was given a budget made a call with one (no outbound "
+                         "line with x-envoy-expected-rq-timeout-ms, no app CLIENT span)")
+    return judged
 
 
 def sent_timeout_within_remaining(ev: RequestEvidence, tree: CallTree,
-                                  tolerance_ms: float = 2.0) -> list[Finding]:
-    """Each CLIENT span's ``meshchaos.timeout_sent_ms`` <= its run's remaining budget."""
+                                  tolerance_ms: float = 2.0) -> Outcome:
+    """Each app CLIENT span's ``meshchaos.timeout_sent_ms`` <= its run's remaining budget
+    (app evidence only: the sidecars log the budget they set, not the app's header)."""
+    judged = Judged()
     for hop in tree.hops():
         for run in invocations(ev.hop(hop)):
             if run.budget_ms is None:
                 continue
             for call in run.calls:
                 sent = call.attributes.get("meshchaos.timeout_sent_ms")
+                if sent is None:
+                    continue
+                judged.basis.add("app")
                 left = run.left_ms(call.start_us)
-                if sent is not None and float(sent) > left + tolerance_ms:
-                    return [Finding(hop, f"{hop} sent {float(sent):.0f} ms to {_callee(call)} "
-                                    f"with {left:.0f} ms left", (ev.sent.trace_id,))]
-    return []
+                if float(sent) > left + tolerance_ms:
+                    judged.findings.append(Finding(
+                        hop, f"{hop} sent {float(sent):.0f} ms to {_callee(call)} with "
+                        f"{left:.0f} ms left", (ev.sent.trace_id,)))
+                    return judged
+    if not judged.basis:
+        return NotJudged("no app CLIENT span reports the timeout it sent "
+                         "(meshchaos.timeout_sent_ms): the apps export no such spans")
+    return judged
 
 
 def no_call_after_deadline(ev: RequestEvidence, tree: CallTree,
-                           tolerance_ms: float = 2.0) -> list[Finding]:
-    """No CLIENT span of a run starts after that run's own deadline."""
+                           tolerance_ms: float = 2.0) -> Outcome:
+    """No call of a run starts after that run's own deadline (sidecar lines, app spans)."""
+    if _no_budget_anywhere(ev):
+        return _NO_BUDGET
+    judged = Judged()
     for hop in tree.hops():
+        for srun in sidecar_runs(ev.hop(hop)):
+            deadline = srun.deadline_us
+            if deadline is None or not srun.calls:
+                continue
+            judged.basis.add("sidecar")
+            late = [c for c in srun.calls if (c.start_us or 0) > deadline + tolerance_ms * 1000]
+            if late:
+                over = ((late[0].start_us or 0) - deadline) / 1000
+                judged.findings.append(Finding(
+                    hop, f"{hop} called {late[0].upstream_service} {over:.0f} ms after its own "
+                    "deadline", (ev.sent.trace_id,), (srun.inbound.line, late[0].line)))
+                return judged
         for run in invocations(ev.hop(hop)):
             deadline = run.deadline_us
-            if deadline is None:
+            if deadline is None or not run.calls:
                 continue
-            late = [c for c in run.calls if c.start_us > deadline + tolerance_ms * 1000]
-            if late:
-                over = (late[0].start_us - deadline) / 1000
-                return [Finding(hop, f"{hop} called {late[0].name!r} {over:.0f} ms after its "
-                                "own deadline", (ev.sent.trace_id,))]
-    return []
+            judged.basis.add("app")
+            late_spans = [c for c in run.calls if c.start_us > deadline + tolerance_ms * 1000]
+            if late_spans:
+                over = (late_spans[0].start_us - deadline) / 1000
+                judged.findings.append(Finding(
+                    hop, f"{hop} called {late_spans[0].name!r} {over:.0f} ms after its own "
+                    "deadline", (ev.sent.trace_id,)))
+                return judged
+    if not judged.basis:
+        return NotJudged("no hop that was given a budget made any call")
+    return judged
 
 
-def deadline_propagated(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
-    """A run with a budget sends a timeout (``meshchaos.timeout_sent_ms``) on each call."""
+def deadline_propagated(ev: RequestEvidence, tree: CallTree) -> Outcome:
+    """A hop given a budget passes one on with every call: its outbound sidecar line carries
+    x-envoy-expected-rq-timeout-ms (the app's header, or the route's own timeout), or its
+    app CLIENT span reports the timeout it sent."""
+    if _no_budget_anywhere(ev):
+        return _NO_BUDGET
+    judged = Judged(skipped=_skipped_callers(ev, tree))
     for hop in tree.hops():
+        for srun in sidecar_runs(ev.hop(hop)):
+            if srun.budget_ms is None:
+                continue
+            for call in srun.calls:
+                if "expected_rq_timeout_ms" not in call.fields:
+                    continue  # the log format does not show the budget a call carried
+                judged.basis.add("sidecar")
+                if call.expected_rq_timeout_ms is None:
+                    judged.findings.append(Finding(
+                        hop, f"{hop} was given a budget of {srun.budget_ms} ms but its call to "
+                        f"{call.upstream_service} carried none (no x-envoy-upstream-rq-timeout-"
+                        "ms from the app, no route timeout)", (ev.sent.trace_id,),
+                        (srun.inbound.line, call.line)))
+                    return judged
         for run in invocations(ev.hop(hop)):
             if run.budget_ms is None:
                 continue
-            for call in run.calls:
-                if call.attributes.get("meshchaos.timeout_sent_ms") is None:
-                    return [Finding(hop, f"{hop} received a budget of {run.budget_ms:.0f} ms but "
-                                    f"sent no timeout on its call {call.name!r}",
-                                    (ev.sent.trace_id,), tuple(ev.log_lines(hop)))]
-    return []
+            for span in run.calls:
+                judged.basis.add("app")
+                if span.attributes.get("meshchaos.timeout_sent_ms") is None:
+                    judged.findings.append(Finding(
+                        hop, f"{hop} received a budget of {run.budget_ms:.0f} ms but sent no "
+                        f"timeout on its call {span.name!r}", (ev.sent.trace_id,),
+                        tuple(ev.log_lines(hop))))
+                    return judged
+    if not judged.basis:
+        return NotJudged("no hop that was given a budget made any call")
+    return judged
 
 
-def no_app_retries(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
-    """No app CLIENT span is a retry of its own (``meshchaos.attempt`` > 1)."""
+def _app_retry_findings(ev: RequestEvidence, tree: CallTree, judged: Judged) -> None:
     for hop in tree.hops():
-        retries = [s for s in ev.hop(hop).app_client
-                   if int(s.attributes.get("meshchaos.attempt", 1) or 1) > 1]
+        spans = ev.hop(hop).app_client
+        if spans:
+            judged.basis.add("app")
+        retries = [s for s in spans if int(s.attributes.get("meshchaos.attempt", 1) or 1) > 1]
         if retries:
             most = max(int(s.attributes.get("meshchaos.attempt", 1)) for s in retries)
-            return [Finding(hop, f"{hop} retried {retries[0].name!r} itself ({most} attempts) on "
-                            "top of the mesh's retries", (ev.sent.trace_id,))]
-    return []
+            judged.findings.append(Finding(
+                hop, f"{hop} retried {retries[0].name!r} itself ({most} attempts) on top of "
+                "the mesh's retries", (ev.sent.trace_id,)))
+            return
+
+
+def _sidecar_retry_findings(ev: RequestEvidence, tree: CallTree, judged: Judged) -> None:
+    """A second outbound request to the same service and path, made after the first one
+    failed, under the same inbound request: the app retried (the mesh's own retries are
+    attempts inside one outbound request, one line with x-envoy-attempt-count)."""
+    for hop in tree.hops():
+        for srun in sidecar_runs(ev.hop(hop)):
+            if srun.calls:
+                judged.basis.add("sidecar")
+            for index, call in enumerate(srun.calls):
+                earlier = [c for c in srun.calls[:index]
+                           if c.upstream_service == call.upstream_service
+                           and c.fields.get("path") == call.fields.get("path") and failed(c)
+                           and (c.end_us or 0) <= (call.start_us or 0) + 2000]
+                if earlier:
+                    first = earlier[-1]
+                    gap = ((call.start_us or 0) - (first.end_us or 0)) / 1000
+                    flags = ",".join(sorted(first.flags)) or "-"
+                    judged.findings.append(Finding(
+                        hop, f"{hop} called {call.upstream_service} again itself {gap:.0f} ms "
+                        f"after a {first.response_code} {flags} (same x-request-id): an "
+                        "app-level retry on top of the mesh's", (ev.sent.trace_id,),
+                        (first.line, call.line)))
+                    return
+
+
+def no_app_retries(ev: RequestEvidence, tree: CallTree) -> Outcome:
+    """No hop retries a failed call itself (sidecar lines; app spans' meshchaos.attempt)."""
+    judged = Judged()
+    _sidecar_retry_findings(ev, tree, judged)
+    if not judged.findings:
+        _app_retry_findings(ev, tree, judged)
+    if not judged.basis:
+        return NotJudged("no hop made an outbound request")
+    return judged
 
 
 def _expected_towards(ev: RequestEvidence, callee: str) -> int | None:
@@ -223,19 +404,26 @@ def _expected_towards(ev: RequestEvidence, callee: str) -> int | None:
 
 
 def timeout_headers_stripped(ev: RequestEvidence, tree: CallTree,
-                             target: str = "local") -> list[Finding]:
-    """A budget visible at an outbound sidecar but never at the next app = the mesh strips it."""
+                             target: str = "local") -> Outcome:
+    """A budget visible at an outbound sidecar but never at the next app = the mesh strips it
+    (app evidence only: only an app span says what the app received)."""
     switch = LOCAL_SWITCH if target == "local" else CLUSTER_SWITCH
+    judged = False
     for hop in tree.hops():
         evidence = ev.hop(hop)
-        if not evidence.app_server or budget(evidence) is not None:
+        if not evidence.app_server:
+            continue
+        judged = True
+        if budget(evidence) is not None:
             continue
         expected = _expected_towards(ev, hop)
         if expected is not None:
             return [Finding(hop, f"the mesh strips x-envoy-expected-rq-timeout-ms: the sidecar "
                             f"calling {hop} set {expected} ms, {hop}'s app received none; "
                             f"switch: {switch}", (ev.sent.trace_id,), tuple(ev.log_lines(hop)))]
-    return []
+    if not judged:
+        return NotJudged("no hop's app exports a SERVER span saying what budget it received")
+    return Judged(basis={"app"})
 
 
 _RETRIES_PER_TRY = {"5xx", "gateway-error", "reset"}
@@ -271,25 +459,26 @@ def audit_routes(routes: Iterable[Route], tree: CallTree) -> Mapping[str, list[F
     return found
 
 
+# The rules any mesh's sidecars can show: a deadline verdict rests on these by default.
+CORE = ("budget-within-remaining", "deadline-propagated")
+
+
 def evaluate(evidence: Sequence[RequestEvidence], tree: CallTree, *, tolerance_ms: float = 2.0,
-             target: str = "local") -> list[Check]:
+             target: str = "local", routes: Sequence[Route] = ()) -> list[Check]:
     """The dynamic deadline checks over every request; one :class:`Check` per rule.
 
-    Raises ``EvidenceError`` when no hop of any request shows a budget *and* no sidecar
-    set one: there is nothing to judge (e.g. no VirtualService timeout on the chain).
+    A rule that found nothing to evaluate (no hop given a budget, no call made, no app
+    spans for the app-only rules) is ``not judged``, never "held".
     """
-    stripped = [timeout_headers_stripped(ev, tree, target) for ev in evidence]
-    budgets = any(budget(ev.hop(h)) is not None for ev in evidence for h in tree.hops())
-    if not budgets and not any(stripped):
-        raise EvidenceError("could not measure deadline propagation: no hop received a budget "
-                            "(meshchaos.budget_ms / x-envoy-expected-rq-timeout-ms) and no "
-                            "sidecar set one; give the entry route a VirtualService timeout")
+    by_host = {r.host: r for r in routes}
     return [
         aggregate("headers-stripped", RULES["headers-stripped"],
-                  "the budget a sidecar sets reaches the next app", stripped),
+                  "the budget a sidecar sets reaches the next app",
+                  [timeout_headers_stripped(ev, tree, target) for ev in evidence]),
         aggregate("budget-within-remaining", RULES["budget-within-remaining"],
                   "callee budget <= caller's remaining budget",
-                  [budget_within_caller_remaining(ev, tree, tolerance_ms) for ev in evidence]),
+                  [budget_within_caller_remaining(ev, tree, tolerance_ms, by_host)
+                   for ev in evidence]),
         aggregate("sent-within-remaining", RULES["sent-within-remaining"],
                   "timeout sent <= remaining budget",
                   [sent_timeout_within_remaining(ev, tree, tolerance_ms) for ev in evidence]),

@@ -8,21 +8,23 @@ probe turns that into "could not measure").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from probes.checks.findings import Finding, aggregate
-from probes.errors import ConfigurationError, EvidenceError
+from probes.checks.findings import Finding, NotJudged, Outcome, aggregate
+from probes.errors import ConfigurationError
 from probes.evidence.request import CallTree, RequestEvidence, mask_request_id
 from probes.evidence.spans import Span
 from probes.results import Check
 
 __all__ = [
+    "CORE",
     "RULES",
     "b3_agrees",
     "evaluate",
     "new_parent_per_call",
     "parents_follow_call_tree",
     "request_id_agrees",
+    "required",
     "retries_are_spans",
     "same_trace",
     "sampled_flag_honoured",
@@ -109,8 +111,18 @@ def _is_app_of(span: Span | None, hop: str) -> bool:
     return span is not None and not span.sidecar and span.hop == hop
 
 
-def parents_follow_call_tree(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
+_NO_APP_SPANS = NotJudged("no hop's app exports spans: parent links between app spans "
+                          "need them (a pure forwarder keeps its sidecar's parent id)")
+
+
+def _has_app_spans(ev: RequestEvidence) -> bool:
+    return any(not s.sidecar for s in ev.spans)
+
+
+def parents_follow_call_tree(ev: RequestEvidence, tree: CallTree) -> Outcome:
     """App SERVER spans hang under their inbound sidecar, under the caller's app spans."""
+    if not _has_app_spans(ev):
+        return _NO_APP_SPANS
     findings: list[Finding] = []
     for hop in tree.hops():
         caller = tree.caller(hop)
@@ -133,11 +145,20 @@ def parents_follow_call_tree(ev: RequestEvidence, tree: CallTree) -> list[Findin
     return findings
 
 
-def new_parent_per_call(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
-    """Each outbound call's parent is a span of the calling app, never its incoming parent."""
+def new_parent_per_call(ev: RequestEvidence, tree: CallTree) -> Outcome:
+    """Each outbound call's parent is a span of the calling app, never its incoming parent.
+
+    Judged only at hops whose app emits spans: W3C lets a component that does not take part
+    in the trace forward ``traceparent`` as it came (§4.1), and that is what an app without
+    tracing does; a hop *with* spans that reuses the incoming parent id broke the tree.
+    """
+    if not _has_app_spans(ev):
+        return _NO_APP_SPANS
     findings: list[Finding] = []
     for hop in tree.hops():
         evidence = ev.hop(hop)
+        if not (evidence.app_server or evidence.app_client):
+            continue
         incoming = {s.span_id for s in evidence.sidecar_in}
         incoming |= {s.parent_id for s in evidence.sidecar_in if s.parent_id}
         for out in evidence.sidecar_out:
@@ -188,8 +209,11 @@ def tracestate_survives(ev: RequestEvidence, tree: CallTree) -> list[Finding] | 
     return []
 
 
-def sampled_flag_honoured(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
+def sampled_flag_honoured(ev: RequestEvidence, tree: CallTree) -> Outcome:
     """Every hop's traceparent keeps the sampled flag the probe sent; unsampled → no spans."""
+    if ev.sent.sampled and not any("traceparent" in r.fields for r in ev.logs):
+        return NotJudged("the access-log format has no %REQ(TRACEPARENT)%, so no hop's "
+                         "sampled flag can be read")
     for hop in tree.hops():
         for record in ev.hop(hop).logs_in + ev.hop(hop).logs_out:
             if record.trace_id == ev.sent.trace_id and record.sampled != ev.sent.sampled:
@@ -226,12 +250,23 @@ def _joined(ev: RequestEvidence, hop: str) -> bool:
     return any(r.trace_id == ev.sent.trace_id for r in ev.hop(hop).logs_in)
 
 
-def b3_agrees(ev: RequestEvidence, tree: CallTree) -> list[Finding] | None:
+def b3_agrees(ev: RequestEvidence, tree: CallTree) -> Outcome:
     """Each hop received x-b3-traceid equal to the W3C trace id (B3 evidence: app spans
-    echo it as ``http.request.header.x-b3-traceid``, or the log format has REQ(X-B3-TRACEID))."""
+    echo it as ``http.request.header.x-b3-traceid``, or the log format has REQ(X-B3-TRACEID)).
+
+    Judged only when B3 is in use: the entry hop received it. A mesh that neither creates
+    nor forwards B3 to the entry has nothing to keep, and a log format that has the field
+    is then not to blame for its ``-``.
+    """
     apps_echo = any(_b3_echo(s) for s in ev.spans if not s.sidecar)
     if not any(v for hop in tree.hops() for v in _b3_inbound(ev, hop, apps_echo)):
+        if any("b3_trace_id" in r.fields for r in ev.logs):
+            return NotJudged(f"B3 not in use: no hop, {tree.entry} included, received "
+                             "x-b3-traceid")
         return None
+    if not any(_b3_inbound(ev, tree.entry, apps_echo)):
+        return NotJudged(f"B3 not in use: the entry request reached {tree.entry} without "
+                         "x-b3-traceid")
     expected = ev.sent.b3_trace_id or ev.sent.trace_id
     for hop in tree.hops():
         upstream = tree.caller(hop)
@@ -249,8 +284,10 @@ def b3_agrees(ev: RequestEvidence, tree: CallTree) -> list[Finding] | None:
     return []
 
 
-def request_id_agrees(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
+def request_id_agrees(ev: RequestEvidence, tree: CallTree) -> Outcome:
     """Every access-log line of every hop carries the probe's x-request-id."""
+    if not any("request_id" in r.fields for r in ev.logs):
+        return NotJudged("no access-log line of the request has %REQ(X-REQUEST-ID)%")
     expected = mask_request_id(ev.sent.request_id)
     for hop in tree.hops():
         evidence = ev.hop(hop)
@@ -265,8 +302,11 @@ def request_id_agrees(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
     return []
 
 
-def retries_are_spans(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
+def retries_are_spans(ev: RequestEvidence, tree: CallTree) -> Outcome:
     """Each upstream attempt the callee logged has its own CLIENT span at the caller."""
+    if not any(r.attempt for r in ev.logs):
+        return NotJudged("no inbound access-log line shows x-envoy-attempt-count (the log "
+                         "format needs %REQ(X-ENVOY-ATTEMPT-COUNT)%)")
     for caller, callee in tree.edges():
         attempts = {r.attempt for r in ev.hop(callee).logs_in
                     if r.trace_id == ev.sent.trace_id and r.attempt}
@@ -281,7 +321,7 @@ def retries_are_spans(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
     return []
 
 
-_RULE_FUNCS = {
+_RULE_FUNCS: dict[str, Callable[[RequestEvidence, CallTree], Outcome]] = {
     "same-trace": same_trace,
     "new-parent-per-call": new_parent_per_call,
     "parent-links": parents_follow_call_tree,
@@ -309,6 +349,19 @@ _MISSING = {
 }
 
 
+# The rules any mesh's sidecars can show (access logs and sidecar spans): a verdict rests
+# on these; the others need app spans or optional log fields and are reported either way.
+CORE = ("same-trace", "request-id", "sampled")
+
+
+def required(checks: Iterable[str] | None, require: Iterable[str] | None) -> list[str]:
+    """The rules a trace-continuity verdict rests on: ``require``, else the chosen CORE."""
+    if require is not None:
+        return list(require)
+    chosen = list(checks or _RULE_FUNCS)
+    return [rule for rule in chosen if rule in CORE]
+
+
 def evaluate(evidence: Sequence[RequestEvidence], tree: CallTree,
              rules: Iterable[str] | None = None) -> list[Check]:
     """Run the trace-continuity rules over every request; one :class:`Check` per rule."""
@@ -323,8 +376,8 @@ def evaluate(evidence: Sequence[RequestEvidence], tree: CallTree,
         judged = [ev for ev in evidence if ev.sent.sampled or rule == "sampled"]
         if not judged:
             continue
+        missing = NotJudged(_MISSING.get(rule, "no evidence"))
         results = [_RULE_FUNCS[rule](ev, tree) for ev in judged]
-        if all(r is None for r in results):
-            raise EvidenceError(f"could not measure '{rule}': {_MISSING.get(rule, 'no evidence')}")
-        checks.append(aggregate(rule, RULES[rule], _EXPECTED[rule], [r or [] for r in results]))
+        checks.append(aggregate(rule, RULES[rule], _EXPECTED[rule],
+                                [missing if r is None else r for r in results]))
     return checks

@@ -18,7 +18,13 @@ from probes.errors import EvidenceError
 from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.gcpause import gc_paused
 from probes.evidence.kube import MeshSettings, read_mesh_settings, read_proxy_logs
-from probes.evidence.request import CallTree, LogIndex, RequestEvidence, SentRequest
+from probes.evidence.request import (
+    CallTree,
+    LogIndex,
+    RequestEvidence,
+    SentRequest,
+    attach_uncorrelated_calls,
+)
 from probes.evidence.settle import DEFAULT_SETTLE_S, poll_interval, wait_settled
 from probes.evidence.traceapi import TraceReader
 from probes.target import Target
@@ -34,15 +40,18 @@ class Collected:
     mesh: MeshSettings
     log_lines: int
     unparsed_lines: int
+    tree: CallTree
     settled: bool = True  # False: the wait ran out with work still in flight
     seconds: float = 0.0  # wall time spent collecting, the wait for settled traces included
 
 
-def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadline: Deadline, *,
-            trace_wait_s: float = DEFAULT_SETTLE_S, logs: bool = True,
+def collect(target: Target, sent: Sequence[SentRequest], expected: CallTree | None,
+            deadline: Deadline, *, trace_wait_s: float = DEFAULT_SETTLE_S, logs: bool = True,
             hold_s: float = 0.0) -> Collected:
     """Wait (at most ``trace_wait_s``) until the traces settled, then read the istio-proxy
-    logs covering the requests. ``hold_s``: see :func:`wait_settled`."""
+    logs covering the requests, and read the call tree off them (:meth:`CallTree.observe`;
+    ``expected``, when given, adds the edges that must be there). ``hold_s``: see
+    :func:`wait_settled`."""
     began = time.monotonic()
     if not sent:
         raise EvidenceError("no request was sent, so there is nothing to read back")
@@ -55,7 +64,7 @@ def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadlin
             # A slow exporter (a cluster's 5 s flush) needs room for two polls past its lag.
             wait = min(max(trace_wait_s, 2 * lag + 1.0),
                        deadline.check("waiting for traces") * 0.6)
-            result = wait_settled(reader, sent, tree.hops(), wait_s=wait, lag_s=lag,
+            result = wait_settled(reader, sent, wait_s=wait, lag_s=lag,
                                   poll_s=poll_interval(lag), hold_s=hold_s)
             traces = dict(result.traces)
             # Unsampled requests must leave no span: look once, after the sampled ones had
@@ -88,5 +97,7 @@ def collect(target: Target, sent: Sequence[SentRequest], tree: CallTree, deadlin
         index = LogIndex(records)
         evidence = [RequestEvidence.build(r, traces.get(r.trace_id, []), index.for_request(r))
                     for r in sent]
-    return Collected(evidence, mesh, index.count, unparsed, result.complete,
+        attach_uncorrelated_calls(evidence, records)
+    tree = CallTree.observe(evidence, namespace=target.namespace, expected=expected)
+    return Collected(evidence, mesh, index.count, unparsed, tree, result.complete,
                      time.monotonic() - began)

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from probes.errors import ConfigurationError
+from probes.errors import ConfigurationError, EvidenceError
 from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.spans import Span
 
 __all__ = [
-    "REFERENCE_CHAIN",
     "CallTree",
     "HopEvidence",
     "LogIndex",
     "RequestEvidence",
     "SentRequest",
+    "attach_uncorrelated_calls",
     "mask_request_id",
 ]
 
@@ -72,19 +72,24 @@ class CallTree:
     def edges(self) -> list[tuple[str, str]]:
         return list(self._edges)
 
+    def describe(self) -> dict[str, Any]:
+        """The tree as the ``call_tree`` key spells it (for reports and for reuse)."""
+        return {"entry": self.entry,
+                "calls": {h: list(c) for h, c in self.calls.items() if c}}
+
     @cached_property
     def _edges(self) -> tuple[tuple[str, str], ...]:
         return tuple((h, c) for h in self._order for c in self.calls.get(h, ()))
 
     @classmethod
-    def from_config(cls, value: Mapping[str, object] | None) -> CallTree:
-        """``{"entry": "frontend", "calls": {"frontend": ["orders"], …}}``; None → reference.
+    def from_config(cls, value: Mapping[str, object] | None) -> CallTree | None:
+        """``{"entry": "frontend", "calls": {"frontend": ["orders"], …}}`` → an expectation.
 
-        Probes take it as the ``call_tree`` argument or the ``call_tree`` configuration key
-        (VirtualServices and Services say which services exist, not who calls whom).
+        Probes take it as the ``call_tree`` argument or the ``call_tree`` configuration key;
+        without one (None) the tree is whatever the evidence shows (:meth:`observe`).
         """
         if not value:
-            return REFERENCE_CHAIN
+            return None
         calls = value.get("calls") or {}
         if not isinstance(calls, Mapping) or "entry" not in value:
             raise ConfigurationError(f"call_tree must be {{'entry': str, 'calls': {{hop: [callee, "
@@ -92,11 +97,75 @@ class CallTree:
         return cls(str(value["entry"]), {str(k): tuple(str(c) for c in v)
                                          for k, v in calls.items()})
 
+    @classmethod
+    def observe(cls, evidence: Sequence[RequestEvidence], *, namespace: str | None = None,
+                expected: CallTree | None = None) -> CallTree:
+        """The call tree the sidecars recorded for these requests, plus ``expected``'s edges.
 
-# fixtures/chain: frontend → orders → inventory → pricing, plus orders → ratings.
-REFERENCE_CHAIN = CallTree("frontend", {"frontend": ("orders",),
-                                        "orders": ("inventory", "ratings"),
-                                        "inventory": ("pricing",)})
+        An edge is an outbound access-log line or outbound sidecar span of one hop towards
+        another service (its upstream cluster names it), so any entry name, depth and
+        fan-out is found, apps with no spans of their own included. The entry is the hop
+        nobody called whose inbound evidence starts first. Hops of another namespace (the
+        ingress gateway's sidecar spans in ``istio-system``) are left out.
+        """
+        calls: dict[str, list[str]] = {}
+        first_in: dict[str, int] = {}
+
+        def add(caller: str, callee: str | None) -> None:
+            if callee and callee != caller and callee not in calls.setdefault(caller, []):
+                calls[caller].append(callee)
+
+        foreign = _foreign_hops(evidence, namespace)
+        for ev in evidence:
+            for name, hop in ev.hops.items():
+                if name in foreign:
+                    continue
+                for record in hop.logs_out:
+                    add(name, record.upstream_service)
+                for span in (*hop.sidecar_out, *hop.sidecar_attempts):
+                    add(name, span.upstream_service)
+                starts = [r.start_us for r in hop.logs_in if r.start_us] + \
+                    [s.start_us for s in (*hop.sidecar_in, *hop.app_server)]
+                if starts:
+                    first_in[name] = min(first_in.get(name, starts[0]), *starts)
+        if expected is not None:
+            for caller, callee in expected.edges():
+                add(caller, callee)
+        called = {c for callees in calls.values() for c in callees}
+        roots = sorted((h for h in first_in if h not in called), key=first_in.__getitem__)
+        if expected is not None:
+            entry = expected.entry
+        elif roots:
+            entry = roots[0]
+        elif first_in:
+            entry = min(first_in, key=first_in.__getitem__)
+        else:
+            raise EvidenceError("no hop of the namespace recorded any of the probe's requests "
+                                "(no inbound access-log line or sidecar span carries their "
+                                "trace id or x-request-id): nothing to judge")
+        return cls(entry, {h: tuple(c) for h, c in calls.items() if c})
+
+
+def _namespace_of(span: Span) -> str:
+    """A sidecar span's namespace: its service name is ``<service>.<namespace>`` (Istio's
+    canonical service), else the ``istio.namespace`` tag."""
+    if "." in span.service:
+        return span.service.split(".", 1)[1]
+    return str(span.attributes.get("istio.namespace") or "")
+
+
+def _foreign_hops(evidence: Sequence[RequestEvidence], namespace: str | None) -> set[str]:
+    """Hops whose sidecar spans say they live in another namespace than the one judged."""
+    if not namespace:
+        return set()
+    foreign: set[str] = set()
+    for ev in evidence:
+        for name, hop in ev.hops.items():
+            spans = (*hop.sidecar_in, *hop.sidecar_out, *hop.sidecar_attempts)
+            places = {_namespace_of(s) for s in spans} - {""}
+            if places and namespace not in places and not hop.logs_in and not hop.logs_out:
+                foreign.add(name)
+    return foreign
 
 
 def mask_request_id(request_id: str | None) -> str | None:
@@ -233,3 +302,37 @@ class RequestEvidence:
 
     def log_lines(self, *hops: str) -> list[str]:
         return [r.line for h in hops for r in self.hop(h).logs_in + self.hop(h).logs_out]
+
+
+def attach_uncorrelated_calls(evidence: Sequence[RequestEvidence],
+                              records: Iterable[AccessLogRecord]) -> None:
+    """Give each request the outbound calls its hops made with context of their own.
+
+    A hop that drops the trace context *and* ``x-request-id`` makes calls that carry none
+    of the probe's ids: its outbound sidecar starts a new trace and a new request id, so
+    nothing correlates those lines with the request. They are still the request's calls
+    when the same pod made them while serving it (inside its inbound line's time) with a
+    request id no inbound line of that pod ever carried (the call did not continue another
+    request through the hop). Such a line is added to the hop's outbound lines, marked by
+    its foreign ids, so the topology has the edge and the continuity rules the break.
+    """
+    records = list(records)
+    forwarded: dict[str, set[str | None]] = defaultdict(set)
+    for record in records:
+        if record.direction == "inbound":
+            forwarded[record.pod].add(mask_request_id(record.request_id))
+    known = {id(r) for ev in evidence for r in ev.logs}
+    for record in records:
+        if (record.direction != "outbound" or id(record) in known or record.start_us is None
+                or mask_request_id(record.request_id) in forwarded[record.pod]):
+            continue
+        for ev in evidence:
+            hop = ev.hops.get(record.hop)
+            if hop is not None and any(_during(record, inbound) for inbound in hop.logs_in
+                                       if inbound.pod == record.pod):
+                hop.logs_out.append(record)
+
+
+def _during(call: AccessLogRecord, inbound: AccessLogRecord) -> bool:
+    start, end = inbound.start_us, inbound.end_us
+    return start is not None and end is not None and start <= (call.start_us or 0) <= end

@@ -32,8 +32,8 @@ from probes.evidence.request import SentRequest
 from probes.evidence.spans import Span
 from probes.evidence.traceapi import TraceReader
 
-__all__ = ["DEFAULT_SETTLE_S", "EXPORT_LAG_S", "Settled", "answered_at", "poll_interval",
-           "settled", "wait_settled"]
+__all__ = ["DEFAULT_SETTLE_S", "EXPORT_LAG_S", "Settled", "answered_at", "app_hops",
+           "poll_interval", "settled", "wait_settled"]
 
 # Inbound flags that say the app never got the request (no upstream, connect failure, §1.6).
 _APP_NOT_REACHED = frozenset({"UF", "UH", "NR", "NC", "UO", "URX", "UC"})
@@ -52,7 +52,12 @@ def poll_interval(lag_s: float) -> float:
 
 
 def settled(spans: Sequence[Span], root_parent: str, hops: Iterable[str]) -> bool:
-    """Whether one trace shows no work still running (rules in the module docstring)."""
+    """Whether one trace shows no work still running (rules in the module docstring).
+
+    ``hops`` are the hops whose apps emit spans: only there does an inbound sidecar span
+    without its app SERVER span mean a run still in flight (an app that exports no span
+    never leaves one, and its trace is whole once its sidecars' spans are in).
+    """
     if not spans:
         return False
     ids = {s.span_id for s in spans}
@@ -68,6 +73,11 @@ def settled(spans: Sequence[Span], root_parent: str, hops: Iterable[str]) -> boo
         if not flags & _APP_NOT_REACHED and span.span_id not in finished:
             return False
     return True
+
+
+def app_hops(traces: Iterable[Sequence[Span]]) -> set[str]:
+    """The hops whose apps emitted a SERVER span in any of these traces."""
+    return {s.hop for spans in traces for s in spans if not s.sidecar and s.kind == "server"}
 
 
 def answered_at(sent: Sequence[SentRequest]) -> float:
@@ -90,9 +100,9 @@ class Settled:
         return self.complete
 
 
-def wait_settled(reader: TraceReader, sent: Sequence[SentRequest], hops: Iterable[str], *,
-                 wait_s: float, poll_s: float = POLL_S, lag_s: float = EXPORT_LAG_S,
-                 hold_s: float = 0.0) -> Settled:
+def wait_settled(reader: TraceReader, sent: Sequence[SentRequest],
+                 hops: Iterable[str] | None = None, *, wait_s: float, poll_s: float = POLL_S,
+                 lag_s: float = EXPORT_LAG_S, hold_s: float = 0.0) -> Settled:
     """Poll the sampled requests' traces until all have settled, at most ``wait_s``.
 
     Returns the traces (the last read of each) and whether they settled; a trace still
@@ -104,8 +114,9 @@ def wait_settled(reader: TraceReader, sent: Sequence[SentRequest], hops: Iterabl
     ``hold_s`` keeps each trace open that long after its answer (plus the lag) even when
     it looks settled: work still running leaves no span until it ends, so a probe that
     looks for work outliving its caller (an orphan) must watch for a while to see it end.
+    ``hops``: hops known to emit app spans, beyond those the traces show.
     """
-    expected = list(hops)
+    known = set(hops or ())
     requests = {r.trace_id: r for r in sent if r.sampled}
     traces: dict[str, list[Span]] = {t: [] for t in requests}
     previous: dict[str, frozenset[str]] = {}
@@ -125,6 +136,9 @@ def wait_settled(reader: TraceReader, sent: Sequence[SentRequest], hops: Iterabl
         for batch in batches:
             if any(t not in done for t in batch):
                 traces.update(reader.fetch_many(batch))
+        # Apps that emit spans are learnt from the batch itself: one hop's span in any
+        # request says its runs leave spans, so a run missing elsewhere is still running.
+        expected = known | app_hops(traces.values())
         for trace_id, request in requests.items():
             if trace_id in done:
                 continue

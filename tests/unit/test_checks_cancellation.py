@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 from probes.checks import cancellation
-from probes.errors import EvidenceError
 from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.recorded import read_recorded
-from probes.evidence.request import REFERENCE_CHAIN, RequestEvidence
+from probes.evidence.request import RequestEvidence
+from tests.reference_chain import REFERENCE_CHAIN
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "evidence"
 
@@ -88,10 +86,11 @@ def test_a_generous_grace_period_forgives_late_stops() -> None:
     assert checks[0].passed
 
 
-def test_without_any_timeout_there_is_nothing_to_measure() -> None:
-    """"Could not measure" raises: no 504 UT anywhere, so nothing was cancelled."""
-    with pytest.raises(EvidenceError, match="none of 1 requests timed out"):
-        cancellation.evaluate(evidence("correct"), REFERENCE_CHAIN)
+def test_without_any_timeout_there_is_nothing_to_judge() -> None:
+    """No 504 UT anywhere, so nothing was cancelled: not judged, never "held"."""
+    (check,), orphans = cancellation.evaluate(evidence("correct"), REFERENCE_CHAIN)
+    assert check.verdict == "not judged" and not check.passed
+    assert "none of 1 requests timed out" in check.observed and orphans.requests == {}
 
 
 def test_the_probe_giving_up_is_a_timeout_for_the_whole_chain() -> None:

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from probes.checks import tracing
-from probes.errors import ConfigurationError, EvidenceError
+from probes.errors import ConfigurationError
 from probes.evidence.accesslog import compile_format, parse_lines
 from probes.evidence.formats import MESHCHAOS_TEXT
 from probes.evidence.recorded import read_recorded
-from probes.evidence.request import REFERENCE_CHAIN, CallTree, RequestEvidence, SentRequest
+from probes.evidence.request import CallTree, RequestEvidence, SentRequest
+from tests.reference_chain import REFERENCE_CHAIN
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "evidence"
 
@@ -144,13 +145,16 @@ def test_spans_recorded_for_an_unsampled_request_fail_the_sampled_rule() -> None
     assert "spans recorded for an unsampled trace" in found["sampled"][1]
 
 
-def test_missing_tracestate_evidence_raises_could_not_measure() -> None:
-    """"Could not measure" raises: no span and no log line carries a tracestate at all."""
+def test_missing_tracestate_evidence_is_not_judged_never_held() -> None:
+    """No span and no log line carries a tracestate at all: the rule says what is missing
+    and counts no request as held."""
     ev = evidence("correct")
     for request in ev:
         request.spans = [replace(s, tracestate=None) for s in request.spans]
-    with pytest.raises(EvidenceError, match="could not measure 'tracestate'"):
-        tracing.evaluate(ev, REFERENCE_CHAIN, ["tracestate"])
+    (check,) = tracing.evaluate(ev, REFERENCE_CHAIN, ["tracestate"])
+    assert check.verdict == "not judged" and not check.passed
+    assert "no span carries a tracestate" in check.observed
+    assert check.counts["evaluated"] == 0 and check.counts["not_judged"] == len(ev)
 
 
 def test_unknown_rule_name_is_a_configuration_error() -> None:
