@@ -15,6 +15,7 @@ import asyncio
 import calendar
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -60,18 +61,20 @@ class LogWriter:
 
     Lines are buffered; the buffer is flushed when 100 ms have passed since the last
     flush, and otherwise by a timer on the running loop (or at once without a loop),
-    so another process reading the file lags by 100 ms at most.
+    so another process reading the file lags by 100 ms at most. ``clock_ns`` gives the
+    receive time (epoch ns) each line is stamped with.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.path = path
+        self._clock_ns = clock_ns
         self._file: IO[str] | None = None
         self._last_flush = 0
         self._flush_timer: asyncio.TimerHandle | None = None
 
     def write_line(self, text: str) -> None:
         """Append one output line (a trailing newline is dropped), stamped with now."""
-        now = time.time_ns()
+        now = self._clock_ns()
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("a", encoding="utf-8", errors="replace")
@@ -96,7 +99,7 @@ class LogWriter:
             self._flush_timer = None
         if self._file is not None:
             self._file.flush()
-            self._last_flush = time.time_ns()
+            self._last_flush = self._clock_ns()
 
     def close(self) -> None:
         """Flush and close; a later write_line reopens the (possibly new) file."""
@@ -107,10 +110,15 @@ class LogWriter:
 
 
 class PodLogs:
-    """The LogSource of local pods, and the writers the supervisor feeds output into."""
+    """The LogSource of local pods, and the writers the supervisor feeds output into.
 
-    def __init__(self, state_dir: Path) -> None:
+    ``clock_ns`` is the wall clock (epoch ns) lines are stamped with and ``sinceSeconds``
+    is measured on.
+    """
+
+    def __init__(self, state_dir: Path, *, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.root = Path(state_dir) / "pods"
+        self._clock_ns = clock_ns
         self._writers: dict[tuple[str, str, str], LogWriter] = {}
 
     def _dir(self, namespace: str, pod: str) -> Path:
@@ -124,7 +132,7 @@ class PodLogs:
             path = self._dir(namespace, pod) / f"{container}.log"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
-            writer = self._writers[key] = LogWriter(path)
+            writer = self._writers[key] = LogWriter(path, self._clock_ns)
         return writer
 
     def rotate_previous(self, namespace: str, pod: str, container: str) -> None:
@@ -161,7 +169,7 @@ class PodLogs:
         if previous and not path.exists():
             raise BadRequest(f'previous terminated container "{container}" in pod "{pod}" '
                              "not found")
-        cutoff = (format_timestamp(time.time_ns() - since_seconds * 1_000_000_000)
+        cutoff = (format_timestamp(self._clock_ns() - since_seconds * 1_000_000_000)
                   if since_seconds else None)
         tail = tail_lines if tail_lines is not None and tail_lines >= 0 else None
         lines = _select_lines(path, cutoff, tail)

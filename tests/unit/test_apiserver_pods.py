@@ -22,6 +22,7 @@ from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
 from localmesh.validation import install_validation
 from tests.apiserver_helpers import ServedApi, namespace, pod, serve_api
+from tests.data.clock import JumpClock
 
 
 def _add_pod(store: ObjectStore, manifest: dict[str, Any]) -> None:
@@ -30,8 +31,13 @@ def _add_pod(store: ObjectStore, manifest: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def logs(tmp_path: Path) -> PodLogs:
-    return PodLogs(tmp_path / "state")
+def clock() -> JumpClock:
+    return JumpClock()
+
+
+@pytest.fixture
+def logs(tmp_path: Path, clock: JumpClock) -> PodLogs:
+    return PodLogs(tmp_path / "state", clock_ns=clock)
 
 
 @pytest.fixture
@@ -119,11 +125,11 @@ def test_istio_proxy_log_is_read_with_tail_lines(core: client.CoreV1Api, logs: P
 
 
 def test_since_seconds_drops_older_lines_and_timestamps_prefix_them(
-        core: client.CoreV1Api, logs: PodLogs) -> None:
+        core: client.CoreV1Api, logs: PodLogs, clock: JumpClock) -> None:
     """sinceSeconds keeps lines received in the window; timestamps adds the RFC3339 time."""
     writer = logs.writer("shop", "orders-5d4f9c7b8-x2x9q", "istio-proxy")
     writer.write_line("old line")
-    time.sleep(1.2)
+    clock.advance(1.2)
     writer.write_line("new line")
     recent = core.read_namespaced_pod_log("orders-5d4f9c7b8-x2x9q", "shop",
                                           container="istio-proxy", since_seconds=1,

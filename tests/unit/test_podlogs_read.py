@@ -14,13 +14,19 @@ import pytest
 
 from localmesh.errors import BadRequest, NotFound
 from localmesh.podlogs import PodLogs, format_timestamp, parse_timestamp
+from tests.data.clock import JumpClock
 
 POD = "orders-5d4f9c7b8-x2x9q"
 
 
 @pytest.fixture
-def logs(tmp_path: Path) -> PodLogs:
-    return PodLogs(tmp_path)
+def clock() -> JumpClock:
+    return JumpClock()
+
+
+@pytest.fixture
+def logs(tmp_path: Path, clock: JumpClock) -> PodLogs:
+    return PodLogs(tmp_path, clock_ns=clock)
 
 
 def _read(logs: PodLogs, container: str | None = "istio-proxy", **kw: object) -> str:
@@ -59,11 +65,11 @@ def test_timestamps_prefix_rfc3339_nano_utc(logs: PodLogs) -> None:
     assert abs(parse_timestamp(match.group(1)) - before) < 5_000_000_000
 
 
-def test_since_seconds_keeps_only_recent_lines(logs: PodLogs) -> None:
+def test_since_seconds_keeps_only_recent_lines(logs: PodLogs, clock: JumpClock) -> None:
     """sinceSeconds=1 drops a line written more than a second earlier."""
     writer = logs.writer("shop", POD, "istio-proxy")
     writer.write_line("old")
-    time.sleep(1.2)
+    clock.advance(1.2)
     writer.write_line("new")
     assert _read(logs, since_seconds=1) == "new\n"
     assert _read(logs, since_seconds=60) == "old\nnew\n"
@@ -129,12 +135,12 @@ def test_timestamps_format_and_parse_round_trip() -> None:
     assert parse_timestamp(stamp) == 1_795_000_000_123_456_789
 
 
-def test_since_and_tail_combine_over_a_long_log(logs: PodLogs) -> None:
+def test_since_and_tail_combine_over_a_long_log(logs: PodLogs, clock: JumpClock) -> None:
     """sinceSeconds bounds the window first, tailLines then keeps the last lines of it."""
     writer = logs.writer("shop", POD, "istio-proxy")
     for n in range(3000):
         writer.write_line(f"old {n} " + "x" * 200)
-    time.sleep(1.2)
+    clock.advance(1.2)
     for n in range(40):
         writer.write_line(f"new {n}")
     recent = _read(logs, since_seconds=1)
