@@ -47,14 +47,17 @@ __all__ = [
     "ObjectMeta",
     "OneOf",
     "OwnerReference",
+    "Percent",
     "PercentDoc",
     "Port",
     "RetriesDoc",
+    "RetryOn",
     "RouteDoc",
     "RouteMatchDoc",
     "ServiceDoc",
     "SidecarConfigDoc",
     "SidecarMode",
+    "StatusCode",
 ]
 
 # -- Kubernetes objects -------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """The sidecar's configuration document (docs/architecture.md "Sidecar"), parsed and checked.
 
-:func:`parse_config` turns the JSON pushed by ``localmesh.xds`` into frozen
-objects the data path reads without further checks. Anything malformed raises
-:class:`~localmesh.errors.SidecarConfigError` naming the field and the value, so
-the admin endpoint can answer 400 and keep the previous configuration.
+:func:`parse_config` checks the JSON pushed by ``localmesh.xds`` against its type,
+:class:`localmesh.documents.SidecarConfigDoc`, once (``localmesh.doccheck``), then turns
+it into frozen objects the data path reads without further checks. Anything malformed
+raises :class:`~localmesh.errors.SidecarConfigError` naming the field path and the value
+(``sidecar config: routes['orders.shop.svc.cluster.local'][0].timeout_ms is 'x', not a
+number >= 0``), so the admin endpoint can answer 400 and keep the previous configuration.
 """
 
 from __future__ import annotations
