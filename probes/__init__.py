@@ -17,7 +17,8 @@ __all__ = ["ACTION_MODULES", "PROBE_MODULES", "discover"]
 
 logger = logging.getLogger("chaostoolkit")
 
-PROBE_MODULES = ("probes.tracing", "probes.deadlines", "probes.cancellation", "probes.slo")
+PROBE_MODULES = ("probes.tracing", "probes.deadlines", "probes.cancellation", "probes.slo",
+                 "probes.pods")
 ACTION_MODULES = ("probes.chaos",)
 
 

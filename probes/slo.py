@@ -28,7 +28,7 @@ __all__ = ["recovery_time", "steady_state"]
 _SLO_KEYS = {"min_success", "max_p99_ms", "budget_ms", "concurrency", "timeout_s"}
 
 
-def steady_state(rate: float = 10.0, duration_s: float = 5.0, path: str = "/",
+def steady_state(rate: float = 10.0, duration_s: float = 5.0, path: str = "",
                  headers: dict[str, str] | None = None, slo: dict[str, Any] | None = None,
                  configuration: dict[str, Any] | None = None,
                  secrets: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -36,7 +36,8 @@ def steady_state(rate: float = 10.0, duration_s: float = 5.0, path: str = "/",
 
     ``slo`` keys: ``min_success`` (default 0.99), ``max_p99_ms``, ``budget_ms`` (the
     caller's budget each request must end within), ``concurrency`` (default 4, max 64),
-    ``timeout_s`` (per request, default: budget or 5 s).
+    ``timeout_s`` (per request, default: budget or 5 s). Requests go to ``path``
+    (default: the ``entry_path`` key) with ``entry_headers`` and ``headers``.
     """
     spec = dict(slo or {})
     unknown = set(spec) - _SLO_KEYS
@@ -45,11 +46,11 @@ def steady_state(rate: float = 10.0, duration_s: float = 5.0, path: str = "/",
                                  f"{sorted(_SLO_KEYS)}")
     target = resolve_target(configuration)
     budget = spec.get("budget_ms")
-    load = Load(url=target.ingress_url + path, run_id=_common.run_id(configuration),
+    load = Load(url=target.entry_url(path), run_id=_common.run_id(configuration),
                 count=max(1, int(rate * duration_s)), rate=rate, duration_s=duration_s,
                 concurrency=int(spec.get("concurrency", 4)),
                 timeout_s=float(spec.get("timeout_s", (budget or 5000) / 1000 + 1)),
-                headers=dict(headers or {}))
+                headers=target.request_headers(headers))
     sent = send_load(load)
     if not sent:
         raise MeasurementError(f"steady_state sent no request to '{load.url}'")
@@ -62,7 +63,7 @@ def steady_state(rate: float = 10.0, duration_s: float = 5.0, path: str = "/",
 
 
 def recovery_time(consecutive: int = 5, max_wait_s: float = 60.0, interval_s: float = 0.2,
-                  path: str = "/", headers: dict[str, str] | None = None,
+                  path: str = "", headers: dict[str, str] | None = None,
                   configuration: dict[str, Any] | None = None,
                   secrets: dict[str, Any] | None = None) -> dict[str, Any]:
     """Poll until ``consecutive`` requests in a row succeed (2xx), at most ``max_wait_s``.
@@ -74,7 +75,8 @@ def recovery_time(consecutive: int = 5, max_wait_s: float = 60.0, interval_s: fl
         raise ConfigurationError(f"consecutive must be positive, got {consecutive!r}")
     deadline = Deadline(max_wait_s, "recovery_time")
     target = resolve_target(configuration)
-    url, rid = target.ingress_url + path, _common.run_id(configuration)
+    url, rid = target.entry_url(path), _common.run_id(configuration)
+    headers = target.request_headers(headers)
     begin = time.monotonic()
     streak_start: float | None = None
     streak, polls, last = 0, 0, None

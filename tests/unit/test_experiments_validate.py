@@ -27,7 +27,9 @@ IDS = [p.stem for p in EXPERIMENTS]
 CONFIG_KEYS = {"target", "kubeconfig", "namespace", "ingress_url", "traces_url", "traces_api",
                "meshchaos_state_dir", "meshchaos_manifests", "chain_defect", "chain_defect_hop",
                "chain_defect_env",
-               "allowed_namespaces", "dry_run", "report_dir", "span_export_lag_s"}
+               "allowed_namespaces", "dry_run", "report_dir", "span_export_lag_s",
+               "entry_path", "entry_headers", "target_service", "target_caller",
+               "partition_peer", "side_service"}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -155,12 +157,27 @@ def test_effect_tolerances_tell_a_felt_fault_from_a_healthy_chain(path: Path) ->
         assert within_tolerance(dict(tolerance), {"measurements": HEALTHY}) is False
 
 
-def test_sidecar_failure_effect_is_the_ratings_pods_going_not_ready() -> None:
+def test_sidecar_failure_effect_is_the_side_services_pods_going_not_ready() -> None:
     experiment = load(ROOT / "experiments" / "sidecar-failure.json")
     effect = next(run["activity"] for phase, run in method_probes(_as_runs(experiment))
                   if phase == "effect")
-    assert effect["provider"]["func"] == "pods_in_conditions" and effect["tolerance"] is True
-    assert effect["provider"]["arguments"]["label_selector"] == "app=ratings"
+    assert effect["provider"]["func"] == "service_pods_ready"
+    assert effect["provider"]["arguments"] == {"service": "${side_service}", "ready": False}
+
+
+SERVICE_NAMES = ("shop", "frontend", "orders", "inventory", "pricing", "ratings")
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
+def test_no_experiment_names_the_reference_chain_outside_its_defaults(path: Path) -> None:
+    """Targets are configuration: an experiment runs unedited against any namespace."""
+    doc = load(path)
+    body = {k: v for k, v in doc.items() if k not in ("configuration", "extensions")}
+    text = json.dumps(body)
+    for activity in [*doc["method"], *doc["steady-state-hypothesis"]["probes"]]:
+        text = text.replace(json.dumps(activity["provider"].get("arguments", {})
+                                       .get("manifest", "")), "")
+    assert [n for n in SERVICE_NAMES if n in text] == []
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)

@@ -17,7 +17,8 @@ from chaoslib.discovery.package import get_importname_from_package
 
 PROBES = {("probes.tracing", "trace_continuity"), ("probes.deadlines", "deadline_propagation"),
           ("probes.deadlines", "virtual_service_audit"), ("probes.cancellation", "orphan_work"),
-          ("probes.slo", "steady_state"), ("probes.slo", "recovery_time")}
+          ("probes.slo", "steady_state"), ("probes.slo", "recovery_time"),
+          ("probes.pods", "service_pods_ready")}
 ACTIONS = {("probes.chaos", "apply_chaos"), ("probes.chaos", "remove_chaos"),
            ("probes.chaos", "remove_run_chaos"), ("probes.chaos", "remove_suite_chaos")}
 
