@@ -111,7 +111,7 @@ def sanitize(cfg: SidecarConfig, headers: dict[str, str]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {
         "timeout_ms": _int_header(headers, "x-envoy-upstream-rq-timeout-ms"),
-        "per_try_ms": _int_header(headers, "x-envoy-upstream-rq-per-try-timeout-ms"),
+        "per_try_timeout_ms": _int_header(headers, "x-envoy-upstream-rq-per-try-timeout-ms"),
         "max_retries": _int_header(headers, "x-envoy-max-retries"),
     }
     retry_on = headers.pop("x-envoy-retry-on", None)
@@ -145,9 +145,10 @@ class RoutePlanner:
             if app is None:
                 app = self._memo[("app",)] = [
                     Endpoint(self.pod, self.namespace, "127.0.0.1", app_port, {}, True)]
-            up = Upstream(f"inbound|{port}||", app, ("inbound", ""),
-                          cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0,
-                          _INBOUND_RETRY, authority, False, False)
+            up = Upstream(cluster=f"inbound|{port}||", endpoints=app, pick_key=("inbound", ""),
+                          connect_timeout_ms=cfg.mesh.connect_timeout_ms, timeout_ms=0.0,
+                          per_try_timeout_ms=0.0, policy=_INBOUND_RETRY, authority=authority,
+                          timeout_headers=False, egress_faults=False)
             cached = self._remember(key, (up, f"{self.fqdn}:{port}/*"))
         return cached
 
@@ -233,9 +234,11 @@ class RoutePlanner:
                       overrides: dict[str, Any]) -> tuple[Upstream, str]:
         if route.name == _PASSTHROUGH_ROUTE:
             ep = Endpoint("", "", dest.host, dest.port, {}, True)
-            return (Upstream("PassthroughCluster", [ep], ("passthrough", ""),
-                             cfg.mesh.connect_timeout_ms / 1000.0, 0.0, 0.0, DEFAULT_RETRY,
-                             authority, True, True), "PassthroughCluster")
+            return (Upstream(cluster="PassthroughCluster", endpoints=[ep],
+                             pick_key=("passthrough", ""),
+                             connect_timeout_ms=cfg.mesh.connect_timeout_ms, timeout_ms=0.0,
+                             per_try_timeout_ms=0.0, policy=DEFAULT_RETRY, authority=authority,
+                             timeout_headers=True, egress_faults=True), "PassthroughCluster")
         dsvc = resolve_host(cfg, dest.host)
         if dsvc is None:
             raise Reject(503, "", "NC", "cluster_not_found")
@@ -245,24 +248,27 @@ class RoutePlanner:
         if not eps:
             raise Reject(503, "no healthy upstream", "UH", "no_healthy_upstream")
         policy = route.retry
-        global_ms = route.timeout_ms
-        per_try = policy.per_try_timeout_ms
+        timeout_ms = route.timeout_ms
+        per_try_timeout_ms = policy.per_try_timeout_ms
         if overrides.get("timeout_ms") is not None:
-            global_ms = float(overrides["timeout_ms"])
-        if overrides.get("per_try_ms") is not None:
-            per_try = float(overrides["per_try_ms"])
+            timeout_ms = float(overrides["timeout_ms"])
+        if overrides.get("per_try_timeout_ms") is not None:
+            per_try_timeout_ms = float(overrides["per_try_timeout_ms"])
         if overrides.get("max_retries") is not None or overrides.get("retry_on"):
             policy = RetryPolicy(
                 overrides["max_retries"] if overrides.get("max_retries") is not None
-                else policy.num_retries, per_try,
+                else policy.num_retries, per_try_timeout_ms,
                 policy.retry_on | overrides.get("retry_on", frozenset()),
                 policy.retriable_status_codes)
-        if global_ms and per_try >= global_ms:
-            per_try = 0.0  # §1.2: a per-try timeout >= the global one is ignored
+        if timeout_ms and per_try_timeout_ms >= timeout_ms:
+            per_try_timeout_ms = 0.0  # §1.2: a per-try timeout >= the global one is ignored
         connect_ms = cfg.connect_timeout_ms.get(dsvc.fqdn) or cfg.mesh.connect_timeout_ms
         cluster = f"outbound|{dport}|{dest.subset}|{dsvc.fqdn}"
-        up = Upstream(cluster, eps, (dsvc.fqdn, dest.subset), connect_ms / 1000.0,
-                      global_ms, per_try, policy, authority or dsvc.fqdn, True, True)
+        up = Upstream(cluster=cluster, endpoints=eps, pick_key=(dsvc.fqdn, dest.subset),
+                      connect_timeout_ms=connect_ms, timeout_ms=timeout_ms,
+                      per_try_timeout_ms=per_try_timeout_ms, policy=policy,
+                      authority=authority or dsvc.fqdn, timeout_headers=True,
+                      egress_faults=True)
         return up, f"{dsvc.fqdn}:{dport}/*"
 
     def _default_routes(self, svc: Service, port: int | None) -> tuple[Route, ...]:

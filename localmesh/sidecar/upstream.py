@@ -53,16 +53,16 @@ class TraceCtx:
     spans: list[Span]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Upstream:
-    """Where one request goes and under which policy."""
+    """Where one request goes and under which policy (every duration in ms, 0 = none)."""
 
     cluster: str
     endpoints: list[Endpoint]
     pick_key: tuple[str, str]
-    connect_timeout_s: float
-    global_ms: float
-    per_try_ms: float
+    connect_timeout_ms: float
+    timeout_ms: float  # the route's (global) timeout
+    per_try_timeout_ms: float
     policy: RetryPolicy
     authority: str
     # Router-generated x-envoy-* request headers: outbound routes only (§1.3, §1.5).
@@ -127,11 +127,11 @@ def _retriable_response(resp: Response, policy: RetryPolicy) -> bool:
     return grpc is not None and any(_GRPC_RETRY.get(t) == grpc for t in ro)
 
 
-def _expected_timeout(per_try_ms: float, global_ms: float, elapsed_ms: float) -> int:
+def _expected_timeout(per_try_timeout_ms: float, timeout_ms: float, elapsed_ms: float) -> int:
     """§1.5 ``setTimeoutHeaders``: the value to send, 0 = no header."""
-    expected = per_try_ms or global_ms
-    if expected > 0 and global_ms > 0:
-        expected = 1 if elapsed_ms >= global_ms else min(expected, global_ms - elapsed_ms)
+    expected = per_try_timeout_ms or timeout_ms
+    if expected > 0 and timeout_ms > 0:
+        expected = 1 if elapsed_ms >= timeout_ms else min(expected, timeout_ms - elapsed_ms)
     return int(expected) if expected > 0 else 0
 
 
@@ -162,7 +162,7 @@ class TryState:
 
     def __init__(self, t0: float, up: Upstream) -> None:
         self.t0 = t0
-        self.global_deadline = t0 + up.global_ms / 1000.0 if up.global_ms else None
+        self.global_deadline = t0 + up.timeout_ms / 1000.0 if up.timeout_ms else None
         self.attempt = 0
         self.previous: set[tuple[str, int]] = set()
         self.ep: Endpoint | None = None
@@ -186,13 +186,13 @@ def begin_try(st: TryState, now: float, picker: Picker, up: Upstream, txn: Txn,
     txn.upstream_host = ep.address
     if up.timeout_headers:
         headers["x-envoy-attempt-count"] = str(attempt)
-        if up.per_try_ms or up.global_ms:
+        if up.per_try_timeout_ms or up.timeout_ms:
             # §1.5: elapsed is 0 on the first try; doRetry() recomputes it for retries
             elapsed_ms = (now - st.t0) * 1000 if attempt > 1 else 0.0
-            expected = _expected_timeout(up.per_try_ms, up.global_ms, elapsed_ms)
+            expected = _expected_timeout(up.per_try_timeout_ms, up.timeout_ms, elapsed_ms)
             headers["x-envoy-expected-rq-timeout-ms"] = str(expected)
     st.child = _start_child(trace, headers, attempt)
-    st.try_deadline = now + up.per_try_ms / 1000.0 if up.per_try_ms else None
+    st.try_deadline = now + up.per_try_timeout_ms / 1000.0 if up.per_try_timeout_ms else None
     return ep
 
 
@@ -254,7 +254,7 @@ async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: 
     # Without faults an idle keep-alive connection needs no coroutine to be handed out.
     conn = pool.take_idle(ep.host, ep.port) if shaping is None else None
     if conn is None:
-        conn = await _connect(pool, shaping, ep, up.connect_timeout_s)
+        conn = await _connect(pool, shaping, ep, up.connect_timeout_ms / 1000.0)
     txn.upstream_local = conn.local_text
     try:
         if shaping is not None:
