@@ -319,10 +319,11 @@ def start(proxy: RecordingProxy) -> Iterator[Start]:
         hop.stop()
 
 
-def get(hop: Hop, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def get(hop: Hop, path: str, headers: dict[str, str] | None = None, *,
+        method: str = "GET") -> tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", hop.port, timeout=WAIT_S)
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request(method, path, headers=headers or {})
         response = conn.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -354,12 +355,14 @@ def traced(budget: int | None = None,
 def test_each_hop_serves_its_resource_healthz_and_nothing_else(
         name: str, start: Start, proxy: RecordingProxy) -> None:
     """A realistic path per hop (the ingress routes /api/ only), /healthz for readiness,
-    404 for the rest; a forwarder calls each callee in absolute form through the proxy."""
+    404 for the rest, 405 for other methods; a forwarder calls each callee in absolute form
+    through the proxy."""
     hop = start(name)
     status, body = get(hop, hop.path("42"))
     assert (status, body["service"], body["item"]) == (200, name, "42")
     assert get(hop, "/healthz") == (200, {"status": "ok"})
     assert get(hop, "/")[0] == 404
+    assert get(hop, hop.path("42"), method="POST")[0] == 405
     calls = {s.service: s for s in proxy.calls()}
     assert sorted(calls) == sorted(CALLEES.get(name, ()))
     for callee, seen in calls.items():
