@@ -17,7 +17,7 @@ __all__ = ["CONTEXT", "kubeconfig_document", "write_kubeconfig"]
 CONTEXT = "meshchaos-local"
 
 
-def kubeconfig_document(port: int, *, namespace: str = "shop",
+def kubeconfig_document(port: int, *, namespace: str = "default",
                         host: str = "127.0.0.1") -> dict[str, object]:
     """The kubeconfig for an API server at ``http://<host>:<port>``."""
     return {
@@ -32,7 +32,7 @@ def kubeconfig_document(port: int, *, namespace: str = "shop",
     }
 
 
-def write_kubeconfig(path: Path, port: int, *, namespace: str = "shop") -> Path:
+def write_kubeconfig(path: Path, port: int, *, namespace: str = "default") -> Path:
     """Write the kubeconfig atomically (readers never see half a file) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,11 @@ from localmesh.errors import ApiError, ManifestError
 from localmesh.resources import ResourceRegistry
 from localmesh.yamldoc import safe_load_all
 
-__all__ = ["Manifest", "load_manifests"]
+__all__ = ["DEFAULT_MANIFESTS", "Manifest", "load_manifests"]
+
+# The reference chain, relative to the repository root (`meshchaos up` and `chaos run`
+# are run from there).
+DEFAULT_MANIFESTS = Path("fixtures/k8s")
 
 
 

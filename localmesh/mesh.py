@@ -205,11 +205,20 @@ class LocalMesh:
         await self.supervisor.wait_ready(self.ready_limit_s)
         self.endpoints = Endpoints(api=api, ingress=f"http://127.0.0.1:{ingress_port}",
                                    otlp=otlp, traces=traces, pid=os.getpid(), started=started)
-        write_kubeconfig(self.state.kubeconfig, int(api.rsplit(":", 1)[1]))
+        write_kubeconfig(self.state.kubeconfig, int(api.rsplit(":", 1)[1]),
+                         namespace=self._app_namespace())
         self.state.write_endpoints(self.endpoints)
         log.info("mesh up in %.2fs: api %s, ingress %s", time.time() - started, api,
                  self.endpoints.ingress)
         return self.endpoints
+
+    def _app_namespace(self) -> str:
+        """The kubeconfig's namespace: the first one the manifests mark for sidecar
+        injection (where the services under test live), else Kubernetes' ``default``."""
+        for ns in sorted(self.store.list("", "namespaces"), key=lambda o: o["metadata"]["name"]):
+            if (ns["metadata"].get("labels") or {}).get("istio-injection") == "enabled":
+                return str(ns["metadata"]["name"])
+        return "default"
 
     async def _serve_traces(self) -> tuple[str, str]:
         """Start the OTLP receiver and the trace query API; return their URLs."""

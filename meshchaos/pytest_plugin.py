@@ -17,6 +17,10 @@ a bad value names where it came from):
 | ``--kubeconfig PATH`` | ``MESHCHAOS_KUBECONFIG`` | ``chaos_kubeconfig`` | none |
 | ``--chaos-report-dir DIR`` | ``MESHCHAOS_REPORT_DIR`` | ``chaos_report_dir`` | ``reports/runs`` |
 | ``--chaos-timeout SECONDS`` | ``MESHCHAOS_CHAOS_TIMEOUT`` | ``chaos_timeout`` | ``900`` |
+| ``--chaos-var KEY=VALUE`` (repeatable) | ``MESHCHAOS_<KEY>`` | ``chaos_vars`` (lines) | none |
+
+``--chaos-var`` passes any configuration key of :mod:`probes.config` to every experiment
+(``namespace``, ``entry_path``, ``target_service``, …), as ``chaos run --var`` does.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class ChaosSettings:
     report_dir: Path
     timeout: float
     sources: dict[str, str]
+    variables: tuple[tuple[str, str], ...] = ()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -90,11 +95,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where each run writes its report directory")
     group.addoption("--chaos-timeout", dest="chaos_timeout", metavar="SECONDS", default=None,
                     help="wall-clock limit of one experiment run")
+    group.addoption("--chaos-var", dest="chaos_vars", metavar="KEY=VALUE", action="append",
+                    default=None, help="a configuration key for every experiment (as chaos "
+                    "run --var), e.g. namespace=store or target_service=stock; repeatable")
     parser.addini("chaos_target", "default --chaos-target", default="local")
     parser.addini("chaos_kubeconfig", "default --kubeconfig", default="")
     parser.addini("chaos_report_dir", "default --chaos-report-dir", default=DEFAULT_REPORT_DIR)
     parser.addini("chaos_timeout", "default --chaos-timeout", default=str(DEFAULT_TIMEOUT_S))
     parser.addini("chaos_experiments", "globs of experiment files to collect", type="args",
+                  default=[])
+    parser.addini("chaos_vars", "default --chaos-var KEY=VALUE lines", type="linelist",
                   default=[])
 
 
@@ -127,7 +137,26 @@ def resolve_settings(config: pytest.Config) -> ChaosSettings:
     if not report_dir.is_absolute():
         report_dir = Path(config.rootpath) / report_dir
     return ChaosSettings(target=target, kubeconfig=kubeconfig, report_dir=report_dir,
-                         timeout=timeout, sources=sources)
+                         timeout=timeout, sources=sources, variables=_variables(config))
+
+
+def _variables(config: pytest.Config) -> tuple[tuple[str, str], ...]:
+    """``--chaos-var`` (else the ini ``chaos_vars``) as (key, value) pairs, keys checked
+    against the configuration keys every experiment declares (probes.config.KEYS)."""
+    from probes.config import KEYS
+
+    cli = config.getoption("chaos_vars")
+    items, source = (cli, "option --chaos-var") if cli else \
+        (list(config.getini("chaos_vars")), "ini chaos_vars")
+    pairs = []
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or key not in KEYS:
+            raise pytest.UsageError(f"invalid {source} '{item}': expected KEY=VALUE with KEY "
+                                    f"one of {', '.join(sorted(KEYS))}")
+        pairs.append((key, value.strip()))
+    return tuple(pairs)
 
 
 def _pick(config: pytest.Config, option: _Option) -> tuple[str, str]:
@@ -208,6 +237,8 @@ class ExperimentItem(pytest.Item):
                 "--var", f"report_dir={settings.report_dir}"]
         if settings.kubeconfig:
             args += ["--var", f"kubeconfig={Path(settings.kubeconfig).expanduser()}"]
+        for key, value in settings.variables:
+            args += ["--var", f"{key}={value}"]
         args.append(str(self.path))
         root = str(self.config.rootpath)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(

@@ -31,7 +31,9 @@ def _version() -> str:
 
 def _discover_system() -> dict[str, Any] | None:
     """The local mesh this directory runs, if any (endpoints only: discovery sends no traffic)."""
-    endpoints = Path(".meshchaos") / "endpoints.json"
+    from probes.config import DEFAULTS
+
+    endpoints = Path(DEFAULTS["meshchaos_state_dir"]) / "endpoints.json"
     try:
         return {"target": "local", "endpoints": json.loads(endpoints.read_text())}
     except (OSError, ValueError):

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from localmesh.manifests import DEFAULT_MANIFESTS
+from localmesh.statedir import DEFAULT_STATE_DIR
 from probes.errors import ConfigurationError
 
 __all__ = [
@@ -47,8 +49,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "ingress_url": ("", "URL of the ingress gateway (local: from the mesh's endpoints)"),
     "traces_url": ("", "URL of the Jaeger/Tempo query API (local: from the mesh's endpoints)"),
     "traces_api": ("jaeger", "trace query API: jaeger or tempo"),
-    "meshchaos_state_dir": (".meshchaos", "state dir of the local mesh"),
-    "meshchaos_manifests": ("fixtures/k8s", "comma-separated manifest dirs the local mesh loads"),
+    "meshchaos_state_dir": (str(DEFAULT_STATE_DIR), "state dir of the local mesh"),
+    "meshchaos_manifests": (str(DEFAULT_MANIFESTS),
+                            "comma-separated manifest dirs the local mesh loads"),
     "chain_defect": ("", "local only: run a defective twin of the reference chain"),
     "chain_defect_hop": ("", "local only: the deployment that runs the twin"),
     "chain_defect_env": ("", "local only: KEY=VALUE;... extra env of the twin's hop"),

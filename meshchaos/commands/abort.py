@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from localmesh.statedir import DEFAULT_STATE_DIR
 from probes import chaos
 from probes.errors import ProbeError
 
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", default="",
                         help="only this namespace (default: all namespaces)")
     parser.add_argument("--run-id", default="", help="only the objects of this run")
-    parser.add_argument("--state-dir", type=Path, default=Path(".meshchaos"),
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                         help="state dir of the local mesh (default: .meshchaos)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for the objects to be gone (default: 120)")

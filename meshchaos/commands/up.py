@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from localmesh.daemon import MeshDaemon
 from localmesh.errors import MeshError, StateDirError
+from localmesh.manifests import DEFAULT_MANIFESTS
 from localmesh.statedir import Endpoints, StateDir
 from meshchaos.commands import POD_HEADER, add_state_dir, plain, pod_rows, table
 from meshchaos.errors import MeshchaosError, UsageError
@@ -37,7 +38,6 @@ __all__ = ["HELP", "parse_set_env", "register", "run", "summary"]
 EnvOverrides = dict[tuple[str, str], dict[str, str]]
 
 HELP = "start the local mesh and wait until every pod is Ready"
-DEFAULT_MANIFESTS = Path("fixtures/k8s")
 
 
 def register(subparsers: Any) -> None:

@@ -52,7 +52,9 @@ from chaoslib.exceptions import InterruptExecution
 
 from localmesh.daemon import MeshDaemon
 from localmesh.errors import MeshError
+from probes import config
 from probes.controls import skip_collection_at_exit
+from probes.errors import ProbeError
 
 __all__ = [
     "before_experiment_control",
@@ -63,8 +65,6 @@ __all__ = [
 
 logger = logging.getLogger("chaostoolkit")
 
-DEFAULT_STATE_DIR = ".meshchaos"
-DEFAULT_MANIFESTS = "fixtures/k8s"
 START_TIMEOUT_S = 60.0
 
 
@@ -163,7 +163,7 @@ def mesh_env_overrides(configuration: MutableMapping[str, Any]
         raise InterruptExecution(
             f"chain_defect='{defect}' needs chain_defect_hop (the deployment that runs the "
             "twin, e.g. 'orders')")
-    namespace = str(configuration.get("namespace") or "shop")
+    namespace = _settings(configuration).namespace
     env = {"CHAIN_DEFECT": defect, **_hop_env(str(configuration.get("chain_defect_env") or ""))}
     return {(namespace, hop): env}
 
@@ -208,14 +208,19 @@ def _live_endpoints(state_dir: Path) -> Any | None:
         return None
 
 
+def _settings(configuration: MutableMapping[str, Any]) -> config.Settings:
+    try:
+        return config.resolve(configuration)
+    except ProbeError as exc:
+        raise InterruptExecution(str(exc)) from exc
+
+
 def _state_dir(configuration: MutableMapping[str, Any]) -> Path:
-    return Path(str(configuration.get("meshchaos_state_dir") or DEFAULT_STATE_DIR))
+    return Path(_settings(configuration).state_dir)
 
 
 def _manifests(configuration: MutableMapping[str, Any]) -> list[Path]:
-    manifests = [Path(p.strip()) for p in
-                 str(configuration.get("meshchaos_manifests") or DEFAULT_MANIFESTS).split(",")
-                 if p.strip()]
+    manifests = [Path(p) for p in _settings(configuration).manifests]
     missing = [str(p) for p in manifests if not p.exists()]
     if missing:
         raise InterruptExecution(f"meshchaos_manifests names missing path(s) {missing} "

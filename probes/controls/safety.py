@@ -15,7 +15,7 @@ Usage (in the experiment's ``controls``)::
 - ``before_experiment_control`` checks, before anything is applied, every
   ``probes.chaos.apply_chaos`` activity of the experiment (with its overrides) and the
   configured ``namespace`` against the allowlist (``allowed_namespaces``, default
-  ``["shop"]``; ``kube-system``, ``istio-system`` and ``chaos-mesh`` never) and
+  the ``namespace`` key; ``kube-system``, ``istio-system`` and ``chaos-mesh`` never) and
   interrupts the run if any is refused. chaoslib swallows errors raised while a
   control is configured, so the refusal is raised here, where it stops the run.
 - ``before_activity_control`` checks each chaos action again, with its final arguments.
@@ -225,7 +225,7 @@ def _local_mesh_gone(configuration: Mapping[str, Any]) -> bool:
     """True on target local once no mesh lives in the state dir and its kubeconfig is gone."""
     if str(configuration.get("target", "local")) != "local":
         return False
-    state = StateDir(Path(str(configuration.get("meshchaos_state_dir") or ".meshchaos")))
+    state = StateDir(Path(config.resolve(configuration).state_dir))
     kubeconfig = Path(str(configuration.get("kubeconfig") or state.kubeconfig))
     return state.live_pid() is None and not kubeconfig.is_file()
 

@@ -31,14 +31,15 @@ def api(tmp_path: Path) -> Iterator[ServedApi]:
 
 
 def test_kubeconfig_names_cluster_context_user_and_default_namespace(tmp_path: Path) -> None:
-    """One cluster/context/user meshchaos-local, plain HTTP on loopback, namespace shop."""
+    """One cluster/context/user meshchaos-local, plain HTTP on loopback, namespace default
+    unless the mesh names its app namespace."""
     path = write_kubeconfig(tmp_path / "state" / "kubeconfig", 43210)
     doc = yaml.safe_load(path.read_text())
     assert doc["current-context"] == "meshchaos-local"
     assert doc["clusters"] == [{"name": "meshchaos-local",
                                 "cluster": {"server": "http://127.0.0.1:43210"}}]
     assert doc["contexts"][0]["context"] == {"cluster": "meshchaos-local",
-                                             "user": "meshchaos-local", "namespace": "shop"}
+                                             "user": "meshchaos-local", "namespace": "default"}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     other = write_kubeconfig(tmp_path / "k2", 1, namespace="payments")
     assert yaml.safe_load(other.read_text())["contexts"][0]["context"]["namespace"] == "payments"

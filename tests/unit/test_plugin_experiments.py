@@ -25,6 +25,9 @@ import time
 def target(configuration=None):
     return configuration.get("target")
 
+def namespace(configuration=None):
+    return configuration.get("namespace")
+
 def sleep(seconds):
     time.sleep(seconds)
     return {"slept": seconds}
@@ -61,6 +64,10 @@ UNPROVEN = experiment("unproven", [SLO], [py("inject", "inject_not_selected", ki
                                           EFFECT])
 TARGET = experiment("target", [py("target-is", "target", module="echo_ext",
                                   tolerance="kubernetes")], [py("noop", "slo_ok")])
+NAMESPACE = experiment("namespace", [py("namespace-is", "namespace", module="echo_ext",
+                                        tolerance="store")], [py("noop", "slo_ok")])
+NAMESPACE["configuration"] = {**CONFIG, "namespace": {"type": "env", "key": "MESHCHAOS_NAMESPACE",
+                                                      "default": "shop"}}
 SLOW = experiment("slow", [SLO], [py("sleep", "sleep", module="echo_ext", seconds=60)])
 
 
@@ -123,6 +130,19 @@ def test_cli_target_beats_env_and_reaches_the_experiment(project: pytest.Pyteste
     monkeypatch.setenv("MESHCHAOS_TARGET", "local")
     project.runpytest("experiments").assert_outcomes(failed=1)
     project.runpytest("experiments", "--chaos-target", "kubernetes").assert_outcomes(passed=1)
+
+
+def test_chaos_var_sets_any_configuration_key_for_every_experiment(
+        project: pytest.Pytester) -> None:
+    """Targets are configuration: --chaos-var (or the ini chaos_vars) reaches the experiment
+    as chaos run --var would; a key no experiment declares is refused by name."""
+    put(project, "namespace", NAMESPACE)
+    project.runpytest("experiments").assert_outcomes(failed=1)
+    project.runpytest("experiments", "--chaos-var", "namespace=store").assert_outcomes(passed=1)
+    ini(project, "chaos_vars =\n    namespace=store")
+    project.runpytest("experiments").assert_outcomes(passed=1)
+    result = project.runpytest("experiments", "--chaos-var", "namespaec=store")
+    result.stderr.fnmatch_lines(["*invalid option --chaos-var 'namespaec=store'*"])
 
 
 def test_env_target_beats_ini(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
