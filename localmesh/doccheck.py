@@ -40,6 +40,7 @@ from typing import (
 )
 
 from localmesh.documents import Minimum, NonEmpty, OneOf
+from localmesh.errors import MeshError
 
 __all__ = ["Shape", "ShapeError", "show"]
 
@@ -48,7 +49,7 @@ _Check = Callable[[object], None]
 _SHOW_MAX = 60
 
 
-class ShapeError(ValueError):
+class ShapeError(MeshError, ValueError):
     """A value that does not fit its shape: ``path`` (``""`` = the whole value) and
     ``problem`` (``"is 'x', not an integer"``, ``"is missing"``…)."""
 
