@@ -55,6 +55,8 @@ KEYS: dict[str, tuple[str, str]] = {
     "chain_defect": ("", "local only: run a defective twin of the reference chain"),
     "chain_defect_hop": ("", "local only: the deployment that runs the twin"),
     "chain_defect_env": ("", "local only: KEY=VALUE;... extra env of the twin's hop"),
+    "mesh_set_env": ("", "local only: NS/DEPLOY:KEY=VALUE;... env for the local mesh's "
+                     "deployments, as `meshchaos up --set-env` (e.g. a twin of your own)"),
     "allowed_namespaces": ("", "namespaces chaos may touch (comma list; default: namespace)"),
     "dry_run": ("false", "true: print the chaos objects instead of applying them"),
     "report_dir": ("reports/runs", "where runs write their reports"),
@@ -111,6 +113,7 @@ class Settings:
     chain_defect: str
     chain_defect_hop: str
     chain_defect_env: str
+    mesh_set_env: tuple[tuple[str, str, str, str], ...]
     allowed_namespaces: tuple[str, ...]
     dry_run: bool
     report_dir: str
@@ -218,6 +221,20 @@ def _headers(value: Any) -> dict[str, str]:
     return {k.strip().lower(): v for k, v in parsed.items()}
 
 
+def _set_env(value: str) -> tuple[tuple[str, str, str, str], ...]:
+    """``store/catalog:STORE_DEFECT=stale-budget;…`` -> (namespace, deployment, key, value)."""
+    out = []
+    for item in filter(None, (part.strip() for part in value.split(";"))):
+        target, sep, assignment = item.partition(":")
+        namespace, slash, deployment = target.partition("/")
+        key, eq, env_value = assignment.partition("=")
+        if not (sep and slash and eq and namespace and deployment and key.strip()):
+            raise ConfigurationError(f"configuration key 'mesh_set_env': '{item}' is not "
+                                     "NAMESPACE/DEPLOYMENT:KEY=VALUE (entries separated by ';')")
+        out.append((namespace.strip(), deployment.strip(), key.strip(), env_value.strip()))
+    return tuple(out)
+
+
 def resolve(configuration: Mapping[str, Any] | None,
             env: Mapping[str, str] | None = None) -> Settings:
     """Parse every key of ``configuration`` (see the module docstring for the order)."""
@@ -240,6 +257,7 @@ def resolve(configuration: Mapping[str, Any] | None,
         chain_defect=text("chain_defect"),
         chain_defect_hop=text("chain_defect_hop"),
         chain_defect_env=text("chain_defect_env"),
+        mesh_set_env=_set_env(text("mesh_set_env")),
         allowed_namespaces=allowed or (namespace,),
         dry_run=_flag(raw_value(configuration, "dry_run", env), "dry_run"),
         report_dir=text("report_dir"),

@@ -96,13 +96,15 @@ def virtual_service_audit(requests: int = 3, path: str = "",
         sent = _common.send_requests(target.entry_url(path), configuration, requests,
                                      target.request_headers(None), timeout_s=10.0,
                                      deadline=deadline)
-        tree = collect(target, sent, expected, deadline).tree
+        gathered = collect(target, sent, expected, deadline)
+        tree, budgets = gathered.tree, rules.observed_budgets(gathered.requests)
     elif expected is not None:
-        tree = expected
+        tree, budgets = expected, {}
     else:
         raise ConfigurationError("virtual_service_audit with requests 0 needs call_tree: "
                                  "without traffic there is no evidence of who calls whom")
     routes = _routes(target, deadline)
-    return probe_result("virtual-service-audit", rules.evaluate_routes(routes, tree),
+    return probe_result("virtual-service-audit", rules.evaluate_routes(routes, tree, budgets),
                         measurements={"routes": [asdict(r) for r in routes],
-                                      "call_tree": tree.describe()})
+                                      "call_tree": tree.describe(),
+                                      "observed_budgets_ms": budgets})

@@ -15,11 +15,22 @@ from dataclasses import dataclass
 from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.request import HopEvidence
 
-__all__ = ["FAILED_FLAGS", "SidecarRun", "failed", "sidecar_runs"]
+__all__ = ["FAILED_FLAGS", "NOT_SENT_FLAGS", "SidecarRun", "failed", "reached_upstream",
+           "sidecar_runs"]
 
 # Response flags of a call that did not succeed (Envoy's access-log flags, §2.3).
 FAILED_FLAGS = frozenset({"UT", "UF", "UH", "URX", "UC", "UO", "NR", "DC", "DR", "LR",
                           "UPE", "UMSDR"})
+
+
+# The call never reached an upstream: no healthy host, no route, no cluster, overflow, or
+# the connection failed. Such a call passed nothing on to a callee.
+NOT_SENT_FLAGS = frozenset({"UH", "NR", "NC", "UO", "UF"})
+
+
+def reached_upstream(call: AccessLogRecord) -> bool:
+    """The outbound sidecar sent the call to a callee (it was not refused before that)."""
+    return not call.flags & NOT_SENT_FLAGS
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from probes.checks.calls import failed, sidecar_runs
+from probes.checks.calls import failed, reached_upstream, sidecar_runs
 from probes.checks.findings import Finding, Judged, NotJudged, Outcome, aggregate
 from probes.evidence.request import CallTree, HopEvidence, RequestEvidence
 from probes.evidence.routes import Route
@@ -35,6 +35,7 @@ __all__ = [
     "invocations",
     "no_app_retries",
     "no_call_after_deadline",
+    "observed_budgets",
     "sent_timeout_within_remaining",
     "timeout_headers_stripped",
 ]
@@ -314,8 +315,8 @@ def deadline_propagated(ev: RequestEvidence, tree: CallTree) -> Outcome:
             if srun.budget_ms is None:
                 continue
             for call in srun.calls:
-                if "expected_rq_timeout_ms" not in call.fields:
-                    continue  # the log format does not show the budget a call carried
+                if "expected_rq_timeout_ms" not in call.fields or not reached_upstream(call):
+                    continue  # no budget field in the format, or no callee got the call
                 judged.basis.add("sidecar")
                 if call.expected_rq_timeout_ms is None:
                     judged.findings.append(Finding(
@@ -429,8 +430,27 @@ def timeout_headers_stripped(ev: RequestEvidence, tree: CallTree,
 _RETRIES_PER_TRY = {"5xx", "gateway-error", "reset"}
 
 
-def audit_routes(routes: Iterable[Route], tree: CallTree) -> Mapping[str, list[Finding]]:
-    """Static VirtualService audit: inversion along the call tree, retries vs timeout."""
+def observed_budgets(evidence: Sequence[RequestEvidence]) -> dict[str, int]:
+    """The largest budget each hop was seen receiving (inbound expected-rq-timeout)."""
+    found: dict[str, int] = {}
+    for ev in evidence:
+        for name, hop in ev.hops.items():
+            for record in hop.logs_in:
+                value = record.expected_rq_timeout_ms
+                if value is not None:
+                    found[name] = max(found.get(name, 0), value)
+    return found
+
+
+def audit_routes(routes: Iterable[Route], tree: CallTree,
+                 budgets: Mapping[str, int] | None = None) -> Mapping[str, list[Finding]]:
+    """Static VirtualService audit: inversion along the call tree, retries vs timeout.
+
+    ``budgets`` (:func:`observed_budgets`): a callee whose route is not shorter than its
+    caller's is no inversion when every request reached it with a propagated budget below
+    that route timeout (the apps' deadline binds first; the route is a backstop, §1.4).
+    """
+    budgets = budgets or {}
     by_host: dict[str, Route] = {}
     for route in routes:
         by_host.setdefault(route.host, route)
@@ -438,7 +458,9 @@ def audit_routes(routes: Iterable[Route], tree: CallTree) -> Mapping[str, list[F
                                        "per-try-retried": []}
     for caller, callee in tree.edges():
         outer, inner = by_host.get(caller), by_host.get(callee)
-        if outer and inner and outer.timeout_ms and inner.timeout_ms >= outer.timeout_ms:
+        seen = budgets.get(callee)
+        if outer and inner and outer.timeout_ms and inner.timeout_ms >= outer.timeout_ms \
+                and not (seen is not None and seen < min(inner.timeout_ms, outer.timeout_ms)):
             found["timeout-inversion"].append(Finding(
                 callee, f"route to {callee} ({inner.virtual_service}) times out after "
                 f"{inner.timeout_ms} ms, not shorter than the {outer.timeout_ms} ms of the route "
@@ -493,9 +515,10 @@ def evaluate(evidence: Sequence[RequestEvidence], tree: CallTree, *, tolerance_m
     ]
 
 
-def evaluate_routes(routes: Sequence[Route], tree: CallTree) -> list[Check]:
+def evaluate_routes(routes: Sequence[Route], tree: CallTree,
+                    budgets: Mapping[str, int] | None = None) -> list[Check]:
     """The static VirtualService audit as checks (one per rule, all offending routes)."""
-    found = audit_routes(routes, tree)
+    found = audit_routes(routes, tree, budgets)
     expected = {"timeout-inversion": "each callee's route timeout < its caller's",
                 "retries-fit-timeout": "(1+attempts) x perTryTimeout <= timeout",
                 "per-try-retried": "retryOn includes 5xx, gateway-error or reset"}

@@ -132,9 +132,10 @@ def before_experiment_control(context: dict[str, Any],
     thread: _Stoppable | None = None
     if endpoints is not None and overrides:
         raise InterruptExecution(
-            f"a live mesh runs the correct chain from state dir '{state_dir}' but "
-            f"chain_defect='{configuration.get('chain_defect')}' asks for a twin; stop it "
-            "with `meshchaos down` or set meshchaos_state_dir to another directory")
+            f"a live mesh runs from state dir '{state_dir}' but the configuration asks for "
+            f"deployment env {sorted(f'{ns}/{d}' for ns, d in overrides)} (chain_defect / "
+            "mesh_set_env) it cannot apply to running pods; stop it with `meshchaos down` or "
+            "set meshchaos_state_dir to another directory")
     if endpoints is None:
         thread, endpoints = _start_mesh(configuration, state_dir, overrides, launched)
     _remember(thread)
@@ -154,18 +155,23 @@ def cleanup_control() -> None:
 
 def mesh_env_overrides(configuration: MutableMapping[str, Any]
                        ) -> dict[tuple[str, str], dict[str, str]]:
-    """The ``LocalMesh`` env overrides asked for by ``chain_defect``/``chain_defect_hop``."""
-    defect = str(configuration.get("chain_defect") or "").strip()
+    """The ``LocalMesh`` env overrides: ``mesh_set_env`` entries, and the reference chain's
+    twin asked for by ``chain_defect``/``chain_defect_hop``."""
+    settings = _settings(configuration)
+    overrides: dict[tuple[str, str], dict[str, str]] = {}
+    for namespace, deployment, key, value in settings.mesh_set_env:
+        overrides.setdefault((namespace, deployment), {})[key] = value
+    defect = settings.chain_defect
     if not defect or defect == "none":
-        return {}
-    hop = str(configuration.get("chain_defect_hop") or "").strip()
+        return overrides
+    hop = settings.chain_defect_hop
     if not hop:
         raise InterruptExecution(
             f"chain_defect='{defect}' needs chain_defect_hop (the deployment that runs the "
             "twin, e.g. 'orders')")
-    namespace = _settings(configuration).namespace
-    env = {"CHAIN_DEFECT": defect, **_hop_env(str(configuration.get("chain_defect_env") or ""))}
-    return {(namespace, hop): env}
+    env = {"CHAIN_DEFECT": defect, **_hop_env(settings.chain_defect_env)}
+    overrides.setdefault((settings.namespace, hop), {}).update(env)
+    return overrides
 
 
 def _hop_env(text: str) -> dict[str, str]:

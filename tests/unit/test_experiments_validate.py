@@ -29,7 +29,7 @@ CONFIG_KEYS = {"target", "kubeconfig", "namespace", "ingress_url", "traces_url",
                "chain_defect_env",
                "allowed_namespaces", "dry_run", "report_dir", "span_export_lag_s",
                "entry_path", "entry_headers", "target_service", "target_caller",
-               "partition_peer", "side_service"}
+               "partition_peer", "side_service", "mesh_set_env"}
 
 
 def load(path: Path) -> dict[str, Any]:
