@@ -34,7 +34,7 @@ from probes.slo import steady_state
 from probes.tracing import trace_continuity
 
 __all__ = ["COLUMNS", "EXPECTED", "PROBES", "ROWS", "Cell", "Row", "expected_cell", "render",
-           "run_probes", "scenario_env"]
+           "run_probes", "scenario_env", "write_section"]
 
 PRICING_WORK_MS = 240  # under pricing's 300 ms route timeout: plain traffic still succeeds
 INVENTORY_WORK_MS = 15
@@ -153,7 +153,10 @@ PROBES: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def to_cell(result: Mapping[str, Any]) -> Cell:
-    failing = [c for c in result["checks"] if not c["passed"]]
+    # A rule with nothing to judge is no failure (and no pass): the probe's own verdict says
+    # whether the rules it rests on were judged.
+    failing = [c for c in result["checks"] if c.get("status", "failed" if not c["passed"]
+                                                   else "held") == "failed"]
     hops = frozenset(c.get("hop") or "(no hop)" for c in failing)
     return Cell(bool(result["passed"]), hops, str(result.get("reason", "")),
                 tuple(f"{c['name']}@{c.get('hop')}" if len(hops) > 1 else str(c["name"])
@@ -234,3 +237,18 @@ def render(observed: Mapping[str, Mapping[str, Cell]], seconds: float | None = N
     if seconds is not None:
         lines += ["", f"Whole matrix: {seconds:.0f} s on a shared 2-core box."]
     return "\n".join(lines) + "\n"
+
+
+def write_section(doc: Path, name: str, text: str) -> None:
+    """Replace (or append) the section ``name`` of the matrix document, between its markers,
+    so the reference and the store matrices each rewrite only their own table."""
+    begin, end = f"<!-- matrix:{name} -->", f"<!-- /matrix:{name} -->"
+    block = f"{begin}\n{text}{end}\n"
+    current = doc.read_text() if doc.exists() else ""
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        doc.write_text(head + block + (("\n" + tail) if tail else ""))
+    else:
+        doc.write_text(current + ("\n" if current and not current.endswith("\n\n") else "")
+                       + block)

@@ -20,7 +20,17 @@ import pytest
 from localmesh.mesh import MeshThread
 
 from .conftest import CHAIN_MANIFESTS, ROOT, stop_and_reap
-from .matrix import COLUMNS, ROWS, Cell, Row, expected_cell, render, run_probes, scenario_env
+from .matrix import (
+    COLUMNS,
+    ROWS,
+    Cell,
+    Row,
+    expected_cell,
+    render,
+    run_probes,
+    scenario_env,
+    write_section,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,7 +53,7 @@ def observed() -> Iterator[Observed]:
     yield seen
     if len(seen.rows) == len(ROWS):
         table = render(seen.rows, seconds=time.monotonic() - seen.began)
-        MATRIX_DOC.write_text(table)
+        write_section(MATRIX_DOC, "reference", table)
         print("\n" + table)
 
 
