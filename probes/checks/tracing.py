@@ -80,15 +80,17 @@ def _reached(ev: RequestEvidence, caller: str | None, hop: str) -> bool:
 def same_trace(ev: RequestEvidence, tree: CallTree) -> list[Finding]:
     """Every expected hop has spans in the request's trace; name the caller that broke it.
 
-    A hop the request never reached (its caller could not connect, §1.6 UF/UH, or never
-    called it) is not a continuity break: chaos made it unreachable.
+    A hop has joined when its spans are in the trace, or, where the mesh records no spans,
+    when its inbound access-log lines carry the trace id. A hop the request never reached
+    (its caller could not connect, §1.6 UF/UH, or never called it) is not a continuity
+    break: chaos made it unreachable.
     """
     findings: list[Finding] = []
     broken: set[str] = set()
     for hop in tree.hops():
         caller = tree.caller(hop)
-        if caller in broken or ev.in_trace(hop) or not _reached(ev, caller, hop):
-            if caller in broken or not ev.in_trace(hop):
+        if caller in broken or _joined(ev, hop) or not _reached(ev, caller, hop):
+            if caller in broken or not _joined(ev, hop):
                 broken.add(hop)
             continue
         broken.add(hop)

@@ -312,25 +312,34 @@ def attach_uncorrelated_calls(evidence: Sequence[RequestEvidence],
     of the probe's ids: its outbound sidecar starts a new trace and a new request id, so
     nothing correlates those lines with the request. They are still the request's calls
     when the same pod made them while serving it (inside its inbound line's time) with a
-    request id no inbound line of that pod ever carried (the call did not continue another
-    request through the hop). Such a line is added to the hop's outbound lines, marked by
-    its foreign ids, so the topology has the edge and the continuity rules the break.
+    request id no inbound line of that pod ever carried, nor a trace id one did (the call
+    continued no other request through the hop). Such a line is added to the hop's
+    outbound lines, marked by its foreign ids, so the topology has the edge and the
+    continuity rules the break. A line that carries a trace id or request id some inbound
+    line of that pod had continues another request (another client's, served meanwhile),
+    and is left alone.
     """
     records = list(records)
-    forwarded: dict[str, set[str | None]] = defaultdict(set)
+    carried: dict[str, set[str]] = defaultdict(set)  # ids some inbound line of the pod had
     for record in records:
         if record.direction == "inbound":
-            forwarded[record.pod].add(mask_request_id(record.request_id))
+            carried[record.pod].update(_ids(record))
     known = {id(r) for ev in evidence for r in ev.logs}
     for record in records:
         if (record.direction != "outbound" or id(record) in known or record.start_us is None
-                or mask_request_id(record.request_id) in forwarded[record.pod]):
+                or carried[record.pod] & _ids(record)):
             continue
         for ev in evidence:
             hop = ev.hops.get(record.hop)
             if hop is not None and any(_during(record, inbound) for inbound in hop.logs_in
                                        if inbound.pod == record.pod):
                 hop.logs_out.append(record)
+
+
+def _ids(record: AccessLogRecord) -> set[str]:
+    """The request's identities a line shows: its trace id and its masked x-request-id."""
+    found = {record.trace_id or "", mask_request_id(record.request_id) or ""}
+    return found - {""}
 
 
 def _during(call: AccessLogRecord, inbound: AccessLogRecord) -> bool:
