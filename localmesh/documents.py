@@ -135,7 +135,7 @@ ACCESS_LOG_ENCODINGS: tuple[AccessLogEncoding, ...] = ("TEXT", "JSON")
 FAULT_ACTIONS: tuple[FaultAction, ...] = ("delay", "loss", "duplicate", "corrupt", "partition",
                                           "bandwidth", "netem")
 
-# Envoy's x-envoy-retry-on conditions, HTTP and gRPC (mesh-semantics.md §1.3).
+# Envoy's x-envoy-retry-on conditions, HTTP and gRPC (docs/fidelity.md §1.3).
 RETRY_ON_TOKENS = frozenset({
     "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
     "refused-stream", "retriable-4xx", "retriable-status-codes", "retriable-headers",

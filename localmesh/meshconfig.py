@@ -5,7 +5,7 @@ Sources (docs/architecture.md "Mesh config"):
   ``defaultConfig.tracing.sampling`` (percent, default 1.0 as Istio),
   ``accessLogFile`` (non-empty = on), ``accessLogEncoding``, ``accessLogFormat``,
   ``extensionProviders[].envoyFileAccessLog``, ``connectTimeout`` (default 10s,
-  mesh-semantics.md §2.1);
+  docs/fidelity.md §2.1);
 - ``Telemetry`` objects: ``accessLogging[].providers[].name`` enables a provider
   (``envoy`` = Istio's built-in file log), ``disabled: true`` turns it off,
   ``tracing[].randomSamplingPercentage`` overrides sampling. The root namespace

@@ -7,7 +7,7 @@ configuration of every registered sidecar and pushes it to its admin
 (:meth:`XdsServer.set_faults`) are pushed at once. ``wait_synced`` returns once
 the sidecar acknowledged the latest version built for it.
 
-Translation follows mesh-semantics.md §2: VS ``timeout`` → route timeout (none
+Translation follows docs/fidelity.md §2: VS ``timeout`` → route timeout (none
 when unset, §2.1); VS ``retries`` → Envoy policy (``attempts <= 0`` = none,
 integer ``retryOn`` tokens → retriable status codes, unset = Istio's default,
 §2.2); DR subsets by labels and ``connectionPool.tcp.connectTimeout``, else the

@@ -4,7 +4,7 @@ Drive requests that time out — pass the ``path``/``headers`` that make the cha
 or run while a delay fault is active — then, for every ``504 UT`` at a caller's
 sidecar, check that each hop below stops within ``grace_ms``: its inbound sidecar logs
 ``0 DC``/``DR`` or its span ends, and no downstream request completes after the
-deadline (mesh-semantics.md §1.1, §1.6, §6). Usage::
+deadline (docs/fidelity.md §1.1, §1.6, §6). Usage::
 
     {"type": "probe", "name": "no-orphan-work",
      "tolerance": {"type": "jsonpath", "path": "$.passed", "expect": true},

@@ -3,7 +3,7 @@
 Dynamic (``deadline_propagation``): per hop, the budget it was given never exceeds what
 its caller had left, shrinks by at least the time spent, no call starts after a hop's
 deadline, and a budget the mesh strips on the way is reported with the switch that
-keeps it (mesh-semantics.md §1.5, §1.7). Static (``virtual_service_audit``): timeout
+keeps it (docs/fidelity.md §1.5, §1.7). Static (``virtual_service_audit``): timeout
 inversion along the call tree and retries that cannot fit the route timeout (§1.2, §2.1).
 Usage::
 

@@ -1,4 +1,4 @@
-"""Probe: trace continuity across the chain (mesh-semantics.md §3, §4).
+"""Probe: trace continuity across the chain (docs/fidelity.md §3, §4).
 
 Sends its own requests through the ingress, each with a fresh sampled W3C traceparent,
 a tracestate entry, B3 headers and an x-request-id, then reads each request's trace and

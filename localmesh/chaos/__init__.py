@@ -3,7 +3,7 @@
 ``install_chaos_admission(store)`` adds Chaos Mesh's webhook rules on top of the
 CRD schema validation; ``ChaosController(store, xds, supervisor)`` runs the
 NetworkChaos and PodChaos objects of the store against the local mesh
-(mesh-semantics.md §5).
+(docs/fidelity.md §5).
 """
 
 from localmesh.chaos.admission import install_chaos_admission, validate_chaos

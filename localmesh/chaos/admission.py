@@ -2,7 +2,7 @@
 
 The CRD schema (types, enums, required fields) is checked by
 ``localmesh.validation``; these hooks add what Chaos Mesh's validating webhook
-checks on top (mesh-semantics.md §5.2, §5.3, §5.4):
+checks on top (docs/fidelity.md §5.2, §5.3, §5.4):
 
 - mode/value consistency for the selector and the target;
 - durations, percentages and bandwidth rates that parse;

@@ -2,7 +2,7 @@
 
 One reconcile per object key, run on the controller's own loop (store callbacks
 may come from any thread and only enqueue keys). A reconcile follows Chaos
-Mesh's controllers in order (mesh-semantics.md §5.4):
+Mesh's controllers in order (docs/fidelity.md §5.4):
 
 1. finalizer ``chaos-mesh/records`` added on create (event FinalizerInited);
 2. desired phase, first match wins: deleted → Stop (Deleted); one-shot → Run;

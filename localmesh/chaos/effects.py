@@ -5,7 +5,7 @@ chaos object that touches it) pushed with ``XdsServer.set_faults``; applying
 waits until the sidecar has acknowledged the push, so a record is never marked
 Injected for a fault the data path does not have yet. PodChaos records call the
 store (pod-kill) or the supervisor (pod-failure, container-kill), as Chaos
-Mesh's controller calls the API server or chaos-daemon (mesh-semantics.md §5.3).
+Mesh's controller calls the API server or chaos-daemon (docs/fidelity.md §5.3).
 
 A pod that vanished counts as recovered (§5.4); a pod that vanished before the
 apply is a failure the controller retries.

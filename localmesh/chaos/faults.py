@@ -1,6 +1,6 @@
 """NetworkChaos spec → the sidecar fault rules of docs/architecture.md ("Sidecar").
 
-tc shapes egress only (mesh-semantics.md §5.2): ``to`` acts on the selected
+tc shapes egress only (docs/fidelity.md §5.2): ``to`` acts on the selected
 pods for traffic to the targets, ``from`` on the target pods for traffic to the
 sources, ``both`` on both; no target means all egress of the selected pods,
 including the responses they send. A partition is a silent black hole, which the

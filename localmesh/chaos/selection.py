@@ -1,4 +1,4 @@
-"""Pod selection the way Chaos Mesh does it (mesh-semantics.md §5.1).
+"""Pod selection the way Chaos Mesh does it (docs/fidelity.md §5.1).
 
 All selector fields are ANDed; ``pods`` (``{namespace: [names]}``) overrides the
 rest; empty ``namespaces`` means the experiment's own namespace. The mode then

@@ -1,4 +1,4 @@
-"""Chaos Mesh's experiment status: records, conditions, desired phase (mesh-semantics.md §5.4).
+"""Chaos Mesh's experiment status: records, conditions, desired phase (docs/fidelity.md §5.4).
 
 ``status.experiment.containerRecords`` is ``None`` until selection; each record
 is ``{id, selectorKey, phase, injectedCount, recoveredCount, events}``. The four

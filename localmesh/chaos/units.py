@@ -1,7 +1,7 @@
 """Parsing of the string-typed quantities in Chaos Mesh specs.
 
 Chaos Mesh keeps durations, percentages and rates as strings and checks them in
-its admission webhook (mesh-semantics.md §5.2/§5.3): durations are Go
+its admission webhook (docs/fidelity.md §5.2/§5.3): durations are Go
 ``time.ParseDuration`` strings (``"300ms"``, ``"1m30s"``), percentages are
 ``"0"`` to ``"100"``, bandwidth rates are tc units where ``bit`` counts bits and
 ``bps`` counts **bytes** per second. Each parser raises ``ChaosSpecError`` (a

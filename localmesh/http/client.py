@@ -4,7 +4,7 @@ Two levels:
 - :meth:`ConnectionPool.acquire` / :meth:`ClientConnection.send` /
   :meth:`ConnectionPool.release` give the sidecar full control over each try
   (it arms its own timers and aborts the connection on expiry, the way Envoy's
-  H1 pool closes the connection when a stream is reset, mesh-semantics.md §1.1);
+  H1 pool closes the connection when a stream is reset, docs/fidelity.md §1.1);
 - :meth:`ClientConnection.start` is :meth:`~ClientConnection.send` without a
   future: the response (or the error) is handed to a callback from the protocol's
   own parser callback, so a proxy can forward it with no task in between;

@@ -6,7 +6,7 @@
         ├── ConnectionTerminated  the peer closed or reset before the response completed
         └── HttpProtocolError     the peer sent bytes that are not HTTP/1.1
 
-The ``reason`` strings are Envoy's reset-reason names (mesh-semantics.md §1.6),
+The ``reason`` strings are Envoy's reset-reason names (docs/fidelity.md §1.6),
 so the sidecar can put them into its local replies unchanged.
 """
 

@@ -1,6 +1,6 @@
 """Envoy access log: a format string compiled once, lines written to stdout in batches.
 
-Operators follow Envoy's access log usage page (E-AL in mesh-semantics.md §0);
+Operators follow Envoy's access log usage page (E-AL in docs/fidelity.md §0);
 empty values print ``-`` (TEXT) or ``null`` (JSON). The writer buffers lines and
 flushes at least every 50 ms and on exit, so one request costs one render.
 """
@@ -25,7 +25,7 @@ __all__ = ["DEFAULT_JSON_FORMAT", "AccessLog", "compile_format", "render_start_t
 
 Getter = Callable[[Txn], "str | int | None"]
 
-# Istio's JSON access log keys (mesh-semantics.md §2.3, I-AL).
+# Istio's JSON access log keys (docs/fidelity.md §2.3, I-AL).
 DEFAULT_JSON_FORMAT: dict[str, str] = {
     "start_time": "%START_TIME%", "method": "%REQ(:METHOD)%",
     "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "protocol": "%PROTOCOL%",

@@ -46,7 +46,7 @@ __all__ = [
     "parse_config",
 ]
 
-# Istio's default TEXT access log format (mesh-semantics.md §2.3).
+# Istio's default TEXT access log format (docs/fidelity.md §2.3).
 DEFAULT_TEXT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
     "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% "
@@ -67,7 +67,7 @@ class RetryPolicy:
     retriable_status_codes: frozenset[int] = frozenset()
 
 
-# Istio's default outbound policy (mesh-semantics.md §2.2).
+# Istio's default outbound policy (docs/fidelity.md §2.2).
 DEFAULT_RETRY = RetryPolicy(2, 0.0, frozenset(
     {"connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes"}))
 

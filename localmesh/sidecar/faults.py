@@ -1,6 +1,6 @@
 """Chaos Mesh network faults emulated in user space on this pod's egress.
 
-tc netem shapes egress only (mesh-semantics.md §5.2), so the sidecar applies the
+tc netem shapes egress only (docs/fidelity.md §5.2), so the sidecar applies the
 rules to what this pod *sends*: its outbound requests and the responses it
 returns to callers. Models (docs/architecture.md "Fault rules"):
 

@@ -1,7 +1,7 @@
 """Header rules of the Istio sidecar's HTTP connection manager and router.
 
 ``INTERNAL_ONLY`` is Envoy's ``cleanInternalHeaders`` list: what an *external*
-request loses (mesh-semantics.md §1.7). Istio sidecars treat app traffic as
+request loses (docs/fidelity.md §1.7). Istio sidecars treat app traffic as
 external by default, so both listeners strip these unless the mesh switch
 ``honor_app_envoy_headers`` is on.
 """

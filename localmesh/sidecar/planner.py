@@ -1,6 +1,6 @@
 """Routing for one sidecar: which upstream a request goes to, under which policy.
 
-Envoy's route table lookup (mesh-semantics.md §1 and §2): the host's routes (a VirtualService's, the
+Envoy's route table lookup (docs/fidelity.md §1 and §2): the host's routes (a VirtualService's, the
 gateway's, or the Service's default route), the matching route, a weighted destination, and the
 cluster with its timeouts and retry policy, overridden by the app's ``x-envoy-*`` headers when
 the mesh honours them (§1.7). Results depend only on the configuration and the authority (plus

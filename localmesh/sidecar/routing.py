@@ -4,7 +4,7 @@
   ``orders.shop``, ``orders.shop.svc``, ``orders.shop.svc.cluster.local``.
 - A host with VirtualService routes takes the first route whose match fits; if
   none fits the answer is 404 NR. A host without routes gets Istio's default
-  route: no timeout, default retry policy (mesh-semantics.md §2.1, §2.2).
+  route: no timeout, default retry policy (docs/fidelity.md §2.1, §2.2).
 - Endpoints: ready ones, filtered by the DestinationRule subset labels, taken
   round-robin; a retry prefers hosts not tried yet (``previous_hosts``, §2.2).
 """

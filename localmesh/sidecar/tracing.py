@@ -1,4 +1,4 @@
-"""Envoy's OpenTelemetry tracer, reduced to what a sidecar does (mesh-semantics.md §3).
+"""Envoy's OpenTelemetry tracer, reduced to what a sidecar does (docs/fidelity.md §3).
 
 - :func:`parse_traceparent` follows Envoy's extractor, not the W3C grammar: exactly
   55 chars, 2/32/16/2 hex parts, uppercase hex accepted, version ``ff`` accepted,

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 __all__ = ["FLAG_ORDER", "Txn"]
 
-# Envoy's ResponseFlag enum order, which %RESPONSE_FLAGS% follows (mesh-semantics.md §1.6).
+# Envoy's ResponseFlag enum order, which %RESPONSE_FLAGS% follows (docs/fidelity.md §1.6).
 FLAG_ORDER = ("LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX",
               "RLSE", "DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC",
               "OM", "DF", "DO", "DR")

@@ -1,6 +1,6 @@
 """Envoy's router for one downstream request: tries, timers, retries and local replies.
 
-Semantics (mesh-semantics.md):
+Semantics (docs/fidelity.md):
 - the global (route) timeout spans every try and is armed when the downstream
   request is complete (§1.1); a per-try timeout applies only if it is shorter
   (§1.2); on expiry the try's connection is closed (H1 reset, §1.1);

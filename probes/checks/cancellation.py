@@ -1,4 +1,4 @@
-"""Orphan-work rules (mesh-semantics.md §1.1, §1.6, §6).
+"""Orphan-work rules (docs/fidelity.md §1.1, §1.6, §6).
 
 When a caller's sidecar times out (``504 UT``), Envoy resets the upstream stream; the
 callee's inbound sidecar logs ``0 DC``/``0 DR`` and the callee app sees its caller gone.

@@ -1,4 +1,4 @@
-"""Deadline-propagation rules (mesh-semantics.md §1.4, §1.5, §1.7, §2.1, §6).
+"""Deadline-propagation rules (docs/fidelity.md §1.4, §1.5, §1.7, §2.1, §6).
 
 A hop's budget is what it was given: the app SERVER span's ``meshchaos.budget_ms``
 (the chain's telemetry contract), else ``x-envoy-expected-rq-timeout-ms`` in its

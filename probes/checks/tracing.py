@@ -1,4 +1,4 @@
-"""Trace-continuity rules over one request's evidence (mesh-semantics.md §3, §4).
+"""Trace-continuity rules over one request's evidence (docs/fidelity.md §3, §4).
 
 Each function returns the findings of one rule for one request, in breadth-first hop
 order, and reports a break once: at the hop that broke it, not at every hop below.

@@ -1,4 +1,4 @@
-"""Envoy access-log lines → :class:`AccessLogRecord` (mesh-semantics.md §2.3, E-AL).
+"""Envoy access-log lines → :class:`AccessLogRecord` (docs/fidelity.md §2.3, E-AL).
 
 The format string is *compiled*, never guessed: each ``%OPERATOR(ARG):LEN%`` becomes
 one field named by what it means (``request_id``, ``traceparent``, ``response_flags``…),

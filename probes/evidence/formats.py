@@ -1,4 +1,4 @@
-"""The Envoy access-log formats the probes know by name (mesh-semantics.md §2.3).
+"""The Envoy access-log formats the probes know by name (docs/fidelity.md §2.3).
 
 ``ISTIO_TEXT`` is Istio's default TEXT format; ``EXTENDED_TEXT`` is the format the
 meshchaos fixtures configure (architecture.md "Access log"): Istio's format followed

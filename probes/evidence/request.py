@@ -4,7 +4,7 @@ The probe knows exactly what it sent (trace id, parent id, tracestate, B3 ids,
 x-request-id), so evidence is correlated by those ids, never by time windows:
 a log line belongs to the request when its traceparent carries the trace id or its
 x-request-id equals the one sent (ignoring the 14th hex character, which Envoy's
-UUID extension may rewrite to pack the trace decision, mesh-semantics.md §3).
+UUID extension may rewrite to pack the trace decision, docs/fidelity.md §3).
 """
 
 from __future__ import annotations

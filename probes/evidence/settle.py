@@ -11,7 +11,7 @@ span end the trace shows returns the same spans as the poll before it, and
   a missing parent is a span that has not ended yet, e.g. the outbound sidecar span of a
   call whose attempts have already been logged;
 - every inbound sidecar span of a hop of the call tree that reached its app has an app
-  SERVER span under it: the app finished that run (mesh-semantics.md §1.6: a caller
+  SERVER span under it: the app finished that run (docs/fidelity.md §1.6: a caller
   leaving ends the sidecar's stream at once, the app's run ends when the app stops).
 
 Work that ends before the probe's last answer is then all in; work that outlives it (an

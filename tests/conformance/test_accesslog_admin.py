@@ -1,4 +1,4 @@
-"""Access log lines and the admin listener (mesh-semantics.md §1.6, §2.3; docs/architecture.md)."""
+"""Access log lines and the admin listener (docs/fidelity.md §1.6, §2.3; docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What the callee sees when its caller gives up (mesh-semantics.md §1.1, §1.6, §6)."""
+"""What the callee sees when its caller gives up (docs/fidelity.md §1.1, §1.6, §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retries and Envoy's local replies on upstream failures (mesh-semantics.md §1.3, §1.6, §2.2)."""
+"""Retries and Envoy's local replies on upstream failures (docs/fidelity.md §1.3, §1.6, §2.2)."""
 
 from __future__ import annotations
 

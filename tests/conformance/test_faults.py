@@ -1,6 +1,6 @@
 """Chaos Mesh network faults applied by the sidecars.
 
-mesh-semantics.md §5.2, §2.2; docs/architecture.md "Fault rules".
+docs/fidelity.md §5.2, §2.2; docs/architecture.md "Fault rules".
 """
 
 from __future__ import annotations

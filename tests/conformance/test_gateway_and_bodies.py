@@ -71,7 +71,7 @@ async def test_chunked_request_body_is_reframed(pair: Pair) -> None:
 
 async def test_cancelled_client_request_closes_its_connection() -> None:
     """The lean client's contract: cancelling a request (or its timeout) closes the connection,
-    so the server sees the caller leave — the H1 reset of mesh-semantics.md §1.1."""
+    so the server sees the caller leave — the H1 reset of docs/fidelity.md §1.1."""
     gone = asyncio.Event()
 
     async def handler(req: Request, conn: ServerConnection) -> Response:

@@ -1,4 +1,4 @@
-"""Header sanitising and the headers the sidecars add (mesh-semantics.md §1.4, §1.7, §3)."""
+"""Header sanitising and the headers the sidecars add (docs/fidelity.md §1.4, §1.7, §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Route and per-try timeouts (mesh-semantics.md §1.1, §1.2, §1.5, §2.1)."""
+"""Route and per-try timeouts (docs/fidelity.md §1.1, §1.2, §1.5, §2.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sidecar spans and trace-context propagation (mesh-semantics.md §3)."""
+"""Sidecar spans and trace-context propagation (docs/fidelity.md §3)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The sidecars answer such a request on callbacks, without a task (the common case
 ``localmesh.sidecar.proxy``); the other conformance tests mostly send one request on a fresh
 connection, which takes the coroutine path. Each test here first makes one quick call so the
 caller's and the callee's sidecars both hold an idle upstream connection, then checks one
-clause of mesh-semantics.md on the request that follows.
+clause of docs/fidelity.md on the request that follows.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Control-plane translation and live push (mesh-semantics.md §2.1, §2.2, §2.3, §1.7;
+"""Control-plane translation and live push (docs/fidelity.md §2.1, §2.2, §2.3, §1.7;
 docs/architecture.md "Config document", "Mesh config", ``XdsServer``)."""
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ async def test_set_faults_pushes_at_once_and_clears(mesh: Mesh) -> None:
 
 
 async def test_faults_survive_a_sidecar_restart(mesh: Mesh, sidecars: Sidecars) -> None:
-    """Chaos stays in force while it is active (mesh-semantics.md §5.4): rules set while a pod's
+    """Chaos stays in force while it is active (docs/fidelity.md §5.4): rules set while a pod's
     sidecar is away are pushed when a sidecar registers again; `wait_synced` on a pod without
     a registered sidecar returns at once."""
     rule = {"id": "shop/d", "action": "delay", "peers": None,

@@ -3,7 +3,7 @@
 A small mesh of its own (namespace ``shop``: ``client`` calls ``echo`` and ``other``
 through its sidecar) runs in a MeshThread; faults are applied with the suite's own
 actions (``probes.chaos``, the official client) and measured from the test with plain
-HTTP against the pods' inbound sidecar listeners. Semantics checked: mesh-semantics.md
+HTTP against the pods' inbound sidecar listeners. Semantics checked: docs/fidelity.md
 §5.2 (netem on the selected pods' egress, responses included; direction/target;
 partition = silent drop; loss = retransmission delays; tbf bandwidth) and §5.3
 (pod-kill, pod-failure), as modelled in docs/architecture.md "Sidecar".

@@ -2,7 +2,7 @@
 
 Each one is applied with the suite's action against the session's local mesh
 (fixtures/k8s), must select the pods of the app it names, reach AllInjected
-(mesh-semantics.md §5.4) and go away cleanly; the pod faults must have their effect
+(docs/fidelity.md §5.4) and go away cleanly; the pod faults must have their effect
 (§5.3: pod-kill → a new pod name; pod-failure → unreachable, then back).
 """
 

@@ -70,7 +70,7 @@ def run_row(row: Row, state_dir: Path) -> dict[str, Cell]:
 @pytest.mark.parametrize("row", ROWS, ids=[r.defect for r in ROWS])
 def test_each_probe_fails_only_on_the_twin_aimed_at_it_and_names_its_hop(
         row: Row, observed: Observed, tmp_path: Path) -> None:
-    """mesh-semantics.md §3/§4 (trace context), §1.4/§1.5/§6 (budgets), §1.1/§1.6 (caller
+    """docs/fidelity.md §3/§4 (trace context), §1.4/§1.5/§6 (budgets), §1.1/§1.6 (caller
     gone → work below stops): the correct chain keeps every rule, so every probe passes;
     a twin breaks one rule at one hop, so only the probe of that rule fails, naming it."""
     cells = run_row(row, tmp_path / "state")

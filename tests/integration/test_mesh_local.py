@@ -142,7 +142,7 @@ def test_app_environment_follows_the_contract(echo_mesh: MeshThread) -> None:
 def test_pod_deleted_through_the_api_is_replaced_under_a_new_name(
         echo_mesh: MeshThread) -> None:
     """kubectl delete pod: the ReplicaSet creates a replacement with a new name that
-    becomes Ready and serves; the old processes are gone (mesh-semantics.md §5.3)."""
+    becomes Ready and serves; the old processes are gone (docs/fidelity.md §5.3)."""
     (old,) = echo_pods(echo_mesh)
     old_name = old["metadata"]["name"]
     assert echo_mesh.mesh.supervisor is not None
@@ -185,7 +185,7 @@ def test_killed_container_restarts_and_counts_it(echo_mesh: MeshThread) -> None:
 
 def test_pod_failure_makes_the_pod_unreachable_until_recovered(echo_mesh: MeshThread) -> None:
     """pod-failure: every container incl. istio-proxy stops serving, the pod keeps its name;
-    callers get a 503 (mesh-semantics.md §5.3); recovery brings it back."""
+    callers get a 503 (docs/fidelity.md §5.3); recovery brings it back."""
     (pod,) = echo_pods(echo_mesh)
     name = pod["metadata"]["name"]
     supervisor = echo_mesh.mesh.supervisor

@@ -2,7 +2,7 @@
 
 The API server is the real one (aiohttp, loopback); the chaos controller runs on its
 own loop with recording XdsServer/Supervisor doubles (the data-path boundary), so the
-objects go through admission, selection and the status lifecycle of mesh-semantics.md §5.
+objects go through admission, selection and the status lifecycle of docs/fidelity.md §5.
 """
 
 from __future__ import annotations

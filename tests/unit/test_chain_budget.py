@@ -49,7 +49,7 @@ def test_malformed_grpc_timeout_is_ignored(value: str) -> None:
 def test_incoming_budget_is_the_smallest_parsable_header(
     headers: dict[str, str], budget: float | None
 ) -> None:
-    """mesh-semantics §1.4: a non-integer timeout header is ignored (Envoy SimpleAtoi); with two
+    """fidelity §1.4: a non-integer timeout header is ignored (Envoy SimpleAtoi); with two
     budgets the tighter one binds."""
     assert incoming_budget_ms(headers) == budget
 
@@ -75,7 +75,7 @@ async def get(app: RunningChain, headers: dict[str, str]) -> tuple[int, float]:
 async def test_budget_header_in_shrinks_by_elapsed_and_margin_on_the_way_out(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    """x-envoy-expected-rq-timeout-ms in (mesh-semantics §1.5) → x-envoy-upstream-rq-timeout-ms
+    """x-envoy-expected-rq-timeout-ms in (fidelity §1.5) → x-envoy-upstream-rq-timeout-ms
     out = budget - elapsed - margin: 1000 in, 100 ms of work, margin 5 → at most 895."""
     async with RecordingServer() as leaf:
         cfg = ChainConfig(stages=parse_calls(f"seq:{leaf.url}/leaf"),

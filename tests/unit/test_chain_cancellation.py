@@ -55,7 +55,7 @@ async def debug_work(app: RunningChain, trace_id: str = TRACE_ID) -> dict[str, A
 async def test_caller_leaving_closes_the_downstream_call_within_50ms(
     provider: TracerProvider, exporter: InMemorySpanExporter, http_client: str
 ) -> None:
-    """Go's net/http contract the chain mirrors (mesh-semantics §6): the request context "is
+    """Go's net/http contract the chain mirrors (fidelity §6): the request context "is
     canceled when the client's connection closes"; the downstream connection is closed so the
     next hop sees the disconnect (§1.6 "0 DC"). Measured at the downstream server."""
     async with RecordingServer(delay_s=5.0) as leaf:

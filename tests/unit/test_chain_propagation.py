@@ -212,7 +212,7 @@ async def test_b3_single_header_is_forwarded_in_single_form(
 async def test_b3_alone_continues_the_trace_when_no_traceparent_arrived(
     hop: tuple[RunningChain, RecordingServer], exporter: InMemorySpanExporter
 ) -> None:
-    """Istio USE_B3_WITH_W3C_PROPAGATION semantics (mesh-semantics §3): a B3-only caller's
+    """Istio USE_B3_WITH_W3C_PROPAGATION semantics (fidelity §3): a B3-only caller's
     trace continues, and the outbound call carries it in both W3C and B3."""
     app, leaf = hop
     await send(app, [("x-b3-traceid", TRACE_ID), ("x-b3-spanid", PARENT_ID), ("x-b3-sampled", "1")])
@@ -225,7 +225,7 @@ async def test_b3_alone_continues_the_trace_when_no_traceparent_arrived(
 async def test_w3c_wins_over_b3_because_sidecars_rewrite_only_traceparent(
     hop: tuple[RunningChain, RecordingServer], exporter: InMemorySpanExporter
 ) -> None:
-    """mesh-semantics §3: each sidecar injects its own span id into traceparent but leaves
+    """fidelity §3: each sidecar injects its own span id into traceparent but leaves
     B3 alone, so the SERVER span's parent comes from traceparent."""
     app, _ = hop
     await send(app, [("traceparent", TRACEPARENT), ("x-b3-traceid", "1" * 32),
@@ -247,7 +247,7 @@ async def test_no_b3_is_invented_when_none_arrived(
 async def test_x_request_id_is_copied_to_every_outbound_call(
     hop: tuple[RunningChain, RecordingServer],
 ) -> None:
-    """mesh-semantics §3 (Istio's list): apps must propagate x-request-id unchanged."""
+    """fidelity §3 (Istio's list): apps must propagate x-request-id unchanged."""
     app, leaf = hop
     await send(app, [("x-request-id", "7c9f6a2e-1f0b-4c55-9d6f-3a1f1b2c9e01")])
     assert leaf.requests[0].headers["x-request-id"] == "7c9f6a2e-1f0b-4c55-9d6f-3a1f1b2c9e01"

@@ -49,7 +49,7 @@ async def test_calls_go_through_the_proxy_by_service_name(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_cancelling_a_call_closes_its_connection_at_once(kind: str) -> None:
-    """mesh-semantics §1.1/§1.6: a reset stream closes the H1 connection, so the server sees
+    """fidelity §1.1/§1.6: a reset stream closes the H1 connection, so the server sees
     its caller leave; measured at the server, within 50 ms."""
     async with RecordingServer(delay_s=5.0) as leaf:
         transport = make_transport(kind, None)

@@ -1,4 +1,4 @@
-"""Chaos Mesh's validating-webhook rules on the local store (mesh-semantics.md §5.2, §5.3, §5.4).
+"""Chaos Mesh's validating-webhook rules on the local store (docs/fidelity.md §5.2, §5.3, §5.4).
 
 Each refusal must be a 422 ``Invalid`` naming the field and quoting the value.
 """

@@ -1,4 +1,4 @@
-"""NetworkChaos → sidecar fault rules, and pod selection modes (mesh-semantics.md §5.1, §5.2)."""
+"""NetworkChaos → sidecar fault rules, and pod selection modes (docs/fidelity.md §5.1, §5.2)."""
 
 from __future__ import annotations
 

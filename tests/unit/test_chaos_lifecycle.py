@@ -1,4 +1,4 @@
-"""The local Chaos Mesh controller's status lifecycle (mesh-semantics.md §5.1, §5.3, §5.4).
+"""The local Chaos Mesh controller's status lifecycle (docs/fidelity.md §5.1, §5.3, §5.4).
 
 The controller runs against a real ObjectStore; the XdsServer and Supervisor are
 recording doubles because they are the boundary the controller talks to.

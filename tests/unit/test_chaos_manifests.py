@@ -1,7 +1,7 @@
 """Every NetworkChaos/PodChaos manifest in the repo is one Chaos Mesh would admit.
 
 The CRD schemas in localmesh/schemas are the API server's part; the webhook rules
-(mesh-semantics.md §5.2/§5.3) are Chaos Mesh's part. Suite-owned manifests in
+(docs/fidelity.md §5.2/§5.3) are Chaos Mesh's part. Suite-owned manifests in
 fixtures/chaos also carry the safety label and a duration.
 """
 

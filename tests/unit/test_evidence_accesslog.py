@@ -137,7 +137,7 @@ def test_a_line_without_upstream_cluster_is_outbound_when_it_names_another_servi
 
 
 def test_the_probes_read_the_default_format_the_local_sidecar_writes() -> None:
-    """Istio's default TEXT format (mesh-semantics.md §2.3) is written down twice on purpose:
+    """Istio's default TEXT format (docs/fidelity.md §2.3) is written down twice on purpose:
     where the local sidecar emits it, and where the probes read it on any target. They agree."""
     from localmesh.sidecar.accesslog import DEFAULT_JSON_FORMAT
     from localmesh.sidecar.config import DEFAULT_TEXT_FORMAT

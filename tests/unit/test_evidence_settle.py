@@ -2,7 +2,7 @@
 
 Spans are exported when they end (OTel SDK span processors; architecture.md "Spans"), so a
 span whose parent is missing, or an inbound sidecar span without its app SERVER span, is
-work still running (mesh-semantics.md §1.6: a caller leaving ends the sidecar's stream at
+work still running (docs/fidelity.md §1.6: a caller leaving ends the sidecar's stream at
 once, the app's run ends when the app stops). Exporters send in batches (the local mesh's
 sidecars every 200 ms), so nothing counts as settled before the spans that ended last could
 have been exported.

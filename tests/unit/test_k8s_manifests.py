@@ -331,7 +331,7 @@ def budget_violations(objects: list[Obj]) -> list[str]:
 
 
 def test_the_chain_timeouts_form_a_budget_without_inversions() -> None:
-    """mesh-semantics §1.1/§1.2: the global timeout includes all retries and a try is cut at
+    """fidelity §1.1/§1.2: the global timeout includes all retries and a try is cut at
     perTryTimeout, so each callee's worst case (its routes + work + margin) must fit in one try
     of the route calling it, and all tries in that route's timeout."""
     assert budget_violations(OBJECTS) == []

@@ -373,7 +373,7 @@ def test_each_hop_serves_its_resource_healthz_and_nothing_else(
 @pytest.mark.parametrize("name", FORWARDERS)
 def test_forwarders_copy_the_trace_headers_exactly_as_received(
         name: str, start: Start, proxy: RecordingProxy) -> None:
-    """Istio's list (mesh-semantics §3), copied by hand: the same values, no new parent id,
+    """Istio's list (fidelity §3), copied by hand: the same values, no new parent id,
     nothing added; the test hook travels with them. The hop's own budget header is not
     passed on (it sends its own timeout instead)."""
     hop = start(name)

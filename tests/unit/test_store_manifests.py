@@ -228,7 +228,7 @@ def test_the_budget_table_in_the_manifest_is_what_the_routes_say() -> None:
 
 @pytest.mark.parametrize("host", ["catalog", "stock", "reviews", "warehouse"])
 def test_inner_routes_never_undercut_a_budget_an_app_sends(host: str) -> None:
-    """mesh-semantics §1.2/§1.4: an app's x-envoy-upstream-rq-timeout-ms replaces the route
+    """fidelity §1.2/§1.4: an app's x-envoy-upstream-rq-timeout-ms replaces the route
     timeout, and a per-try timeout >= that is ignored. With every inner per-try timeout at
     least the edge budget, the app's value is the only timer, so a stale or shrinking budget
     is what the next hop sees. All tries (plus the 25ms back-off) fit the route's backstop."""

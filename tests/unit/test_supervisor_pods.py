@@ -230,7 +230,7 @@ def _answers(port: int) -> bool:
 
 async def test_deleted_pod_is_replaced_with_new_name_and_processes_gone(mesh: Any) -> None:
     """Graceful delete: SIGTERM, purge; the ReplicaSet creates a replacement at once with a
-    new name (mesh-semantics.md §5.3 pod-kill: new pod name)."""
+    new name (docs/fidelity.md §5.3 pod-kill: new pod name)."""
     store, supervisor, xds = mesh
     pod = await start_echo(store, supervisor)
     old = pod["metadata"]["name"]
@@ -273,7 +273,7 @@ async def test_killed_container_restarts_with_restart_count_plus_one(mesh: Any) 
 
 async def test_pod_failure_stops_every_container_and_recover_brings_it_back(mesh: Any) -> None:
     """pod-failure replaces every container, istio-proxy included; the pod keeps its name
-    (mesh-semantics.md §5.3)."""
+    (docs/fidelity.md §5.3)."""
     store, supervisor, _ = mesh
     pod = await start_echo(store, supervisor)
     name = pod["metadata"]["name"]
