@@ -43,7 +43,7 @@ from typing import Any
 from chaoslib.exceptions import InterruptExecution
 
 from localmesh.statedir import StateDir
-from probes import chaos, config, safety
+from probes import chaos, config, preflight, safety
 from probes.errors import ConfigurationError, ProbeError
 from probes.evidence.gcpause import gc_paused
 
@@ -97,13 +97,24 @@ def configure_control(configuration: MutableMapping[str, Any] | None = None,
                 if safety.is_dry_run(configuration) else "")
 
 
-def before_experiment_control(context: Any = None, **_: Any) -> None:
-    """Stop the run before anything is applied if a chaos action is refused."""
+def before_experiment_control(context: Any = None,
+                              configuration: Mapping[str, Any] | None = None,
+                              **_: Any) -> None:
+    """Stop the run before anything is applied if a chaos action is refused, or a target
+    the experiment names is not on the mesh (:mod:`probes.preflight`)."""
     if _run is None:
         raise InterruptExecution("the safety control was not configured (no run id): "
                                  "refusing to run chaos without it")
     if _run.refusal:
         raise InterruptExecution(_run.refusal)
+    # Only experiments that take their targets from configuration have targets to check.
+    if isinstance(context, Mapping) and configuration is not None and \
+            "entry_path" in (context.get("configuration") or {}) and \
+            not safety.is_dry_run(configuration):
+        try:
+            preflight.check_experiment(context, configuration)
+        except ProbeError as exc:
+            raise InterruptExecution(f"refusing to start: {exc}") from exc
 
 
 def before_activity_control(context: Mapping[str, Any] | None = None,
