@@ -44,11 +44,12 @@ from pathlib import Path
 from localmesh.http.client import ConnectionPool
 from localmesh.http.errors import HttpError
 from localmesh.statedir import read_endpoints
+from probes.config import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RPS = 1200.0
 TICK = os.sysconf("SC_CLK_TCK")
-NS = "shop"
+NS = DEFAULTS["namespace"]  # the reference chain of fixtures/k8s
 
 
 @dataclass

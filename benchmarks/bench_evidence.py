@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from localmesh.mesh import MeshThread
+from probes.config import DEFAULTS
 from probes.deadline import Deadline
 from probes.evidence.collect import collect
 from probes.evidence.request import REFERENCE_CHAIN
@@ -63,7 +64,7 @@ def main() -> None:
         endpoints = mesh.start(timeout=60)
         try:
             configuration = {"target": "local", "meshchaos_state_dir": str(state_dir),
-                             "namespace": "shop"}
+                             "namespace": DEFAULTS["namespace"]}
             first, again = [], []
             for round_ in range(args.repeat):
                 load = Load(url=endpoints.ingress + "/", run_id=f"bench{round_}",

@@ -38,9 +38,10 @@ from localmesh.daemon import descendants
 from localmesh.mesh import LocalMesh
 from localmesh.statedir import StateDir
 from localmesh.supervisor.replicasets import is_pod_ready
+from probes.config import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
-NS = "shop"
+NS = DEFAULTS["namespace"]  # the reference chain of fixtures/k8s
 KILLED = "frontend"
 
 

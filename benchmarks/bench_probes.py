@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from probes.checks import deadlines, tracing
+from probes.config import DEFAULTS
 from probes.evidence.accesslog import compile_format, parse_lines
 from probes.evidence.formats import EXTENDED_TEXT
 from probes.evidence.request import CallTree, LogIndex, RequestEvidence, SentRequest
@@ -128,7 +129,8 @@ def main() -> None:
         state["spans"] = parse_jaeger(state["doc"])
         records = []
         for hop, hop_lines in lines.items():
-            records += parse_lines(fmt, "shop", f"{hop}-5d4f9c7b8-x2x9q", hop_lines)[0]
+            pod = f"{hop}-5d4f9c7b8-x2x9q"
+            records += parse_lines(fmt, DEFAULTS["namespace"], pod, hop_lines)[0]
         state["records"] = records
 
     def correlate() -> None:

@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
 
 
 def parse_set_env(values: list[str]) -> EnvOverrides:
-    """``shop/orders:DEFECT=slow`` → {("shop", "orders"): {"DEFECT": "slow"}}."""
+    """``store/catalog:DEFECT=slow`` → {("store", "catalog"): {"DEFECT": "slow"}}."""
     overrides: EnvOverrides = {}
     for value in values:
         target, sep, assignment = value.partition(":")
