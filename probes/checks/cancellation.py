@@ -109,6 +109,9 @@ def _how(code: int | None, flags: frozenset[str]) -> str:
     itself leaving on its own deadline (its outbound sidecar logs 0 DC/DR, §1.6)."""
     if code == 504 and "UT" in flags:
         return "504 UT"
+    if code == 504 and "URX" in flags:
+        # Per-try timeouts until the retries ran out: every attempt was reset (§1.2).
+        return "504 URX (per-try timeouts)"
     if code == 0 and flags & {"DC", "DR"}:
         return "own deadline (0 DC)"
     return ""
@@ -141,12 +144,15 @@ def _orphan_ms(start_us: int, end_us: int, deadline_us: int) -> float:
     return (end_us - max(start_us, deadline_us)) / 1000
 
 
+_NO_TIMEOUT = "no caller gave up on this request"
+
+
 def orphan_work(ev: RequestEvidence, tree: CallTree, grace_ms: float, orphans: Orphans,
                 client_timeout_ms: float | None = None) -> Outcome:
     """Every hop under a timed-out call stops within ``grace_ms``; count what did not."""
     timeouts = find_timeouts(ev, tree, client_timeout_ms)
     if not timeouts:
-        return NotJudged("no caller gave up on this request")
+        return NotJudged(_NO_TIMEOUT)
     judged = Judged()
     done: set[int] = set()
     seen: set[str] = set()  # hops found orphaned in any scope of this request
@@ -270,7 +276,7 @@ def evaluate(evidence: Sequence[RequestEvidence], tree: CallTree, grace_ms: floa
     """
     orphans = Orphans()
     outcomes = [orphan_work(ev, tree, grace_ms, orphans, client_timeout_ms) for ev in evidence]
-    if not any(isinstance(o, Judged) for o in outcomes):
+    if all(isinstance(o, NotJudged) and o.reason == _NO_TIMEOUT for o in outcomes):
         statuses = sorted({str(ev.sent.status) for ev in evidence})
         outcomes = [NotJudged(f"none of {len(evidence)} requests timed out (no 504 UT and no "
                               f"caller giving up, 0 DC, at any caller sidecar; statuses "
