@@ -152,7 +152,10 @@ def test_local_mesh_control_refuses_a_twin_on_a_live_correct_mesh(tmp_path: Path
                   "chain_defect": "no-cancel", "chain_defect_hop": "inventory"}
         from chaoslib.exceptions import InterruptExecution
 
-        with pytest.raises(InterruptExecution, match="a live mesh runs the correct chain"):
+        with pytest.raises(InterruptExecution) as refused:
             localmesh.before_experiment_control({}, configuration=config)
+        message = str(refused.value)
+        assert "a live mesh runs from state dir" in message
+        assert "deployment env ['shop/inventory']" in message and "meshchaos down" in message
     finally:
         thread.stop()
