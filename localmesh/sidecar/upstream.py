@@ -6,7 +6,7 @@ Semantics (docs/fidelity.md):
   (§1.2); on expiry the try's connection is closed (H1 reset, §1.1);
 - a per-try timeout is retried only with ``5xx``/``gateway-error``/``reset``
   (§1.2); connect failures also with ``connect-failure`` (§1.3);
-- backoff is fully jittered with a 25 ms base, capped at 250 ms (§1.3);
+- backoff is fully jittered: the N-th retry waits [0, 2^(N-1)·25 ms), at most 250 ms (§1.3);
 - ``x-envoy-expected-rq-timeout-ms`` is set only when > 0 and recomputed with
   the elapsed time on each retry (§1.5); ``x-envoy-attempt-count`` on each try;
 - failures become Envoy's local replies with its bodies, details and flags (§1.6).
@@ -29,14 +29,14 @@ from localmesh.sidecar.routing import Picker
 from localmesh.sidecar.tracing import KIND_CLIENT, Span, format_traceparent, new_span_id, now_ns
 from localmesh.sidecar.txn import Txn
 
-__all__ = ["FastTry", "TraceCtx", "TryDone", "TryState", "Upstream", "begin_try",
+__all__ = ["FastTry", "TraceCtx", "TryDone", "TryState", "Upstream", "backoff_s", "begin_try",
            "call_upstream", "local_reply", "try_failure", "try_response", "try_timeout"]
 
 _GRPC_RETRY = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8",
                "internal": "13", "unavailable": "14"}
 _RESET_RETRY = frozenset({"5xx", "gateway-error", "reset"})
-_BACKOFF_BASE_S = 0.025
-_BACKOFF_MAX_S = 0.25
+_BACKOFF_BASE_MS = 25
+_BACKOFF_MAX_MS = 250
 
 
 @dataclass(slots=True)
@@ -270,9 +270,12 @@ async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: 
     return resp, conn.headers_at
 
 
-def _backoff(retry_number: int) -> float:
-    upper = min((2 ** retry_number - 1) * _BACKOFF_BASE_S, _BACKOFF_MAX_S)
-    return random.uniform(0, upper)
+def backoff_s(retry_number: int) -> float:
+    """The wait before the ``retry_number``-th retry (1-based), as Envoy's backoff code draws
+    it: a whole number of ms in ``[0, interval)``, the interval starting at the 25 ms base and
+    doubling per retry up to 250 ms (docs/fidelity.md §1.3, DOC≠CODE: the code, not the doc)."""
+    interval_ms = min(2 ** (max(retry_number, 1) - 1) * _BACKOFF_BASE_MS, _BACKOFF_MAX_MS)
+    return random.randrange(interval_ms) / 1000.0
 
 
 async def call_upstream(pool: ConnectionPool, picker: Picker, faults: FaultEngine,
@@ -327,7 +330,7 @@ def _earliest(a: float | None, b: float | None) -> float | None:
 async def _wait_backoff(loop: asyncio.AbstractEventLoop, retry_number: int,
                         global_deadline: float | None, txn: Txn) -> bool:
     """Sleep the jittered backoff; False when the route timeout fires first (504 UT)."""
-    delay = _backoff(retry_number)
+    delay = backoff_s(retry_number)
     if global_deadline is not None and loop.time() + delay >= global_deadline:
         await asyncio.sleep(max(global_deadline - loop.time(), 0))
         txn.add_flag("UT")

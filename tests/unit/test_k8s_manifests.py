@@ -261,7 +261,7 @@ def test_telemetry_enables_the_log_provider_and_full_tracing_mesh_wide() -> None
 # -- the timeout budget ---------------------------------------------------------------
 
 MARGIN_MS = 20.0  # per hop: sidecars, app overhead, scheduling
-BACKOFF_MS = 25.0  # Envoy's retry back-off bound for retry N is (2^N - 1) * 25 ms (section 1.3)
+BACKOFF_MS = 25.0  # Envoy waits below 2^(N-1) * 25 ms before retry N (fidelity §1.3, the code)
 
 
 def route_of(host: str, objects: list[Obj], *, gateway: bool = False) -> Obj:
@@ -289,7 +289,7 @@ def route_budget(route: Obj) -> tuple[float, float, int]:
 
 def route_worst_ms(route: Obj) -> float:
     timeout, try_ms, tries = route_budget(route)
-    backoffs = sum(((1 << n) - 1) * BACKOFF_MS for n in range(1, tries))
+    backoffs = sum((1 << (n - 1)) * BACKOFF_MS for n in range(1, tries))
     return min(timeout, tries * try_ms + backoffs)
 
 
@@ -323,7 +323,7 @@ def budget_violations(objects: list[Obj]) -> list[str]:
         if inner > try_ms:
             problems.append(f"{caller} -> {callee}: callee may take {inner:g}ms "
                             f"(incl. {MARGIN_MS:g}ms margin) but a try gets {try_ms:g}ms")
-        backoffs = sum(((1 << n) - 1) * BACKOFF_MS for n in range(1, tries))
+        backoffs = sum((1 << (n - 1)) * BACKOFF_MS for n in range(1, tries))
         if tries > 1 and tries * try_ms + backoffs > timeout:
             problems.append(f"{caller} -> {callee}: {tries} tries x {try_ms:g}ms + "
                             f"{backoffs:g}ms back-off exceed the {timeout:g}ms timeout")
