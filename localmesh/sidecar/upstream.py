@@ -136,10 +136,12 @@ def _expected_timeout(per_try_timeout_ms: float, timeout_ms: float, elapsed_ms: 
 
 
 async def _connect(pool: ConnectionPool, faults: FaultEngine | None, ep: Endpoint,
-                   timeout_s: float) -> ClientConnection:
+                   timeout_s: float) -> ClientConnection | None:
+    """The stream for one try, as the connection pool hands it over; None = an established
+    connection to a partitioned peer (ready at once, but every byte sent to it vanishes)."""
     if faults is not None and faults.partitioned(ep.peer):
         if pool.idle_count(ep.host, ep.port):
-            await stall()  # established connections to a black hole just stall
+            return None
         await asyncio.sleep(timeout_s)  # SYNs vanish: the caller's own connect timeout
         raise _TryFailed("connect", "connection timeout")
     try:
@@ -247,14 +249,21 @@ def _try_error(exc: HttpError) -> _TryFailed:
     return _TryFailed("reset", exc.reason)
 
 
-async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: Endpoint,
-                   method: str, target: str, headers: dict[str, str], body: bytes,
-                   txn: Txn) -> tuple[Response, float]:
-    shaping = faults if up.egress_faults and faults.active else None
+async def _stream(pool: ConnectionPool, shaping: FaultEngine | None, ep: Endpoint,
+                  up: Upstream) -> ClientConnection | None:
     # Without faults an idle keep-alive connection needs no coroutine to be handed out.
     conn = pool.take_idle(ep.host, ep.port) if shaping is None else None
     if conn is None:
-        conn = await _connect(pool, shaping, ep, up.connect_timeout_ms / 1000.0)
+        return await _connect(pool, shaping, ep, up.connect_timeout_ms / 1000.0)
+    return conn
+
+
+async def _exchange(pool: ConnectionPool, shaping: FaultEngine | None, conn: ClientConnection |
+                    None, up: Upstream, ep: Endpoint, method: str, target: str,
+                    headers: dict[str, str], body: bytes, txn: Txn) -> tuple[Response, float]:
+    if conn is None:
+        await stall()  # established connections to a black hole just stall
+        raise _TryFailed("reset")  # unreachable: stall() ends only by cancellation
     txn.upstream_local = conn.local_text
     try:
         if shaping is not None:
@@ -268,6 +277,23 @@ async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: 
         raise
     pool.release(conn)
     return resp, conn.headers_at
+
+
+async def _one_try(pool: ConnectionPool, faults: FaultEngine, up: Upstream, ep: Endpoint,
+                   st: TryState, method: str, target: str, headers: dict[str, str],
+                   body: bytes, txn: Txn) -> tuple[Response, float]:
+    """One try: the stream under the route timer alone, then the exchange under the route
+    and per-try timers. Envoy arms the per-try timer when the pool hands the try a stream,
+    so connection set-up does not count against it (docs/fidelity.md §1.2)."""
+    shaping = faults if up.egress_faults and faults.active else None
+    st.try_deadline = None
+    async with asyncio.timeout_at(st.global_deadline):
+        conn = await _stream(pool, shaping, ep, up)
+    loop = asyncio.get_running_loop()
+    st.try_deadline = loop.time() + up.per_try_timeout_ms / 1000.0 \
+        if up.per_try_timeout_ms else None
+    async with asyncio.timeout_at(st.deadline()):
+        return await _exchange(pool, shaping, conn, up, ep, method, target, headers, body, txn)
 
 
 def backoff_s(retry_number: int) -> float:
@@ -296,16 +322,10 @@ async def call_upstream(pool: ConnectionPool, picker: Picker, faults: FaultEngin
         stage = "backoff"
         ep = st.ep
         assert ep is not None  # begin_try picked it
-        deadline = st.deadline()
         verdict: Response | None
         try:
-            if deadline is None:
-                resp, headers_at = await _one_try(pool, faults, up, ep, method, target,
-                                                  headers, body, txn)
-            else:
-                async with asyncio.timeout_at(deadline):
-                    resp, headers_at = await _one_try(pool, faults, up, ep, method, target,
-                                                      headers, body, txn)
+            resp, headers_at = await _one_try(pool, faults, up, ep, st, method, target,
+                                              headers, body, txn)
         except _TryFailed as f:
             verdict = try_failure(st, up, txn, trace, f)
         except TimeoutError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tests.conformance.conftest import Pair, field_of, leaf_route
+from tests.conformance.conftest import LEAF, Pair, field_of, leaf_route
 
 
 async def test_route_timeout_gives_504_ut_with_envoy_body(pair: Pair) -> None:
@@ -98,3 +98,22 @@ async def test_route_timeout_sets_expected_header_equal_to_route_timeout(pair: P
     assert pair.app.seen[-1].headers["x-envoy-expected-rq-timeout-ms"] == "750"
     line = await pair.front.wait_log(lambda ln: "GET /work " in ln)
     assert field_of(line, -2) == "750"
+
+
+async def test_per_try_timer_starts_when_the_connection_is_ready_not_before_connect(
+        pair: Pair) -> None:
+    """§1.2 "when the timer runs": Envoy arms the per-try timer in UpstreamRequest::onPoolReady,
+    so a connect slower than the per-try timeout ends in the connect timeout (503 UF), not in a
+    per-try 504. The callee is partitioned (§5.2: SYNs vanish), its connect timeout 400 ms,
+    the per-try timeout 100 ms, no retry of connect failures."""
+    rule = {"id": "shop/part", "action": "partition", "peers": ["shop/leaf-1"]}
+    await pair.configure(front_faults=[rule], connect_timeout_ms={LEAF: 400},
+                         routes=leaf_route(timeout_ms=3000, retries={
+                             "attempts": 1, "per_try_timeout_ms": 100, "retry_on": ["5xx"]}))
+    start = time.monotonic()
+    resp = await pair.call("/slow-connect")
+    elapsed = time.monotonic() - start
+    line = await pair.front.wait_log(lambda ln: "/slow-connect " in ln)
+    assert resp.status == 503, line
+    assert "{connection_timeout}" in line and " UF" in line
+    assert elapsed >= 0.4  # the connect timeout ran out; a per-try cut would end at 0.1 s
