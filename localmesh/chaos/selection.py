@@ -3,7 +3,7 @@
 All selector fields are ANDed; ``pods`` (``{namespace: [names]}``) overrides the
 rest; empty ``namespaces`` means the experiment's own namespace. The mode then
 picks among the matches: ``one``, ``all``, ``fixed`` (min(value, n)),
-``fixed-percent`` (ceil(n*p/100)), ``random-max-percent`` (p' uniform in
+``fixed-percent`` (ceil(n*p/100)), ``random-max-percent`` (p' a uniform integer in
 [0, value], ceil(n*p'/100), which may pick none). No match is the error
 "no pod is selected". Pods already being deleted are skipped: they are on their
 way out and a kill must not pick them again.
@@ -78,7 +78,7 @@ def pick(pods: list[KubeObject], mode: str, value: str,
     elif mode == "fixed-percent":
         wanted = math.ceil(count * number / 100)
     else:  # random-max-percent
-        wanted = math.ceil(count * rng.uniform(0, number) / 100)
+        wanted = math.ceil(count * rng.randint(0, int(number)) / 100)  # integer p' (§5.1)
     return rng.sample(pods, min(wanted, count))
 
 

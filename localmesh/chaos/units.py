@@ -71,7 +71,8 @@ def parse_mode_value(mode: str, value: str) -> float:
     """Check a selector mode against its value; return the number the mode uses (0 if none).
 
     Chaos Mesh (``pkg/selector/generic/mode.go``): ``fixed`` needs an integer > 0,
-    ``fixed-percent`` a percentage in (0, 100], ``random-max-percent`` one in [0, 100].
+    and both percentage modes an integer percentage in (0, 100] (``strconv.Atoi``; the
+    webhook refuses ``random-max-percent`` with 0 too).
     """
     if mode not in MODES:
         raise UnknownMode(f"is not a mode (one of {', '.join(MODES)})")
@@ -86,11 +87,9 @@ def parse_mode_value(mode: str, value: str) -> float:
             raise ChaosSpecError("must be greater than 0 (mode 'fixed')")
         return float(number)
     try:
-        percent = float(value)
+        percent = int(value)
     except ValueError:
-        raise ChaosSpecError(f"is not a percentage (mode '{mode}')") from None
-    low_ok = percent > 0 if mode == "fixed-percent" else percent >= 0
-    if not low_ok or percent > 100:
-        bounds = "(0, 100]" if mode == "fixed-percent" else "[0, 100]"
-        raise ChaosSpecError(f"must be in {bounds} (mode '{mode}')")
-    return percent
+        raise ChaosSpecError(f"is not an integer percentage (mode '{mode}')") from None
+    if not 0 < percent <= 100:
+        raise ChaosSpecError(f"must be in (0, 100] (mode '{mode}')")
+    return float(percent)
