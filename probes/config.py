@@ -82,8 +82,10 @@ _SERVICE_KEYS = ("target_service", "target_caller", "partition_peer", "side_serv
 
 
 def env_name(key: str) -> str:
-    """``entry_path`` -> ``MESHCHAOS_ENTRY_PATH``."""
-    return ENV_PREFIX + key.upper()
+    """``entry_path`` -> ``MESHCHAOS_ENTRY_PATH``; ``meshchaos_state_dir`` ->
+    ``MESHCHAOS_STATE_DIR`` (the prefix is not doubled: that is the variable the
+    experiments declare, and the one users set)."""
+    return ENV_PREFIX + key.upper().removeprefix(ENV_PREFIX)
 
 
 def raw_value(configuration: Mapping[str, Any] | None, key: str,

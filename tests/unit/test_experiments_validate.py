@@ -19,17 +19,15 @@ from chaoslib.experiment import ensure_experiment_is_valid
 from chaoslib.hypothesis import within_tolerance
 
 from fixtures.chain.defects import Defect
+from probes.config import KEYS, env_name
 from reports.model import method_probes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = sorted((ROOT / "experiments").glob("*.json"))
 IDS = [p.stem for p in EXPERIMENTS]
-CONFIG_KEYS = {"target", "kubeconfig", "namespace", "ingress_url", "traces_url", "traces_api",
-               "meshchaos_state_dir", "meshchaos_manifests", "chain_defect", "chain_defect_hop",
-               "chain_defect_env",
-               "allowed_namespaces", "dry_run", "report_dir", "span_export_lag_s",
-               "entry_path", "entry_headers", "target_service", "target_caller",
-               "partition_peer", "side_service", "mesh_set_env"}
+# Every key of probes.config but run_id, which the safety control sets: chaoslib's
+# load_configuration drops a --var whose key the experiment does not declare.
+CONFIG_KEYS = set(KEYS) - {"run_id"}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -72,6 +70,8 @@ def test_configuration_defaults_to_the_local_target_and_declares_every_key(path:
     """``--var`` overrides only keys the experiment declares (chaoslib load_configuration)."""
     config = load(path)["configuration"]
     assert set(config) == CONFIG_KEYS
+    # each key reads its MESHCHAOS_<KEY> variable, so --var > environment > default holds
+    assert {k: v["key"] for k, v in config.items()} == {k: env_name(k) for k in config}
     assert config["target"] == {"type": "env", "key": "MESHCHAOS_TARGET", "default": "local"}
     assert config["meshchaos_manifests"]["default"] == "fixtures/k8s"
     assert (ROOT / config["meshchaos_manifests"]["default"]).is_dir()
