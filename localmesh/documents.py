@@ -32,11 +32,16 @@ __all__ = [
     "DelayDoc",
     "DestinationDoc",
     "EndpointDoc",
+    "FaultAbortDoc",
     "FaultAction",
+    "FaultDelayDoc",
     "FaultParamsDoc",
     "FaultRuleDoc",
+    "FractionDenominator",
+    "FractionalPercentDoc",
     "GatewayRoutesDoc",
     "HeaderMatchDoc",
+    "HttpFaultDoc",
     "KubeObject",
     "LossDoc",
     "MeshDoc",
@@ -223,12 +228,43 @@ class RetriesDoc(TypedDict):
     retriable_status_codes: NotRequired[list[StatusCode]]  # default []
 
 
+# Envoy's type.v3.FractionalPercent denominators (a draw fires when random % d < numerator).
+FractionDenominator = Literal["HUNDRED", "TEN_THOUSAND", "MILLION"]
+
+
+class FractionalPercentDoc(TypedDict):
+    """Envoy's FractionalPercent: Istio writes ``percentage.value`` as numerator/MILLION and
+    the deprecated integer ``percent`` as numerator/HUNDRED (docs/fidelity.md §2.4)."""
+
+    numerator: Count
+    denominator: FractionDenominator
+
+
+class FaultDelayDoc(TypedDict):
+    fixed_delay_ms: Annotated[float, Minimum(0, exclusive=True)]
+    percentage: FractionalPercentDoc
+
+
+class FaultAbortDoc(TypedDict):
+    http_status: StatusCode  # Envoy's proto rule: 200 <= status < 600 (checked by the reader)
+    percentage: FractionalPercentDoc
+
+
+class HttpFaultDoc(TypedDict, total=False):
+    """Envoy's HTTPFault as a route's ``typed_per_filter_config`` (the caller's sidecar runs
+    it before the router, docs/fidelity.md §2.4); at least one of the two is present."""
+
+    delay: FaultDelayDoc
+    abort: FaultAbortDoc
+
+
 class RouteDoc(TypedDict):
     name: NotRequired[str]  # default ""
     match: NotRequired[list[RouteMatchDoc]]  # default []: every request
     destinations: Annotated[list[DestinationDoc], NonEmpty()]
     timeout_ms: NotRequired[Millis]  # default 0
     retries: NotRequired[RetriesDoc | None]  # default (and null =) Istio's default policy
+    fault: NotRequired[HttpFaultDoc]  # default: no fault filter on this route
 
 
 class GatewayRoutesDoc(TypedDict, total=False):

@@ -28,9 +28,13 @@ from typing import Any
 from localmesh.documents import (
     DestinationDoc,
     EndpointDoc,
+    FaultAbortDoc,
+    FaultDelayDoc,
     FaultRuleDoc,
+    FractionalPercentDoc,
     GatewayRoutesDoc,
     HeaderMatchDoc,
+    HttpFaultDoc,
     KubeObject,
     ObjectMeta,
     RetriesDoc,
@@ -131,6 +135,49 @@ def _retries(spec: Mapping[str, Any] | None, where: str) -> RetriesDoc | None:
             "retry_on": names, "retriable_status_codes": codes}
 
 
+def _percentage(spec: Mapping[str, Any]) -> FractionalPercentDoc:
+    """Istio's ``translatePercentToFractionalPercent``: ``value * 10000`` per MILLION,
+    truncated as Go's uint32 conversion does (§2.4)."""
+    return {"numerator": int(float(spec.get("value") or 0) * 10_000), "denominator": "MILLION"}
+
+
+def _fault(spec: Mapping[str, Any] | None, where: str) -> HttpFaultDoc | None:
+    """Istio's ``TranslateFault``: VirtualService ``fault`` → Envoy HTTPFault per route (§2.4).
+
+    A delay's ``percentage`` wins over the deprecated integer ``percent`` (per HUNDRED);
+    with neither the delay fires for no request, and an abort without ``percentage`` aborts
+    none. ``exponentialDelay`` and abort kinds other than ``httpStatus`` are dropped as
+    Istio drops what Envoy cannot do (gRPC status needs gRPC, which the local mesh lacks).
+    """
+    if not spec:
+        return None
+    out: HttpFaultDoc = {}
+    delay = spec.get("delay")
+    if delay and delay.get("fixedDelay"):
+        pct: FractionalPercentDoc = (
+            _percentage(delay["percentage"]) if delay.get("percentage") is not None
+            else {"numerator": int(delay.get("percent") or 0), "denominator": "HUNDRED"})
+        delay_doc: FaultDelayDoc = {
+            "fixed_delay_ms": parse_duration_ms(delay["fixedDelay"],
+                                                f"{where}.delay.fixedDelay"),
+            "percentage": pct}
+        out["delay"] = delay_doc
+    elif delay:
+        log.warning("%s.delay: only fixedDelay is translated (Istio: exponential faults are "
+                    "not yet supported)", where)
+    abort = spec.get("abort")
+    if abort and abort.get("httpStatus") is not None:
+        abort_doc: FaultAbortDoc = {
+            "http_status": int(abort["httpStatus"]),
+            "percentage": _percentage(abort["percentage"])
+            if abort.get("percentage") is not None
+            else {"numerator": 0, "denominator": "HUNDRED"}}
+        out["abort"] = abort_doc
+    elif abort:
+        log.warning("%s.abort: only httpStatus aborts are emulated (no gRPC, no HTTP/2)", where)
+    return out or None
+
+
 def _string_match(spec: Mapping[str, Any]) -> HeaderMatchDoc:
     """Istio's StringMatch (one of exact/prefix/regex), as the sidecar reads it."""
     out: HeaderMatchDoc = {}
@@ -175,13 +222,17 @@ def _http_routes(vs: KubeObject) -> list[RouteDoc]:
         if not dests:
             continue  # redirect/direct_response routes are not emulated
         timeout = http.get("timeout")
-        routes.append({
+        route: RouteDoc = {
             "name": str(http.get("name") or f"{meta['name']}.{i}"),
             "match": [_match(m) for m in http.get("match") or []],
             "destinations": dests,
             "timeout_ms": parse_duration_ms(timeout, f"{where}.http[{i}].timeout")
             if timeout else 0,
-            "retries": _retries(http.get("retries"), f"{where}.http[{i}].retries")})
+            "retries": _retries(http.get("retries"), f"{where}.http[{i}].retries")}
+        fault = _fault(http.get("fault"), f"{where}.http[{i}].fault")
+        if fault is not None:
+            route["fault"] = fault
+        routes.append(route)
     return routes
 
 

@@ -11,6 +11,7 @@ number >= 0``), so the admin endpoint can answer 400 and keep the previous confi
 from __future__ import annotations
 
 import functools
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,10 @@ from typing import Any
 from localmesh.doccheck import Shape, ShapeError, show
 from localmesh.documents import (
     FaultRuleDoc,
+    FractionalPercentDoc,
     GatewayRoutesDoc,
     HeaderMatchDoc,
+    HttpFaultDoc,
     MeshDoc,
     RetriesDoc,
     RouteDoc,
@@ -36,10 +39,12 @@ __all__ = [
     "Destination",
     "Endpoint",
     "FaultRule",
+    "Fraction",
     "HeaderMatch",
     "MeshSettings",
     "RetryPolicy",
     "Route",
+    "RouteFault",
     "RouteMatch",
     "Service",
     "SidecarConfig",
@@ -118,6 +123,38 @@ class Destination:
     weight: int
 
 
+_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+
+
+@dataclass(frozen=True)
+class Fraction:
+    """Envoy's FractionalPercent: a draw fires when ``random % denominator < numerator``
+    (``ProtobufPercentHelper::evaluateFractionalPercent``, docs/fidelity.md §2.4)."""
+
+    numerator: int
+    denominator: int
+
+    def fires(self) -> bool:
+        return random.randrange(self.denominator) < self.numerator
+
+
+@dataclass(frozen=True)
+class RouteFault:
+    """Envoy's fault filter configured on one route (docs/fidelity.md §2.4): a fixed delay
+    (0 = none) and an abort status (0 = none), each with its own fraction."""
+
+    delay_s: float
+    delay_fraction: Fraction
+    abort_status: int
+    abort_fraction: Fraction
+
+    def delays(self) -> bool:
+        return self.delay_s > 0 and self.delay_fraction.fires()
+
+    def aborts(self) -> bool:
+        return self.abort_status > 0 and self.abort_fraction.fires()
+
+
 @dataclass(frozen=True)
 class Route:
     name: str
@@ -125,6 +162,7 @@ class Route:
     destinations: tuple[Destination, ...]
     timeout_ms: float
     retry: RetryPolicy
+    fault: RouteFault | None = None
 
     def matches_request(self, path: str, headers: dict[str, str]) -> bool:
         return not self.matches or any(m.matches(path, headers) for m in self.matches)
@@ -261,13 +299,36 @@ def _retry(spec: RetriesDoc | None) -> RetryPolicy:
                        frozenset(spec.get("retriable_status_codes", ())))
 
 
+def _fraction(spec: FractionalPercentDoc) -> Fraction:
+    return Fraction(spec["numerator"], _DENOMINATORS[spec["denominator"]])
+
+
+_NEVER = Fraction(0, 100)
+
+
+def _route_fault(spec: HttpFaultDoc | None, where: str) -> RouteFault | None:
+    """The route's fault filter; Envoy refuses an abort status outside [200, 600)."""
+    if spec is None:
+        return None
+    delay, abort = spec.get("delay"), spec.get("abort")
+    if delay is None and abort is None:
+        raise SidecarConfigError(f"sidecar config: {where} has neither delay nor abort")
+    status = abort["http_status"] if abort else 0
+    if abort is not None and not 200 <= status < 600:
+        # FaultAbort.http_status: [(validate.rules).uint32 = {lt: 600 gte: 200}]
+        raise _bad(f"{where}.abort.http_status", status, "an HTTP status in [200, 600)")
+    return RouteFault(float(delay["fixed_delay_ms"]) / 1000.0 if delay else 0.0,
+                      _fraction(delay["percentage"]) if delay else _NEVER,
+                      status, _fraction(abort["percentage"]) if abort else _NEVER)
+
+
 def _route(spec: RouteDoc, where: str) -> Route:
     matches = tuple(_route_match(m, f"{where}.match[{i}]")
                     for i, m in enumerate(spec.get("match", ())))
     dests = tuple(Destination(d["host"], d.get("subset", ""), d.get("port", 0),
                               d.get("weight", 100)) for d in spec["destinations"])
     return Route(spec.get("name", ""), matches, dests, float(spec.get("timeout_ms", 0.0)),
-                 _retry(spec.get("retries")))
+                 _retry(spec.get("retries")), _route_fault(spec.get("fault"), f"{where}.fault"))
 
 
 def _service(fqdn: str, spec: ServiceDoc) -> Service:

@@ -268,7 +268,7 @@ class RoutePlanner:
                       connect_timeout_ms=connect_ms, timeout_ms=timeout_ms,
                       per_try_timeout_ms=per_try_timeout_ms, policy=policy,
                       authority=authority or dsvc.fqdn, timeout_headers=True,
-                      egress_faults=True)
+                      egress_faults=True, fault=route.fault)
         return up, f"{dsvc.fqdn}:{dport}/*"
 
     def _default_routes(self, svc: Service, port: int | None) -> tuple[Route, ...]:

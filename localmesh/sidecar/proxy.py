@@ -391,14 +391,71 @@ class Sidecar:
     async def _serve(self, ex: _Exchange | Response) -> Response | None:
         if isinstance(ex, Response):
             return ex
+        if ex.up is not None and ex.up.fault is not None:
+            verdict = self._fault_filter(ex)
+            if isinstance(verdict, Response):
+                return verdict
+            if verdict:
+                return await self._after_delay(ex, verdict)
         return await self._rest(ex, None)
 
     def _serve_fast(self, ex: _Exchange | Response, conn: ServerConnection) -> bool:
         if isinstance(ex, Response):
             conn.respond(ex)
-        else:
-            self._fast(ex)
+            return True
+        if ex.up is not None and ex.up.fault is not None:
+            verdict = self._fault_filter(ex)
+            if isinstance(verdict, Response):
+                conn.respond(verdict)
+                return True
+            if verdict:
+                conn.adopt(self._after_delay(ex, verdict))
+                return True
+        self._fast(ex)
         return True
+
+    # -- the route's fault filter, before the router (docs/fidelity.md §2.4) ----------------
+
+    def _fault_filter(self, ex: _Exchange) -> Response | float:
+        """Envoy's ``FaultFilter::decodeHeaders``: the seconds to delay (flag DI), else the
+        abort's local reply (flag FI), else 0.0 (on to the router)."""
+        assert ex.up is not None and ex.up.fault is not None  # the caller checked
+        fault = ex.up.fault
+        if fault.delays():
+            ex.txn.add_flag("DI")
+            return fault.delay_s
+        if fault.aborts():
+            return self._abort(ex, fault.abort_status)
+        return 0.0
+
+    async def _after_delay(self, ex: _Exchange, delay_s: float) -> Response:
+        """Hold the request (never shorter than asked), then, as ``postDelayInjection``
+        does, abort it or hand it to the router, whose route timer only starts now."""
+        loop = asyncio.get_running_loop()
+        released: asyncio.Future[None] = loop.create_future()
+        hold = self.faults.after(loop, time.monotonic(), delay_s,
+                                 lambda: None if released.done() else released.set_result(None))
+        try:
+            await released
+        except asyncio.CancelledError:
+            hold.cancel()  # the downstream left during the delay: nothing goes upstream
+            if ex.conn.lost:
+                self._lost(ex)
+            raise
+        assert ex.up is not None and ex.up.fault is not None  # set when the delay began
+        if ex.up.fault.aborts():
+            return self._abort(ex, ex.up.fault.abort_status)
+        return await self._rest(ex, None)
+
+    def _abort(self, ex: _Exchange, status: int) -> Response:
+        """``FaultFilter::abortWithStatus``: a local reply that never reaches the router, so
+        it has no upstream host, no try and no retry."""
+        txn = ex.txn
+        txn.add_flag("FI")
+        txn.details = "fault_filter_abort"
+        resp = local_reply(status, "fault filter abort")
+        self._settle(ex, resp)
+        return resp
 
     @staticmethod
     def _url(txn: Txn) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from localmesh.http.client import ClientConnection, ConnectionPool
 from localmesh.http.errors import ConnectError, HttpError, HttpProtocolError
 from localmesh.http.message import HOP_BY_HOP, Response
-from localmesh.sidecar.config import Endpoint, RetryPolicy
+from localmesh.sidecar.config import Endpoint, RetryPolicy, RouteFault
 from localmesh.sidecar.faults import FaultEngine, Hold, stall
 from localmesh.sidecar.routing import Picker
 from localmesh.sidecar.tracing import KIND_CLIENT, Span, format_traceparent, new_span_id, now_ns
@@ -69,6 +69,8 @@ class Upstream:
     timeout_headers: bool
     # Faults shape the pod's network egress; the sidecar→app hop on lo is not shaped (§5.2).
     egress_faults: bool
+    # The route's VirtualService fault, run before this router (§2.4); outbound routes only.
+    fault: RouteFault | None = None
 
 
 class _TryFailed(Exception):

@@ -230,7 +230,8 @@ class OtlpReceiver:
                     self.spans.append({
                         "service": service, "trace_id": s.trace_id.hex(),
                         "span_id": s.span_id.hex(), "parent_id": s.parent_span_id.hex(),
-                        "name": s.name, "kind": s.kind, "attrs": attrs})
+                        "name": s.name, "kind": s.kind, "attrs": attrs,
+                        "status": s.status.code})
         return web.Response(status=200)
 
     async def start(self) -> None:

@@ -216,8 +216,8 @@ TOKENS = ("one of '5xx', 'cancelled', 'connect-failure', 'deadline-exceeded', "
     pytest.param((*ROUTE, "destinations", 0, "host"), _MISSING,
                  f"{R}.destinations[0].host is missing", id="missing-deep"),
     pytest.param((*ROUTE, "timeout"), 500,
-                 f"{R}.timeout is not a field of RouteDoc (it has: destinations, match, name, "
-                 "retries, timeout_ms)", id="unknown-field"),
+                 f"{R}.timeout is not a field of RouteDoc (it has: destinations, fault, match, "
+                 "name, retries, timeout_ms)", id="unknown-field"),
     pytest.param(("node", "mode"), "ambient",
                  "node.mode is 'ambient', not one of 'sidecar', 'gateway'", id="literal"),
     pytest.param(("faults", 1, "action"), "jitter",
