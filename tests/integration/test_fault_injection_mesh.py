@@ -17,7 +17,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -209,7 +209,7 @@ def _page(thread: MeshThread, user: str | None) -> dict[str, Any]:
     return page
 
 
-def _pages(thread: MeshThread, users: list[str | None]) -> list[dict[str, Any]]:
+def _pages(thread: MeshThread, users: Sequence[str | None]) -> list[dict[str, Any]]:
     with ThreadPoolExecutor(max_workers=16) as pool:
         return list(pool.map(lambda u: _page(thread, u), users))
 
@@ -240,7 +240,8 @@ def test_a_header_matched_delay_holds_only_jasons_side_calls_never_less_than_ask
     """Istio's delay task: jason's calls to ratings wait the fixedDelay (1 s here, 7 s in the
     task) in reviews' sidecar; everyone else's do not. Measured by the caller itself."""
     _apply(mesh, _ratings_vs(DELAY))
-    pages = _pages(mesh, ["jason"] * 8 + ["someone", None] * 8)
+    users: list[str | None] = ["jason"] * 8
+    pages = _pages(mesh, users + ["someone", None] * 8)
     jason, others = pages[:8], pages[8:]
     assert all(p["ratings_status"] == 200 for p in pages)
     waits = sorted(p["ratings_ms"] for p in jason)
