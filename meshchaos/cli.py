@@ -1,4 +1,4 @@
-"""The ``meshchaos`` command: ``up``, ``down``, ``status``, ``abort``, ``report``.
+"""The ``meshchaos`` command: ``up``, ``down``, ``status``, ``abort``, ``report``, ``plan``.
 
 Each subcommand is a module of :mod:`meshchaos.commands` exposing either
 ``register(subparsers)`` (which sets ``func`` on its parser) or the trio
@@ -28,6 +28,7 @@ COMMANDS = [
     "meshchaos.commands.status",
     "meshchaos.commands.abort",
     "meshchaos.commands.report",
+    "meshchaos.commands.plan",
 ]
 
 
