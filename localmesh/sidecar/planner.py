@@ -40,6 +40,7 @@ from localmesh.sidecar.upstream import Upstream
 __all__ = ["Reject", "RoutePlanner", "sanitize", "split_target"]
 
 _PASSTHROUGH_ROUTE = "allow_any"
+_BLACKHOLE = "BlackHoleCluster"
 _MEMO_LIMIT = 10_000
 
 
@@ -51,6 +52,32 @@ def _is_address(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_local_address(host: str) -> bool:
+    """An address that reaches this machine (loopback or unspecified)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _loops_back(dest: Destination, txn: Txn) -> bool:
+    """The passthrough destination is the very listener the request arrived on."""
+    _, _, port = txn.downstream_local.rpartition(":")
+    return port.isdigit() and dest.port == int(port) and _is_local_address(dest.host)
+
+
+def _gateway_host_matches(hosts: tuple[str, ...], host: str) -> bool:
+    """Envoy's virtual host domains as Istio writes them for a Gateway: ``*``, the exact
+    host, or a ``*.suffix`` wildcard that needs at least one character before the suffix."""
+    if "*" in hosts or host in hosts:
+        return True
+    return any(h.startswith("*.") and host.endswith(h[1:]) and len(host) > len(h) - 1
+               for h in hosts)
 
 
 # Absolute-form targets (an app's HTTP_PROXY requests) → (path, authority). Apps call the
@@ -159,10 +186,16 @@ class RoutePlanner:
         return app_port
 
     def _routes_for(self, cfg: SidecarConfig, host: str) -> tuple[Route, ...] | None:
+        """The gateway's routes for ``host`` (``()``: none, 404 NR); None for a sidecar."""
         if cfg.mode == "gateway" or self.mode == "gateway":
             for hosts, routes in cfg.gateway_routes:
-                if "*" in hosts or host in hosts:
+                if _gateway_host_matches(hosts, host):
                     return routes
+            # Istio's gateway route table holds only the hosts of Gateway-bound
+            # VirtualServices (buildGatewayHTTPRouteConfig; none at all: a "blackhole"
+            # virtual host without routes), so any other host is 404 NR (§1.6): never a
+            # Service's default route, nor the passthrough, which was the gateway itself.
+            return ()
         return None
 
     def outbound(self, cfg: SidecarConfig, txn: Txn, headers: dict[str, str],
@@ -182,6 +215,12 @@ class RoutePlanner:
             raise Reject(404, "", "NR", "route_not_found")
         txn.route_name = route.name or "default"
         dest = pick_destination(route)
+        if route.name == _PASSTHROUGH_ROUTE and _loops_back(dest, txn):
+            # Istio's virtualOutbound-blackhole: a connection to the capture port itself
+            # goes to BlackHoleCluster, so a sidecar never proxies to its own listener
+            # (Envoy itself has no loop detection, §1.6).
+            txn.upstream_cluster = _BLACKHOLE
+            raise Reject(503, "no healthy upstream", "UH", "no_healthy_upstream")
         if overrides:
             up, name = self._upstream_for(cfg, txn.authority, route, dest, overrides)
         else:

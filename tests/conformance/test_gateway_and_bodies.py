@@ -14,7 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from localmesh.http import ConnectionPool, Request, Response, ServerConnection, serve
-from tests.conformance.conftest import LEAF, Pair, Sidecars, config, leaf_route
+from tests.conformance.conftest import LEAF, Pair, Sidecars, config, field_of, leaf_route
 
 
 async def test_gateway_routes_origin_form_requests_by_gateway_virtual_service(
@@ -167,18 +167,56 @@ async def test_two_segment_responses_do_not_wait_for_delayed_acks(
         server.server_close()
 
 
-async def test_gateway_without_gateway_routes_routes_by_host(
+async def test_gateway_without_gateway_routes_answers_404_nr_at_once_without_looping(
         pair: Pair, sidecars: Sidecars) -> None:
-    """docs/architecture.md gateway mode: "origin-form requests are routed by Host"."""
+    """§1.6 gateway: Istio's gateway route table holds only the hosts of Gateway-bound
+    VirtualServices (``buildGatewayHTTPRouteConfig``; none: the "blackhole" virtual host with
+    no routes), so a request no Gateway + VirtualService routes is Envoy's ``404 NR``: not a
+    Service's default route by Host, and never the passthrough to the gateway itself (which
+    looped ~9,990 times into ``503 UF,URX`` after 5.6 s)."""
     await pair.configure()
     gw = await sidecars.start("ingress-1", "istio-ingressgateway", mode="gateway")
     doc = config("ingress-1", "istio-ingressgateway", services=pair.services())
     doc["node"]["mode"] = "gateway"
     assert (await gw.push(doc)).status == 200
-    resp = await pair.pool.request("GET", f"http://127.0.0.1:{gw.ports['outbound']}/by-host",
-                                   {"host": "leaf.shop:8080"}, timeout=5)
-    assert resp.status == 200
-    assert pair.app.seen[-1].path == "/by-host"
+    url = f"http://127.0.0.1:{gw.ports['outbound']}"
+    for host in ("leaf.shop:8080", f"127.0.0.1:{gw.ports['outbound']}"):
+        start = time.monotonic()
+        resp = await pair.pool.request("GET", f"{url}/nowhere", {"host": host}, timeout=5)
+        took = time.monotonic() - start
+        assert (resp.status, resp.body) == (404, b"")
+        # Bounded for a loaded 2-core box; a loop through the gateway takes seconds.
+        assert took < 0.5, took
+    await asyncio.sleep(0.2)  # the access log flushes every 50 ms: let any loop show itself
+    lines = [ln for ln in gw.lines if "/nowhere" in ln]
+    assert len(lines) == 2, lines  # one line per request: nothing went round again
+    for line in lines:
+        assert field_of(line, 2) == "404" and field_of(line, 3) == "NR"
+        assert field_of(line, 4) == "route_not_found"
+        assert field_of(line, 16) == "-" and field_of(line, 21) == "-"  # no cluster, no route
+    assert not pair.app.seen
+
+
+async def test_gateway_host_outside_its_virtual_services_is_404_nr(
+        pair: Pair, sidecars: Sidecars) -> None:
+    """§1.6 gateway: Envoy picks the virtual host by the Host header among the domains Istio
+    wrote for the gateway's VirtualServices (the host, or a ``*.suffix`` wildcard); another
+    Host has no virtual host, so no route: ``404 NR``."""
+    await pair.configure()
+    gw = await sidecars.start("ingress-1", "istio-ingressgateway", mode="gateway")
+    doc = config("ingress-1", "istio-ingressgateway", services=pair.services())
+    doc["node"]["mode"] = "gateway"
+    doc["gateway_routes"] = [{"hosts": ["shop.example.com", "*.shop.example.com"],
+                              "routes": leaf_route()[LEAF]}]
+    assert (await gw.push(doc)).status == 200
+    url = f"http://127.0.0.1:{gw.ports['outbound']}"
+    for host, status in (("shop.example.com", 200), ("eu.shop.example.com:80", 200),
+                         (".shop.example.com", 404), ("leaf.shop:8080", 404),
+                         ("example.com", 404)):
+        resp = await pair.pool.request("GET", f"{url}/h", {"host": host}, timeout=5)
+        assert resp.status == status, host
+    line = await gw.wait_log(lambda ln: '"example.com"' in ln)
+    assert field_of(line, 3) == "NR" and field_of(line, 21) == "-"
 
 
 async def test_client_sends_absolute_form_through_a_proxy(pair: Pair) -> None:

@@ -23,6 +23,7 @@ from localmesh.statedir import Endpoints
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN_MANIFESTS = ROOT / "fixtures" / "k8s"
 ECHO_APP = ROOT / "tests" / "data" / "echo_app.py"
+ECHO_HOST = "echo.shop.svc.cluster.local"  # the Host the echo manifests' ingress routes
 
 
 def descendants(root: int) -> list[int]:
@@ -64,7 +65,9 @@ def kill_groups(pids: list[int]) -> None:
 
 def write_echo_manifests(folder: Path, *, replicas: int = 1, extra: str = "") -> Path:
     """A namespace ``shop`` with sidecar injection, the echo app as Deployment + Service,
-    access logs on (the mesh config ConfigMap)."""
+    access logs on (the mesh config ConfigMap), and a Gateway with a VirtualService that
+    routes the Host ``echo.shop.svc.cluster.local`` from the ingress to echo (an Istio
+    gateway routes nothing else: docs/fidelity.md §1.6)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "mesh.yaml").write_text(textwrap.dedent(f"""\
         apiVersion: v1
@@ -124,6 +127,29 @@ def write_echo_manifests(folder: Path, *, replicas: int = 1, extra: str = "") ->
         spec:
           selector: {{app: echo}}
           ports: [{{name: http, port: 8080, targetPort: 8080}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: Gateway
+        metadata:
+          name: echo-gateway
+          namespace: shop
+        spec:
+          selector: {{istio: ingressgateway}}
+          servers:
+          - port: {{number: 80, name: http, protocol: HTTP}}
+            hosts: ["*"]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata:
+          name: echo-ingress
+          namespace: shop
+        spec:
+          hosts: [{ECHO_HOST}]
+          gateways: [echo-gateway]
+          http:
+          - route:
+            - destination: {{host: echo, port: {{number: 8080}}}}
         """) + extra)
     return folder
 
