@@ -11,7 +11,9 @@ any of them into the body a real API server would send::
     │   ├── Conflict             409 Conflict (resourceVersion mismatch)
     │   ├── Invalid              422 Invalid, names the field
     │   ├── BadRequest           400 BadRequest (malformed body, bad selector)
-    │   └── MethodNotAllowed     405 MethodNotAllowed
+    │   ├── MethodNotAllowed     405 MethodNotAllowed
+    │   ├── NotAcceptable        406 NotAcceptable (an Accept type the server does not serve)
+    │   └── Expired              410 Expired (a watch from a resourceVersion no longer kept)
     ├── ManifestError            a manifest file that cannot be loaded (names file, object, field)
     ├── StateDirError            a state dir that is live, locked or unreadable
     ├── ProcessError             a pod's process could not start or stay up
@@ -35,11 +37,13 @@ __all__ = [
     "ChaosSpecError",
     "Conflict",
     "EffectError",
+    "Expired",
     "Invalid",
     "ManifestError",
     "MeshError",
     "MethodNotAllowed",
     "NoPodSelected",
+    "NotAcceptable",
     "NotFound",
     "OtlpDecodeError",
     "ProcessError",
@@ -118,6 +122,16 @@ class BadRequest(ApiError):
 class MethodNotAllowed(ApiError):
     code = 405
     reason = "MethodNotAllowed"
+
+
+class NotAcceptable(ApiError):
+    code = 406
+    reason = "NotAcceptable"
+
+
+class Expired(ApiError):
+    code = 410
+    reason = "Expired"
 
 
 class ManifestError(MeshError, ValueError):

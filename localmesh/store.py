@@ -99,6 +99,7 @@ class ObjectStore:
         self._objects: dict[ObjectKey, KubeObject] = {}
         self._lock = threading.RLock()
         self._versions = itertools.count(1)
+        self._revision = 0
         self._subscribers: list[tuple[tuple[str, str] | None, Subscriber]] = []
         self._admission: dict[tuple[str, str], list[Admission]] = {}
         self._graceful: set[tuple[str, str]] = set()
@@ -170,9 +171,18 @@ class ObjectStore:
                                             o["metadata"]["name"]))
 
     def resource_version(self) -> str:
+        """The store's current revision: the resourceVersion of its latest write.
+
+        What a list answers as ``metadata.resourceVersion`` (a watch from it misses no
+        later change), deletions included, as etcd's revision counts them.
+        """
         with self._lock:
-            return str(max((int(o["metadata"]["resourceVersion"])
-                            for o in self._objects.values()), default=0))
+            return str(self._revision)
+
+    def _next_version(self) -> str:
+        """Issue the resourceVersion of one write (the caller holds the lock)."""
+        self._revision = next(self._versions)
+        return str(self._revision)
 
     # -- writes -----------------------------------------------------------------
 
@@ -206,7 +216,7 @@ class ObjectStore:
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = now_rfc3339()
             meta["generation"] = 1
-            meta["resourceVersion"] = str(next(self._versions))
+            meta["resourceVersion"] = self._next_version()
             self._objects[key] = obj
             stored = _copy(obj)
         self._notify("ADDED", rtype, stored)
@@ -281,6 +291,9 @@ class ObjectStore:
             if not held:
                 del self._objects[key]
                 gone = _copy(old)
+                # The deletion is a write of its own: a watch from any earlier version
+                # replays it (kube-apiserver's DELETED event carries the delete's revision).
+                gone["metadata"]["resourceVersion"] = self._next_version()
             else:
                 if old["metadata"].get("deletionTimestamp"):
                     return _copy(old)
@@ -298,6 +311,9 @@ class ObjectStore:
         key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
         with self._lock:
             gone = self._objects.pop(key, None)
+            if gone is not None:
+                gone = _copy(gone)
+                gone["metadata"]["resourceVersion"] = self._next_version()
         if gone is not None:
             self._notify("DELETED", rtype, gone)
 
@@ -399,7 +415,7 @@ class ObjectStore:
         finished = bool(new_meta.get("deletionTimestamp")) and not new_meta.get("finalizers") \
             and (rtype.group, rtype.plural) not in self._graceful
         with self._lock:
-            new_meta["resourceVersion"] = str(next(self._versions))
+            new_meta["resourceVersion"] = self._next_version()
             if finished:
                 self._objects.pop(key, None)
             else:

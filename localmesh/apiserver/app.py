@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -10,9 +11,10 @@ from aiohttp import web
 from localmesh.apiserver import discovery
 from localmesh.apiserver.handlers import ResourceHandlers
 from localmesh.apiserver.logsource import LogSource
+from localmesh.apiserver.openapi import OpenApiDocs
 from localmesh.apiserver.paths import parse_target
 from localmesh.apiserver.watch import WatchHub
-from localmesh.errors import ApiError, MethodNotAllowed, NotFound
+from localmesh.errors import ApiError, MethodNotAllowed, NotAcceptable, NotFound
 from localmesh.store import ObjectStore
 
 __all__ = ["create_api_app", "open_watches"]
@@ -22,6 +24,7 @@ log = logging.getLogger("localmesh.apiserver")
 _STORE: web.AppKey[ObjectStore] = web.AppKey("store", ObjectStore)
 _HANDLERS: web.AppKey[ResourceHandlers] = web.AppKey("handlers", ResourceHandlers)
 _HUB: web.AppKey[WatchHub] = web.AppKey("hub", WatchHub)
+_OPENAPI: web.AppKey[OpenApiDocs] = web.AppKey("openapi", OpenApiDocs)
 
 
 def _status_response(error: ApiError) -> web.Response:
@@ -67,6 +70,50 @@ async def _group(request: web.Request) -> web.Response:
     if doc is None:
         raise NotFound("the server could not find the requested resource")
     return web.json_response(doc)
+
+
+def _accepts_json(request: web.Request) -> bool:
+    """Whether the client takes a JSON document (kube-openapi answers others 406)."""
+    accept = request.headers.get("Accept", "")
+    if not accept.strip():
+        return True
+    kinds = {part.split(";", 1)[0].strip() for part in accept.split(",")}
+    return bool(kinds & {"application/json", "application/*", "*/*"})
+
+
+def _document(request: web.Request, body: bytes, digest: str) -> web.Response:
+    if not _accepts_json(request):
+        raise NotAcceptable(f"only application/json is served on {request.path} "
+                            f"(asked for: {request.headers.get('Accept')})")
+    # A URL carrying the document's hash names that content forever (kube-openapi's
+    # handler3 answers it cacheable and immutable); anything else is revalidated.
+    immutable = request.query.get("hash") == digest
+    headers = {"ETag": f'"{digest}"',
+               "Cache-Control": "public, immutable" if immutable else "no-cache, private"}
+    if request.headers.get("If-None-Match") == f'"{digest}"':
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+async def _openapi_v2(request: web.Request) -> web.Response:
+    body, digest = await asyncio.get_running_loop().run_in_executor(
+        None, request.app[_OPENAPI].v2)
+    return _document(request, body, digest)
+
+
+async def _openapi_v3_root(request: web.Request) -> web.Response:
+    root = await asyncio.get_running_loop().run_in_executor(
+        None, request.app[_OPENAPI].v3_root)
+    return web.json_response(root)
+
+
+async def _openapi_v3(request: web.Request) -> web.Response:
+    path = request.match_info["path"].strip("/")
+    found = await asyncio.get_running_loop().run_in_executor(
+        None, request.app[_OPENAPI].v3, path)
+    if found is None:
+        raise NotFound("the server could not find the requested resource")
+    return _document(request, *found)
 
 
 async def _resources(request: web.Request, group: str, version: str) -> web.StreamResponse:
@@ -116,12 +163,17 @@ def create_api_app(store: ObjectStore, logs: LogSource) -> web.Application:
     app[_STORE] = store
     app[_HUB] = hub
     app[_HANDLERS] = ResourceHandlers(store, logs, hub)
+    app[_OPENAPI] = OpenApiDocs(store.registry)
     app.on_shutdown.append(_close_watches)
     router = app.router
     for slash in ("", "/"):  # clients ask for both /version and /version/
         router.add_get(f"/version{slash}", _version)
         router.add_get(f"/api{slash}", _api)
         router.add_get(f"/apis{slash}", _apis)
+    router.add_get("/openapi/v2", _openapi_v2)
+    router.add_get("/openapi/v3", _openapi_v3_root)
+    router.add_get("/openapi/v3/", _openapi_v3_root)
+    router.add_get("/openapi/v3/{path:.+}", _openapi_v3)
     router.add_route("*", "/api/v1", _core)
     router.add_route("*", "/api/v1/{tail:.*}", _core)
     router.add_get("/apis/{group}", _group)

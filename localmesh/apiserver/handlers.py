@@ -19,9 +19,11 @@ from aiohttp import web
 from localmesh.apiserver.bodies import patch_type, query_bool, query_int, read_body
 from localmesh.apiserver.logfollow import follow_log
 from localmesh.apiserver.logsource import LogSource
+from localmesh.apiserver.openapi import unknown_builtin_fields
 from localmesh.apiserver.paths import Target
 from localmesh.apiserver.scale import apply_scale_change, scale_of
 from localmesh.apiserver.strategic import strategic_merge
+from localmesh.apiserver.tables import table_version, to_table
 from localmesh.apiserver.watch import Watcher, WatchHub
 from localmesh.documents import KubeObject
 from localmesh.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound
@@ -78,7 +80,7 @@ class ResourceHandlers:
                 return self.delete_collection(request, target)
         else:
             if method == "GET":
-                return self.get(target)
+                return self.get(request, target)
             if method == "PUT":
                 return await self.replace(request, target)
             if method == "PATCH":
@@ -96,15 +98,21 @@ class ResourceHandlers:
                                field_selector=request.query.get("fieldSelector"))
 
     def list(self, request: web.Request, target: Target) -> web.Response:
+        version = self.store.resource_version()  # before the read: a watch from it misses nothing
         items = [_present(o, target) for o in self._list_items(request, target)]
+        if (table := _as_table(request, target, items, version)) is not None:
+            return _json(table)
         return _json({"kind": f"{target.rtype.kind}List", "apiVersion": target.api_version,
-                      "metadata": {"resourceVersion": self.store.resource_version()},
+                      "metadata": {"resourceVersion": version},
                       "items": items})
 
-    def get(self, target: Target) -> web.Response:
+    def get(self, request: web.Request, target: Target) -> web.Response:
         rtype, name = target.rtype, str(target.name)
-        obj = self.store.get(rtype.group, rtype.plural, target.namespace or "", name)
-        return _json(_present(obj, target))
+        obj = _present(self.store.get(rtype.group, rtype.plural, target.namespace or "", name),
+                       target)
+        if (table := _as_table(request, target, [obj], "")) is not None:
+            return _json(table)
+        return _json(obj)
 
     # -- writes ---------------------------------------------------------------------
 
@@ -311,6 +319,12 @@ class ResourceHandlers:
     # -- watch ----------------------------------------------------------------------
 
     async def watch(self, request: web.Request, target: Target) -> web.StreamResponse:
+        """Stream changes, from the current state or from a resourceVersion (§8.3).
+
+        Without a resourceVersion (or with "0") the stream starts with an ADDED event per
+        object that exists; from version N it replays every kept change after N first
+        (Expired when they are no longer kept). A change already sent is never sent again.
+        """
         labels_ok = parse_label_selector(request.query.get("labelSelector"))
         fields_ok = parse_field_selector(request.query.get("fieldSelector"))
         watcher = Watcher(
@@ -318,21 +332,28 @@ class ResourceHandlers:
             lambda o: labels_ok(o.get("metadata", {}).get("labels") or {}) and fields_ok(o),
             asyncio.get_running_loop())
         timeout = query_int(request, "timeoutSeconds")
-        since = request.query.get("resourceVersion", "")
-        self.hub.add(watcher)
+        since_text = request.query.get("resourceVersion", "")
+        since = None if since_text in ("", "0") else _watch_version(since_text)
+        replay = self.hub.add(watcher, since)
         try:
-            # Without a resourceVersion (or "0") a watch starts with the current state.
-            initial = self._list_items(request, target) if since in ("", "0") else []
+            if since is None:
+                seen = int(self.store.resource_version())
+                replay = [("ADDED", o) for o in self._list_items(request, target)]
+            else:
+                seen = max([since, *(_version(o) for _, o in replay)])
             response = web.StreamResponse(headers={"Content-Type": "application/json"})
             await response.prepare(request)
             with contextlib.suppress(TimeoutError, ConnectionResetError):
                 # timeoutSeconds elapsing ends the stream normally, as on a real server;
                 # a client that hung up needs no more events.
-                for obj in initial:
-                    await _send(response, "ADDED", _present(obj, target))
+                for event, obj in replay:
+                    await _send(response, event, _present(obj, target))
                 async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
                     while (item := await _next_event(watcher, request)) is not None:
                         event, obj = item
+                        if _version(obj) <= seen:  # in the listing or the replay already
+                            continue
+                        seen = _version(obj)
                         await _send(response, event, _present(copy.deepcopy(obj), target))
         finally:
             self.hub.remove(watcher)
@@ -341,10 +362,53 @@ class ResourceHandlers:
         return response
 
 
+def _version(obj: KubeObject) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _watch_version(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise BadRequest(f'invalid value for query parameter resourceVersion: "{text}" '
+                         "is not a resource version this server issued") from None
+
+
+def _as_table(request: web.Request, target: Target, objects: list[KubeObject],
+              resource_version: str) -> KubeObject | None:
+    """The Table the client's Accept header asks for (None: it wants the objects), §8.2."""
+    version = table_version(request.headers.get("Accept", ""))
+    if version is None:
+        return None
+    include = request.query.get("includeObject") or "PartialObjectMetadata"
+    if include not in ("None", "Object", "PartialObjectMetadata"):
+        raise BadRequest(f"invalid value for query parameter includeObject: '{include}' "
+                         "(valid: None, Object, PartialObjectMetadata)")
+    return to_table(target, objects, version=version, include_object=include,
+                    resource_version=resource_version)
+
+
 def _field_validation(request: web.Request, body: KubeObject) -> None:
-    """fieldValidation=Strict refuses undeclared fields; otherwise admission prunes them."""
-    if request.query.get("fieldValidation", "").lower() == "strict":
-        check_unknown_fields(body)
+    """fieldValidation=Strict refuses undeclared fields; otherwise admission prunes them.
+
+    Custom kinds are checked against their CRD schema, core and apps kinds against the
+    schema ``/openapi/v3`` publishes for them (kubectl leaves validation to the server
+    once that document offers the parameter, docs/fidelity.md §8.1).
+    """
+    if request.query.get("fieldValidation", "").lower() != "strict":
+        return
+    check_unknown_fields(body)
+    unknown = unknown_builtin_fields(body)
+    if unknown:
+        kind, version = body.get("kind"), str(body.get("apiVersion", "")).rsplit("/", 1)[-1]
+        fields = ", ".join(f'unknown field "{path}"' for path in unknown)
+        raise BadRequest(f'{kind} in version "{version}" cannot be handled as a {kind}: '
+                         f"strict decoding error: {fields}", kind=str(kind),
+                         name=str((body.get("metadata") or {}).get("name", "")),
+                         field=unknown[0])
 
 
 async def _next_event(watcher: Watcher, request: web.Request) -> tuple[str, KubeObject] | None:
