@@ -1,7 +1,10 @@
 """HTTP/1.1 messages as plain slotted objects, and their wire encoding.
 
 Header names are kept lowercase; repeated request headers are joined with
-``", "`` (RFC 9110 §5.3), which is what every consumer of a request here wants.
+``", "`` (RFC 9110 §5.3), which is what every consumer of a request here wants;
+:attr:`Request.repeated` keeps the separate field values of a repeated name for
+the one consumer that must not join them (the sidecar's tracer reads the first
+``traceparent`` field, as Envoy's header map does: docs/fidelity.md §3).
 Bodies are whole ``bytes``: the data path forwards buffered bodies with a fresh
 ``content-length``, so framing headers never cross a hop.
 """
@@ -57,15 +60,19 @@ def reason_phrase(status: int) -> str:
 class Request:
     """A parsed request; ``target`` is the raw request-target (origin or absolute form)."""
 
-    __slots__ = ("body", "headers", "keep_alive", "method", "target")
+    __slots__ = ("body", "headers", "keep_alive", "method", "repeated", "target")
 
     def __init__(self, method: str, target: str, headers: Headers, body: bytes = b"",
-                 keep_alive: bool = True) -> None:
+                 keep_alive: bool = True,
+                 repeated: dict[str, list[str]] | None = None) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        # name -> each field value in arrival order, only for names sent more than once
+        # (None when none was: the common request pays nothing for it).
+        self.repeated = repeated
 
 
 class Response:

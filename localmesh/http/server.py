@@ -13,6 +13,11 @@ means it took the request and will answer with :meth:`ServerConnection.respond`
 :meth:`ServerConnection.adopt`; while it holds the request,
 :attr:`ServerConnection.on_lost` (if set) is called when the client goes away.
 Returning ``False`` runs the ordinary ``handler`` task.
+
+A server may also pass ``limits`` (:class:`HeadLimits`): a request head over either
+limit is answered ``431`` at once and the connection closed, as Envoy's HTTP/1 codec
+does (docs/fidelity.md §1.8); ``refused``, if given, builds that answer (the sidecar
+logs it as Envoy's HCM would).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -29,8 +35,8 @@ from localmesh.http.message import NAMES as _NAMES
 from localmesh.http.message import Request, Response, encode_response, header_name
 from localmesh.http.tcp import quickack
 
-__all__ = ["REQUEST_TASK_NAME", "FastHandler", "Handler", "ServerConnection", "in_flight",
-           "serve"]
+__all__ = ["ENVOY_HEAD_LIMITS", "REQUEST_TASK_NAME", "FastHandler", "Handler", "HeadLimits",
+           "Refused", "ServerConnection", "in_flight", "serve"]
 
 log = logging.getLogger("localmesh.http")
 
@@ -41,6 +47,38 @@ FastHandler = Callable[[Request, "ServerConnection"], bool]
 REQUEST_TASK_NAME = "http-request"
 # Interned method names: most requests use one of these.
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
+# Envoy's response code details for the two head limits (Http1ResponseCodeDetails).
+HEADERS_TOO_LARGE = "http1.headers_too_large"
+TOO_MANY_HEADERS = "http1.too_many_headers"
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """Limits on one request head, checked while it is parsed (docs/fidelity.md §1.8).
+
+    ``max_bytes`` bounds the request-target plus every field name and value (Envoy's
+    ``getHeadersSize``: no separators, no CRLFs), ``max_count`` the number of fields; a
+    head *over* either one (``>``, as Envoy compares) is refused with ``431``.
+    """
+
+    max_bytes: int
+    max_count: int
+
+
+# HttpConnectionManager.max_request_headers_kb (default 60) and
+# HttpProtocolOptions.max_headers_count (default 100): what an Istio sidecar runs with.
+ENVOY_HEAD_LIMITS = HeadLimits(max_bytes=60 * 1024, max_count=100)
+
+# Builds the answer to a refused head: (the request so far, connection, status, details).
+Refused = Callable[[Request, "ServerConnection", int, str], Response]
+
+
+# Envoy's delayed_close_timeout default (1 s): how long a refused connection is drained.
+_DELAYED_CLOSE_S = 1.0
+
+
+class _HeadRefused(Exception):
+    """Raised from a parser callback to stop parsing a head over a limit."""
 
 
 def in_flight() -> list[asyncio.Task[object]]:
@@ -51,9 +89,17 @@ def in_flight() -> list[asyncio.Task[object]]:
 class ServerConnection(asyncio.Protocol):
     """One downstream connection: parses requests, runs the handler, writes responses."""
 
-    def __init__(self, handler: Handler, fast: FastHandler | None = None) -> None:
+    def __init__(self, handler: Handler, fast: FastHandler | None = None, *,
+                 limits: HeadLimits | None = None, refused: Refused | None = None) -> None:
         self._handler = handler
         self._fast = fast
+        self._limits = limits
+        self._refused = refused
+        self._head_bytes = 0  # the current head's size and field count, with limits only
+        self._head_count = 0
+        self._refusal = ""  # the details of the limit the current head crossed
+        self._repeats: dict[str, list[str]] | None = None  # names seen twice in this head
+        self._discarding = False  # after a refused head: input is dropped until the close
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
@@ -91,12 +137,17 @@ class ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
+        if self._discarding:
+            return  # a refused head: the rest is read and dropped until the close
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reply_and_close(501, b"upgrade not supported")
         except httptools.HttpParserError as exc:
-            self._reply_and_close(400, f"bad request: {exc}".encode())
+            if self._refusal:
+                self._refuse_head()
+            else:
+                self._reply_and_close(400, f"bad request: {exc}".encode())
             return
         if self._in_message:
             quickack(self._socket)  # a client's Nagle may hold the body until we ACK
@@ -117,6 +168,10 @@ class ServerConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._in_message = True
         self._url += url
+        if self._limits is not None:
+            self._head_bytes += len(url)
+            if self._head_bytes > self._limits.max_bytes:
+                self._stop_head(HEADERS_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key = _NAMES.get(name)
@@ -124,7 +179,68 @@ class ServerConnection(asyncio.Protocol):
             key = header_name(name)
         text = value.decode("latin-1")
         old = self._headers.get(key)
-        self._headers[key] = text if old is None else f"{old}, {text}"
+        if old is None:
+            self._headers[key] = text
+        else:
+            self._headers[key] = f"{old}, {text}"
+            self._repeat(key, old, text)
+        limits = self._limits
+        if limits is not None:
+            # Envoy checks the size as the bytes arrive and the count as each field ends;
+            # a head over both limits is refused for its size, as Envoy's order has it.
+            self._head_bytes += len(name) + len(value)
+            self._head_count += 1
+            if self._head_bytes > limits.max_bytes:
+                self._stop_head(HEADERS_TOO_LARGE)
+            if self._head_count > limits.max_count:
+                self._stop_head(TOO_MANY_HEADERS)
+
+    def _repeat(self, key: str, first: str, text: str) -> None:
+        """Keep each value of a repeated name (rare: only then is the dict made)."""
+        repeats = self._repeats
+        if repeats is None:
+            repeats = self._repeats = {}
+        values = repeats.get(key)
+        if values is None:
+            repeats[key] = [first, text]
+        else:
+            values.append(text)
+
+    def _stop_head(self, details: str) -> None:
+        self._refusal = details
+        raise _HeadRefused(details)
+
+    def _refuse_head(self) -> None:
+        """Answer a head over a limit ``431`` and close, as Envoy's codec does (§1.8)."""
+        details, self._refusal = self._refusal, ""
+        raw = self._parser.get_method()
+        req = Request(_METHODS.get(raw) or raw.decode("latin-1"), self._url.decode("latin-1"),
+                      self._headers, b"", False, self._repeats)
+        self._url, self._headers, self._body, self._repeats = b"", {}, [], None
+        resp: Response | None = None
+        if self._refused is not None:
+            try:
+                resp = self._refused(req, self, 431, details)
+            except Exception:  # a bug in the hook must not leave the client without an answer
+                log.exception("refusal hook failed for a head over a limit (%s)", details)
+        if resp is None:
+            resp = Response(431, {"content-type": "text/plain"},
+                            b"Request Header Fields Too Large")
+        self.write(resp, keep_alive=False)
+        self._close_after_flush()
+
+    def _close_after_flush(self) -> None:
+        """Envoy's ``FlushWriteAndDelay``: send the answer, stop writing, and read (and drop)
+        what the client still sends for a while before closing; closing a socket with
+        unread input makes the kernel reset it, and the client could lose the answer."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._discarding = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        loop = self.loop or asyncio.get_running_loop()
+        loop.call_later(_DELAYED_CLOSE_S, self.close)
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -137,8 +253,12 @@ class ServerConnection(asyncio.Protocol):
         body = self._body
         req = Request(method, self._url.decode("latin-1"), self._headers,
                       (body[0] if len(body) == 1 else b"".join(body)) if body else b"",
-                      parser.should_keep_alive())
+                      parser.should_keep_alive(), self._repeats)
         self._url, self._headers, self._body = b"", {}, []
+        if self._repeats is not None:
+            self._repeats = None
+        if self._limits is not None:
+            self._head_bytes = self._head_count = 0
         if self._current is None:
             self._start(req)
         else:
@@ -224,9 +344,13 @@ class ServerConnection(asyncio.Protocol):
 
 
 async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 0, *,
-                backlog: int = 1024, fast: FastHandler | None = None) -> asyncio.Server:
+                backlog: int = 1024, fast: FastHandler | None = None,
+                limits: HeadLimits | None = None,
+                refused: Refused | None = None) -> asyncio.Server:
     """Listen on ``host:port`` (0 = pick) and serve every connection with ``handler``
-    (``fast``, if given, gets the first chance at each request: see the module doc)."""
+    (``fast``, if given, gets the first chance at each request; ``limits`` and
+    ``refused`` bound the request heads: see the module doc)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: ServerConnection(handler, fast), host, port,
-                                    backlog=backlog, reuse_address=True)
+    return await loop.create_server(
+        lambda: ServerConnection(handler, fast, limits=limits, refused=refused), host, port,
+        backlog=backlog, reuse_address=True)

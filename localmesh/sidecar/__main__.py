@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from localmesh.errors import SidecarConfigError
-from localmesh.http.server import in_flight, serve
+from localmesh.http.server import ENVOY_HEAD_LIMITS, in_flight, serve
 from localmesh.sidecar.proxy import Sidecar
 
 _DRAIN_S = 2.0
@@ -66,10 +66,13 @@ async def run(args: argparse.Namespace) -> None:
             sidecar.apply_config(json.loads(args.config.read_text()))
         except (OSError, ValueError) as exc:
             raise SidecarConfigError(f"cannot load --config {args.config}: {exc}") from exc
+    # Both data-path listeners carry Envoy's default head limits (431 beyond them, §1.8).
     servers = [
-        await serve(sidecar.handle_inbound, port=args.inbound_port, fast=sidecar.fast_inbound),
+        await serve(sidecar.handle_inbound, port=args.inbound_port, fast=sidecar.fast_inbound,
+                    limits=ENVOY_HEAD_LIMITS, refused=sidecar.refuse_head),
         await serve(sidecar.handle_outbound, port=args.outbound_port,
-                    fast=sidecar.fast_outbound),
+                    fast=sidecar.fast_outbound, limits=ENVOY_HEAD_LIMITS,
+                    refused=sidecar.refuse_head),
         await serve(sidecar.handle_admin, port=args.admin_port),
     ]
     ports = {name: s.sockets[0].getsockname()[1]

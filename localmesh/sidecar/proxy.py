@@ -503,6 +503,20 @@ class Sidecar:
         self.faults.run_due()  # each I/O callback polls the fault holds (see faults.py)
         return self._serve_fast(self._outbound(req, conn), conn)
 
+    # -- a request head over Envoy's limits ---------------------------------------------
+
+    def refuse_head(self, req: Request, conn: ServerConnection, status: int,
+                    details: str) -> Response:
+        """The codec's local reply to a head over a limit (§1.8): ``431``, flag ``DPE``
+        (the HCM's codec error), no route, no upstream, no span; the connection closes."""
+        path, authority = split_target(req)
+        txn, _ = self._begin(req, conn, path, authority)
+        txn.add_flag("DPE")
+        txn.details = details
+        resp = Response(status, {"content-type": "text/plain"}, b"Request Header Fields Too Large")
+        self._end(txn, resp)
+        return resp
+
     # -- admin --------------------------------------------------------------------------
 
     async def handle_admin(self, req: Request, conn: ServerConnection) -> Response | None:
