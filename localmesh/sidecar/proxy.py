@@ -168,21 +168,36 @@ class Sidecar:
     # -- tracing ------------------------------------------------------------------
 
     def _trace(self, cfg: SidecarConfig, headers: dict[str, str], name: str, *,
-               child_spans: bool) -> tuple[TraceCtx | None, str]:
-        """Extract, decide sampling and make this sidecar's span context (§3)."""
+               child_spans: bool,
+               repeated: dict[str, list[str]] | None = None) -> tuple[TraceCtx | None, str]:
+        """Extract, decide sampling and make this sidecar's span context (§3).
+
+        ``repeated`` holds the separate values of fields sent more than once: Envoy's
+        extractor reads the *first* ``traceparent`` field and all ``tracestate`` fields
+        joined with ``,``; its ``injectContext`` then sets one ``traceparent`` and sets
+        ``tracestate`` to the span's, which is empty for a trace this sidecar starts.
+        """
         incoming = headers.get("traceparent")
         parent = ""
+        tracestate = ""
         if incoming is None:
             trace_id = new_trace_id()
             sampled = random.random() * 100.0 < cfg.mesh.sampling_percent
         else:
+            if repeated is not None and "traceparent" in repeated:
+                incoming = repeated["traceparent"][0]
             ctx = parse_traceparent(incoming)
             if ctx is None:
                 return None, ""  # Envoy's NullSpan: headers pass through unchanged
             trace_id, sampled, parent = ctx.trace_id, ctx.sampled, ctx.span_id
+            if repeated is not None and "tracestate" in repeated:
+                tracestate = ",".join(repeated["tracestate"])
+            else:
+                tracestate = headers.get("tracestate", "")
         span_id = new_span_id()
         if not child_spans:
             headers["traceparent"] = format_traceparent(trace_id, span_id, sampled)
+        headers["tracestate"] = tracestate
         record = sampled and self.exporter is not None
         # Shared, never mutated: spans copy it before adding their own attributes.
         attrs = self._span_base if record else _NO_ATTRS
@@ -375,7 +390,8 @@ class Sidecar:
         txn.upstream_cluster = up.cluster
         txn.route_name = "default"
         start_ns = now_ns()
-        trace, parent = self._trace(cfg, headers, span_name, child_spans=False)
+        trace, parent = self._trace(cfg, headers, span_name, child_spans=False,
+                                    repeated=req.repeated)
         return _Exchange(KIND_SERVER, req, conn, txn, headers, req.target, peer, up, trace,
                          parent, start_ns)
 
@@ -479,7 +495,8 @@ class Sidecar:
         start_ns = now_ns()
         # The span starts before routing (as the HCM's does), so local replies (NR, UH)
         # still appear in the trace; it is renamed after the route once one is found.
-        trace, parent = self._trace(cfg, headers, f"{txn.authority}/*", child_spans=True)
+        trace, parent = self._trace(cfg, headers, f"{txn.authority}/*", child_spans=True,
+                                    repeated=req.repeated)
         try:
             up, name = self.planner.outbound(cfg, txn, headers, overrides)
         except Reject as rej:
