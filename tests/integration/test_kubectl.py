@@ -1,0 +1,230 @@
+"""The real ``kubectl`` against a local mesh, with its defaults (docs/fidelity.md §8).
+
+No ``--validate=false`` and no client-side columns: kubectl reads ``/openapi/v3`` and
+validates server-side (§8.1), prints the server's Table columns (§8.2) and its
+``delete`` waits until the object is gone (§8.3). The Chaos Mesh manifest is the suite's
+own NetworkChaos delay, found by its content in fixtures/chaos (file names change).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localmesh.mesh import MeshThread
+from localmesh.yamldoc import safe_load_all
+from tests.integration.conftest import ROOT, stop_and_reap, write_echo_manifests
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl")]
+
+NS = "shop"
+# A second workload labelled app=pricing, which the suite's delay manifest selects.
+PRICING = f"""
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: pricing
+  namespace: shop
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: pricing}}
+  template:
+    metadata:
+      labels: {{app: pricing}}
+      annotations:
+        meshchaos.io/local-command: python {ROOT / "tests" / "data" / "echo_app.py"}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: pricing
+        image: example/echo:1
+        ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: pricing
+  namespace: shop
+spec:
+  selector: {{app: pricing}}
+  ports: [{{name: http, port: 8080, targetPort: 8080}}]
+"""
+
+
+def delay_manifest() -> tuple[Path, str]:
+    """The NetworkChaos delay manifest of fixtures/chaos and its object's name."""
+    for path in sorted((ROOT / "fixtures" / "chaos").glob("*.yaml")):
+        for doc in safe_load_all(path.read_text()):
+            if (isinstance(doc, dict) and doc.get("kind") == "NetworkChaos"
+                    and (doc.get("spec") or {}).get("action") == "delay"
+                    and "${" not in json.dumps(doc)):  # applied as it is, no placeholders
+                return path, str(doc["metadata"]["name"])
+    raise AssertionError("fixtures/chaos has no NetworkChaos delay manifest")
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread]:
+    root = tmp_path_factory.mktemp("kubectl-mesh")
+    manifests = write_echo_manifests(root / "manifests", extra=PRICING)
+    thread = MeshThread([manifests], root / "state")
+    thread.start(timeout=60)
+    try:
+        yield thread
+    finally:
+        stop_and_reap(thread)
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(mesh: MeshThread) -> Path:
+    path = mesh.mesh.state.path / "kubeconfig"
+    assert path.is_file()
+    return path
+
+
+def kubectl(kubeconfig: Path, *args: str, timeout: float = 30,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           # A cache of its own: another mesh's documents must not be reused.
+           "KUBECACHEDIR": str(kubeconfig.parent / "kubectl-cache")}
+    done = subprocess.run(["kubectl", "-n", NS, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    if check:
+        assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}{done.stdout}"
+    return done
+
+
+def table(output: str) -> tuple[list[str], list[list[str]]]:
+    """kubectl's printed table: the header's column names and the rows' cells. A column
+    starts where the header has a word after two or more spaces (kubectl pads with three;
+    names such as LAST SEEN hold one)."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    head = lines[0]
+    starts = [0] + [i for i in range(2, len(head)) if head[i] != " " and head[i - 2:i] == "  "]
+
+    def cut(line: str) -> list[str]:
+        bounds = [*starts, max(len(line), len(head)) + 1]
+        return [line[a:b].strip() for a, b in itertools.pairwise(bounds)]
+    return cut(head), [cut(line) for line in lines[1:]]
+
+
+def pod_names(kubeconfig: Path, app: str) -> list[str]:
+    out = kubectl(kubeconfig, "get", "pods", "-l", f"app={app}", "-o", "json").stdout
+    return [p["metadata"]["name"] for p in json.loads(out)["items"]
+            if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_apply_with_default_validation_creates_the_delay_chaos(kubeconfig: Path) -> None:
+    """`kubectl apply -f fixtures/chaos/<delay>.yaml` with default validation works; the
+    server validates strictly (a misspelt field is refused by name, not ignored)."""
+    path, name = delay_manifest()
+    done = kubectl(kubeconfig, "apply", "-f", str(path))
+    assert f"networkchaos.chaos-mesh.org/{name} created" in done.stdout
+    assert "openapi" not in done.stderr
+    kubectl(kubeconfig, "wait", f"networkchaos/{name}", "--for=condition=AllInjected",
+            "--timeout=20s")
+    misspelt = path.read_text().replace(f"name: {name}", f"name: {name}-typo").replace(
+        "  action: delay", "  action: delay\n  actoin: delay")
+    refused = subprocess.run(["kubectl", "apply", "-f", "-"], input=misspelt, text=True,
+                             capture_output=True, timeout=30, check=False,
+                             env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+    assert refused.returncode != 0
+    assert 'strict decoding error: unknown field "spec.actoin"' in refused.stderr
+
+
+def test_get_prints_the_columns_a_cluster_prints(kubeconfig: Path) -> None:
+    """Server-side Tables: pods READY/STATUS/RESTARTS, the workloads' and services'
+    columns, and the NetworkChaos printer columns of its CRD (action, duration)."""
+    header, rows = table(kubectl(kubeconfig, "get", "pods").stdout)
+    assert header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert {tuple(r[1:4]) for r in rows} == {("2/2", "Running", "0")}
+    wide, _ = table(kubectl(kubeconfig, "get", "pods", "-o", "wide").stdout)
+    assert wide[:7] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    header, rows = table(kubectl(kubeconfig, "get", "deployments").stdout)
+    assert header == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    assert ["echo", "1/1", "1", "1"] in [r[:4] for r in rows]
+    header, _ = table(kubectl(kubeconfig, "get", "replicasets").stdout)
+    assert header == ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
+    header, rows = table(kubectl(kubeconfig, "get", "services").stdout)
+    assert header == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert rows[0][:2] == ["echo", "ClusterIP"] and rows[0][4] == "8080/TCP"
+    _, name = delay_manifest()
+    header, rows = table(kubectl(kubeconfig, "get", "networkchaos").stdout)
+    assert header == ["NAME", "ACTION", "DURATION"]
+    assert [name, "delay", "120s"] in rows
+    header, _ = table(kubectl(kubeconfig, "get", "events").stdout)
+    assert header == ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+
+
+def test_describe_and_logs(mesh: MeshThread, kubeconfig: Path) -> None:
+    """describe renders the pod and the chaos object; logs reads the app's container."""
+    [pod] = pod_names(kubeconfig, "echo")
+    described = kubectl(kubeconfig, "describe", "pod", pod).stdout
+    assert f"Name:         {pod}" in described and "Running" in described
+    _, name = delay_manifest()
+    assert "Experiment has started" in kubectl(kubeconfig, "describe", "networkchaos",
+                                               name).stdout
+    app_port = mesh.mesh.store.get("", "pods", NS, pod)["metadata"]["annotations"][
+        "meshchaos.io/app-port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/from-kubectl-test",
+                                timeout=5) as response:
+        assert response.status == 200
+    deadline = time.monotonic() + 5
+    while "handled GET /from-kubectl-test" not in (
+            logs := kubectl(kubeconfig, "logs", pod, "-c", "echo").stdout):
+        assert time.monotonic() < deadline, f"the request never reached the log: {logs}"
+        time.sleep(0.05)
+
+
+def test_explain_reads_the_published_schemas(kubeconfig: Path) -> None:
+    """explain finds core kinds (from the client models) and CRDs (their openAPIV3Schema)."""
+    chaos = kubectl(kubeconfig, "explain", "networkchaos.spec.delay").stdout
+    assert "KIND:       NetworkChaos" in chaos and "latency\t<string> -required-" in chaos
+    ports = kubectl(kubeconfig, "explain", "pods.spec.containers.ports").stdout
+    assert "containerPort\t<integer> -required-" in ports
+
+
+def test_patch_scale_rollout_and_wait(kubeconfig: Path) -> None:
+    """patch (strategic merge), scale, rollout status and wait on a Deployment."""
+    kubectl(kubeconfig, "patch", "deployment", "echo", "-p",
+            '{"metadata":{"labels":{"tier":"edge"}}}')
+    labels = json.loads(kubectl(kubeconfig, "get", "deployment", "echo", "-o",
+                                "json").stdout)["metadata"]["labels"]
+    assert labels["tier"] == "edge"
+    kubectl(kubeconfig, "scale", "deployment/echo", "--replicas=2")
+    rolled = kubectl(kubeconfig, "rollout", "status", "deployment/echo", "--timeout=40s",
+                     timeout=50)
+    assert 'deployment "echo" successfully rolled out' in rolled.stdout
+    kubectl(kubeconfig, "wait", "deployment/echo", "--for=condition=Available",
+            "--timeout=20s")
+    assert len(pod_names(kubeconfig, "echo")) == 2
+    kubectl(kubeconfig, "scale", "deployment/echo", "--replicas=1")
+
+
+def test_delete_returns_once_the_object_is_gone(kubeconfig: Path) -> None:
+    """`kubectl delete networkchaos X` returns within 2 s, after the controller recovered
+    the fault and dropped its finalizer; `delete --wait` of a pod returns once it is gone."""
+    _, name = delay_manifest()
+    started = time.monotonic()
+    done = kubectl(kubeconfig, "delete", "networkchaos", name, "--wait=true", timeout=10)
+    elapsed = time.monotonic() - started
+    assert f'networkchaos.chaos-mesh.org "{name}" deleted' in done.stdout
+    assert elapsed < 2.0, f"kubectl delete took {elapsed:.2f} s"
+    gone = kubectl(kubeconfig, "get", "networkchaos", name, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+    [pod, *_] = pod_names(kubeconfig, "pricing")
+    started = time.monotonic()
+    kubectl(kubeconfig, "delete", "pod", pod, "--wait=true", timeout=20)
+    assert time.monotonic() - started < 10
+    assert pod not in pod_names(kubeconfig, "pricing")
