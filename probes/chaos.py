@@ -34,18 +34,16 @@ import copy
 import logging
 import secrets as _secrets
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import urllib3
 import yaml
 
 from localmesh.yamldoc import safe_load
-from probes import config, safety, services
+from probes import config, routefaults, safety, services
 from probes.coreapi import core_get_json
 from probes.errors import (
     ChaosError,
@@ -55,6 +53,11 @@ from probes.errors import (
     ConfigurationError,
     SafetyError,
 )
+from probes.kube import api as _api
+from probes.kube import api_exception as _api_exception
+from probes.kube import reason as _reason
+from probes.kube import run_id as _run_id
+from probes.kube import status_of as _status_of
 
 __all__ = ["apply_chaos", "remove_chaos", "remove_run_chaos", "remove_suite_chaos"]
 
@@ -71,60 +74,6 @@ _REQUEST_TIMEOUT_S = 10
 _CREATE_ATTEMPTS = 3
 Obj = dict[str, Any]
 Configuration = Mapping[str, Any] | None
-
-
-# -- the Kubernetes client ------------------------------------------------------------
-
-def _kubeconfig(configuration: Configuration) -> str | None:
-    """Explicit ``kubeconfig``, else the local mesh's (target local), else the default."""
-    settings = config.resolve(configuration)
-    if settings.kubeconfig:
-        return settings.kubeconfig
-    if settings.target == "local":
-        local = Path(settings.state_dir) / "kubeconfig"
-        if local.is_file():
-            return str(local)
-    return None
-
-
-@contextmanager
-def _api(configuration: Configuration) -> Iterator[Any]:
-    """An ``ApiClient`` for the target (closed afterwards); in-cluster config as a fallback."""
-    from kubernetes import client  # heavy import, only when an action runs
-    from kubernetes import config as kube_config
-    from kubernetes.config.config_exception import ConfigException
-
-    config: Any = kube_config  # the kubernetes package ships without type hints here
-    path = _kubeconfig(configuration)
-    try:
-        api_client = config.new_client_from_config(config_file=path)
-    except (ConfigException, OSError) as exc:
-        if path is not None:
-            raise ConfigurationError(f"cannot load kubeconfig '{path}': {exc}") from exc
-        try:
-            config.load_incluster_config()
-        except ConfigException as inner:
-            raise ConfigurationError("no kubeconfig found and not running in a cluster: "
-                                     f"{exc}") from inner
-        api_client = client.ApiClient()
-    try:
-        yield api_client
-    except urllib3.exceptions.HTTPError as exc:  # refused, reset, timed out: no API answer
-        raise ChaosError(f"cannot reach the Kubernetes API "
-                         f"'{api_client.configuration.host}': {exc}") from exc
-    finally:
-        api_client.close()
-
-
-def _status_of(exc: Exception) -> int:
-    return int(getattr(exc, "status", 0) or 0)
-
-
-def _api_exception() -> type[Exception]:
-    from kubernetes.client.exceptions import ApiException
-
-    exc_type: type[Exception] = ApiException
-    return exc_type
 
 
 # -- building the object ----------------------------------------------------------------
@@ -217,16 +166,6 @@ def _aim(api_client: Any, obj: Obj, *, service: str, peer: str, latency: str,
                                      f"action is '{spec.get('action')}'")
         spec["delay"] = {**spec["delay"], "latency": latency}
     return derived
-
-
-def _run_id(configuration: Configuration) -> str:
-    run_id = str((configuration or {}).get("run_id") or "")
-    if not run_id:
-        # Without the safety control there is no run: still keep names unique and labelled.
-        run_id = safety.new_run_id()
-        logger.warning("no run_id in the configuration (is the probes.controls.safety "
-                       "control enabled?); using '%s' for this object only", run_id)
-    return run_id
 
 
 # -- the actions ------------------------------------------------------------------------
@@ -332,7 +271,8 @@ def remove_chaos(name: str = "", manifest: str = "", namespace: str = "",
 
 def remove_run_chaos(wait_timeout: float = 60.0, configuration: Configuration = None,
                      secrets: Any = None) -> dict[str, Any]:
-    """Remove every chaos object labelled with this run's id, in every namespace."""
+    """Remove every chaos object labelled with this run's id, in every namespace, and put
+    back every VirtualService a route fault of the run edited (``probes.routefaults``)."""
     run_id = str((configuration or {}).get("run_id") or "")
     if not run_id:
         raise ConfigurationError("remove_run_chaos needs configuration 'run_id' (set by the "
@@ -375,14 +315,6 @@ def _create_unique(api_client: Any, obj: Obj) -> Obj:
                              f"{created}")
         return dict(created)
     raise AssertionError("unreachable: the loop returns or raises")
-
-
-def _reason(exc: Exception) -> str:
-    body = getattr(exc, "body", None)
-    try:
-        return str(safe_load(body).get("message")) if body else str(exc)
-    except (yaml.YAMLError, AttributeError):
-        return str(exc)
 
 
 def _conditions(status: Mapping[str, Any]) -> dict[str, str]:
@@ -473,7 +405,11 @@ def _remove_labelled(selector: str, namespace: str, wait_timeout: float,
         return {"removed": [], "already_gone": [], "dry_run": True, "selector": selector}
     with _api(configuration) as api_client:
         targets = _list_labelled(api_client, selector, namespace)
-        return {**_remove_with(api_client, targets, wait_timeout), "selector": selector}
+        result = {**_remove_with(api_client, targets, wait_timeout), "selector": selector}
+        if safety.MANIFEST_LABEL not in selector:
+            # A run's VirtualService faults are its chaos too: put those objects back.
+            result["removed"] += routefaults.restore_with(api_client, selector, namespace)
+        return result
 
 
 def _list_labelled(api_client: Any, selector: str, namespace: str) -> list[Obj]:
