@@ -1,0 +1,133 @@
+"""/openapi/v2 and /openapi/v3 as kubectl reads them (docs/fidelity.md §8.1).
+
+cli-runtime's ``supportsQueryParamV3``: kubectl leaves validation to the server when the
+group version's v3 document has a PATCH operation whose ``x-kubernetes-group-version-kind``
+is the object's kind and which lists the ``fieldValidation`` query parameter. Kubernetes
+api-concepts, "Field validation": ``Strict`` "will error if any unknown fields are
+detected" ("strict decoding error: unknown field").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from localmesh.podlogs import PodLogs
+from localmesh.store import ObjectStore
+from localmesh.validation import install_validation
+from tests.apiserver_helpers import ServedApi, deployment, namespace, serve_api
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[ServedApi]:
+    store = ObjectStore()
+    install_validation(store)
+    store.create(namespace("shop"))
+    with serve_api(store, PodLogs(tmp_path / "state"), tmp_path) as served:
+        yield served
+
+
+def v3(api: ServedApi, group_version: str) -> dict[str, Any]:
+    root = requests.get(f"{api.url}/openapi/v3", timeout=30).json()
+    url = root["paths"][group_version]["serverRelativeURL"]
+    response = requests.get(f"{api.url}{url}", headers={"Accept": "application/json"},
+                            timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "public, immutable"  # a hash URL never changes
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def schema(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = doc["components"]["schemas"][name]
+    return found
+
+
+def patch_operation(doc: dict[str, Any], group: str, kind: str) -> dict[str, Any]:
+    for item in doc["paths"].values():
+        op = item.get("patch")
+        if op and op["x-kubernetes-group-version-kind"]["kind"] == kind \
+                and op["x-kubernetes-group-version-kind"]["group"] == group:
+            return dict(op)
+    raise AssertionError(f"no PATCH operation for {group}/{kind}")
+
+
+def test_the_v3_root_names_every_served_group_version(api: ServedApi) -> None:
+    root = requests.get(f"{api.url}/openapi/v3", timeout=30).json()
+    assert {"api/v1", "apis/apps/v1", "apis/chaos-mesh.org/v1alpha1",
+            "apis/networking.istio.io/v1", "apis/networking.istio.io/v1alpha3"} <= set(
+        root["paths"])
+    assert root["paths"]["api/v1"]["serverRelativeURL"].startswith("/openapi/v3/api/v1?hash=")
+
+
+def test_patch_operations_offer_field_validation_so_kubectl_validates_server_side(
+        api: ServedApi) -> None:
+    for group_version, group, kind in (("api/v1", "", "Pod"),
+                                       ("apis/apps/v1", "apps", "Deployment"),
+                                       ("apis/chaos-mesh.org/v1alpha1", "chaos-mesh.org",
+                                        "NetworkChaos")):
+        op = patch_operation(v3(api, group_version), group, kind)
+        assert {"name": "fieldValidation", "in": "query"}.items() <= op["parameters"][0].items()
+
+
+def test_crd_schemas_are_published_as_kube_apiserver_publishes_them(api: ServedApi) -> None:
+    """Named by reversed group, metadata a reference to ObjectMeta, the CRD's own spec."""
+    doc = v3(api, "apis/chaos-mesh.org/v1alpha1")
+    chaos = schema(doc, "org.chaos-mesh.v1alpha1.NetworkChaos")
+    assert chaos["x-kubernetes-group-version-kind"] == [
+        {"group": "chaos-mesh.org", "kind": "NetworkChaos", "version": "v1alpha1"}]
+    assert chaos["properties"]["metadata"]["allOf"] == [
+        {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}]
+    assert set(chaos["properties"]["spec"]["required"]) >= {"action", "mode", "selector"}
+    assert "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta" in doc["components"]["schemas"]
+
+
+def test_core_schemas_come_from_the_kubernetes_client_models(api: ServedApi) -> None:
+    """JSON names, required fields, IntOrString and descriptions of the upstream models."""
+    doc = v3(api, "api/v1")
+    container = schema(doc, "io.k8s.api.core.v1.Container")
+    assert container["required"] == ["name"]
+    assert "imagePullPolicy" in container["properties"]
+    port = schema(doc, "io.k8s.api.core.v1.ServicePort")
+    assert port["properties"]["targetPort"]["x-kubernetes-int-or-string"] is True
+    assert schema(doc, "io.k8s.api.core.v1.ContainerPort")["required"] == ["containerPort"]
+    pod = schema(doc, "io.k8s.api.core.v1.Pod")
+    assert pod["x-kubernetes-group-version-kind"] == [{"group": "", "kind": "Pod",
+                                                       "version": "v1"}]
+    assert pod["description"].startswith("Pod is a collection of containers")
+
+
+def test_v2_is_swagger_json_and_protobuf_alone_is_406(api: ServedApi) -> None:
+    swagger = requests.get(f"{api.url}/openapi/v2", headers={"Accept": "application/json"},
+                           timeout=30).json()
+    assert swagger["swagger"] == "2.0"
+    deployment_schema = swagger["definitions"]["io.k8s.api.apps.v1.DeploymentSpec"]
+    assert deployment_schema["properties"]["selector"] == {
+        "$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"}
+    protobuf = requests.get(f"{api.url}/openapi/v2", timeout=30, headers={
+        "Accept": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"})
+    assert (protobuf.status_code, protobuf.json()["reason"]) == (406, "NotAcceptable")
+
+
+def test_an_unknown_group_version_is_404(api: ServedApi) -> None:
+    response = requests.get(f"{api.url}/openapi/v3/apis/example.com/v1", timeout=30)
+    assert (response.status_code, response.json()["reason"]) == (404, "NotFound")
+
+
+def test_strict_field_validation_names_an_unknown_field_of_a_core_kind(
+        api: ServedApi) -> None:
+    """fieldValidation=Strict (what kubectl sends) refuses a misspelt Deployment field by
+    its path; without it the object is accepted as before."""
+    body = deployment("orders")
+    body["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    url = f"{api.url}/apis/apps/v1/namespaces/shop/deployments"
+    refused = requests.post(url, json=body, params={"fieldValidation": "Strict"}, timeout=30)
+    assert refused.status_code == 400
+    assert refused.json()["message"] == (
+        'Deployment in version "v1" cannot be handled as a Deployment: strict decoding '
+        'error: unknown field "spec.template.spec.containers[0].imagePullPolcy"')
+    assert requests.post(url, json=body, timeout=30).status_code == 201
