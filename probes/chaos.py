@@ -21,7 +21,7 @@ Usage in an experiment::
 
     {"type": "action", "name": "slow-pricing",
      "provider": {"type": "python", "module": "probes.chaos", "func": "apply_chaos",
-                  "arguments": {"manifest": "leaf-delay-pricing.yaml", "duration": "60s"}}}
+                  "arguments": {"manifest": "delay-target.yaml", "duration": "60s"}}}
     ...
     "rollbacks": [{"type": "action", "name": "remove-chaos",
                    "provider": {"type": "python", "module": "probes.chaos",
@@ -176,7 +176,7 @@ def apply_chaos(manifest: str, duration: str = "", selector: dict[str, Any] | No
                 configuration: Configuration = None, secrets: Any = None) -> dict[str, Any]:
     """Apply a Chaos Mesh manifest for this run and wait until it is injected.
 
-    ``manifest``: a file in fixtures/chaos (``leaf-delay-pricing.yaml``) or a path: a
+    ``manifest``: a file in fixtures/chaos (``delay-target.yaml``) or a path: a
     reviewed template whose kind, action and magnitudes are kept. It is moved to
     ``namespace`` (default: the ``namespace`` configuration key) and aimed with:
     ``service`` (the pods behind that Service, by its ``spec.selector`` as the cluster

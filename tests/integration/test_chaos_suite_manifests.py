@@ -30,9 +30,9 @@ def _live_pods(thread: MeshThread, app: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize(("manifest", "apps"), [
-    pytest.param("leaf-delay-pricing.yaml", {"pricing"}, id="leaf-delay"),
-    pytest.param("loss-orders-egress.yaml", {"orders"}, id="loss"),
-    pytest.param("partition-inventory-pricing.yaml", {"inventory", "pricing"}, id="partition"),
+    pytest.param("delay-target.yaml", {"pricing"}, id="delay"),
+    pytest.param("loss-target-egress.yaml", {"orders"}, id="loss"),
+    pytest.param("partition-target-peer.yaml", {"inventory", "pricing"}, id="partition"),
 ])
 def test_network_manifest_injects_on_the_chain_and_goes_away(
         local_mesh_thread: MeshThread, manifest: str, apps: set[str]) -> None:
@@ -53,7 +53,7 @@ def test_pod_kill_inventory_replaces_the_pod(local_mesh_thread: MeshThread) -> N
     """§5.3 pod-kill: the Deployment's replacement has a new name and becomes Ready."""
     [old] = [p["metadata"]["name"] for p in _live_pods(local_mesh_thread, "inventory")]
     config = _config(local_mesh_thread, "killinv")
-    chaos.apply_chaos("pod-kill-inventory.yaml", configuration=config)
+    chaos.apply_chaos("pod-kill-target.yaml", configuration=config)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -72,7 +72,7 @@ def test_pod_kill_inventory_replaces_the_pod(local_mesh_thread: MeshThread) -> N
 def test_pod_failure_ratings_recovers_after_its_duration(local_mesh_thread: MeshThread) -> None:
     """§5.3 pod-failure with a duration: injected, then TimeUp recovers it; AllRecovered."""
     config = _config(local_mesh_thread, "failrat")
-    result = chaos.apply_chaos("pod-failure-ratings.yaml", duration="2s", configuration=config)
+    result = chaos.apply_chaos("pod-failure-side-service.yaml", duration="2s", configuration=config)
     store = local_mesh_thread.mesh.store
     try:
         deadline = time.monotonic() + 20

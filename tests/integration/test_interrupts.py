@@ -50,7 +50,7 @@ from .conftest import CHAIN_MANIFESTS, ROOT, stop_and_reap
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EXPERIMENT = ROOT / "tests" / "data" / "interrupt" / "interrupt-hold.json"
-FAULTED = "leaf-delay-pricing"  # the manifest the experiment applies (delay 1 s on pricing)
+FAULTED = "delay-target"  # the manifest the experiment applies (delay 1 s on pricing)
 GROUP, VERSION = chaos.GROUP, chaos.VERSION
 ADMIN_PORT = "meshchaos.io/admin-port"
 LINE_TIMEOUT_S = 40.0  # from the start of `chaos run` to a given log line, on a loaded box

@@ -48,7 +48,7 @@ def run_row(row: StoreRow, state_dir: Path) -> tuple[dict[str, Cell], dict[str, 
     try:
         thread.start(timeout=60)
         # The scenario's failing side service, applied as an experiment would apply it.
-        apply_chaos("pod-failure-ratings.yaml", service="reviews", duration="120s",
+        apply_chaos("pod-failure-side-service.yaml", service="reviews", duration="120s",
                     wait_timeout=15, configuration=configuration(state_dir))
         return run_probes(state_dir)
     finally:

@@ -102,25 +102,25 @@ def running_cluster(tmp_path: Path) -> Iterator[Cluster]:
 def test_apply_waits_for_all_injected_and_labels_the_object(cluster: Cluster) -> None:
     """§5.4 AllInjected=True is the only proof of injection; the object carries the run's
     labels, a name unique to the run and the requested duration."""
-    result = chaos.apply_chaos("leaf-delay-pricing.yaml", duration="30s",
+    result = chaos.apply_chaos("delay-target.yaml", duration="30s",
                                configuration=cluster.config())
     assert result["applied"] is True
     assert (result["name"], result["namespace"], result["kind"]) == \
-        ("leaf-delay-pricing-t1", "shop", "NetworkChaos")
+        ("delay-target-t1", "shop", "NetworkChaos")
     assert result["records"] == [{"id": "shop/pricing-a", "selectorKey": ".",
                                   "phase": "Injected"}]
     assert result["injected_at"]
-    stored = cluster.store.get(GROUP, "networkchaos", "shop", "leaf-delay-pricing-t1")
+    stored = cluster.store.get(GROUP, "networkchaos", "shop", "delay-target-t1")
     assert stored["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "meshchaos", "meshchaos.io/run-id": "t1",
-        "meshchaos.io/manifest": "leaf-delay-pricing"}
+        "meshchaos.io/manifest": "delay-target"}
     assert stored["spec"]["duration"] == "30s"
     assert cluster.xds.faults["shop/pricing-a"][0]["delay"]["latency_ms"] == 600.0
 
 
 def test_selector_and_namespace_overrides_reach_the_object(cluster: Cluster) -> None:
     """Per-run overrides: the selector replaces the manifest's one."""
-    result = chaos.apply_chaos("leaf-delay-pricing", selector={
+    result = chaos.apply_chaos("delay-target", selector={
         "namespaces": ["shop"], "labelSelectors": {"app": "orders"}},
         configuration=cluster.config())
     assert [r["id"] for r in result["records"]] == ["shop/orders-a"]
@@ -129,13 +129,13 @@ def test_selector_and_namespace_overrides_reach_the_object(cluster: Cluster) -> 
 def test_a_409_leftover_never_passes_for_success(cluster: Cluster) -> None:
     """chaostoolkit-kubernetes 0.39 returns a 409 body as success; here a leftover with the
     same name leads to a fresh unique name and a real injection."""
-    leftover = chaos._build("leaf-delay-pricing.yaml", "t1", duration=None, selector=None,
+    leftover = chaos._build("delay-target.yaml", "t1", duration=None, selector=None,
                             namespace="shop")
     leftover["metadata"]["annotations"] = {"experiment.chaos-mesh.org/pause": "true"}
     cluster.store.create(leftover)
-    result = chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=cluster.config())
-    assert result["name"].startswith("leaf-delay-pricing-t1-")
-    assert result["name"] != "leaf-delay-pricing-t1"
+    result = chaos.apply_chaos("delay-target.yaml", configuration=cluster.config())
+    assert result["name"].startswith("delay-target-t1-")
+    assert result["name"] != "delay-target-t1"
     stored = cluster.store.get(GROUP, "networkchaos", "shop", result["name"])
     assert {c["type"]: c["status"] for c in stored["status"]["conditions"]}["AllInjected"] \
         == "True"
@@ -143,36 +143,36 @@ def test_a_409_leftover_never_passes_for_success(cluster: Cluster) -> None:
 
 def test_remove_waits_until_gone_and_is_idempotent(cluster: Cluster) -> None:
     """§5.4: delete → recover → finalizer dropped → gone; a second remove (404) is fine."""
-    chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=cluster.config())
-    first = chaos.remove_chaos(name="leaf-delay-pricing-t1", configuration=cluster.config())
+    chaos.apply_chaos("delay-target.yaml", configuration=cluster.config())
+    first = chaos.remove_chaos(name="delay-target-t1", configuration=cluster.config())
     assert first["removed"] == [{"kind": "NetworkChaos", "namespace": "shop",
-                                 "name": "leaf-delay-pricing-t1"}]
+                                 "name": "delay-target-t1"}]
     assert cluster.chaos_names() == []
     assert cluster.xds.faults["shop/pricing-a"] == []
-    second = chaos.remove_chaos(name="leaf-delay-pricing-t1", configuration=cluster.config())
+    second = chaos.remove_chaos(name="delay-target-t1", configuration=cluster.config())
     assert second["removed"] == []
     assert second["already_gone"] == first["removed"]
 
 
 def test_remove_by_manifest_takes_only_this_runs_objects(cluster: Cluster) -> None:
     """Objects are found by the run-id and manifest labels, not by a guessed name."""
-    chaos.apply_chaos("pod-failure-ratings.yaml", configuration=cluster.config())
-    chaos.apply_chaos("pod-failure-ratings.yaml", configuration=cluster.config(run_id="t2"))
-    result = chaos.remove_chaos(manifest="pod-failure-ratings.yaml",
+    chaos.apply_chaos("pod-failure-side-service.yaml", configuration=cluster.config())
+    chaos.apply_chaos("pod-failure-side-service.yaml", configuration=cluster.config(run_id="t2"))
+    result = chaos.remove_chaos(manifest="pod-failure-side-service.yaml",
                                 configuration=cluster.config())
-    assert [r["name"] for r in result["removed"]] == ["pod-failure-ratings-t1"]
-    assert cluster.chaos_names("podchaos") == ["pod-failure-ratings-t2"]
+    assert [r["name"] for r in result["removed"]] == ["pod-failure-side-service-t1"]
+    assert cluster.chaos_names("podchaos") == ["pod-failure-side-service-t2"]
 
 
 def test_remove_run_chaos_removes_every_object_of_the_run_only(cluster: Cluster) -> None:
     """The safety cleanup removes everything labelled with the run id, nothing else."""
-    chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=cluster.config())
-    chaos.apply_chaos("pod-failure-ratings.yaml", configuration=cluster.config())
-    chaos.apply_chaos("loss-orders-egress.yaml", configuration=cluster.config(run_id="t2"))
+    chaos.apply_chaos("delay-target.yaml", configuration=cluster.config())
+    chaos.apply_chaos("pod-failure-side-service.yaml", configuration=cluster.config())
+    chaos.apply_chaos("loss-target-egress.yaml", configuration=cluster.config(run_id="t2"))
     result = chaos.remove_run_chaos(configuration=cluster.config())
     assert sorted(r["name"] for r in result["removed"]) == [
-        "leaf-delay-pricing-t1", "pod-failure-ratings-t1"]
-    assert cluster.chaos_names() == ["loss-orders-egress-t2"]
+        "delay-target-t1", "pod-failure-side-service-t1"]
+    assert cluster.chaos_names() == ["loss-target-egress-t2"]
     assert cluster.chaos_names("podchaos") == []
 
 
@@ -180,7 +180,7 @@ def test_remove_run_chaos_removes_every_object_of_the_run_only(cluster: Cluster)
 def test_allowlist_refuses_before_anything_is_applied(cluster: Cluster, target_ns: str) -> None:
     """Never kube-system/istio-system/chaos-mesh, only allowed_namespaces (default shop)."""
     with pytest.raises(SafetyError, match=f"namespace '{target_ns}'"):
-        chaos.apply_chaos("leaf-delay-pricing.yaml", namespace=target_ns,
+        chaos.apply_chaos("delay-target.yaml", namespace=target_ns,
                           configuration=cluster.config())
     assert cluster.chaos_names() == []
 
@@ -188,7 +188,7 @@ def test_allowlist_refuses_before_anything_is_applied(cluster: Cluster, target_n
 def test_a_selector_reaching_into_another_namespace_is_refused(cluster: Cluster) -> None:
     """The allowlist covers the namespaces a chaos object selects from, not only its own."""
     with pytest.raises(SafetyError, match="namespace 'kube-system'"):
-        chaos.apply_chaos("leaf-delay-pricing.yaml", selector={"namespaces": ["kube-system"]},
+        chaos.apply_chaos("delay-target.yaml", selector={"namespaces": ["kube-system"]},
                           configuration=cluster.config())
     assert cluster.chaos_names() == []
 
@@ -196,12 +196,12 @@ def test_a_selector_reaching_into_another_namespace_is_refused(cluster: Cluster)
 def test_dry_run_prints_the_manifest_and_applies_nothing(
         cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
     """dry_run: print what would be applied; nothing reaches the API."""
-    result = chaos.apply_chaos("partition-inventory-pricing.yaml",
+    result = chaos.apply_chaos("partition-target-peer.yaml",
                                configuration=cluster.config(dry_run="true"))
     out = capsys.readouterr().out
     assert result["dry_run"] is True
     assert result["applied"] is False
-    assert "name: partition-inventory-pricing-t1" in out
+    assert "name: partition-target-peer-t1" in out
     assert "meshchaos.io/run-id: t1" in out
     assert cluster.chaos_names() == []
 
@@ -210,7 +210,7 @@ def test_no_pod_selected_fails_at_once_and_leaves_nothing(cluster: Cluster) -> N
     """§5.1 "no pod is selected" is a clear failure, not a wait for the timeout."""
     started = time.monotonic()
     with pytest.raises(ChaosNotSelected, match="no pod is selected"):
-        chaos.apply_chaos("leaf-delay-pricing.yaml",
+        chaos.apply_chaos("delay-target.yaml",
                           selector={"labelSelectors": {"app": "nobody"}},
                           wait_timeout=20, configuration=cluster.config())
     assert time.monotonic() - started < 10
@@ -221,10 +221,10 @@ def test_injection_timeout_names_object_condition_and_last_status(cluster: Clust
     """An injection that did not happen never passes: the error says what was awaited."""
     cluster.xds.sync_error = TimeoutError("sidecar did not ack")
     with pytest.raises(ChaosNotInjected) as exc:
-        chaos.apply_chaos("leaf-delay-pricing.yaml", wait_timeout=1.0,
+        chaos.apply_chaos("delay-target.yaml", wait_timeout=1.0,
                           configuration=cluster.config())
     message = str(exc.value)
-    assert "NetworkChaos 'shop/leaf-delay-pricing-t1'" in message
+    assert "NetworkChaos 'shop/delay-target-t1'" in message
     assert "AllInjected=True" in message
     assert "last status" in message
     assert "shop/pricing-a Not Injected" in message
@@ -239,19 +239,19 @@ def test_missing_manifest_is_a_configuration_error(cluster: Cluster) -> None:
 def test_abort_removes_every_suite_object_and_prints_them(
         cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
     """`meshchaos abort` removes all objects labelled managed-by meshchaos, all runs."""
-    chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=cluster.config())
-    chaos.apply_chaos("pod-failure-ratings.yaml", configuration=cluster.config(run_id="t9"))
+    chaos.apply_chaos("delay-target.yaml", configuration=cluster.config())
+    chaos.apply_chaos("pod-failure-side-service.yaml", configuration=cluster.config(run_id="t9"))
     assert abort.main(["--kubeconfig", str(cluster.kubeconfig)]) == 0
     out = capsys.readouterr().out
-    assert "removed NetworkChaos shop/leaf-delay-pricing-t1" in out
-    assert "removed PodChaos shop/pod-failure-ratings-t9" in out
+    assert "removed NetworkChaos shop/delay-target-t1" in out
+    assert "removed PodChaos shop/pod-failure-side-service-t9" in out
     assert cluster.chaos_names() == [] and cluster.chaos_names("podchaos") == []
     assert abort.main(["--kubeconfig", str(cluster.kubeconfig)]) == 0
     assert "no chaos objects of meshchaos in all namespaces" in capsys.readouterr().out
 
 
 def _experiment(ns: str = "") -> dict[str, Any]:
-    args: dict[str, Any] = {"manifest": "leaf-delay-pricing.yaml"}
+    args: dict[str, Any] = {"manifest": "delay-target.yaml"}
     if ns:
         args["namespace"] = ns
     return {"method": [{"type": "action", "name": "slow-pricing",
@@ -268,13 +268,13 @@ def test_control_sets_the_run_id_and_cleans_up_after_the_experiment(cluster: Clu
         run_id = configuration["run_id"]
         assert len(run_id) == 8
         safety_control.before_experiment_control(context={})
-        chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=dict(configuration))
-        assert cluster.chaos_names() == [f"leaf-delay-pricing-{run_id}"]
+        chaos.apply_chaos("delay-target.yaml", configuration=dict(configuration))
+        assert cluster.chaos_names() == [f"delay-target-{run_id}"]
         journal: dict[str, Any] = {"status": "failed"}
         safety_control.after_experiment_control(context={}, state=journal)
         assert cluster.chaos_names() == []
         assert journal["meshchaos_safety"]["removed"][0]["name"] == \
-            f"leaf-delay-pricing-{run_id}"
+            f"delay-target-{run_id}"
     finally:
         safety_control.cleanup_control()
 
@@ -304,7 +304,7 @@ def test_sigterm_removes_the_runs_chaos_then_calls_the_previous_handler(
     try:
         configuration: dict[str, Any] = {"kubeconfig": str(cluster.kubeconfig)}
         safety_control.configure_control(configuration=configuration, experiment={})
-        chaos.apply_chaos("pod-failure-ratings.yaml", configuration=dict(configuration))
+        chaos.apply_chaos("pod-failure-side-service.yaml", configuration=dict(configuration))
         assert cluster.chaos_names("podchaos") != []
         os.kill(os.getpid(), signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -321,7 +321,7 @@ def test_sigterm_removes_the_runs_chaos_then_calls_the_previous_handler(
 def test_remove_by_name_refuses_an_object_the_suite_did_not_create(cluster: Cluster) -> None:
     """Removal by name only takes objects labelled managed-by meshchaos: someone else's
     experiment is never deleted by a typo."""
-    foreign = chaos._build("leaf-delay-pricing.yaml", "x", duration=None, selector=None,
+    foreign = chaos._build("delay-target.yaml", "x", duration=None, selector=None,
                            namespace="shop")
     foreign["metadata"]["name"] = "someone-elses"
     foreign["metadata"]["labels"] = {"team": "payments"}
@@ -338,7 +338,7 @@ def test_a_webhook_refusal_reaches_the_client_as_a_422_naming_the_field(
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
-    bad = chaos._build("leaf-delay-pricing.yaml", "t1", duration=None, selector=None,
+    bad = chaos._build("delay-target.yaml", "t1", duration=None, selector=None,
                        namespace="shop")
     bad["spec"]["direction"] = "from"
     api = client.CustomObjectsApi(config.new_client_from_config(str(cluster.kubeconfig)))
@@ -363,7 +363,7 @@ def test_ctrl_c_removes_the_runs_chaos_then_interrupts_as_before(cluster: Cluste
     try:
         configuration: dict[str, Any] = {"kubeconfig": str(cluster.kubeconfig)}
         safety_control.configure_control(configuration=configuration, experiment={})
-        chaos.apply_chaos("leaf-delay-pricing.yaml", configuration=dict(configuration))
+        chaos.apply_chaos("delay-target.yaml", configuration=dict(configuration))
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)  # the handler runs between bytecodes; this sleep is cut short
@@ -409,7 +409,7 @@ def store_ns(cluster: Cluster) -> Cluster:
 def test_the_namespace_key_moves_the_manifest_and_its_selectors(store_ns: Cluster) -> None:
     """`--var namespace=store` retargets a template written for shop, selectors included."""
     config = store_ns.config(namespace="store", allowed_namespaces="store")
-    result = chaos.apply_chaos("leaf-delay-pricing.yaml", service="stock",
+    result = chaos.apply_chaos("delay-target.yaml", service="stock",
                                configuration=config)
     stored = store_ns.store.get(GROUP, "networkchaos", "store", result["name"])
     assert stored["spec"]["selector"] == {"namespaces": ["store"],
@@ -420,7 +420,7 @@ def test_the_namespace_key_moves_the_manifest_and_its_selectors(store_ns: Cluste
 def test_the_delay_is_derived_from_the_route_timeout_and_says_so(store_ns: Cluster) -> None:
     """Istio's route timeout bounds every try (fidelity §1.2): twice it makes callers give up."""
     config = store_ns.config(namespace="store", allowed_namespaces="store")
-    result = chaos.apply_chaos("leaf-delay-pricing.yaml", service="stock", caller="catalog",
+    result = chaos.apply_chaos("delay-target.yaml", service="stock", caller="catalog",
                                latency_factor=2, configuration=config)
     stored = store_ns.store.get(GROUP, "networkchaos", "store", result["name"])
     assert stored["spec"]["delay"]["latency"] == "500ms"
@@ -430,7 +430,7 @@ def test_the_delay_is_derived_from_the_route_timeout_and_says_so(store_ns: Clust
 def test_a_route_with_only_per_try_timeouts_bounds_the_delay_by_all_its_tries(
         store_ns: Cluster) -> None:
     config = store_ns.config(namespace="store", allowed_namespaces="store", dry_run="true")
-    result = chaos.apply_chaos("leaf-delay-pricing.yaml", service="catalog",
+    result = chaos.apply_chaos("delay-target.yaml", service="catalog",
                                latency_factor=1.5, configuration=config)
     assert result["dry_run"] is True
     assert result["derived"] == ("delay 450 ms = 1.5 x route to catalog 3 tries x "
@@ -440,7 +440,7 @@ def test_a_route_with_only_per_try_timeouts_bounds_the_delay_by_all_its_tries(
 
 def test_a_partition_peer_is_aimed_by_its_own_service_selector(store_ns: Cluster) -> None:
     config = store_ns.config(namespace="store", allowed_namespaces="store")
-    result = chaos.apply_chaos("partition-inventory-pricing.yaml", service="catalog",
+    result = chaos.apply_chaos("partition-target-peer.yaml", service="catalog",
                                peer="stock", configuration=config)
     stored = store_ns.store.get(GROUP, "networkchaos", "store", result["name"])
     assert stored["spec"]["selector"]["labelSelectors"] == {"tier": "catalog"}
@@ -452,9 +452,9 @@ def test_a_partition_peer_is_aimed_by_its_own_service_selector(store_ns: Cluster
     ({"service": "stokc"}, "names service 'stokc', but namespace 'store' has no such "
                            "Service \\(it has: catalog, headless, stock\\)"),
     ({"service": "headless"}, "Service 'store/headless' has no spec.selector"),
-    ({"service": "catalog", "latency_factor": 2, "manifest": "pod-kill-inventory.yaml"},
+    ({"service": "catalog", "latency_factor": 2, "manifest": "pod-kill-target.yaml"},
      "'latency' applies to a delay"),
-    ({"service": "headless", "peer": "stock", "manifest": "leaf-delay-pricing.yaml"},
+    ({"service": "headless", "peer": "stock", "manifest": "delay-target.yaml"},
      "has no spec.selector"),
     ({"service": "stock", "peer": "catalog"}, "argument 'peer' needs a manifest with "
                                               "spec.target"),
@@ -462,7 +462,7 @@ def test_a_partition_peer_is_aimed_by_its_own_service_selector(store_ns: Cluster
 def test_bad_targets_fail_before_any_chaos_is_applied(store_ns: Cluster, kwargs: dict[str, Any],
                                                       message: str) -> None:
     config = store_ns.config(namespace="store", allowed_namespaces="store")
-    manifest = kwargs.pop("manifest", "leaf-delay-pricing.yaml")
+    manifest = kwargs.pop("manifest", "delay-target.yaml")
     with pytest.raises(ConfigurationError, match=message):
         chaos.apply_chaos(manifest, configuration=config, **kwargs)
     assert store_ns.chaos_names() == [] and store_ns.chaos_names("podchaos") == []
@@ -476,6 +476,6 @@ def test_a_timeout_experiment_on_a_service_without_a_route_timeout_is_refused(
     config = store_ns.config(namespace="store", allowed_namespaces="store")
     with pytest.raises(ConfigurationError, match="no VirtualService in namespace 'store' "
                                                  "routes to it"):
-        chaos.apply_chaos("leaf-delay-pricing.yaml", service="reviews", latency_factor=2,
+        chaos.apply_chaos("delay-target.yaml", service="reviews", latency_factor=2,
                           configuration=config)
     assert store_ns.chaos_names() == []

@@ -176,4 +176,5 @@ def test_pod_failure_image_annotation_falls_back_to_the_container_name() -> None
 
     key = image_annotation("fail", "app", "normal")
     assert key == "chaos-mesh-fail-pod-failure-app-normal-image"
-    assert image_annotation("pod-failure-ratings-553ec153", "istio-proxy", "init") == "istio-proxy"
+    assert image_annotation("pod-failure-side-service-553ec153", "istio-proxy",
+                            "init") == "istio-proxy"

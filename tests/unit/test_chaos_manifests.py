@@ -48,8 +48,8 @@ DOCS = _chaos_documents()
 def test_the_suite_ships_its_chaos_manifests() -> None:
     """The five experiment faults exist (delay, pod-kill, partition, loss, pod-failure)."""
     names = {p.values[0]["metadata"]["name"] for p in DOCS}
-    assert {"leaf-delay-pricing", "pod-kill-inventory", "partition-inventory-pricing",
-            "loss-orders-egress", "pod-failure-ratings"} <= names
+    assert {"delay-target", "pod-kill-target", "partition-target-peer",
+            "loss-target-egress", "pod-failure-side-service"} <= names
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -65,3 +65,24 @@ def test_suite_manifests_carry_the_safety_label_and_a_duration(doc: Any) -> None
     in time, so an abort can find it and a forgotten one ends by itself."""
     assert doc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "meshchaos"
     assert doc["spec"]["duration"]
+
+
+REFERENCE_HOPS = ("frontend", "orders", "inventory", "pricing", "ratings")
+TEMPLATES = sorted((ROOT / "fixtures" / "chaos").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=[p.stem for p in TEMPLATES])
+def test_suite_templates_are_named_by_role_and_select_the_reference_chain_by_default(
+        path: Path) -> None:
+    """A template says what it does to whom in role terms (the object it becomes is
+    ``<name>-<run id>``, so the name is the file's); apply_chaos re-aims it by Service, and
+    its default selector stays the reference chain's, so the file alone is a whole object
+    for fixtures/k8s (Chaos Mesh selector: namespaces + labelSelectors, §5.1)."""
+    doc = yaml.safe_load(path.read_text())
+    assert doc["metadata"]["name"] == path.stem
+    assert [hop for hop in REFERENCE_HOPS if hop in path.stem] == []
+    selectors = [doc["spec"]["selector"], *([doc["spec"]["target"]["selector"]]
+                                            if "target" in doc["spec"] else [])]
+    for selector in selectors:
+        assert selector["namespaces"] == ["shop"]
+        assert selector["labelSelectors"]["app"] in REFERENCE_HOPS

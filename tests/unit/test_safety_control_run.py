@@ -23,11 +23,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 APPLY: dict[str, Any] = {"type": "action", "name": "slow-pricing",
          "provider": {"type": "python", "module": "probes.chaos", "func": "apply_chaos",
-                      "arguments": {"manifest": "leaf-delay-pricing.yaml"}}}
+                      "arguments": {"manifest": "delay-target.yaml"}}}
 # allowed, but fails in the run: Chaos Mesh selects no pod
 FAIL = {"type": "action", "name": "select-nobody",
         "provider": {"type": "python", "module": "probes.chaos", "func": "apply_chaos",
-                     "arguments": {"manifest": "pod-failure-ratings.yaml",
+                     "arguments": {"manifest": "pod-failure-side-service.yaml",
                                    "selector": {"labelSelectors": {"app": "nobody"}}}}}
 
 
@@ -47,7 +47,7 @@ def test_a_failed_run_still_removes_the_runs_chaos(cluster: Cluster) -> None:
     journal = run_experiment(experiment(cluster, APPLY, FAIL))
     run = journal["run"]
     assert run[0]["status"] == "succeeded", run[0]
-    assert run[0]["output"]["name"].startswith("leaf-delay-pricing-")
+    assert run[0]["output"]["name"].startswith("delay-target-")
     assert run[1]["status"] == "failed"
     assert "no pod is selected" in run[1]["exception"][-1]
     assert cluster.chaos_names() == []
@@ -60,7 +60,7 @@ def test_a_forbidden_namespace_interrupts_the_run_before_anything_is_applied(
         cluster: Cluster) -> None:
     """The allowlist is checked before the method starts: nothing is ever created."""
     forbidden = {**APPLY, "provider": {**APPLY["provider"], "arguments": {
-        "manifest": "leaf-delay-pricing.yaml", "namespace": "kube-system"}}}
+        "manifest": "delay-target.yaml", "namespace": "kube-system"}}}
     journal = run_experiment(experiment(cluster, APPLY, forbidden))
     assert journal["status"] == "interrupted"
     assert journal["run"] == []

@@ -50,10 +50,10 @@ def test_namespaces_of_covers_selector_target_and_pods() -> None:
 
 def test_stamp_labels_the_object_and_bounds_it_in_time() -> None:
     obj: dict[str, object] = {"metadata": {"name": "x"}, "spec": {}}
-    safety.stamp(obj, run_id="abcd1234", manifest="leaf-delay-pricing")
+    safety.stamp(obj, run_id="abcd1234", manifest="delay-target")
     assert obj["metadata"] == {"name": "x", "labels": {  # type: ignore[comparison-overlap]
         "app.kubernetes.io/managed-by": "meshchaos", "meshchaos.io/run-id": "abcd1234",
-        "meshchaos.io/manifest": "leaf-delay-pricing"}}
+        "meshchaos.io/manifest": "delay-target"}}
     assert obj["spec"] == {"duration": "60s"}
 
 
