@@ -6,6 +6,11 @@
 - A present but invalid ``traceparent`` yields no span and no injection: the
   headers pass through unchanged (Envoy's ``NullSpan``).
 - No ``traceparent``: a new trace, sampled with the mesh sampling percentage.
+- Injection (``Span::injectContext``) writes version ``00`` and the sampled bit only
+  (:func:`format_traceparent`: a random-trace-id bit is dropped), and the sidecar sets
+  ``tracestate`` to the span's: the incoming fields joined with ``,``, or empty for a
+  trace it started; of two ``traceparent`` fields the first counts
+  (``Sidecar._trace``; docs/fidelity.md §3).
 
 Spans are plain :class:`Span` records; :class:`SpanExporter` turns batches of them
 into one OTLP/HTTP protobuf request off the request path
