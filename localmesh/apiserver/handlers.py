@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import copy
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -334,6 +335,7 @@ class ResourceHandlers:
         timeout = query_int(request, "timeoutSeconds")
         since_text = request.query.get("resourceVersion", "")
         since = None if since_text in ("", "0") else _watch_version(since_text)
+        render = _watch_renderer(request, target)
         replay = self.hub.add(watcher, since)
         try:
             if since is None:
@@ -347,19 +349,29 @@ class ResourceHandlers:
                 # timeoutSeconds elapsing ends the stream normally, as on a real server;
                 # a client that hung up needs no more events.
                 for event, obj in replay:
-                    await _send(response, event, _present(obj, target))
+                    await _send(response, event, render(_present(obj, target)))
                 async with asyncio.timeout(timeout if timeout and timeout > 0 else None):
                     while (item := await _next_event(watcher, request)) is not None:
                         event, obj = item
                         if _version(obj) <= seen:  # in the listing or the replay already
                             continue
                         seen = _version(obj)
-                        await _send(response, event, _present(copy.deepcopy(obj), target))
+                        await _send(response, event,
+                                    render(_present(copy.deepcopy(obj), target)))
         finally:
             self.hub.remove(watcher)
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
+
+
+def _watch_renderer(request: web.Request, target: Target,
+                    ) -> Callable[[KubeObject], KubeObject]:
+    """What a watch event carries: the object, or a one-row Table of it when the client
+    asked for Tables (``kubectl get -w`` prints those rows, §8.2)."""
+    if table_version(request.headers.get("Accept", "")) is None:
+        return lambda obj: obj
+    return lambda obj: _as_table(request, target, [obj], str(_version(obj))) or obj
 
 
 def _version(obj: KubeObject) -> int:

@@ -8,6 +8,7 @@ default (``includeObject`` = None | Object | PartialObjectMetadata).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,18 @@ def test_without_the_table_accept_the_objects_are_served(api: ServedApi) -> None
     (9 * 365 * 86400, "9y")])
 def test_ages_are_apimachinerys_human_duration(seconds: int, printed: str) -> None:
     assert human_duration(seconds) == printed
+
+
+def test_a_watch_asked_for_tables_streams_one_row_tables(api: ServedApi) -> None:
+    """``kubectl get -w`` watches with the Table Accept header and prints each event's row
+    with the server's columns (without it, it falls back to NAME and AGE)."""
+    api.store.create(pod("orders-a"))
+    with requests.get(f"{api.url}/api/v1/namespaces/shop/pods", stream=True, timeout=10,
+                      params={"watch": "true", "timeoutSeconds": "10"},
+                      headers={"Accept": TABLE}) as response:
+        event = json.loads(next(response.iter_lines()))
+    assert event["type"] == "ADDED"
+    table = event["object"]
+    assert (table["kind"], columns(table)) == ("Table", ["Name", "Ready", "Status",
+                                                         "Restarts", "Age"])
+    assert cells(table, "orders-a")["Status"] == "Running"
