@@ -32,12 +32,18 @@ edge ``* -> service`` with its route (the entry, which only the ingress calls, i
 
 **Experiments** come from the suite's templates (``experiments/*.json``); only their
 configuration defaults, title and description change. With a call tree: a
-``timeout-cascade`` per edge with a bounded route, a ``pod-kill-midchain`` per hop that
-has a caller and callees, and per edge to a leaf either a ``sidecar-failure`` (the leaf
+``timeout-cascade`` per edge to a leaf with a bounded route, a ``pod-kill-midchain`` per hop
+that has a caller and callees, and per edge to a leaf either a ``sidecar-failure`` (the leaf
 sits beside a deeper call of the same caller: the main path goes on through the sibling,
 so the leaf looks optional, and the run tells) or a ``partition-leaf`` (the leaf ends the
-main path: cutting it times out the hops above). Without one, only ``pod-kill-midchain`` for
-each routed service with retries (the other templates need a caller or a peer).
+main path: cutting it times out the hops above). Timeout cascades aim at leaves only: the
+template's delay shapes the target's egress (docs/fidelity.md §5.2), so on a hop with
+callees it also holds that hop's own calls, which then never reach its callees, and the
+trace-continuity probe reads their missing spans as a break (measured on both chains: every
+cascade aimed at a mid hop FAILed on ``same-trace``, every one aimed at a leaf PASSed); an
+inversion on a mid edge is exercised by the cascades on the leaves below it. Without one,
+only ``pod-kill-midchain`` for each routed service with retries (the other templates need a
+caller or a peer).
 """
 
 from __future__ import annotations
@@ -328,8 +334,31 @@ def choose_edges(services: Sequence[str], routes: Sequence[RouteTiming],
 
 # -- the audit ------------------------------------------------------------------------------
 
+def _leaves_below(calls: Mapping[str, list[str]], hop: str) -> list[str]:
+    out, queue = [], list(calls.get(hop, ()))
+    while queue:
+        nxt = queue.pop(0)
+        if not calls.get(nxt) and nxt not in out:
+            out.append(nxt)
+        queue.extend(calls.get(nxt, ()))
+    return out
+
+
+def _cascade_note(calls: Mapping[str, list[str]], edge: Edge) -> str:
+    below = _leaves_below(calls, edge.callee)
+    if not calls.get(edge.callee):
+        where = "the timeout-cascade experiment of this edge tests"
+    else:
+        where = (f"the timeout-cascade experiments on the leaves below it ({', '.join(below)})"
+                 " test")
+    return (" The mesh keeps the apps' x-envoy-upstream-rq-timeout-ms (docs/fidelity.md "
+            "§1.4), so a budget the apps propagate can end the call first: "
+            f"{where} whether it does.")
+
+
 def _inversions(edges: Sequence[Edge], honor_app_headers: bool) -> list[Finding]:
     into = {e.callee: e for e in edges}  # the edge that calls each hop (first caller)
+    calls = _callees(edges)
     found = []
     for edge in edges:
         outer = into.get(edge.caller) if edge.internal else None
@@ -339,10 +368,7 @@ def _inversions(edges: Sequence[Edge], honor_app_headers: bool) -> list[Finding]
         deadline, bound = outer.route.try_deadline_ms, inner.bound_ms
         if not deadline or not bound or bound < deadline:
             continue
-        note = (" The mesh keeps the apps' x-envoy-upstream-rq-timeout-ms (docs/fidelity.md "
-                "§1.4), so a budget the apps propagate can end the call first: the "
-                "timeout-cascade experiment of this edge tests whether it does."
-                if honor_app_headers else "")
+        note = _cascade_note(calls, edge) if honor_app_headers else ""
         found.append(Finding(
             "timeout-inversion", edge.name,
             (inner.object_name(), outer.route.object_name()),
@@ -513,14 +539,15 @@ def plan_experiments(edges: Sequence[Edge], findings: Sequence[Finding] = ()
             continue
         if not edge.internal:
             continue
-        if route is not None and route.bound_ms:
+        leaf = not calls.get(edge.callee)
+        if leaf and route is not None and route.bound_ms:
             out.append(PlannedExperiment(
                 "timeout-cascade", edge,
                 _keys(target_service=edge.callee, target_caller=edge.caller),
                 f"{edge.caller} waits for {edge.callee} at most {format_ms(route.bound_ms)} "
                 f"({route.describe_bound()}): a delay beyond it tests that the chain "
                 "answers, budgets shrink and no work is orphaned", mine))
-        if not calls.get(edge.callee):
+        if leaf:
             deeper = [c for c in calls.get(edge.caller, []) if c != edge.callee and calls.get(c)]
             out.append(_side_failure(edge, deeper, mine) if deeper else PlannedExperiment(
                 "partition-leaf", edge,

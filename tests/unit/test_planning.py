@@ -352,6 +352,11 @@ def test_the_store_chains_backstop_routes_are_four_inversions() -> None:
         ("timeout-inversion", "catalog -> reviews", "3s", "2s"),
         ("timeout-inversion", "stock -> warehouse", "3s", "1.8s")]
     assert all("x-envoy-upstream-rq-timeout-ms" in f.message for f in plan.findings)
+    assert "the timeout-cascade experiments on the leaves below it (reviews, warehouse) " \
+        "test whether it does" in plan.findings[0].message
+    assert "the timeout-cascade experiment of this edge tests" in plan.findings[3].message
+    assert {p.file_name for p in plan.experiments if p.template == "timeout-cascade"} == {
+        "timeout-cascade--catalog-to-reviews.json", "timeout-cascade--stock-to-warehouse.json"}
     assert plan.entry_path == "/api/"
 
 
@@ -370,14 +375,11 @@ def planned_reference() -> list[tuple[str, str, dict[str, str]]]:
 
 
 def test_each_edge_gets_the_templates_that_fit_it() -> None:
-    """Timeout cascades on every timed internal edge, a pod kill per mid hop, the side leaf
+    """Timeout cascades on every timed edge to a leaf (the delay holds the target's egress,
+    §5.2: on a mid hop it would hold its own calls), a pod kill per mid hop, the side leaf
     ratings (beside the deeper inventory) fails whole, the main leaf pricing is cut off."""
     assert planned_reference() == [
-        ("timeout-cascade", "frontend -> orders",
-         {"target_service": "orders", "target_caller": "frontend"}),
         ("pod-kill-midchain", "frontend -> orders", {"target_service": "orders"}),
-        ("timeout-cascade", "orders -> inventory",
-         {"target_service": "inventory", "target_caller": "orders"}),
         ("pod-kill-midchain", "orders -> inventory", {"target_service": "inventory"}),
         ("timeout-cascade", "orders -> ratings",
          {"target_service": "ratings", "target_caller": "orders"}),
