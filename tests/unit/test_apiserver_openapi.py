@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 import requests
 
+from localmesh.apiserver.openapi import unknown_builtin_fields
 from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
 from localmesh.validation import install_validation
+from localmesh.yamldoc import safe_load_all
 from tests.apiserver_helpers import ServedApi, deployment, namespace, serve_api
 
 
@@ -131,3 +133,16 @@ def test_strict_field_validation_names_an_unknown_field_of_a_core_kind(
         'Deployment in version "v1" cannot be handled as a Deployment: strict decoding '
         'error: unknown field "spec.template.spec.containers[0].imagePullPolcy"')
     assert requests.post(url, json=body, timeout=30).status_code == 201
+
+
+def test_every_shipped_core_manifest_passes_strict_validation() -> None:
+    """kubectl apply -f fixtures/... sends fieldValidation=Strict: no shipped Deployment,
+    Service, ConfigMap or Namespace may carry a field its schema does not declare."""
+    root = Path(__file__).resolve().parents[2]
+    checked = 0
+    for path in sorted(root.glob("fixtures/**/*.yaml")):
+        for doc in safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("apiVersion") in ("v1", "apps/v1"):
+                assert unknown_builtin_fields(doc) == [], f"{path}: {doc['kind']}"
+                checked += 1
+    assert checked >= 20  # the reference chain's and the store chain's manifests
