@@ -37,6 +37,7 @@ __all__ = [
     "no_call_after_deadline",
     "observed_budgets",
     "sent_timeout_within_remaining",
+    "stale_beyond_transit",
     "timeout_headers_stripped",
 ]
 
