@@ -29,6 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from probes import config, kube, safety, services
@@ -151,7 +152,9 @@ def apply_route_fault(virtual_service: str, route: str = "", delay: str = "",
     Waits ``settle_s`` for the push to reach the sidecars (istiod takes about a second).
 
     Returns ``{"kind", "namespace", "name", "route", "fault", "run_id", "applied",
-    "dry_run", "derived"}``.
+    "injected_at", "dry_run", "derived"}``: ``injected_at`` is when the API server had
+    accepted the edit and ``settle_s`` had passed (Istio reports no injection condition by
+    default, so the experiment's effect probe must show the fault is felt).
     """
     run_id = kube.run_id(configuration)
     namespace = namespace or config.resolve(configuration).namespace
@@ -168,7 +171,7 @@ def apply_route_fault(virtual_service: str, route: str = "", delay: str = "",
             logger.info("%s: %s", label, derived)
         fault = _fault(delay, delay_percent, abort_status, abort_percent)
         result = {"kind": "VirtualService", "namespace": namespace, "name": virtual_service,
-                  "fault": fault, "run_id": run_id, "applied": False,
+                  "fault": fault, "run_id": run_id, "applied": False, "injected_at": None,
                   "dry_run": safety.is_dry_run(configuration), "derived": derived}
         if result["dry_run"]:
             print(f"# dry run: would set http[{route or 0}].fault of {label} to "
@@ -199,11 +202,15 @@ def apply_route_fault(virtual_service: str, route: str = "", delay: str = "",
             break
         else:
             raise ChaosError(f"{label} kept changing: {_WRITE_ATTEMPTS} writes conflicted")
+    # Istio reports no injection condition by default (its status reporting is off), so the
+    # fault counts as in place once the API server took it and the push had time to land;
+    # the experiment's effect probe is the proof that the callers feel it.
     time.sleep(max(float(settle_s), 0.0))
     name = str(vs["spec"]["http"][index].get("name") or index)
     logger.info("%s: route '%s' now has fault %s (run '%s')", label, name, json.dumps(fault),
                 run_id)
-    return {**result, "route": name, "applied": True}
+    return {**result, "route": name, "applied": True,
+            "injected_at": datetime.now(UTC).isoformat()}
 
 
 def restore_route_faults(run_id: str = "", namespace: str = "",

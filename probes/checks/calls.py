@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.request import HopEvidence
 
-__all__ = ["FAILED_FLAGS", "NOT_SENT_FLAGS", "SidecarRun", "failed", "reached_upstream",
-           "sidecar_runs"]
+__all__ = ["FAILED_FLAGS", "NOT_SENT_FLAGS", "SidecarRun", "failed", "held_by_fault_filter",
+           "reached_upstream", "sidecar_runs"]
 
 # Response flags of a call that did not succeed (Envoy's access-log flags, §2.3).
 FAILED_FLAGS = frozenset({"UT", "UF", "UH", "URX", "UC", "UO", "NR", "DC", "DR", "LR",
@@ -29,8 +29,19 @@ NOT_SENT_FLAGS = frozenset({"UH", "NR", "NC", "UO", "UF"})
 
 
 def reached_upstream(call: AccessLogRecord) -> bool:
-    """The outbound sidecar sent the call to a callee (it was not refused before that)."""
-    return not call.flags & NOT_SENT_FLAGS
+    """The outbound sidecar sent the call to a callee (it was not refused before that, nor
+    answered by a VirtualService fault before its router ran)."""
+    return not call.flags & NOT_SENT_FLAGS and not held_by_fault_filter(call)
+
+
+def held_by_fault_filter(call: AccessLogRecord) -> bool:
+    """Envoy's fault filter answered the call before the router (docs/fidelity.md §2.4): an
+    abort (``FI``), or a caller that left during an injected delay (``DI`` with ``DC`` and no
+    upstream host). The router never ran, so no budget or attempt was sent on."""
+    flags = call.flags
+    if "FI" in flags:
+        return True
+    return "DI" in flags and "DC" in flags and not call.fields.get("upstream_host")
 
 
 @dataclass(frozen=True)

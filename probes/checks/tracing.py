@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from probes.checks.calls import reached_upstream
 from probes.checks.findings import Finding, NotJudged, Outcome, aggregate
 from probes.errors import ConfigurationError
 from probes.evidence.request import CallTree, RequestEvidence, mask_request_id
@@ -51,22 +52,24 @@ def _ids(ev: RequestEvidence, *more: str) -> tuple[str, ...]:
     return (ev.sent.trace_id, *more)
 
 
-# The upstream never got the request: connect failure, no healthy host, no route, overflow.
-_NOT_SENT = frozenset({"UF", "UH", "NR", "NC", "UO"})
+# The upstream never got the request: connect failure, no healthy host, no route, overflow,
+# or a VirtualService fault's abort (FI) before the router (§2.4).
+_NOT_SENT = frozenset({"UF", "UH", "NR", "NC", "UO", "FI"})
 
 
 def _reached(ev: RequestEvidence, caller: str | None, hop: str) -> bool:
     """Whether ``hop`` got the request at all (under chaos a callee may be unreachable).
 
-    Unreached = the caller's outbound lines to it all show a connect failure, or the
-    caller's app never called it; without the caller's lines, assume reached (strict).
+    Unreached = the caller's outbound lines to it all show a call never sent (a connect
+    failure, or a fault filter's abort or held delay, §2.4), or the caller's app never
+    called it; without the caller's lines, assume reached (strict).
     """
     if caller is None or ev.hop(hop).logs_in:
         return True
     evidence = ev.hop(caller)
     lines = [r for r in evidence.logs_out if r.upstream_service == hop]
     if lines:
-        return not all(r.flags & _NOT_SENT for r in lines)
+        return not all(not reached_upstream(r) for r in lines)
     outs = [s for s in evidence.sidecar_out if s.upstream_service == hop
             or str(s.attributes.get("http.url", "")).split("//", 1)[-1].startswith(f"{hop}:")]
     if outs:

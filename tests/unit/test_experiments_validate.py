@@ -48,9 +48,10 @@ def deployments() -> set[str]:
     return names
 
 
-def test_the_six_experiments_of_the_suite_exist() -> None:
+def test_the_seven_experiments_of_the_suite_exist() -> None:
     assert set(IDS) == {"timeout-cascade", "pod-kill-midchain", "partition-leaf",
-                        "lossy-retry-budget", "sidecar-failure", "deadline-headers-audit"}
+                        "lossy-retry-budget", "sidecar-failure", "deadline-headers-audit",
+                        "fault-delay-beyond-timeout"}
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
