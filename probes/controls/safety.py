@@ -13,7 +13,8 @@ Usage (in the experiment's ``controls``)::
   that lands once the experiment is over only removes the chaos: the journal and the
   report are written first.
 - ``before_experiment_control`` checks, before anything is applied, every
-  ``probes.chaos.apply_chaos`` activity of the experiment (with its overrides) and the
+  ``probes.chaos.apply_chaos`` and ``probes.routefaults.apply_route_fault`` activity of the
+  experiment (with its overrides) and the
   configured ``namespace`` against the allowlist (``allowed_namespaces``, default
   the ``namespace`` key; ``kube-system``, ``istio-system`` and ``chaos-mesh`` never) and
   interrupts the run if any is refused. chaoslib swallows errors raised while a
@@ -61,6 +62,8 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _PRELOAD_WAIT_S = 10.0  # bounded: a cleanup must never hang on an import
 _JOURNAL_GRACE_S = 5.0  # chaos run writes its journal moments after the controls' cleanup
 _CHAOS_MODULE, _APPLY = "probes.chaos", "apply_chaos"
+_ROUTE_FAULT_MODULE = "probes.routefaults"
+_APPLIES = frozenset({(_CHAOS_MODULE, _APPLY), (_ROUTE_FAULT_MODULE, "apply_route_fault")})
 
 
 @dataclass
@@ -160,7 +163,7 @@ def cleanup_control() -> None:
 def _is_apply(activity: Mapping[str, Any]) -> bool:
     provider = activity.get("provider") or {}
     return (activity.get("type") == "action" and provider.get("type") == "python"
-            and provider.get("module") == _CHAOS_MODULE and provider.get("func") == _APPLY)
+            and (provider.get("module"), provider.get("func")) in _APPLIES)
 
 
 def _activities(experiment: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
@@ -171,8 +174,19 @@ def _activities(experiment: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 
 
 def _check_activity(activity: Mapping[str, Any], configuration: Mapping[str, Any]) -> str:
-    """The refusal message for one apply_chaos activity, or '' when it is allowed."""
-    args = dict((activity.get("provider") or {}).get("arguments") or {})
+    """The refusal message for one apply_chaos or apply_route_fault activity, or '' when it
+    is allowed."""
+    provider = activity.get("provider") or {}
+    args = dict(provider.get("arguments") or {})
+    if provider.get("module") == _ROUTE_FAULT_MODULE:
+        # A route fault edits one VirtualService, in its namespace and nowhere else.
+        namespace = str(args.get("namespace") or "") or config.resolve(configuration).namespace
+        try:
+            safety.check_namespaces([namespace], configuration,
+                                    f"action '{activity.get('name')}'")
+        except ProbeError as exc:
+            return str(exc)
+        return ""
     try:
         # the same object apply_chaos would build (a sibling module's private helper)
         obj = chaos._build(str(args.get("manifest", "")), "check",

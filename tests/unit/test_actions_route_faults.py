@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chaoslib.exceptions import InterruptExecution
 
 from meshchaos.commands import abort
 from probes import chaos, routefaults
@@ -169,3 +170,25 @@ def test_a_malformed_delay_is_refused_by_admission_naming_the_field(cluster: Clu
                                       configuration=cluster.config())
     assert "is not a valid duration" in str(caught.value)
     assert _vs(cluster) == before
+
+
+def test_the_safety_control_refuses_a_route_fault_outside_the_allowlist_before_the_run(
+        cluster: Cluster) -> None:
+    """As for chaos objects: the namespace a route fault would edit is checked before anything
+    is applied, and again with the activity's final arguments."""
+    action = {"type": "action", "name": "fault-elsewhere",
+              "provider": {"type": "python", "module": "probes.routefaults",
+                           "func": "apply_route_fault",
+                           "arguments": {"virtual_service": "pricing", "delay": "1s",
+                                         "namespace": "other"}}}
+    configuration: dict[str, Any] = {"kubeconfig": str(cluster.kubeconfig)}
+    safety_control.configure_control(configuration=configuration,
+                                     experiment={"method": [action]})
+    try:
+        with pytest.raises(InterruptExecution, match="namespace 'other' is not in"):
+            safety_control.before_experiment_control(context={})
+        with pytest.raises(InterruptExecution, match="namespace 'other' is not in"):
+            safety_control.before_activity_control(context=action,
+                                                   configuration=configuration)
+    finally:
+        safety_control.cleanup_control()
