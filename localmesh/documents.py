@@ -186,6 +186,7 @@ class EndpointDoc(TypedDict):
     port: Port
     labels: NotRequired[dict[str, str]]  # default {}
     ready: NotRequired[bool]  # default true
+    tcp_port: NotRequired[Port]  # the pod's inbound TCP listener (tcp_proxy), when it has one
 
 
 class ServiceDoc(TypedDict, total=False):
@@ -195,6 +196,7 @@ class ServiceDoc(TypedDict, total=False):
     namespace: str  # default ""
     ports: list[Port]  # default []
     endpoints: list[EndpointDoc]  # default []
+    tcp_ports: list[Port]  # default []: the ports Istio proxies as TCP (docs/fidelity.md §2.4)
 
 
 class HeaderMatchDoc(TypedDict, total=False):

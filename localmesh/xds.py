@@ -47,6 +47,7 @@ from localmesh.errors import MeshError, NotFound, SidecarConfigError
 from localmesh.http.client import ConnectionPool
 from localmesh.http.errors import HttpError
 from localmesh.meshconfig import MeshConfig, parse_duration_ms
+from localmesh.protocols import TCP_INBOUND_ANNOTATION, carries_tcp, port_protocol
 from localmesh.selectors import match_labels
 from localmesh.store import ObjectStore
 
@@ -106,14 +107,24 @@ def _services(store: ObjectStore) -> dict[str, ServiceDoc]:
             if (not selector or pmeta.get("namespace") != ns or port is None
                     or not match_labels(selector, pmeta.get("labels") or {})):
                 continue
-            eps.append({"pod": pmeta["name"], "namespace": ns,
-                        "host": str((pod.get("status") or {}).get("podIP") or "127.0.0.1"),
-                        "port": port, "labels": dict(pmeta.get("labels") or {}),
-                        "ready": _pod_ready(pod)})
-        out[f"{meta['name']}.{ns}.svc.cluster.local"] = {
+            ep: EndpointDoc = {
+                "pod": pmeta["name"], "namespace": ns,
+                "host": str((pod.get("status") or {}).get("podIP") or "127.0.0.1"),
+                "port": port, "labels": dict(pmeta.get("labels") or {}),
+                "ready": _pod_ready(pod)}
+            tcp_port = (pmeta.get("annotations") or {}).get(TCP_INBOUND_ANNOTATION)
+            if tcp_port and str(tcp_port).isdigit():
+                ep["tcp_port"] = int(tcp_port)
+            eps.append(ep)
+        doc: ServiceDoc = {
             "name": meta["name"], "namespace": ns,
             "ports": [int(p["port"]) for p in spec.get("ports") or [] if "port" in p],
             "endpoints": eps}
+        tcp_ports = [int(p["port"]) for p in spec.get("ports") or []
+                     if "port" in p and carries_tcp(port_protocol(p))]
+        if tcp_ports:
+            doc["tcp_ports"] = tcp_ports
+        out[f"{meta['name']}.{ns}.svc.cluster.local"] = doc
     return out
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from localmesh.errors import SidecarConfigError
 from localmesh.http.server import ENVOY_HEAD_LIMITS, in_flight, serve
 from localmesh.sidecar.proxy import Sidecar
+from localmesh.sidecar.tcp import TcpProxy, parse_listeners
 
 _DRAIN_S = 2.0
 
@@ -37,12 +38,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--app-port", type=int, default=0)
     p.add_argument("--ready-fd", type=int, default=None)
     p.add_argument("--ports-file", type=Path, default=None)
+    p.add_argument("--tcp-inbound", default=None, metavar="PORT=LISTEN",
+                   help="an inbound TCP listener for the app's port PORT (tcp_proxy)")
+    p.add_argument("--tcp-outbound", action="append", default=[], metavar="FQDN:PORT=LISTEN",
+                   help="an outbound TCP listener for a Service's TCP port (repeatable)")
     p.add_argument("--config", type=Path, default=None,
                    help="an initial configuration document (JSON), as if pushed to /config")
     return p.parse_args(argv)
 
 
-def _announce(args: argparse.Namespace, ports: dict[str, int]) -> None:
+def _announce(args: argparse.Namespace, ports: dict[str, object]) -> None:
     line = json.dumps(ports) + "\n"
     if args.ready_fd is not None:
         os.write(args.ready_fd, line.encode())
@@ -75,8 +80,13 @@ async def run(args: argparse.Namespace) -> None:
                     refused=sidecar.refuse_head),
         await serve(sidecar.handle_admin, port=args.admin_port),
     ]
-    ports = {name: s.sockets[0].getsockname()[1]
-             for name, s in zip(("inbound", "outbound", "admin"), servers, strict=True)}
+    ports: dict[str, object] = {
+        name: s.sockets[0].getsockname()[1]
+        for name, s in zip(("inbound", "outbound", "admin"), servers, strict=True)}
+    tcp_in, tcp_out = parse_listeners(args.tcp_inbound, args.tcp_outbound)
+    tcp = TcpProxy(sidecar, inbound=tcp_in, outbound=tcp_out) if tcp_in or tcp_out else None
+    if tcp is not None:
+        ports["tcp"] = await tcp.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, quit_event.set)
@@ -87,6 +97,8 @@ async def run(args: argparse.Namespace) -> None:
     await quit_event.wait()
     for s in servers:
         s.close()  # stop accepting
+    if tcp is not None:
+        tcp.close()
     # Let requests in flight finish (Envoy drains too), bounded like a termination drain.
     drain_until = loop.time() + _DRAIN_S
     while sidecar.fast_in_flight and loop.time() < drain_until:  # noqa: ASYNC110 - a counter
@@ -94,6 +106,8 @@ async def run(args: argparse.Namespace) -> None:
     pending = in_flight()
     if pending:
         await asyncio.wait(pending, timeout=max(drain_until - loop.time(), 0.0))
+    if tcp is not None:
+        tcp.abort_all()  # long-lived TCP connections end with the process; log them first
     await sidecar.close()
 
 

@@ -95,7 +95,7 @@ def _header_getter(arg: str, response: bool) -> Getter:
 
 def _simple(name: str, arg: str | None) -> Getter:
     table: dict[str, Getter] = {
-        "PROTOCOL": lambda t: "HTTP/1.1",
+        "PROTOCOL": lambda t: t.protocol,
         "RESPONSE_CODE": lambda t: t.status,
         "RESPONSE_FLAGS": lambda t: t.flags_text(),
         "RESPONSE_CODE_DETAILS": lambda t: t.details or None,
@@ -150,7 +150,7 @@ def _operator(match: re.Match[str]) -> Getter:
 # TEXT operators as Python expressions over ``t`` (a Txn): the whole line becomes one
 # generated expression, a few µs per request instead of a call per operator.
 _TEXT_EXPR = {
-    "PROTOCOL": "'HTTP/1.1'",
+    "PROTOCOL": "t.protocol",
     "RESPONSE_CODE": "str(t.status)",
     "RESPONSE_FLAGS": "(t.flags_text() if t.flags else '-')",
     "RESPONSE_CODE_DETAILS": "(t.details or '-')",
