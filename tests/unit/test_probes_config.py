@@ -84,3 +84,12 @@ def test_through_chaoslib_a_var_beats_the_environment_for_every_declared_key(
     assert load_configuration(experiment["configuration"], {k: "from-var" for k in declared}) \
         == {k: "from-var" for k in declared}
     assert "run_id" not in load_configuration(experiment["configuration"], {"run_id": "x"})
+
+
+def test_the_readme_documents_every_key_in_its_configuration_table() -> None:
+    """The README's table is the user's reference: a key added here must appear there."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration"):readme.index("### Preflight")]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {key.strip("` ") for row in rows for key in row.split("|")[1].split(",")}
+    assert documented == set(KEYS) - {"run_id"}
