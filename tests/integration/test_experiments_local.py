@@ -57,6 +57,8 @@ TWIN_TABLE = [
     ("cancel-self-only", "orders", "timeout-cascade"),
     ("app-retries", "orders", "lossy-retry-budget"),
     ("app-retries", "orders", "sidecar-failure"),
+    ("no-cancel", "inventory", "fault-delay-beyond-timeout"),
+    ("ignore-budget", "inventory", "fault-delay-beyond-timeout"),
 ]
 TWIN_IDS = [f"{d}@{h}-{e}" for d, h, e in TWIN_TABLE]
 
