@@ -27,7 +27,7 @@ from typing import Any
 from bench_sidecar import _doc
 
 from localmesh.http.client import ClientConnection
-from localmesh.http.server import ServerConnection
+from localmesh.http.server import ENVOY_HEAD_LIMITS, ServerConnection
 from localmesh.sidecar.accesslog import AccessLog
 from localmesh.sidecar.proxy import Sidecar
 
@@ -81,7 +81,9 @@ async def per_request_us(request: bytes, outbound: bool, rounds: int, n: int) ->
     upstream.reusable = True
     sidecar.pool.release(upstream)  # an idle keep-alive connection to the app
     fast = sidecar.fast_outbound if outbound else sidecar.fast_inbound
-    down = ServerConnection(sidecar.handle_outbound, fast)
+    # As the sidecar's listeners run (localmesh/sidecar/__main__.py): Envoy's head limits on.
+    down = ServerConnection(sidecar.handle_outbound, fast, limits=ENVOY_HEAD_LIMITS,
+                            refused=sidecar.refuse_head)
     down.connection_made(FakeTransport())  # type: ignore[arg-type]
 
     def one() -> None:
