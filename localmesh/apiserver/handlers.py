@@ -166,6 +166,7 @@ class ResourceHandlers:
         rtype = target.rtype
         if kind in ("merge", "strategic") and isinstance(body, dict):
             self._check_patch_version(target, body)
+            _field_validation(request, _patched_fields(body, target))
         if kind == "strategic":
             if rtype.group in _BUILT_IN_GROUPS and isinstance(body, dict):
                 return _json(_present(self._strategic_patch(target, body), target))
@@ -401,6 +402,24 @@ def _as_table(request: web.Request, target: Target, objects: list[KubeObject],
                          "(valid: None, Object, PartialObjectMetadata)")
     return to_table(target, objects, version=version, include_object=include,
                     resource_version=resource_version)
+
+
+def _patched_fields(patch: KubeObject, target: Target) -> KubeObject:
+    """A merge or strategic patch as the object fields it writes, for strict validation.
+
+    ``kubectl apply`` of an object that exists is a PATCH with ``fieldValidation=Strict``:
+    an unknown field can only come from the patch, so the patch itself is checked, without
+    the strategic-merge directives (``$patch``, ``$setElementOrder/…``, ``$retainKeys``).
+    """
+    def fields(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: fields(v) for k, v in value.items() if not str(k).startswith("$")}
+        if isinstance(value, list):
+            return [fields(v) for v in value]
+        return value
+    shaped: KubeObject = fields(patch)
+    shaped["apiVersion"], shaped["kind"] = target.api_version, target.rtype.kind
+    return shaped
 
 
 def _field_validation(request: web.Request, body: KubeObject) -> None:

@@ -146,3 +146,33 @@ def test_every_shipped_core_manifest_passes_strict_validation() -> None:
                 assert unknown_builtin_fields(doc) == [], f"{path}: {doc['kind']}"
                 checked += 1
     assert checked >= 20  # the reference chain's and the store chain's manifests
+
+
+def test_strict_patches_are_checked_by_the_fields_they_write(api: ServedApi) -> None:
+    """kubectl apply of an existing object is a PATCH with fieldValidation=Strict: a
+    misspelt field in it is refused; strategic-merge directives are not fields."""
+    url = f"{api.url}/apis/apps/v1/namespaces/shop/deployments"
+    assert requests.post(url, json=deployment("orders"), timeout=30).status_code == 201
+    strategic = {"Content-Type": "application/strategic-merge-patch+json"}
+    good = {"spec": {"replicas": 2, "template": {"spec": {
+        "$setElementOrder/containers": [{"name": "app"}],
+        "containers": [{"name": "app", "image": "local/app:2"}]}}}}
+    assert requests.patch(f"{url}/orders", json=good, headers=strategic, timeout=30,
+                          params={"fieldValidation": "Strict"}).status_code == 200
+    typo = {"spec": {"replcas": 3}}
+    refused = requests.patch(f"{url}/orders", json=typo, headers=strategic, timeout=30,
+                             params={"fieldValidation": "Strict"})
+    assert refused.status_code == 400
+    assert 'unknown field "spec.replcas"' in refused.json()["message"]
+    chaos = {"apiVersion": "chaos-mesh.org/v1alpha1", "kind": "NetworkChaos",
+             "metadata": {"name": "slow", "namespace": "shop"},
+             "spec": {"action": "delay", "mode": "all", "selector": {"namespaces": ["shop"]},
+                      "delay": {"latency": "10ms"}}}
+    api.store.create(chaos)
+    merge = {"Content-Type": "application/merge-patch+json"}
+    refused = requests.patch(
+        f"{api.url}/apis/chaos-mesh.org/v1alpha1/namespaces/shop/networkchaos/slow",
+        json={"metadata": {"labels": {"a": "b"}}, "spec": {"delay": {"latncy": "5ms"}}},
+        headers=merge, params={"fieldValidation": "Strict"}, timeout=30)
+    assert refused.status_code == 400
+    assert 'unknown field "spec.delay.latncy"' in refused.json()["message"]
