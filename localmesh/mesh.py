@@ -35,6 +35,7 @@ from localmesh.errors import ManifestError, MeshError
 from localmesh.ingress import GATEWAY_NAMESPACE, ensure_ingress_objects
 from localmesh.kubeconfig import write_kubeconfig
 from localmesh.manifests import Manifest, load_manifests
+from localmesh.rabbitmq import check_objects
 from localmesh.statedir import Endpoints, StateDir
 from localmesh.store import ObjectStore
 from localmesh.supervisor import Supervisor
@@ -162,6 +163,7 @@ class LocalMesh:
             # Parse only (cheap): enough to know what the pods run, and to fail on bad YAML.
             parsed = load_manifests(self.manifest_paths, registry=self.store.registry,
                                     validate=False)
+            check_objects(m.obj for m in parsed)  # a missing broker package, named at once
             self.state.claim()
             self._claimed = True
             self._attach_log()

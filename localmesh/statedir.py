@@ -3,8 +3,9 @@
 It is how a mesh is found from outside its process: ``mesh.pid`` names the
 owner, ``endpoints.json`` the URLs it serves, ``kubeconfig`` lets kubectl and the
 Kubernetes client reach its API, ``pods/`` holds container logs and ``mesh.log``
-the mesh's own log. A dir whose pid is dead is *stale*: the next ``up`` cleans
-it. A dir whose pid is alive is *live*: a second ``up`` refuses to touch it.
+the mesh's own log, ``data/`` the pods' own directories (``MESHCHAOS_DATA_DIR``: the
+broker's database), removed with the mesh. A dir whose pid is dead is *stale*: the next
+``up`` cleans it. A dir whose pid is alive is *live*: a second ``up`` refuses to touch it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from localmesh.errors import StateDirError
+from localmesh.rabbitmq import stop_orphans
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -34,7 +36,8 @@ _PID = "mesh.pid"
 _ENDPOINTS = "endpoints.json"
 _KUBECONFIG = "kubeconfig"
 # Everything a mesh writes here; a stale dir loses exactly these, nothing a user put beside them.
-_OWNED = (_PID, _ENDPOINTS, _KUBECONFIG, "mesh.log", "pods")
+_DATA = "data"
+_OWNED = (_PID, _ENDPOINTS, _KUBECONFIG, "mesh.log", "pods", _DATA)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,10 @@ class StateDir:
         return self.path / "pods"
 
     @property
+    def data_dir(self) -> Path:
+        return self.path / _DATA
+
+    @property
     def mesh_log(self) -> Path:
         return self.path / "mesh.log"
 
@@ -176,16 +183,28 @@ class StateDir:
         tmp.replace(self.endpoints_file)
 
     def release(self) -> None:
-        """Forget the running mesh (pid, endpoints, kubeconfig); logs stay for post-mortems."""
+        """Forget the running mesh (pid, endpoints, kubeconfig) and remove its pods' data;
+        logs stay for post-mortems."""
+        self.remove_data()
         for name in (_ENDPOINTS, _KUBECONFIG, _PID):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
+
+    def remove_data(self) -> list[int]:
+        """Stop any broker process still running on ``data/`` (a killed mesh's), then remove
+        the directory; the pids stopped. Callers make sure no live mesh owns the dir."""
+        if not self.data_dir.exists():
+            return []
+        stopped = stop_orphans(self.data_dir)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        return stopped
 
     def clean(self) -> None:
         """Remove what a previous (dead) mesh left; refuses while the owner lives."""
         live = self.live_pid()
         if live is not None:
             raise StateDirError(f"refusing to clean state dir {self.path}: pid {live} is alive")
+        self.remove_data()
         for name in _OWNED:
             target = self.path / name
             if target.is_dir():

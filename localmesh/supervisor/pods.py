@@ -31,6 +31,7 @@ from localmesh.supervisor.podspec import (
     PodPorts,
     app_container,
     app_launch,
+    declared_app_port,
     is_gateway,
     sidecar_launch,
 )
@@ -38,6 +39,7 @@ from localmesh.supervisor.podstatus import PodStatus
 from localmesh.supervisor.ports import PortAllocator
 from localmesh.supervisor.probes import SIDECAR_PROBE, ReadinessProbe
 from localmesh.supervisor.spawner import Child, ForkServer
+from localmesh.supervisor.tcpports import TcpPorts, plan_tcp_ports
 
 __all__ = ["PodContext", "PodRunner", "SidecarRegistry"]
 
@@ -71,6 +73,7 @@ class PodContext:
     base_dir: Path
     ingress_port: int = 0
     sidecar_module: str = SIDECAR_MODULE
+    data_root: Path | None = None  # <state-dir>/data: each pod's MESHCHAOS_DATA_DIR below it
 
 
 class PodRunner:
@@ -84,6 +87,7 @@ class PodRunner:
         self.pod = pod
         self.sidecar = has_sidecar(pod)
         self.ports = self._allocate_ports(pod)
+        self.tcp = self._plan_tcp(pod) if self.sidecar else TcpPorts()
         self.containers: dict[str, ContainerRun] = {}
         app = app_container(pod)
         if app is not None:
@@ -110,6 +114,16 @@ class PodRunner:
             else alloc()
         return PodPorts(app=alloc(), inbound=alloc(), outbound=outbound, admin=alloc())
 
+    def _plan_tcp(self, pod: KubeObject) -> TcpPorts:
+        """The sidecar's TCP listeners for the Services of the pod's namespace (§2.4)."""
+        services = self.ctx.store.list("", "services", self.namespace)
+        return plan_tcp_ports(services, pod, declared_app_port(pod), self.ctx.ports.allocate)
+
+    @property
+    def data_dir(self) -> Path | None:
+        root = self.ctx.data_root
+        return None if root is None else root / f"{self.namespace}_{self.name}"
+
     def start(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._run()))
 
@@ -127,14 +141,15 @@ class PodRunner:
     def _port_annotations(self) -> dict[str, str]:
         if not self.sidecar:
             return {"meshchaos.io/app-port": str(self.ports.app)}
-        return self.ports.annotations()
+        return {**self.ports.annotations(), **self.tcp.annotations()}
 
     def _launch(self, container: ContainerRun) -> Launch | None:
         if container.name == PROXY_CONTAINER:
             return sidecar_launch(self.pod, self.ports, base_dir=self.ctx.base_dir,
-                                  module=self.ctx.sidecar_module)
+                                  module=self.ctx.sidecar_module, tcp=self.tcp)
         return app_launch(self.pod, self.ports, otlp_endpoint=self.ctx.otlp_endpoint,
-                          sidecar=self.sidecar, base_dir=self.ctx.base_dir)
+                          sidecar=self.sidecar, base_dir=self.ctx.base_dir, tcp=self.tcp,
+                          data_dir=self.data_dir)
 
     # -- processes ----------------------------------------------------------------------
 
@@ -191,7 +206,8 @@ class PodRunner:
             # Hand the held ports over only now: the window for someone else to take them
             # is the child's own start-up.
             self.ctx.ports.release(*((self.ports.inbound, self.ports.outbound,
-                                      self.ports.admin) if proxy else (self.ports.app,)))
+                                      self.ports.admin, *self.tcp.ports) if proxy
+                                     else (self.ports.app,)))
             child = await server.spawn(
                 launch.argv, env=launch.env, cwd=launch.cwd, python=launch.python,
                 stdout=out_w, stderr=out_w, extra_fds=extra)
@@ -407,7 +423,7 @@ class PodRunner:
                 if child.returncode is None:
                     child.signal_group(signal.SIGKILL)
         await asyncio.gather(*(c.wait() for c in children))
-        self.ctx.ports.release(*self.ports.as_dict().values())
+        self.ctx.ports.release(*self.ports.as_dict().values(), *self.tcp.ports)
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             task.cancel()

@@ -18,6 +18,7 @@ from pathlib import Path
 from localmesh.documents import KubeObject
 from localmesh.errors import ProcessError
 from localmesh.supervisor.injection import PROXY_CONTAINER
+from localmesh.supervisor.tcpports import TcpPorts
 
 __all__ = [
     "COMMAND_ANNOTATION",
@@ -29,6 +30,7 @@ __all__ = [
     "PodPorts",
     "app_container",
     "app_launch",
+    "declared_app_port",
     "is_gateway",
     "preload_trees",
     "service_name",
@@ -130,8 +132,14 @@ def _base_env() -> dict[str, str]:
 
 
 def app_launch(pod: KubeObject, ports: PodPorts, *, otlp_endpoint: str, sidecar: bool,
-               base_dir: Path) -> Launch | None:
-    """The app container's process, or None when the pod has no local command."""
+               base_dir: Path, tcp: TcpPorts | None = None,
+               data_dir: Path | None = None) -> Launch | None:
+    """The app container's process, or None when the pod has no local command.
+
+    ``tcp``: the sidecar's TCP listeners, announced as Kubernetes service variables;
+    ``data_dir``: the pod's own directory under the state dir (``MESHCHAOS_DATA_DIR``),
+    removed with the mesh, for apps that keep state (the broker).
+    """
     container = app_container(pod)
     command = _command(pod)
     if container is None or command is None:
@@ -152,14 +160,18 @@ def app_launch(pod: KubeObject, ports: PodPorts, *, otlp_endpoint: str, sidecar:
         "OTEL_SERVICE_NAME": service_name(pod),
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
     })
+    if data_dir is not None:
+        env["MESHCHAOS_DATA_DIR"] = str(data_dir)
     if sidecar:
         proxy = f"http://127.0.0.1:{ports.outbound}"
         env.update({"HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""})
+        if tcp is not None:
+            env.update(tcp.app_env())
     return Launch(str(container.get("name") or "app"), argv, python, cwd.resolve(), env)
 
 
 def sidecar_launch(pod: KubeObject, ports: PodPorts, *, base_dir: Path, ready_fd: int = 3,
-                   module: str = SIDECAR_MODULE) -> Launch:
+                   module: str = SIDECAR_MODULE, tcp: TcpPorts | None = None) -> Launch:
     """The ``istio-proxy`` container's process (``python -m localmesh.sidecar``)."""
     meta = pod["metadata"]
     gateway = is_gateway(pod)
@@ -169,6 +181,8 @@ def sidecar_launch(pod: KubeObject, ports: PodPorts, *, base_dir: Path, ready_fd
             "--inbound-port", str(ports.inbound), "--outbound-port", str(ports.outbound),
             "--admin-port", str(ports.admin), "--app-port", str(ports.app),
             "--ready-fd", str(ready_fd)]
+    if tcp is not None:
+        argv += tcp.sidecar_args()
     return Launch(PROXY_CONTAINER, argv, True, base_dir.resolve(), _base_env())
 
 

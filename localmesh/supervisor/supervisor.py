@@ -46,6 +46,7 @@ class Supervisor:
                  ports: PortAllocator | None = None) -> None:
         self.store = store
         self.logs = PodLogs(state_dir)
+        self._data_root = Path(state_dir) / "data"
         self.controller = ReplicaSetController(store)
         # "proxy" and "app"; launched by warm_up, or before this object (launch_forkservers)
         self._forkservers: dict[str, ForkServer] = dict(forkservers or {})
@@ -88,7 +89,7 @@ class Supervisor:
         self._ctx = PodContext(self.store, self._xds, self.logs, self._forkservers["proxy"],
                                self._forkservers["app"], self._ports,
                                self._otlp, self._base_dir, self._ingress_port,
-                               self._sidecar_module)
+                               self._sidecar_module, data_root=self._data_root)
         self.store.subscribe(self._on_pod, group="", plural="pods")
         self.store.subscribe(self._on_replicaset, group="apps", plural="replicasets")
         for pod in self.store.list("", "pods"):

@@ -5,6 +5,8 @@ Finds NetworkChaos/PodChaos objects labelled ``app.kubernetes.io/managed-by=mesh
 official Kubernetes client, deletes them, waits until Chaos Mesh has recovered them and
 dropped its finalizer, and prints what it removed. Works on the local mesh (its
 kubeconfig in ``.meshchaos/``) and on a real cluster (``--kubeconfig`` or the default).
+When no mesh lives in ``--state-dir`` any more, a broker its killed run left running on the
+state dir's data is stopped first (and its data removed).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from localmesh.statedir import DEFAULT_STATE_DIR
+from localmesh.statedir import DEFAULT_STATE_DIR, StateDir
 from probes import chaos
 from probes.errors import ProbeError
 
@@ -38,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Remove the objects; print one line per object; 0 when all are gone."""
+    state = StateDir(args.state_dir)
+    if state.live_pid() is None:
+        orphans = state.remove_data()
+        if orphans:
+            print(f"stopped {len(orphans)} broker processes left by a killed run "
+                  f"(pids {', '.join(map(str, orphans))})")
     configuration: dict[str, Any] = {"meshchaos_state_dir": str(args.state_dir)}
     if args.kubeconfig is not None:
         configuration["kubeconfig"] = str(args.kubeconfig)

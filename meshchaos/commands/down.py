@@ -2,7 +2,9 @@
 
 The mesh gets SIGTERM and stops its pods (chaos recovered first); when it does
 not finish within ``--timeout`` it and every process it started are killed.
-Nothing running is not an error: ``down`` says so and cleans stale files.
+Nothing running is not an error: ``down`` says so and cleans stale files. Either way the
+pods' data (``<state-dir>/data``, the broker's database) is removed, and a broker a killed
+mesh left running on it is stopped first.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     if pid is None:
         pid = state.owner_pid()
         had_files = state.pid_file.exists() or state.endpoints_file.exists()
+        orphans = state.remove_data()
+        if orphans:
+            print(f"meshchaos down: stopped {len(orphans)} broker processes a killed mesh left "
+                  f"running (pids {', '.join(map(str, orphans))})")
         if had_files:
             state.release()
             print(f"meshchaos down: no mesh is running from {state.path} (pid {pid} is gone); "

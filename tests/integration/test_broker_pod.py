@@ -1,0 +1,239 @@
+"""The broker as a pod: Debian's rabbitmq-server run by the local mesh from
+fixtures/broker/k8s, reached by a client pod over AMQP through both sidecars (tcp_proxy,
+docs/fidelity.md §2.4-§2.5), with publisher confirms and a persistent message.
+
+Needs the ``rabbitmq-server`` package (``.ci/run`` installs it; README.md "Quick start").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localmesh.errors import ProcessError
+from localmesh.mesh import MeshThread
+from localmesh.rabbitmq import SERVER, find_orphans, node_name, require_server
+from localmesh.statedir import StateDir
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parents[2]
+BROKER_MANIFESTS = ROOT / "fixtures" / "broker" / "k8s"
+CLIENT_APP = ROOT / "tests" / "data" / "amqp_client.py"
+NS = "shop"
+BROKER_CLUSTER = f"outbound|5672||broker.{NS}.svc.cluster.local"
+
+needs_rabbitmq = pytest.mark.skipif(not os.access(SERVER, os.X_OK),
+                                    reason=f"{SERVER} missing: apt-get install -y rabbitmq-server")
+
+
+def write_client_manifests(folder: Path) -> Path:
+    """The namespace, access logs on, and one client pod (tests/data/amqp_client.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "client.yaml").write_text(textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Namespace
+        metadata:
+          name: {NS}
+          labels: {{istio-injection: enabled}}
+        ---
+        apiVersion: v1
+        kind: Namespace
+        metadata:
+          name: istio-system
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata:
+          name: istio
+          namespace: istio-system
+        data:
+          mesh: |
+            accessLogFile: /dev/stdout
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata:
+          name: client
+          namespace: {NS}
+        spec:
+          selector: {{app: client}}
+          ports:
+          - {{name: http, port: 8080, targetPort: 8080}}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata:
+          name: client
+          namespace: {NS}
+        spec:
+          replicas: 1
+          selector:
+            matchLabels: {{app: client}}
+          template:
+            metadata:
+              labels: {{app: client}}
+              annotations:
+                meshchaos.io/local-command: python {CLIENT_APP}
+            spec:
+              containers:
+              - name: client
+                image: meshchaos/amqp-client:test
+                ports:
+                - {{name: http, containerPort: 8080}}
+                readinessProbe:
+                  httpGet: {{path: /healthz, port: 8080}}
+        """))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def broker_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread]:
+    if not os.access(SERVER, os.X_OK):
+        pytest.skip(f"{SERVER} missing: apt-get install -y rabbitmq-server")
+    root = tmp_path_factory.mktemp("broker-mesh")
+    thread = MeshThread([write_client_manifests(root / "manifests"), BROKER_MANIFESTS],
+                        root / "state")
+    thread.start(timeout=60)
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+def pod_of(thread: MeshThread, app: str) -> dict[str, Any]:
+    (pod,) = [p for p in thread.mesh.store.list("", "pods", NS)
+              if (p["metadata"].get("labels") or {}).get("app") == app]
+    return pod
+
+
+def app_port(pod: dict[str, Any]) -> int:
+    return int(pod["metadata"]["annotations"]["meshchaos.io/app-port"])
+
+
+def roundtrip(thread: MeshThread, query: str = "n=1") -> dict[str, Any]:
+    port = app_port(pod_of(thread, "client"))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/roundtrip?{query}",
+                                timeout=30) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def container_log(thread: MeshThread, app: str, container: str) -> str:
+    meta = pod_of(thread, app)["metadata"]
+    assert thread.mesh.supervisor is not None
+    return thread.mesh.supervisor.logs.read(NS, meta["name"], container, since_seconds=None,
+                                            tail_lines=None, timestamps=False, previous=False)
+
+
+def proxy_log(thread: MeshThread, app: str) -> str:
+    return container_log(thread, app, "istio-proxy")
+
+
+def wait_for(check: Any, limit_s: float = 10.0) -> Any:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    return check()
+
+
+@needs_rabbitmq
+def test_the_broker_pod_is_ready_by_its_own_check_with_its_own_node_and_dirs(
+        broker_mesh: MeshThread) -> None:
+    """The broker's readiness is RabbitMQ's (an AMQP handshake standing for
+    check_port_connectivity), its node name is the pod's, its data below the state dir."""
+    pod = pod_of(broker_mesh, "broker")
+    conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert conditions["Ready"] == "True"
+    name = pod["metadata"]["name"]
+    data = broker_mesh.mesh.state.data_dir / f"{NS}_{name}"
+    assert (data / "mnesia" / node_name(name)).is_dir()
+
+    def log() -> str:
+        return container_log(broker_mesh, "broker", "rabbitmq")
+
+    # Ready once the AMQP listener accepts, as check_port_connectivity has it; the boot's
+    # last line follows within moments.
+    assert wait_for(lambda: "Server startup complete" in log())
+    assert f"node {node_name(name)}" in log()
+    # Its own epmd on a port of its own, never the machine's shared 4369.
+    assert "epmd 4369 " not in log()
+
+
+@needs_rabbitmq
+def test_a_persistent_message_is_confirmed_and_consumed_through_both_sidecars(
+        broker_mesh: MeshThread) -> None:
+    """aio-pika publishes with publisher confirms and consumes with a manual ack through the
+    client's outbound TCP listener; both sidecars log the AMQP connection as Istio logs a
+    TCP connection: '"- - -" 0', the bytes of each side, the outbound|inbound cluster."""
+    result = roundtrip(broker_mesh)
+    client = pod_of(broker_mesh, "client")["metadata"]["name"]
+    assert result["bodies"] == [f"message 0 from {client}"]
+    assert result["persistent"] is True
+    assert "127.0.0.1" in result["url"]  # the sidecar, as BROKER_SERVICE_* said
+
+    def outbound_line() -> str:
+        return next((ln for ln in proxy_log(broker_mesh, "client").splitlines()
+                     if BROKER_CLUSTER in ln), "")
+
+    def inbound_line() -> str:
+        return next((ln for ln in proxy_log(broker_mesh, "broker").splitlines()
+                     if "inbound|5672||" in ln), "")
+
+    out, inbound = wait_for(outbound_line), wait_for(inbound_line)
+    assert '"- - -" 0 - ' in out, out
+    assert '"- - -" 0 - ' in inbound, inbound
+    out_bytes = out.split('"-" ', 1)[1].split()[:2]
+    in_bytes = inbound.split('"-" ', 1)[1].split()[:2]
+    assert int(out_bytes[0]) > 0 and int(out_bytes[1]) > 0
+    assert out_bytes == in_bytes  # the same stream seen from both ends
+
+
+@needs_rabbitmq
+def test_a_killed_broker_leaves_nothing_that_stop_orphans_cannot_end(
+        broker_mesh: MeshThread) -> None:
+    """What ``meshchaos abort`` / ``down`` rely on: every broker process carries the marker
+    of its data dir, so find_orphans sees the live broker (and nothing else)."""
+    pids = find_orphans(broker_mesh.mesh.state.data_dir)
+    assert len(pids) >= 3  # launcher, epmd, the start script / the VM
+    for pid in pids:
+        assert Path(f"/proc/{pid}").exists()
+
+
+def test_a_missing_package_fails_the_start_naming_it(tmp_path: Path) -> None:
+    """No rabbitmq-server: the error names the Deployment and the Debian package."""
+    with pytest.raises(ProcessError) as err:
+        require_server(tmp_path / "rabbitmq-server")
+    assert "rabbitmq-server" in str(err.value) and "apt-get install -y" in str(err.value)
+
+
+@needs_rabbitmq
+def test_down_of_a_killed_mesh_stops_its_broker_and_removes_its_data(tmp_path: Path) -> None:
+    """A SIGKILLed mesh: its broker is stopped and its data removed by the next clean-up
+    (``meshchaos down`` / ``abort`` call StateDir.remove_data)."""
+    state = StateDir(tmp_path / "state")
+    data = state.data_dir / f"{NS}_broker-x"
+    data.mkdir(parents=True)
+    env = dict(os.environ, MESHCHAOS_BROKER_DATA=str(data))
+    import subprocess
+    sleeper = subprocess.Popen(["sleep", "60"], env=env)
+    try:
+        assert sleeper.pid in find_orphans(state.data_dir)
+        stopped = state.remove_data()
+        assert sleeper.pid in stopped
+        assert sleeper.wait(5) == -signal.SIGKILL
+        assert not state.data_dir.exists()
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
