@@ -38,6 +38,7 @@ TARGETS: dict[str, dict[str, str]] = {
     "lossy-retry-budget": {"target_service": "catalog"},
     "sidecar-failure": {"side_service": "reviews"},
     "deadline-headers-audit": {},
+    "fault-delay-beyond-timeout": {"target_service": "warehouse", "target_caller": "stock"},
 }
 
 
@@ -81,7 +82,9 @@ def chaos_run(experiment: str, tmp_path: Path, **variables: str) -> tuple[Outcom
 # What a run must say besides its verdict: timeout-cascade's delay is twice the stock ->
 # warehouse route timeout the cluster holds (docs/fidelity.md §2.1: the route acts in the
 # caller's sidecar), not a number written for the reference chain.
-SAYS = {"timeout-cascade": "delay 7000 ms = 2 x stock->warehouse timeout 3500 ms"}
+SAYS = {"timeout-cascade": "delay 7000 ms = 2 x stock->warehouse timeout 3500 ms",
+        "fault-delay-beyond-timeout": "VirtualService 'store/warehouse': delay 7000 ms = 2 x "
+                                      "stock->warehouse timeout 3500 ms"}
 
 
 @pytest.mark.parametrize("experiment", sorted(TARGETS))
