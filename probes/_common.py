@@ -6,19 +6,28 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from probes.checks.topology import expected_calls
 from probes.deadline import Deadline
 from probes.errors import ConfigurationError
-from probes.evidence.request import RequestEvidence
+from probes.evidence.request import CallTree, RequestEvidence
 from probes.results import Check, waterfall
 from probes.traffic import Load, send_load
 
-__all__ = ["run_id", "sample_traces", "send_requests"]
+__all__ = ["run_id", "sample_traces", "send_requests", "with_expected_calls"]
 
 MAX_WATERFALLS = 3
 # Probe requests start 10 ms apart: together, not as one burst in the same millisecond.
 # Under a fault each answer can take seconds, so a slower pace only adds idle time to
 # every probe (at 20/s the last of five requests started 0.2 s after the first).
 PROBE_RATE = 100.0
+
+
+def with_expected_calls(results: Sequence[Check], evidence: Sequence[RequestEvidence],
+                        expected: CallTree | None, namespace: str) -> list[Check]:
+    """The probe's checks, plus ``expected-calls`` when the user gave a ``call_tree``."""
+    if expected is None:
+        return list(results)
+    return [*results, expected_calls(evidence, expected, namespace)]
 
 
 def run_id(configuration: Mapping[str, Any] | None) -> str:

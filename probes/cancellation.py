@@ -65,8 +65,10 @@ def orphan_work(requests: int = 3, path: str = "", headers: dict[str, str] | Non
     # inbound span without its app run) is waited for, up to SETTLE_S.
     gathered = collect(target, sent, expected, deadline, trace_wait_s=SETTLE_S,
                        hold_s=2 * grace_ms / 1000)
-    results, orphans = rules.evaluate(gathered.requests, gathered.tree, grace_ms,
-                                      client_timeout_ms)
+    judged, orphans = rules.evaluate(gathered.requests, gathered.tree, grace_ms,
+                                     client_timeout_ms)
+    results = _common.with_expected_calls(judged, gathered.requests, expected,
+                                          target.namespace)
     return probe_result("orphan-work", results,
                         traces=_common.sample_traces(gathered.requests, results),
                         measurements={"requests": len(sent), "grace_ms": grace_ms,

@@ -57,8 +57,10 @@ def deadline_propagation(requests: int = 5, path: str = "",
                                  deadline=deadline)
     gathered = collect(target, sent, expected, deadline)
     routes = _routes(target, deadline)
-    results = rules.evaluate(gathered.requests, gathered.tree, tolerance_ms=tolerance_ms,
-                             target=target.kind, routes=routes)
+    results = _common.with_expected_calls(
+        rules.evaluate(gathered.requests, gathered.tree, tolerance_ms=tolerance_ms,
+                       target=target.kind, routes=routes),
+        gathered.requests, expected, target.namespace)
     return probe_result("deadline-propagation", results,
                         traces=_common.sample_traces(gathered.requests, results),
                         require=rules.CORE if require is None else require,

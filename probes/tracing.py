@@ -64,7 +64,8 @@ def trace_continuity(requests: int = 5, path: str = "", headers: dict[str, str] 
         if unsampled is not None:
             sent.append(unsampled.result())
     gathered = collect(target, sent, expected, deadline)
-    results = evaluate(gathered.requests, gathered.tree, checks)
+    results = _common.with_expected_calls(evaluate(gathered.requests, gathered.tree, checks),
+                                          gathered.requests, expected, target.namespace)
     return probe_result("trace-continuity", results, require=required(checks, require),
                         traces=_common.sample_traces(gathered.requests, results),
                         measurements={"requests": len(sent),

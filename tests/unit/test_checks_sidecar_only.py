@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from probes.checks import cancellation, deadlines, tracing
+from probes.checks.topology import expected_calls
 from probes.evidence.accesslog import AccessLogRecord, compile_format, parse_lines
 from probes.evidence.request import (
     CallTree,
@@ -224,3 +225,23 @@ def test_calls_that_dropped_every_id_are_found_inside_the_hop_they_served() -> N
     assert ev.hop("catalog").logs_out == [minted]
     (finding,) = tracing.same_trace(ev, CallTree.observe([ev]))
     assert finding.hop == "catalog"
+
+
+def test_an_expected_call_the_evidence_shows_is_held() -> None:
+    expected = CallTree.from_config({"entry": "edge",
+                                     "calls": {"edge": ["catalog"], "catalog": ["stock"]}})
+    assert expected is not None
+    check = expected_calls([chain()], expected, "store")
+    assert check.verdict == "held" and check.counts["evaluated"] == 2
+
+
+def test_an_expected_call_no_request_shows_is_a_finding_at_its_caller() -> None:
+    """call_tree is an expectation: stock -> ledger must be there, and no line of stock's
+    sidecar goes to ledger, so the probe may not call the chain's topology held."""
+    expected = CallTree.from_config({"entry": "edge", "calls": {
+        "edge": ["catalog"], "catalog": ["stock"], "stock": ["ledger"]}})
+    assert expected is not None
+    check = expected_calls([chain()], expected, "store")
+    assert check.verdict == "failed" and check.hop == "stock"
+    assert "call_tree expects stock -> ledger" in check.observed
+    assert check.counts["failed"] == 1
