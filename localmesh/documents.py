@@ -196,7 +196,7 @@ class ServiceDoc(TypedDict, total=False):
     namespace: str  # default ""
     ports: list[Port]  # default []
     endpoints: list[EndpointDoc]  # default []
-    tcp_ports: list[Port]  # default []: the ports Istio proxies as TCP (docs/fidelity.md §2.4)
+    tcp_ports: list[Port]  # default []: the ports Istio proxies as TCP (docs/fidelity.md §2.5)
 
 
 class HeaderMatchDoc(TypedDict, total=False):

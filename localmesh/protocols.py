@@ -1,6 +1,6 @@
 """Which protocol the mesh gives a Service port, as Istio's protocol selection does.
 
-docs/fidelity.md §2.4 (Istio "Protocol Selection"): ``appProtocol`` wins over the port
+docs/fidelity.md §2.5 (Istio "Protocol Selection"): ``appProtocol`` wins over the port
 name; a name is read as ``<protocol>[-<suffix>]``. ``http``, ``http2``, ``grpc`` and
 ``grpc-web`` are HTTP; ``tcp``, ``tls``, ``https`` (the sidecar does not decrypt) and the
 experimental ``mongo``, ``mysql``, ``redis`` (opaque TCP unless istiod enables them) are

@@ -1,7 +1,7 @@
 """Opaque TCP proxying, as Envoy's ``tcp_proxy`` filter does it for Istio's TCP ports.
 
-docs/fidelity.md §2.4 says which Service ports are TCP (and why the supervisor picks the
-listeners); §2.5 is the behaviour emulated here:
+docs/fidelity.md §2.5 says which Service ports are TCP (and why the supervisor picks the
+listeners); §2.6 is the behaviour emulated here:
 
 - **outbound** (``outbound|<port>||<fqdn>``): the app connects to the listener the supervisor
   announced in ``<SERVICE>_SERVICE_PORT_<NAME>``; the sidecar picks a ready endpoint of the

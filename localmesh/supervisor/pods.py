@@ -115,7 +115,7 @@ class PodRunner:
         return PodPorts(app=alloc(), inbound=alloc(), outbound=outbound, admin=alloc())
 
     def _plan_tcp(self, pod: KubeObject) -> TcpPorts:
-        """The sidecar's TCP listeners for the Services of the pod's namespace (§2.4)."""
+        """The sidecar's TCP listeners for the Services of the pod's namespace (§2.5)."""
         services = self.ctx.store.list("", "services", self.namespace)
         return plan_tcp_ports(services, pod, declared_app_port(pod), self.ctx.ports.allocate)
 

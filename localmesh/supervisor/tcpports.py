@@ -1,7 +1,7 @@
 """The TCP listeners of one pod's sidecar, chosen when the pod starts.
 
 Istio gives every sidecar an outbound listener per TCP Service port and an inbound filter
-chain per TCP port of the pod (docs/fidelity.md §2.4). Here there is no traffic capture: the
+chain per TCP port of the pod (docs/fidelity.md §2.5). Here there is no traffic capture: the
 supervisor picks a loopback port for each listener and tells both sides, the sidecar by
 ``--tcp-outbound FQDN:PORT=LISTEN`` / ``--tcp-inbound PORT=LISTEN`` and the app by the
 Kubernetes service environment variables (``BROKER_SERVICE_HOST=127.0.0.1``,

@@ -1,6 +1,6 @@
 """Opaque TCP through two real sidecars, as Envoy's tcp_proxy carries Istio's TCP ports.
 
-docs/fidelity.md §2.4 (which ports are TCP) and §2.5 (tcp_proxy: connect timeout, UF/UH,
+docs/fidelity.md §2.5 (which ports are TCP) and §2.6 (tcp_proxy: connect timeout, UF/UH,
 half-close, resets, faults on the stream, the TCP access-log line). The app behind the
 callee's sidecar is a real TCP echo server; the caller is a plain socket client connected to
 the caller sidecar's outbound TCP listener, where the supervisor's service variables point.
@@ -180,7 +180,7 @@ async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 async def test_bytes_flow_both_ways_and_a_half_close_is_passed_on(tcp_pair: TcpPair) -> None:
     """Envoy tcp_proxy relays the stream unchanged and supports half-close: the client's FIN
-    reaches the app as end-of-stream while the app can still answer (§2.5)."""
+    reaches the app as end-of-stream while the app can still answer (§2.6)."""
     reader, writer = await tcp_pair.connect()
     payload = bytes(range(256)) * 64  # 16 KiB, every byte value
     await roundtrip(reader, writer, payload)
@@ -193,7 +193,7 @@ async def test_bytes_flow_both_ways_and_a_half_close_is_passed_on(tcp_pair: TcpP
 async def test_each_side_logs_istios_tcp_access_log_line(tcp_pair: TcpPair) -> None:
     """Istio's TEXT format for a TCP connection (Envoy access log, TCP notes): method, path and
     protocol '-', response code 0, BYTES_RECEIVED/BYTES_SENT of the downstream connection,
-    DURATION of the whole connection, UPSTREAM_HOST and the outbound|inbound cluster (§2.5)."""
+    DURATION of the whole connection, UPSTREAM_HOST and the outbound|inbound cluster (§2.6)."""
     reader, writer = await tcp_pair.connect()
     await roundtrip(reader, writer, b"x" * 100)
     await asyncio.sleep(0.05)
@@ -218,7 +218,7 @@ async def test_each_side_logs_istios_tcp_access_log_line(tcp_pair: TcpPair) -> N
 async def test_a_refused_connect_closes_the_client_and_logs_uf_urx(tcp_pair: TcpPair) -> None:
     """tcp_proxy: a connect failure sets UpstreamConnectionFailure (UF); with Istio's default
     max_connect_attempts of 1 the attempts are spent too (URX, onConnectMaxAttempts); the
-    downstream connection is closed (§2.5)."""
+    downstream connection is closed (§2.6)."""
     await tcp_pair.configure(services=tcp_pair.services(tcp_port=free_port()))
     reader, writer = await tcp_pair.connect()
     assert await asyncio.wait_for(reader.read(), 5) == b""
@@ -230,7 +230,7 @@ async def test_a_refused_connect_closes_the_client_and_logs_uf_urx(tcp_pair: Tcp
 
 async def test_no_ready_endpoint_closes_the_client_and_logs_uh(tcp_pair: TcpPair) -> None:
     """No healthy upstream host: tcp_proxy closes the downstream connection at once with
-    NoHealthyUpstream (UH) and never connects (§2.5)."""
+    NoHealthyUpstream (UH) and never connects (§2.6)."""
     await tcp_pair.configure(services=tcp_pair.services(ready=False))
     reader, writer = await tcp_pair.connect()
     start = time.monotonic()
@@ -245,7 +245,7 @@ async def test_no_ready_endpoint_closes_the_client_and_logs_uh(tcp_pair: TcpPair
 async def test_a_partition_ends_a_new_connection_at_the_connect_timeout(
         tcp_pair: TcpPair) -> None:
     """A partitioned peer never answers the SYN: the connect waits the DestinationRule's
-    connectTimeout, then UF,URX (§2.5, §5.2 partition = black hole, never a refusal)."""
+    connectTimeout, then UF,URX (§2.6, §5.2 partition = black hole, never a refusal)."""
     await tcp_pair.configure(front_faults=[rule("partition", ["shop/echo-0"])],
                              echo_faults=[rule("partition", ["shop/front-0"])],
                              connect_timeout_ms={ECHO: 300})

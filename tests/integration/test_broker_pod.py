@@ -1,6 +1,6 @@
 """The broker as a pod: Debian's rabbitmq-server run by the local mesh from
 fixtures/broker/k8s, reached by a client pod over AMQP through both sidecars (tcp_proxy,
-docs/fidelity.md §2.4-§2.5), with publisher confirms and a persistent message.
+docs/fidelity.md §2.5-§2.6), with publisher confirms and a persistent message.
 
 Needs the ``rabbitmq-server`` package (``.ci/run`` installs it; README.md "Quick start").
 """

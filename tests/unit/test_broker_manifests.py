@@ -1,6 +1,6 @@
 """The broker's manifests (fixtures/broker/k8s) and what the local mesh reads from them:
 they validate as an API server would, the AMQP port is a TCP port for Istio (docs/fidelity.md
-§2.4), the local command is the broker launcher, readiness is RabbitMQ's own check, and the
+§2.5), the local command is the broker launcher, readiness is RabbitMQ's own check, and the
 reference chain's fixtures/k8s do not include them."""
 
 from __future__ import annotations

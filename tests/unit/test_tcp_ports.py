@@ -1,4 +1,4 @@
-"""Istio's protocol selection (docs/fidelity.md §2.4) and the TCP listeners the supervisor
+"""Istio's protocol selection (docs/fidelity.md §2.5) and the TCP listeners the supervisor
 plans from it: which Service ports are TCP, the sidecar's arguments, the Kubernetes service
 variables the app gets, and the readiness probes the local mesh maps."""
 
