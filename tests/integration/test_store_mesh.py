@@ -21,6 +21,7 @@ import pytest
 from localmesh.mesh import MeshThread
 from probes.evidence.accesslog import AccessLogRecord, compile_format, parse_lines
 from probes.evidence.formats import MESHCHAOS_TEXT
+from probes.tracing import trace_continuity
 from tests.integration.conftest import stop_and_reap
 
 pytestmark = [pytest.mark.integration]
@@ -117,3 +118,22 @@ def test_a_request_through_the_ingress_is_logged_inbound_at_every_hop(
 def test_paths_outside_api_get_no_route_at_the_ingress(store_mesh: MeshThread) -> None:
     """The ingress VirtualService matches the prefix /api/ only (404 NR elsewhere)."""
     assert fetch(endpoint(store_mesh, "ingress") + "/")[0] == 404
+
+
+def test_an_expected_call_the_store_chain_does_not_make_fails_the_trace_probe(
+        store_mesh: MeshThread) -> None:
+    """call_tree is an expectation: the sidecars show gateway -> catalog -> stock, and an
+    expected stock -> ledger that no request made fails at stock instead of passing."""
+    config = {"target": "local", "meshchaos_state_dir": str(store_mesh.mesh.state.path),
+              "run_id": "expected-calls", "namespace": NS, "allowed_namespaces": NS,
+              "entry_path": "/api/items/42",
+              "call_tree": {"entry": "gateway", "calls": {"gateway": ["catalog"],
+                                                          "catalog": ["stock"],
+                                                          "stock": ["ledger"]}}}
+    result = trace_continuity(requests=2, checks=["same-trace"], timeout_s=15.0,
+                              configuration=config)
+    checks = {c["name"]: c for c in result["checks"]}
+    assert result["passed"] is False
+    assert checks["expected-calls"]["hop"] == "stock"
+    assert "stock -> ledger" in checks["expected-calls"]["observed"]
+    assert checks["same-trace"]["status"] == "held"
