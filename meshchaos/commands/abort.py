@@ -3,7 +3,9 @@
 Finds NetworkChaos/PodChaos objects labelled ``app.kubernetes.io/managed-by=meshchaos``
 (narrowed by ``--run-id`` and ``--namespace``; all namespaces by default) through the
 official Kubernetes client, deletes them, waits until Chaos Mesh has recovered them and
-dropped its finalizer, and prints what it removed. Works on the local mesh (its
+dropped its finalizer, puts back every VirtualService a route fault of the suite edited
+(``probes.routefaults``: its spec, labels and annotations as they were), and prints what it
+removed and restored. Works on the local mesh (its
 kubeconfig in ``.meshchaos/``) and on a real cluster (``--kubeconfig`` or the default).
 When no mesh lives in ``--state-dir`` any more, a broker its killed run left running on the
 state dir's data is stopped first (and its data removed).
@@ -59,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"meshchaos abort: {exc}", file=sys.stderr)
         return 1
     for ref in result["removed"]:
-        print(f"removed {ref['kind']} {ref['namespace']}/{ref['name']}")
+        # A route fault's VirtualService is the application's: it is put back, not deleted.
+        verb = "restored" if ref["kind"] == "VirtualService" else "removed"
+        print(f"{verb} {ref['kind']} {ref['namespace']}/{ref['name']}")
     for ref in result["already_gone"]:
         print(f"already gone {ref['kind']} {ref['namespace']}/{ref['name']}")
     if not result["removed"] and not result["already_gone"]:

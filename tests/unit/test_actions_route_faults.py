@@ -113,12 +113,14 @@ def test_an_interrupted_run_restores_the_virtual_service_before_it_stops(
         signal.signal(signal.SIGTERM, original)
 
 
-def test_meshchaos_abort_restores_every_route_fault_of_the_suite(cluster: Cluster) -> None:
+def test_meshchaos_abort_restores_every_route_fault_of_the_suite(
+        cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
     before = copy.deepcopy(_vs(cluster))
     routefaults.apply_route_fault("pricing", delay="1s", settle_s=0,
                                   configuration=cluster.config(run_id="old-run"))
     assert abort.main(["--kubeconfig", str(cluster.kubeconfig)]) == 0
     assert _as_owned(_vs(cluster)) == _as_owned(before)
+    assert "restored VirtualService shop/pricing" in capsys.readouterr().out
 
 
 def test_a_second_fault_on_the_same_virtual_service_is_refused(cluster: Cluster) -> None:
