@@ -186,8 +186,13 @@ class ObjectStore:
 
     # -- writes -----------------------------------------------------------------
 
-    def create(self, obj: KubeObject, *, namespace: str | None = None) -> KubeObject:
-        """Store a new object; the namespace argument wins over metadata.namespace."""
+    def create(self, obj: KubeObject, *, namespace: str | None = None,
+               dry_run: bool = False) -> KubeObject:
+        """Store a new object; the namespace argument wins over metadata.namespace.
+
+        ``dry_run``: every check and admission hook runs, nothing is stored or announced
+        (the API's ``dryRun=All``); the answer is the object as it would have been stored.
+        """
         rtype = self._type_of(obj)
         obj = _copy(obj)
         meta = obj.setdefault("metadata", {})
@@ -216,13 +221,16 @@ class ObjectStore:
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = now_rfc3339()
             meta["generation"] = 1
+            if dry_run:
+                return _copy(obj)
             meta["resourceVersion"] = self._next_version()
             self._objects[key] = obj
             stored = _copy(obj)
         self._notify("ADDED", rtype, stored)
         return _copy(stored)
 
-    def replace(self, obj: KubeObject, *, subresource: str = "") -> KubeObject:
+    def replace(self, obj: KubeObject, *, subresource: str = "",
+                dry_run: bool = False) -> KubeObject:
         """Replace an object (PUT); a stale resourceVersion is a Conflict."""
         rtype = self._type_of(obj)
         meta = obj.get("metadata") or {}
@@ -238,10 +246,11 @@ class ObjectStore:
                     f'Operation cannot be fulfilled on {rtype.plural} "{meta["name"]}": the '
                     "object has been modified; please apply your changes to the latest version "
                     "and try again", kind=rtype.plural, name=meta["name"])
-            return self._write(rtype, key, old, _copy(obj), subresource)
+            return self._write(rtype, key, old, _copy(obj), subresource, dry_run=dry_run)
 
     def patch(self, group: str, plural: str, namespace: str, name: str, patch: Any,
-              patch_type: str = "merge", *, subresource: str = "") -> KubeObject:
+              patch_type: str = "merge", *, subresource: str = "",
+              dry_run: bool = False) -> KubeObject:
         """Apply a JSON merge patch (also used for strategic merge) or a JSON patch."""
         rtype = self.rtype(group, plural)
         key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
@@ -250,7 +259,7 @@ class ObjectStore:
             if old is None:
                 raise NotFound(f'{plural} "{name}" not found', kind=plural, name=name)
             new = self._apply_patch(old, patch, patch_type)
-            return self._write(rtype, key, old, new, subresource)
+            return self._write(rtype, key, old, new, subresource, dry_run=dry_run)
 
     def update_status(self, obj_or_key: KubeObject, status: KubeObject) -> KubeObject:
         """Replace the status of an object (the status subresource)."""
@@ -265,7 +274,8 @@ class ObjectStore:
             return self._write(rtype, key, old, new, "status")
 
     def mutate(self, group: str, plural: str, namespace: str, name: str,
-               change: Callable[[KubeObject], None], *, subresource: str = "") -> KubeObject:
+               change: Callable[[KubeObject], None], *, subresource: str = "",
+               dry_run: bool = False) -> KubeObject:
         """Read-modify-write an object atomically (controllers use this)."""
         rtype = self.rtype(group, plural)
         key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
@@ -275,10 +285,10 @@ class ObjectStore:
                 raise NotFound(f'{plural} "{name}" not found', kind=plural, name=name)
             new = _copy(old)
             change(new)
-            return self._write(rtype, key, old, new, subresource)
+            return self._write(rtype, key, old, new, subresource, dry_run=dry_run)
 
     def delete(self, group: str, plural: str, namespace: str, name: str, *,
-               grace_period_seconds: int | None = None) -> KubeObject:
+               grace_period_seconds: int | None = None, dry_run: bool = False) -> KubeObject:
         """Delete an object, or mark it for deletion while finalizers or its owner hold it."""
         rtype = self.rtype(group, plural)
         key = ObjectKey(group, plural, namespace if rtype.namespaced else "", name)
@@ -288,6 +298,8 @@ class ObjectStore:
                 raise NotFound(f'{plural}.{group} "{name}" not found'.replace(". ", " ")
                                .replace(f"{plural}. ", f"{plural} "), kind=plural, name=name)
             held = bool(old["metadata"].get("finalizers")) or (group, plural) in self._graceful
+            if not held and dry_run:
+                return _copy(old)
             if not held:
                 del self._objects[key]
                 gone = _copy(old)
@@ -301,7 +313,7 @@ class ObjectStore:
                 new["metadata"]["deletionTimestamp"] = now_rfc3339()
                 if grace_period_seconds is not None:
                     new["metadata"]["deletionGracePeriodSeconds"] = grace_period_seconds
-                return self._write(rtype, key, old, new, "delete")
+                return self._write(rtype, key, old, new, "delete", dry_run=dry_run)
         self._notify("DELETED", rtype, gone)
         return _copy(gone)
 
@@ -389,7 +401,7 @@ class ObjectStore:
         return merged
 
     def _write(self, rtype: ResourceType, key: ObjectKey, old: KubeObject, new: KubeObject,
-               subresource: str) -> KubeObject:
+               subresource: str, *, dry_run: bool = False) -> KubeObject:
         """Store ``new`` in place of ``old``: keep identity fields, bump versions, notify."""
         new_meta = new.setdefault("metadata", {})
         old_meta = old["metadata"]
@@ -414,6 +426,8 @@ class ObjectStore:
         new_meta["generation"] = generation
         finished = bool(new_meta.get("deletionTimestamp")) and not new_meta.get("finalizers") \
             and (rtype.group, rtype.plural) not in self._graceful
+        if dry_run:  # checked and admitted; neither stored nor announced
+            return _copy(new)
         with self._lock:
             new_meta["resourceVersion"] = self._next_version()
             if finished:

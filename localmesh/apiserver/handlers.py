@@ -144,7 +144,7 @@ class ResourceHandlers:
     async def create(self, request: web.Request, target: Target) -> web.Response:
         body = await self._object_body(request, target)
         _field_validation(request, body)
-        stored = self.store.create(body, namespace=target.namespace)
+        stored = self.store.create(body, namespace=target.namespace, dry_run=_dry_run(request))
         return _json(_present(stored, target), 201)
 
     async def replace(self, request: web.Request, target: Target) -> web.Response:
@@ -155,7 +155,8 @@ class ResourceHandlers:
                              f"match the name on the URL ({target.name})")
         meta["name"] = target.name
         _field_validation(request, body)
-        stored = self.store.replace(body, subresource=target.subresource)
+        stored = self.store.replace(body, subresource=target.subresource,
+                                    dry_run=_dry_run(request))
         return _json(_present(stored, target))
 
     async def patch(self, request: web.Request, target: Target) -> web.Response:
@@ -164,19 +165,20 @@ class ResourceHandlers:
             return _json(_unsupported(request.content_type), 415)
         body = await read_body(request)
         rtype = target.rtype
+        dry_run = _dry_run(request)
         if kind in ("merge", "strategic") and isinstance(body, dict):
             self._check_patch_version(target, body)
             _field_validation(request, _patched_fields(body, target))
         if kind == "strategic":
             if rtype.group in _BUILT_IN_GROUPS and isinstance(body, dict):
-                return _json(_present(self._strategic_patch(target, body), target))
+                return _json(_present(self._strategic_patch(target, body, dry_run), target))
             kind = "merge"  # custom resources: no merge keys, as a JSON merge patch
         stored = self.store.patch(rtype.group, rtype.plural, target.namespace or "",
                                   str(target.name), body, kind,
-                                  subresource=target.subresource)
+                                  subresource=target.subresource, dry_run=dry_run)
         return _json(_present(stored, target))
 
-    def _strategic_patch(self, target: Target, patch: KubeObject) -> KubeObject:
+    def _strategic_patch(self, target: Target, patch: KubeObject, dry_run: bool) -> KubeObject:
         rtype, ns, name = target.rtype, target.namespace or "", str(target.name)
         current = self.store.get(rtype.group, rtype.plural, ns, name)
         merged = strategic_merge(current, patch)
@@ -188,7 +190,7 @@ class ResourceHandlers:
             if field in current["metadata"]:
                 merged["metadata"][field] = current["metadata"][field]
         merged["apiVersion"], merged["kind"] = current["apiVersion"], current["kind"]
-        return self.store.replace(merged, subresource=target.subresource)
+        return self.store.replace(merged, subresource=target.subresource, dry_run=dry_run)
 
     def _check_patch_version(self, target: Target, patch: KubeObject) -> None:
         """A patch naming metadata.resourceVersion is an optimistic-concurrency write."""
@@ -218,15 +220,14 @@ class ResourceHandlers:
         rtype, ns, name = target.rtype, target.namespace or "", str(target.name)
         _check_preconditions(self.store.get(rtype.group, rtype.plural, ns, name),
                              options.get("preconditions") or {})
-        if (rtype.group, rtype.plural) == ("", "namespaces"):
+        dry_run = _dry_run(request, options.get("dryRun"))  # kubectl sends it in the body
+        if (rtype.group, rtype.plural) == ("", "namespaces") and not dry_run:
             self._empty_namespace(name)
         result = self.store.delete(rtype.group, rtype.plural, ns, name,
-                                   grace_period_seconds=grace)
-        try:
-            self.store.get(rtype.group, rtype.plural, ns, name)
-        except NotFound:
-            if (rtype.group, rtype.plural) not in _RETURNS_DELETED_OBJECT:
-                return _json(_deleted_status(result, target))
+                                   grace_period_seconds=grace, dry_run=dry_run)
+        held = bool(result["metadata"].get("deletionTimestamp"))
+        if not held and (rtype.group, rtype.plural) not in _RETURNS_DELETED_OBJECT:
+            return _json(_deleted_status(result, target))
         # Still held by finalizers or by its owner (pods), or a type whose registry
         # returns the deleted object: Kubernetes answers with the object.
         return _json(_present(result, target))
@@ -248,12 +249,13 @@ class ResourceHandlers:
     def delete_collection(self, request: web.Request, target: Target) -> web.Response:
         rtype = target.rtype
         deleted = []
+        dry_run = _dry_run(request)
         for obj in self._list_items(request, target):
             meta = obj["metadata"]
             with contextlib.suppress(NotFound):  # gone meanwhile: nothing left to delete
                 deleted.append(_present(self.store.delete(
-                    rtype.group, rtype.plural, meta.get("namespace", ""), meta["name"]),
-                    target))
+                    rtype.group, rtype.plural, meta.get("namespace", ""), meta["name"],
+                    dry_run=dry_run), target))
         return _json({"kind": f"{rtype.kind}List", "apiVersion": target.api_version,
                       "metadata": {"resourceVersion": self.store.resource_version()},
                       "items": deleted})
@@ -284,7 +286,7 @@ class ResourceHandlers:
             new.setdefault("spec", {})["replicas"] = replicas
 
         return _json(scale_of(self.store.mutate(rtype.group, rtype.plural, ns, name,
-                                                set_replicas)))
+                                                set_replicas, dry_run=_dry_run(request))))
 
     # -- pod logs -------------------------------------------------------------------
 
@@ -402,6 +404,21 @@ def _as_table(request: web.Request, target: Target, objects: list[KubeObject],
                          "(valid: None, Object, PartialObjectMetadata)")
     return to_table(target, objects, version=version, include_object=include,
                     resource_version=resource_version)
+
+
+def _dry_run(request: web.Request, options: Any = None) -> bool:
+    """``dryRun=All``: the write is checked and admitted like a real one, then dropped
+    (api-concepts "Dry-run"); ``kubectl --dry-run=server`` sends it as a query parameter,
+    or for a delete in the DeleteOptions body (``options``). Other values are 400."""
+    values = list(request.query.getall("dryRun", []))
+    if options is not None:
+        if not isinstance(options, list):
+            raise BadRequest(f"DeleteOptions.dryRun must be a list, not {options!r}")
+        values += [str(v) for v in options]
+    for value in values:
+        if value != "All":
+            raise BadRequest(f'Invalid dry run value "{value}": only "All" is supported')
+    return bool(values)
 
 
 def _patched_fields(patch: KubeObject, target: Target) -> KubeObject:

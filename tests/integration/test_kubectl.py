@@ -212,6 +212,20 @@ def test_patch_scale_rollout_and_wait(kubeconfig: Path) -> None:
     kubectl(kubeconfig, "scale", "deployment/echo", "--replicas=1")
 
 
+def test_server_dry_runs_write_nothing(kubeconfig: Path) -> None:
+    """`--dry-run=server` (dryRun=All) is answered as a write and changes nothing."""
+    _, name = delay_manifest()
+    before = kubectl(kubeconfig, "get", "networkchaos", name, "-o", "json").stdout
+    done = kubectl(kubeconfig, "delete", "networkchaos", name, "--dry-run=server")
+    assert "(server dry run)" in done.stdout
+    created = kubectl(kubeconfig, "create", "configmap", "dry", "--from-literal=a=b",
+                      "--dry-run=server")
+    assert "configmap/dry created (server dry run)" in created.stdout
+    assert kubectl(kubeconfig, "get", "configmap", "dry", check=False).returncode != 0
+    after = kubectl(kubeconfig, "get", "networkchaos", name, "-o", "json").stdout
+    assert json.loads(after)["metadata"] == json.loads(before)["metadata"]
+
+
 def test_delete_returns_once_the_object_is_gone(kubeconfig: Path) -> None:
     """`kubectl delete networkchaos X` returns within 2 s, after the controller recovered
     the fault and dropped its finalizer; `delete --wait` of a pod returns once it is gone."""
