@@ -41,6 +41,11 @@ __all__ = [
     "FractionalPercentDoc",
     "GatewayRoutesDoc",
     "HeaderMatchDoc",
+    "HttpChaosPatchDoc",
+    "HttpChaosReplaceDoc",
+    "HttpChaosRuleDoc",
+    "HttpChaosSelectorDoc",
+    "HttpChaosTarget",
     "HttpFaultDoc",
     "KubeObject",
     "LossDoc",
@@ -316,6 +321,49 @@ class FaultRuleDoc(FaultParamsDoc):
     external_hosts: NotRequired[list[str]]  # outside hosts; the sidecar ignores them
 
 
+HttpChaosTarget = Literal["Request", "Response"]
+
+
+class HttpChaosSelectorDoc(TypedDict, total=False):
+    """What one HTTPChaos rule matches (chaos-tproxy's ``select_request``/``select_response``,
+    docs/fidelity.md §5.5); an absent field matches everything."""
+
+    port: Port  # the app port this inbound listener forwards to (the controller resolves it)
+    path: str  # a wildcard pattern on the path without the query: ``*`` any run, ``?`` one char
+    method: str  # exact, case-sensitive
+    code: StatusCode  # Response rules: the app's status
+    request_headers: dict[str, str]  # name (any case) -> a value one of its fields equals
+    response_headers: dict[str, str]  # Response rules: the same on the app's response
+
+
+class HttpChaosReplaceDoc(TypedDict, total=False):
+    path: str  # Request: the new path, the query kept ("" = "/")
+    method: str  # Request
+    code: StatusCode  # Response
+    body_base64: str  # the new body, base64 as the CRD's ``replace.body`` (format: byte)
+    queries: dict[str, str]  # Request: set these query keys
+    headers: dict[str, str]  # set, replacing every field of that name
+
+
+class HttpChaosPatchDoc(TypedDict, total=False):
+    body_json: str  # an RFC 7396 JSON merge patch applied to a JSON body
+    queries: list[list[str]]  # Request: [name, value] pairs appended to the query
+    headers: list[list[str]]  # [name, value] pairs appended as fields
+
+
+class HttpChaosRuleDoc(TypedDict):
+    """One HTTPChaos rule, applied by this pod's inbound sidecar in front of its app:
+    requests the app receives (``Request``) or responses it sends (``Response``)."""
+
+    id: str  # the chaos object, "namespace/name"
+    target: HttpChaosTarget
+    selector: HttpChaosSelectorDoc
+    abort: NotRequired[bool]  # default false: close the connection, answer nothing
+    delay_ms: NotRequired[Millis]  # default 0
+    replace: NotRequired[HttpChaosReplaceDoc]
+    patch: NotRequired[HttpChaosPatchDoc]
+
+
 class SidecarConfigDoc(TypedDict):
     """The whole document; each POST replaces the previous one."""
 
@@ -328,3 +376,4 @@ class SidecarConfigDoc(TypedDict):
     connect_timeout_ms: NotRequired[dict[str, Millis]]  # by FQDN, else the mesh's
     gateway_routes: NotRequired[list[GatewayRoutesDoc]]  # default []
     faults: NotRequired[list[FaultRuleDoc]]  # default []
+    http_faults: NotRequired[list[HttpChaosRuleDoc]]  # default []: HTTPChaos rules (§5.5)

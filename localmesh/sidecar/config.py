@@ -31,6 +31,7 @@ from localmesh.documents import (
     SidecarConfigDoc,
 )
 from localmesh.errors import SidecarConfigError
+from localmesh.sidecar.httpfaults import HttpChaosRule, parse_http_faults
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -247,6 +248,7 @@ class SidecarConfig:
     gateway_routes: tuple[tuple[tuple[str, ...], tuple[Route, ...]], ...]
     faults: tuple[FaultRule, ...]
     raw: dict[str, Any]
+    http_faults: tuple[HttpChaosRule, ...] = ()  # HTTPChaos, in front of the app (§5.5)
 
 
 # -- building the objects from a checked document ---------------------------------------
@@ -404,4 +406,4 @@ def parse_config(raw: Any) -> SidecarConfig:
         tuple(_gateway_routes(g, f"gateway_routes[{i}]")
               for i, g in enumerate(doc.get("gateway_routes", ()))),
         tuple(_fault(f, f"faults[{i}]") for i, f in enumerate(doc.get("faults", ()))),
-        raw)
+        raw, parse_http_faults(doc.get("http_faults", [])))

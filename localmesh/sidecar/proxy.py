@@ -32,7 +32,7 @@ from localmesh.sidecar.config import (
     SidecarConfig,
     parse_config,
 )
-from localmesh.sidecar.faults import FaultEngine, stall
+from localmesh.sidecar.faults import FaultEngine, hold, stall
 from localmesh.sidecar.headers import (
     PEER_HEADER,
     clean_request_headers,
@@ -41,6 +41,7 @@ from localmesh.sidecar.headers import (
     peer_id,
     strip_internal,
 )
+from localmesh.sidecar.httpfaults import HttpChaos
 from localmesh.sidecar.planner import Reject, RoutePlanner, sanitize, split_target
 from localmesh.sidecar.routing import (
     Picker,
@@ -104,6 +105,7 @@ class Sidecar:
         self.pool = ConnectionPool(max_idle_per_host=256)
         self.picker = Picker()
         self.faults = FaultEngine()
+        self.http_chaos = HttpChaos(hold)  # HTTPChaos rules, in front of the inbound (§5.5)
         self.access_log = AccessLog(log_fd)
         self.exporter: SpanExporter | None = None
         self.peer_id = peer_id(pod, namespace)
@@ -134,6 +136,7 @@ class Sidecar:
         # Compiling the log format is the last step that can fail; nothing changed before it.
         self.access_log.configure(al.enabled, al.encoding, al.format)
         self.faults.set_rules(cfg.faults)
+        self.http_chaos.set_rules(cfg.http_faults)
         if cfg.app_port:
             self.app_port = cfg.app_port
         self._configure_exporter(cfg.mesh.otlp_endpoint)
@@ -397,11 +400,16 @@ class Sidecar:
 
     async def handle_inbound(self, req: Request, conn: ServerConnection) -> Response | None:
         """Callers' sidecars → this pod's app (listener ``inbound|<port>||``)."""
+        if self.http_chaos.active:  # chaos-tproxy is on the wire before the sidecar (§5.5)
+            return await self.http_chaos.serve(
+                req, conn, self.app_port, lambda r: self._serve(self._inbound(r, conn)))
         return await self._serve(self._inbound(req, conn))
 
     def fast_inbound(self, req: Request, conn: ServerConnection) -> bool:
         """:meth:`handle_inbound` without a task in the common case (server fast hook)."""
         self.faults.run_due()  # each I/O callback polls the fault holds (see faults.py)
+        if self.http_chaos.active:
+            return False  # HTTPChaos edits the answer: the coroutine path, handle_inbound
         return self._serve_fast(self._inbound(req, conn), conn)
 
     async def _serve(self, ex: _Exchange | Response) -> Response | None:
@@ -549,6 +557,7 @@ class Sidecar:
         out["fault_hold_seconds_total"] = round(self.faults.hold_seconds_total, 6)
         out["fault_last_hold_ms"] = round(self.faults.last_hold_s * 1000, 3)
         out["fault_hold_overshoot_us"] = self.faults.overshoot.snapshot()
+        out.update(self.http_chaos.stats)
         if self.exporter is not None:
             out["spans_exported"] = self.exporter.exported
             out["spans_dropped"] = self.exporter.dropped
