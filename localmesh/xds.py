@@ -34,6 +34,7 @@ from localmesh.documents import (
     FractionalPercentDoc,
     GatewayRoutesDoc,
     HeaderMatchDoc,
+    HttpChaosRuleDoc,
     HttpFaultDoc,
     KubeObject,
     ObjectMeta,
@@ -295,7 +296,8 @@ def build_shared(store: ObjectStore) -> Shared:
 
 def build_sidecar_config(shared: Shared, pod: KubeObject | None, namespace: str, name: str, *,
                          version: int, otlp_endpoint: str,
-                         faults: list[FaultRuleDoc]) -> SidecarConfigDoc:
+                         faults: list[FaultRuleDoc],
+                         http_faults: list[HttpChaosRuleDoc] | None = None) -> SidecarConfigDoc:
     """One sidecar's whole configuration document (docs/architecture.md)."""
     meta: ObjectMeta = (pod or {}).get("metadata") or {}
     labels = meta.get("labels") or {}
@@ -315,6 +317,7 @@ def build_sidecar_config(shared: Shared, pod: KubeObject | None, namespace: str,
         "connect_timeout_ms": shared.connect_timeout_ms,
         "gateway_routes": shared.gateway_routes if gateway else [],
         "faults": faults,
+        "http_faults": http_faults or [],
     }
 
 
@@ -342,6 +345,7 @@ class XdsServer:
         # Fault rules outlive registrations: a sidecar that restarts (pod-failure,
         # container-kill) must come back with the chaos still in force.
         self._faults: dict[tuple[str, str], list[FaultRuleDoc]] = {}
+        self._http_faults: dict[tuple[str, str], list[HttpChaosRuleDoc]] = {}
         self._versions = itertools.count(1)
         self._pool = ConnectionPool(max_idle_per_host=2)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -425,6 +429,14 @@ class XdsServer:
             target.synced.clear()
             target.dirty.set()
 
+    def set_http_faults(self, namespace: str, pod: str, rules: list[HttpChaosRuleDoc]) -> None:
+        """Replace one pod's HTTPChaos rules ([] clears them) and push at once (§5.5)."""
+        self._http_faults[(namespace, pod)] = [r.copy() for r in rules]
+        target = self._targets.get((namespace, pod))
+        if target is not None:
+            target.synced.clear()
+            target.dirty.set()
+
     async def wait_synced(self, namespace: str, pod: str,
                           timeout: float = 2.0) -> None:  # noqa: ASYNC109 - the contract
         """Return once the sidecar acknowledged the latest configuration built for it.
@@ -467,7 +479,9 @@ class XdsServer:
         target.built = next(self._versions)
         return build_sidecar_config(self._shared, pod, target.namespace, target.pod,
                                     version=target.built, otlp_endpoint=self._otlp,
-                                    faults=self._faults.get((target.namespace, target.pod), []))
+                                    faults=self._faults.get((target.namespace, target.pod), []),
+                                    http_faults=self._http_faults.get(
+                                        (target.namespace, target.pod), []))
 
     async def _pusher(self, target: _Target) -> None:
         while True:

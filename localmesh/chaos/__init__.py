@@ -2,7 +2,7 @@
 
 ``install_chaos_admission(store)`` adds Chaos Mesh's webhook rules on top of the
 CRD schema validation; ``ChaosController(store, xds, supervisor)`` runs the
-NetworkChaos and PodChaos objects of the store against the local mesh
+NetworkChaos, PodChaos and HTTPChaos objects of the store against the local mesh
 (docs/fidelity.md §5).
 """
 

@@ -11,6 +11,8 @@ checks on top (docs/fidelity.md §5.2, §5.3, §5.4):
   ``target`` or ``externalTargets``;
 - PodChaos: ``container-kill`` needs ``containerNames``, ``pod-failure`` needs
   a ``duration``, ``gracePeriod`` ≥ 0;
+- HTTPChaos: ``port`` > 0, ``delay`` a duration, ``method`` one of Go's ``net/http``
+  method names for a ``Request`` target (§5.5);
 - spec updates are refused.
 
 Every refusal is an ``Invalid`` (422) naming the field and the value, e.g.
@@ -38,6 +40,8 @@ GROUP = "chaos-mesh.org"
 
 _NETEM_ACTIONS = ("netem", "delay", "loss", "duplicate", "corrupt", "partition", "bandwidth")
 _POD_ACTIONS = ("pod-kill", "pod-failure", "container-kill")
+# httpchaos_webhook.go HTTPMethod.Validate: Go's http.Method* constants, compared exactly.
+_HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT")
 _PERCENT_FIELDS = {
     "delay": ("correlation",), "loss": ("loss", "correlation"),
     "duplicate": ("duplicate", "correlation"), "corrupt": ("corrupt", "correlation"),
@@ -147,8 +151,33 @@ def _check_pod(refuse: _Refusal, spec: Mapping[str, Any]) -> None:
         raise refuse.error("spec.gracePeriod", f"'{grace}' must be an integer >= 0")
 
 
+def _check_http(refuse: _Refusal, spec: Mapping[str, Any]) -> None:
+    """``api/v1alpha1/httpchaos_webhook.go``: Port, Delay and HTTPMethod validators."""
+    target = spec.get("target")
+    if target not in ("Request", "Response"):
+        raise refuse.error("spec.target", f"'{target}' target {target} is not supported")
+    port = spec.get("port") or 0
+    if not isinstance(port, int) or isinstance(port, bool) or port <= 0:
+        # Port.Validate runs on the zero value too: an absent port is refused as port 0
+        raise refuse.error("spec.port", f"'{port}' port {port} is not supported")
+    delay = spec.get("delay")
+    if delay is not None:
+        try:
+            parse_duration_ms(str(delay))
+        except ValueError:
+            raise refuse.error("spec.delay", f"'{delay}' invalid duration {delay}") from None
+    method = spec.get("method")
+    if method is not None and target == "Request" and method not in _HTTP_METHODS:
+        raise refuse.error("spec.method", f"'{method}' method {method} is not supported")
+    body = (spec.get("patch") or {}).get("body")
+    if body is not None and body.get("type") != "JSON":
+        raise refuse.error("spec.patch.body.type", f"'{body.get('type')}' is not JSON, the "
+                           "only patch type chaos-tproxy has")
+
+
 def validate_chaos(obj: KubeObject) -> None:
-    """Apply the webhook rules of one NetworkChaos or PodChaos; raise Invalid on the first."""
+    """Apply the webhook rules of one NetworkChaos, PodChaos or HTTPChaos; raise Invalid on
+    the first."""
     refuse = _Refusal(obj)
     spec = obj.get("spec")
     if not isinstance(spec, Mapping):
@@ -157,6 +186,8 @@ def validate_chaos(obj: KubeObject) -> None:
     refuse.check("spec.duration", spec.get("duration"), parse_duration_ms)
     if refuse.kind == "NetworkChaos":
         _check_network(refuse, spec)
+    elif refuse.kind == "HTTPChaos":
+        _check_http(refuse, spec)
     else:
         _check_pod(refuse, spec)
 
@@ -171,6 +202,7 @@ def _hook(operation: str, new: KubeObject, old: KubeObject | None) -> None:
 
 
 def install_chaos_admission(store: ObjectStore) -> None:
-    """Register the webhook rules for NetworkChaos and PodChaos on the store."""
+    """Register the webhook rules for NetworkChaos, PodChaos and HTTPChaos on the store."""
     store.add_admission(GROUP, "networkchaos", _hook)
     store.add_admission(GROUP, "podchaos", _hook)
+    store.add_admission(GROUP, "httpchaos", _hook)

@@ -1,4 +1,5 @@
-"""The local Chaos Mesh controller: store events in, faults and status out.
+"""The local Chaos Mesh controller: store events in, faults and status out (NetworkChaos,
+PodChaos and HTTPChaos, docs/fidelity.md §5.5).
 
 One reconcile per object key, run on the controller's own loop (store callbacks
 may come from any thread and only enqueue keys). A reconcile follows Chaos
@@ -51,7 +52,7 @@ __all__ = ["ChaosController"]
 
 log = logging.getLogger("localmesh.chaos")
 Key = tuple[str, str, str]  # (plural, namespace, name)
-PLURALS = ("networkchaos", "podchaos")
+PLURALS = ("networkchaos", "podchaos", "httpchaos")
 ONE_SHOT = ("pod-kill", "container-kill")
 COMPONENT = "chaos-controller-manager"
 _PHASE_EVENTS = {"deleted": ("Deleted", "Experiment has been deleted"),
@@ -61,7 +62,7 @@ _PHASE_EVENTS = {"deleted": ("Deleted", "Experiment has been deleted"),
 
 
 class ChaosController:
-    """Runs NetworkChaos and PodChaos objects of a store against the local mesh."""
+    """Runs NetworkChaos, PodChaos and HTTPChaos objects of a store against the local mesh."""
 
     def __init__(self, store: ObjectStore, xds: FaultSink, supervisor: PodRunner, *,
                  retry_interval: float = 1.0, rng: random.Random | None = None) -> None:

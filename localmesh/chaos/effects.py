@@ -1,7 +1,8 @@
 """What applying and recovering one record does, per chaos kind and action.
 
 NetworkChaos records become sidecar fault rules (merged per pod across every
-chaos object that touches it) pushed with ``XdsServer.set_faults``; applying
+chaos object that touches it) pushed with ``XdsServer.set_faults``, HTTPChaos
+records the pod's inbound HTTPChaos rules pushed with ``set_http_faults`` (§5.5); applying
 waits until the sidecar has acknowledged the push, so a record is never marked
 Injected for a fault the data path does not have yet. PodChaos records call the
 store (pod-kill) or the supervisor (pod-failure, container-kill), as Chaos
@@ -19,7 +20,8 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from localmesh.chaos.faults import SOURCE, TARGET, record_rules
-from localmesh.documents import FaultRuleDoc, KubeObject
+from localmesh.chaos.httprules import http_rules
+from localmesh.documents import FaultRuleDoc, HttpChaosRuleDoc, KubeObject
 from localmesh.errors import EffectError, NotFound
 from localmesh.store import ObjectStore
 
@@ -33,6 +35,9 @@ class FaultSink(Protocol):
     """The part of ``XdsServer`` the controller uses."""
 
     def set_faults(self, namespace: str, pod: str, rules: list[FaultRuleDoc]) -> None: ...
+
+    def set_http_faults(self, namespace: str, pod: str,
+                        rules: list[HttpChaosRuleDoc]) -> None: ...
 
     async def wait_synced(self, namespace: str, pod: str, timeout: float = 2.0) -> None: ...  # noqa: ASYNC109 - the XdsServer contract
 
@@ -62,6 +67,8 @@ class Effects:
         # pod key "ns/name" -> (chaos id, selector key) -> rules in force on that pod
         self._rules: dict[str, dict[tuple[str, str], list[FaultRuleDoc]]] = {}
         self._failed_pods: dict[str, set[str]] = {}  # pod key -> chaos ids holding it failed
+        # pod key "ns/name" -> chaos id -> the HTTPChaos rules it put on that pod's inbound
+        self._http: dict[str, dict[str, list[HttpChaosRuleDoc]]] = {}
 
     def _pod_exists(self, pod_key: str) -> bool:
         namespace, name, _ = _split(pod_key)
@@ -84,6 +91,11 @@ class Effects:
             rules = record_rules(spec, chaos_id, record["selectorKey"], sources, targets)
             self._rules.setdefault(pod_key, {})[(chaos_id, record["selectorKey"])] = rules
             await self._push(pod_key, wait=True)
+        elif obj["kind"] == "HTTPChaos":
+            pod = self._store.get("", "pods", *_split(pod_key)[:2])
+            self._http.setdefault(pod_key, {})[chaos_id] = http_rules(spec, chaos_id, pod,
+                                                                     pod_key)
+            await self._push_http(pod_key, wait=True)
         else:
             await self._apply_pod(spec, record["id"], chaos_id)
         return f"Successfully apply chaos for {record['id']}"
@@ -97,6 +109,10 @@ class Effects:
             owned.pop((chaos_id, record["selectorKey"]), None)
             if self._pod_exists(pod_key):
                 await self._push(pod_key, wait=True)
+        elif obj["kind"] == "HTTPChaos":
+            self._http.get(pod_key, {}).pop(chaos_id, None)
+            if self._pod_exists(pod_key):
+                await self._push_http(pod_key, wait=True)
         elif obj["spec"]["action"] == "pod-failure":
             holders = self._failed_pods.get(pod_key, set())
             holders.discard(chaos_id)
@@ -113,6 +129,13 @@ class Effects:
             self._rules[pod_key].clear()
             if self._pod_exists(pod_key):
                 await self._call_sync_push(pod_key)
+        for pod_key in [k for k, owned in self._http.items() if owned]:
+            self._http[pod_key].clear()
+            if self._pod_exists(pod_key):
+                try:
+                    await self._push_http(pod_key, wait=True)
+                except EffectError:  # keep recovering the other pods
+                    log.exception("could not clear the HTTPChaos rules of pod '%s'", pod_key)
         for pod_key in [k for k, holders in self._failed_pods.items() if holders]:
             self._failed_pods[pod_key].clear()
             if self._pod_exists(pod_key):
@@ -129,10 +152,30 @@ class Effects:
             for owner in [o for o in owned if o[0] == chaos_id]:
                 del owned[owner]
                 touched.append(pod_key)
+        for pod_key, http in self._http.items():
+            if http.pop(chaos_id, None) is not None:
+                touched.append(pod_key)
         return touched
 
     async def push(self, pod_key: str) -> None:
         await self._push(pod_key, wait=False)
+        if pod_key in self._http:
+            await self._push_http(pod_key, wait=False)
+
+    def merged_http_rules(self, pod_key: str) -> list[HttpChaosRuleDoc]:
+        """Every HTTPChaos rule on a pod, by chaos id (chaos-tproxy runs rules in order)."""
+        owned = self._http.get(pod_key, {})
+        return [rule for owner in sorted(owned) for rule in owned[owner]]
+
+    async def _push_http(self, pod_key: str, *, wait: bool) -> None:
+        namespace, name, _ = _split(pod_key)
+        try:
+            self._xds.set_http_faults(namespace, name, self.merged_http_rules(pod_key))
+            if wait:
+                await self._xds.wait_synced(namespace, name, timeout=self._sync_timeout)
+        except Exception as exc:  # becomes a Failed event on the record
+            raise EffectError(f"could not push HTTPChaos rules to pod '{pod_key}': "
+                              f"{exc!r}") from exc
 
     def merged_rules(self, pod_key: str) -> list[FaultRuleDoc]:
         """Every rule in force on a pod, from all chaos objects, in a stable order."""

@@ -24,16 +24,21 @@ Obj = dict[str, Any]
 
 
 class RecordingXds:
-    """Records set_faults pushes; wait_synced can be made to fail."""
+    """Records set_faults/set_http_faults pushes; wait_synced can be made to fail."""
 
     def __init__(self, journal: list[tuple[str, Any]]) -> None:
         self.journal = journal
         self.faults: dict[str, list[dict[str, Any]]] = {}
+        self.http_faults: dict[str, list[dict[str, Any]]] = {}
         self.sync_error: Exception | None = None
 
     def set_faults(self, namespace: str, pod: str, rules: list[dict[str, Any]]) -> None:
         self.faults[f"{namespace}/{pod}"] = copy.deepcopy(rules)
         self.journal.append(("set_faults", (f"{namespace}/{pod}", len(rules))))
+
+    def set_http_faults(self, namespace: str, pod: str, rules: list[dict[str, Any]]) -> None:
+        self.http_faults[f"{namespace}/{pod}"] = copy.deepcopy(rules)
+        self.journal.append(("set_http_faults", (f"{namespace}/{pod}", len(rules))))
 
     async def wait_synced(self, namespace: str, pod: str, timeout: float = 2.0) -> None:  # noqa: ASYNC109
         if self.sync_error is not None:
@@ -73,6 +78,7 @@ class Harness:
                            "metadata": {"name": "shop"}})
         self.store.subscribe(self._watch, group=GROUP, plural="networkchaos")
         self.store.subscribe(self._watch, group=GROUP, plural="podchaos")
+        self.store.subscribe(self._watch, group=GROUP, plural="httpchaos")
 
     def _watch(self, event: str, obj: Obj) -> None:
         if event == "DELETED":
