@@ -64,7 +64,15 @@ __all__ = ["apply_chaos", "remove_chaos", "remove_run_chaos", "remove_suite_chao
 logger = logging.getLogger("chaostoolkit")
 
 GROUP, VERSION = "chaos-mesh.org", "v1alpha1"
-PLURALS = {"NetworkChaos": "networkchaos", "PodChaos": "podchaos"}
+PLURALS = {"NetworkChaos": "networkchaos", "PodChaos": "podchaos", "HTTPChaos": "httpchaos"}
+# Chaos Mesh's HTTPChaos and Istio's sidecar do not compose (docs/fidelity.md §5.5): said in
+# the run's notes whenever a run applies one on a cluster.
+HTTPCHAOS_ISTIO_NOTE = (
+    "HTTPChaos on a cluster with Istio sidecars may have no effect: chaos-tproxy and "
+    "istio-proxy both intercept the pod's traffic, and with mTLS the tproxy sees encrypted "
+    "bytes it cannot parse, so it passes them through unchanged (chaos-mesh/chaos-mesh#3873, "
+    "#4389, #3904; docs/fidelity.md §5.5). Check the effect on the callers, not only "
+    "AllInjected; see runbooks/notes/httpchaos.md.")
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chaos"
 # Status polls start fast and back off: injection on the local mesh takes tens of ms, a
 # real Chaos Mesh takes seconds, and a fixed 0.2 s poll made every apply/remove wait it.
@@ -94,8 +102,9 @@ def _load(manifest: str) -> tuple[Obj, str]:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigurationError(f"cannot read chaos manifest '{path}': {exc}") from exc
     if not isinstance(obj, dict) or obj.get("kind") not in PLURALS:
-        raise ConfigurationError(f"chaos manifest '{path}' must hold one NetworkChaos or "
-                                 f"PodChaos object, not '{(obj or {}).get('kind')}'")
+        raise ConfigurationError(f"chaos manifest '{path}' must hold one NetworkChaos, "
+                                 f"PodChaos or HTTPChaos object, not "
+                                 f"'{(obj or {}).get('kind')}'")
     return obj, path.stem
 
 
@@ -103,7 +112,9 @@ def _retarget(obj: Obj, old_ns: str, namespace: str) -> None:
     """Move the object and every selector that pointed at its old namespace."""
     obj["metadata"]["namespace"] = namespace
     spec = obj["spec"]
-    for block in (spec, spec.get("target") or {}):
+    # An HTTPChaos ``target`` is Request|Response, not a selector block.
+    target = spec.get("target") if isinstance(spec.get("target"), Mapping) else {}
+    for block in (spec, target):
         selector = block.get("selector")
         if selector is not None and selector.get("namespaces") in (None, [], [old_ns]):
             selector["namespaces"] = [namespace]
@@ -143,8 +154,10 @@ def _aim(api_client: Any, obj: Obj, *, service: str, peer: str, latency: str,
     spec = obj["spec"]
     if service:
         spec["selector"] = services.pod_selector(api_client, namespace, service, "service")
+        if obj["kind"] == "HTTPChaos":
+            _aim_port(api_client, obj, service)
     if peer:
-        if "target" not in spec:
+        if not isinstance(spec.get("target"), Mapping):
             raise ConfigurationError(f"{label}: argument 'peer' needs a manifest with "
                                      "spec.target (a partition), this one has none")
         spec["target"] = {**spec["target"], "selector": services.pod_selector(
@@ -161,11 +174,23 @@ def _aim(api_client: Any, obj: Obj, *, service: str, peer: str, latency: str,
     else:
         derived = ""
     if latency:
-        if "delay" not in spec:
+        if "delay" not in spec and obj["kind"] != "HTTPChaos":  # an HTTPChaos action adds one
             raise ConfigurationError(f"{label}: 'latency' applies to a delay, this manifest's "
                                      f"action is '{spec.get('action')}'")
-        spec["delay"] = {**spec["delay"], "latency": latency}
+        # HTTPChaos's delay is the duration itself; NetworkChaos's a block with a latency
+        spec["delay"] = latency if obj["kind"] == "HTTPChaos" else {**spec["delay"],
+                                                                     "latency": latency}
     return derived
+
+
+def _aim_port(api_client: Any, obj: Obj, service: str) -> None:
+    """An HTTPChaos aimed at a service intercepts that service's container port."""
+    port = services.target_port(api_client, obj["metadata"]["namespace"], service, "service")
+    if port is None:
+        logger.warning("%s '%s': Service '%s' names its targetPort; keeping spec.port %s",
+                       obj["kind"], obj["metadata"]["name"], service, obj["spec"].get("port"))
+    else:
+        obj["spec"]["port"] = port
 
 
 # -- the actions ------------------------------------------------------------------------
@@ -190,7 +215,9 @@ def apply_chaos(manifest: str, duration: str = "", selector: dict[str, Any] | No
 
     Returns ``{"name", "namespace", "kind", "run_id", "applied", "dry_run",
     "records": [{"id", "selectorKey", "phase"}], "injected_at", "duration",
-    "manifest", "derived"}``.
+    "manifest", "derived", "notes"}``; ``notes`` are for the report's run notes (an
+    HTTPChaos on the ``kubernetes`` target gets the Istio limit of docs/fidelity.md §5.5).
+    An HTTPChaos aimed with ``service`` also takes that Service's container port.
     """
     run_id = _run_id(configuration)
     settings = config.resolve(configuration)
@@ -201,14 +228,14 @@ def apply_chaos(manifest: str, duration: str = "", selector: dict[str, Any] | No
                             f"{kind} '{meta['name']}'")
     dry_run = safety.is_dry_run(configuration)
     if dry_run and not (service or peer or latency_factor):
-        return _dry_run_result(obj, run_id, "")
+        return _dry_run_result(obj, run_id, "", settings.target)
     with _api(configuration) as api_client:
         derived = _aim(api_client, obj, service=service, peer=peer, latency=latency,
                        latency_factor=latency_factor, caller=caller)
         if derived:
             logger.info("%s '%s': %s", kind, meta["name"], derived)
         if dry_run:
-            return _dry_run_result(obj, run_id, derived)
+            return _dry_run_result(obj, run_id, derived, settings.target)
         created = _create_unique(api_client, obj)
         try:
             status = _wait_injected(api_client, created, wait_timeout)
@@ -216,16 +243,22 @@ def apply_chaos(manifest: str, duration: str = "", selector: dict[str, Any] | No
             _delete_quietly(api_client, created)
             raise
     records = (status.get("experiment") or {}).get("containerRecords") or []
-    return {**_result(obj, run_id, derived), "applied": True,
+    return {**_result(obj, run_id, derived, settings.target), "applied": True,
             "records": [{k: r.get(k) for k in ("id", "selectorKey", "phase")} for r in records],
             "injected_at": datetime.now(UTC).isoformat()}
 
 
-def _result(obj: Obj, run_id: str, derived: str) -> dict[str, Any]:
+def _notes(obj: Obj, target: str) -> list[str]:
+    """What the report must say about this injection (reports/verdict.py run notes)."""
+    return [HTTPCHAOS_ISTIO_NOTE] if obj["kind"] == "HTTPChaos" and target != "local" else []
+
+
+def _result(obj: Obj, run_id: str, derived: str, target: str) -> dict[str, Any]:
     meta = obj["metadata"]
     return {"name": meta["name"], "namespace": meta["namespace"], "kind": obj["kind"],
             "run_id": run_id, "duration": obj["spec"]["duration"], "records": [],
             "injected_at": None, "applied": False, "dry_run": False, "derived": derived,
+            "notes": _notes(obj, target),
             "manifest": yaml.safe_dump(_applied_form(obj), sort_keys=False)}
 
 
@@ -237,8 +270,8 @@ def _applied_form(obj: Obj) -> Obj:
             "metadata": meta, "spec": obj["spec"]}
 
 
-def _dry_run_result(obj: Obj, run_id: str, derived: str) -> dict[str, Any]:
-    result = _result(obj, run_id, derived)
+def _dry_run_result(obj: Obj, run_id: str, derived: str, target: str) -> dict[str, Any]:
+    result = _result(obj, run_id, derived, target)
     print(f"# dry run: would apply\n---\n{result['manifest']}", flush=True)
     return {**result, "dry_run": True}
 

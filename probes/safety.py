@@ -83,7 +83,9 @@ def namespaces_of(obj: Mapping[str, Any]) -> set[str]:
     own = str((obj.get("metadata") or {}).get("namespace") or "default")
     found = {own}
     spec = obj.get("spec") or {}
-    for block in (spec, spec.get("target") or {}):
+    # A NetworkChaos target is a selector block; an HTTPChaos target is Request|Response.
+    target = spec.get("target")
+    for block in (spec, target if isinstance(target, Mapping) else {}):
         selector = block.get("selector") or {}
         found |= set(selector.get("namespaces") or [])
         found |= set((selector.get("pods") or {}).keys())

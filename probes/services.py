@@ -22,7 +22,7 @@ from probes.errors import ConfigurationError, EvidenceError
 from probes.evidence.kube import read_routes
 from probes.evidence.routes import Route
 
-__all__ = ["RouteBudget", "pod_selector", "route_budget"]
+__all__ = ["RouteBudget", "pod_selector", "route_budget", "target_port"]
 
 _TIMEOUT_S = 10.0
 
@@ -34,16 +34,15 @@ def _service_names(api_client: Any, namespace: str) -> list[str]:
                   for item in listing.get("items") or ())
 
 
-def pod_selector(api_client: Any, namespace: str, service: str, key: str) -> dict[str, Any]:
-    """A Chaos Mesh selector for the pods behind Service ``namespace/service``.
-
-    ``key`` is the configuration key that named the service, for the error message.
-    """
+def _read_service(api_client: Any, namespace: str, service: str, key: str) -> dict[str, Any]:
+    """Service ``namespace/service`` as the cluster holds it; ``key`` is the configuration
+    key that named it, for the error message."""
     from kubernetes.client.exceptions import ApiException
 
     try:
-        svc = core_get_json(api_client, f"/api/v1/namespaces/{quote(namespace)}/services/"
-                            f"{quote(service)}", timeout_s=_TIMEOUT_S)
+        svc: dict[str, Any] = core_get_json(
+            api_client, f"/api/v1/namespaces/{quote(namespace)}/services/{quote(service)}",
+            timeout_s=_TIMEOUT_S)
     except ApiException as exc:
         if exc.status != 404:
             raise EvidenceError(f"could not read Service '{namespace}/{service}' "
@@ -52,11 +51,39 @@ def pod_selector(api_client: Any, namespace: str, service: str, key: str) -> dic
         raise ConfigurationError(f"configuration '{key}' names service '{service}', but "
                                  f"namespace '{namespace}' has no such Service (it has: "
                                  f"{', '.join(known) or 'none'})") from exc
+    return svc
+
+
+def pod_selector(api_client: Any, namespace: str, service: str, key: str) -> dict[str, Any]:
+    """A Chaos Mesh selector for the pods behind Service ``namespace/service``.
+
+    ``key`` is the configuration key that named the service, for the error message.
+    """
+    svc = _read_service(api_client, namespace, service, key)
     labels = (svc.get("spec") or {}).get("selector") or {}
     if not labels:
         raise ConfigurationError(f"configuration '{key}': Service '{namespace}/{service}' has "
                                  "no spec.selector, so no pods can be chosen for chaos")
     return {"namespaces": [namespace], "labelSelectors": dict(labels)}
+
+
+def target_port(api_client: Any, namespace: str, service: str, key: str) -> int | None:
+    """The container port behind the Service's first port: its numeric ``targetPort``, else
+    (unset) its ``port``, as Kubernetes defaults it; ``None`` for a named targetPort, which
+    only the pods resolve. HTTPChaos intercepts a container port (docs/fidelity.md §5.5),
+    so a template's port follows the service it is aimed at."""
+    svc = _read_service(api_client, namespace, service, key)
+    ports = (svc.get("spec") or {}).get("ports") or []
+    if not ports:
+        raise ConfigurationError(f"configuration '{key}': Service '{namespace}/{service}' has "
+                                 "no ports, so HTTPChaos has no port to intercept")
+    first = ports[0]
+    target = first.get("targetPort", first.get("port"))
+    if isinstance(target, int) and not isinstance(target, bool):
+        return target
+    if isinstance(target, str) and target.isdigit():
+        return int(target)
+    return None
 
 
 @dataclass(frozen=True)

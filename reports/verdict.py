@@ -265,9 +265,24 @@ def _condition_true(conditions: Any) -> bool:
 
 
 def _injection_notes(journal: Mapping[str, Any]) -> list[str]:
-    return [f"injected: {_name(r)}" for r in _method_actions(journal)
-            if r.get("status") == "succeeded" and is_injection(r)
-            and injection_confirmed(r.get("output"))]
+    notes: list[str] = []
+    for r in _method_actions(journal):
+        if r.get("status") == "succeeded" and is_injection(r) \
+                and injection_confirmed(r.get("output")):
+            notes.append(f"injected: {_name(r)}")
+            notes += [f"{_name(r)}: {n}" for n in _output_notes(r.get("output"))]
+    return notes
+
+
+def _output_notes(output: Any) -> list[str]:
+    """The notes an injection action returned (``probes.chaos.apply_chaos``'s ``notes``:
+    e.g. HTTPChaos's Istio limit on a cluster, docs/fidelity.md §5.5), once each."""
+    outputs = output if isinstance(output, list) else [output]
+    found: list[str] = []
+    for item in outputs:
+        if isinstance(item, Mapping) and isinstance(item.get("notes"), list):
+            found += [str(n) for n in item["notes"] if str(n) not in found]
+    return found
 
 
 def _rollback_notes(journal: Mapping[str, Any]) -> list[str]:

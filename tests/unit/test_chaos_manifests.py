@@ -1,7 +1,7 @@
-"""Every NetworkChaos/PodChaos manifest in the repo is one Chaos Mesh would admit.
+"""Every NetworkChaos/PodChaos/HTTPChaos manifest in the repo is one Chaos Mesh would admit.
 
 The CRD schemas in localmesh/schemas are the API server's part; the webhook rules
-(docs/fidelity.md §5.2/§5.3) are Chaos Mesh's part. Suite-owned manifests in
+(docs/fidelity.md §5.2/§5.3/§5.5) are Chaos Mesh's part. Suite-owned manifests in
 fixtures/chaos also carry the safety label and a duration.
 """
 
@@ -18,7 +18,7 @@ from localmesh.validation import validate_object
 
 ROOT = Path(__file__).resolve().parents[2]
 SKIP_DIRS = {".venv", ".git", ".meshchaos", "node_modules", "runs", "schemas", "__pycache__"}
-CHAOS_KINDS = {"NetworkChaos", "PodChaos"}
+CHAOS_KINDS = {"NetworkChaos", "PodChaos", "HTTPChaos"}
 
 
 def _yaml_files() -> list[Path]:
@@ -46,10 +46,10 @@ DOCS = _chaos_documents()
 
 
 def test_the_suite_ships_its_chaos_manifests() -> None:
-    """The five experiment faults exist (delay, pod-kill, partition, loss, pod-failure)."""
+    """The experiment faults exist (delay, pod-kill, partition, loss, pod-failure, HTTP abort)."""
     names = {p.values[0]["metadata"]["name"] for p in DOCS}
     assert {"delay-target", "pod-kill-target", "partition-target-peer",
-            "loss-target-egress", "pod-failure-side-service"} <= names
+            "loss-target-egress", "pod-failure-side-service", "httpchaos-abort-target"} <= names
 
 
 @pytest.mark.parametrize("doc", DOCS)
@@ -81,8 +81,9 @@ def test_suite_templates_are_named_by_role_and_select_the_reference_chain_by_def
     doc = yaml.safe_load(path.read_text())
     assert doc["metadata"]["name"] == path.stem
     assert [hop for hop in REFERENCE_HOPS if hop in path.stem] == []
-    selectors = [doc["spec"]["selector"], *([doc["spec"]["target"]["selector"]]
-                                            if "target" in doc["spec"] else [])]
+    target = doc["spec"].get("target")  # HTTPChaos's target is Request|Response, no selector
+    selectors = [doc["spec"]["selector"], *([target["selector"]]
+                                            if isinstance(target, dict) else [])]
     for selector in selectors:
         assert selector["namespaces"] == ["shop"]
         assert selector["labelSelectors"]["app"] in REFERENCE_HOPS
