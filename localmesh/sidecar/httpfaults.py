@@ -166,8 +166,11 @@ def _patch(spec: HttpChaosPatchDoc, where: str) -> _Patch:
     for i, pair in enumerate(queries):
         if len(pair) != 2:
             raise _bad(f"{where}.queries[{i}]", pair, "a [name, value] pair")
+    # raw_config.rs try_from_vec *inserts* each pair into a HeaderMap, so of two pairs with
+    # one name only the last is appended (DOC≠CODE: the CRD's example shows two Set-Cookie).
+    headers = dict(_names(spec.get("headers", []), f"{where}.headers"))
     return _Patch(body, has_body, urlencode([(k, v) for k, v in queries]),
-                  _names(spec.get("headers", []), f"{where}.headers"))
+                  tuple(headers.items()))
 
 
 def _rule(spec: HttpChaosRuleDoc, where: str) -> HttpChaosRule:

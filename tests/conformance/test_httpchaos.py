@@ -375,3 +375,13 @@ async def test_a_rule_the_sidecar_cannot_read_is_refused_naming_the_field(
     resp = await target.rules(rule(port=target.app.port, replace={"body_base64": "%%%"}))
     assert resp.status == 400
     assert b"http_faults[0].replace.body_base64" in resp.body
+
+
+async def test_patch_headers_keep_the_last_value_of_a_repeated_name(target: Target) -> None:
+    """raw_config.rs try_from_vec: `map.insert(key, value)` for each [name, value] pair, so
+    `[["x-token", "one"], ["x-token", "two"]]` appends only "two" (DOC≠CODE with the CRD's
+    two-Set-Cookie example; docs/fidelity.md §5.5 follows the code)."""
+    await target.rules(rule(port=target.app.port,
+                            patch={"headers": [["x-token", "one"], ["x-token", "two"]]}))
+    await target.call()
+    assert target.app.hits[-1].headers["x-token"] == ["two"]
