@@ -86,3 +86,37 @@ def test_pod_failure_ratings_recovers_after_its_duration(local_mesh_thread: Mesh
         assert obj["status"]["experiment"]["desiredPhase"] == "Stop"
     finally:
         chaos.remove_run_chaos(configuration=config)
+
+
+def _raw_get(port: int) -> bytes:
+    """One request on a fresh connection, read until the server closes it."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: ratings:8080\r\nconnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+
+
+def test_httpchaos_abort_on_ratings_cuts_its_requests_off_until_removed(
+        local_mesh_thread: MeshThread) -> None:
+    """§5.5: the HTTPChaos template reaches AllInjected on the side service's pods, and a
+    request arriving at a pod's inbound gets no answer at all (the connection is closed, as
+    chaos-tproxy's abort drops it); once removed, the same request is answered again."""
+    config = _config(local_mesh_thread, f"h{int(time.time() * 1000) % 10**6}")
+    [pod] = _live_pods(local_mesh_thread, "ratings")
+    inbound = int(pod["metadata"]["annotations"]["meshchaos.io/inbound-port"])
+    assert _raw_get(inbound).startswith(b"HTTP/1.1 ")
+    result = chaos.apply_chaos("httpchaos-abort-target.yaml", duration="30s",
+                               configuration=config)
+    try:
+        assert result["records"] == [{"id": f"shop/{pod['metadata']['name']}",
+                                      "selectorKey": ".", "phase": "Injected"}]
+        assert result["notes"] == []
+        assert _raw_get(inbound) == b""
+    finally:
+        removed = chaos.remove_run_chaos(configuration=config)
+    assert [r["name"] for r in removed["removed"]] == [result["name"]]
+    assert _raw_get(inbound).startswith(b"HTTP/1.1 ")
