@@ -12,7 +12,11 @@ state dir in ``MESHCHAOS_DATA_DIR``, and this launcher makes the broker a node o
   (``-start_epmd false``);
 - the distribution port (``RABBITMQ_DIST_PORT``) free and on loopback;
 - data, logs, config, enabled plugins, cookie (``HOME``) below ``MESHCHAOS_DATA_DIR``; the
-  broker logs to stdout (``RABBITMQ_LOGS=-``), which is the container log.
+  broker logs to stdout (``RABBITMQ_LOGS=-``), which is the container log;
+- a private ``RABBITMQ_HOME`` (links into the package) whose ``plugins`` holds only the
+  applications the broker and the enabled plugins need: the package puts its 70 plugin
+  directories on the Erlang code path, and every module the boot loads is searched along it
+  (3.4 s to the AMQP listener here, against 4.8 s with the whole directory).
 
 Every process it starts carries ``MESHCHAOS_BROKER_DATA=<data dir>`` in its environment, so
 :func:`stop_orphans` finds a broker a killed mesh left behind (``meshchaos down`` and
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -134,6 +139,51 @@ def broker_env(base: Mapping[str, str], *, data: Path, amqp_port: int, epmd_port
     return env
 
 
+_APPLICATIONS = re.compile(r"\{applications,\s*\[([^\]]*)\]")
+
+
+def _app_closure(plugins_dir: Path, roots: Iterable[str]) -> list[Path]:
+    """The package's application directories ``roots`` need, by their ``.app`` files'
+    ``applications`` lists (OTP's own applications are not in the plugins directory)."""
+    dirs = {p.name.rsplit("-", 1)[0]: p for p in plugins_dir.iterdir() if p.is_dir()}
+    wanted: dict[str, Path] = {}
+    todo = [r for r in roots if r in dirs]
+    while todo:
+        name = todo.pop()
+        if name in wanted:
+            continue
+        wanted[name] = dirs[name]
+        try:
+            spec = (dirs[name] / "ebin" / f"{name}.app").read_text(errors="replace")
+        except OSError:
+            continue
+        for match in _APPLICATIONS.finditer(spec):
+            todo += [a.strip() for a in match.group(1).split(",") if a.strip() in dirs]
+    return sorted(wanted.values())
+
+
+def private_home(data: Path, server: Path, plugins: list[str]) -> Path:
+    """A ``RABBITMQ_HOME`` of links into the package, its ``plugins`` reduced to what the
+    broker (``rabbit``) and the enabled plugins need; its ``sbin`` is the scripts dir."""
+    package = server.resolve().parent.parent  # .../rabbitmq_server-<version>
+    home = data / "home"
+    (home / "sbin").mkdir(parents=True, exist_ok=True)
+    (home / "plugins").mkdir(exist_ok=True)
+    for script in (package / "sbin").iterdir():
+        link = home / "sbin" / script.name
+        if not link.exists():
+            link.symlink_to(script)
+    for extra in ("escript",):
+        link = home / extra
+        if (package / extra).exists() and not link.exists():
+            link.symlink_to(package / extra)
+    for app in _app_closure(package / "plugins", ["rabbit", *plugins]):
+        link = home / "plugins" / app.name
+        if not link.exists():
+            link.symlink_to(app)
+    return home
+
+
 def _write_config(data: Path, plugins: str) -> None:
     for sub in ("mnesia", "log"):
         (data / sub).mkdir(parents=True, exist_ok=True)
@@ -164,8 +214,10 @@ def run(environ: Mapping[str, str]) -> int:
     pod = environ.get("POD_NAME", "broker")
     data.mkdir(parents=True, exist_ok=True)
     _write_config(data, environ.get("RABBITMQ_PLUGINS", ""))
+    plugins = [p.strip() for p in environ.get("RABBITMQ_PLUGINS", "").split(",") if p.strip()]
     env = broker_env(environ, data=data, amqp_port=amqp_port, epmd_port=_free_port(),
                      dist_port=_free_port(), pod=pod)
+    env["RABBITMQ_SCRIPTS_DIR"] = str(private_home(data, server, plugins) / "sbin")
     # The fork server's death (a killed mesh) must stop the broker too: this launcher turns
     # it into a SIGTERM it can act on, and hands the same to its children.
     with contextlib.suppress(OSError, AttributeError):

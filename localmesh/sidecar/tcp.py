@@ -220,6 +220,10 @@ class _Side(asyncio.Protocol):
         self.out.src = self.transport
         self.into.dst = self.transport
         if self is self.conn.down:
+            # tcp_proxy reads nothing from the downstream until the upstream is connected
+            # (receive_before_connect off): a UH or UF connection logs 0 bytes received.
+            with contextlib.suppress(RuntimeError):
+                self.transport.pause_reading()
             txn = self.conn.txn
             txn.downstream_local = _address(transport.get_extra_info("sockname"))
             txn.downstream_remote = _address(transport.get_extra_info("peername"))
@@ -273,10 +277,15 @@ class _Conn:
                 data = self._strip_preamble(data)
                 if not data:
                     return
-            self.txn.bytes_received += len(data)
             if self.up is None:
+                # Not read as far as tcp_proxy is concerned (uvloop may deliver bytes before
+                # the pause takes): held, counted once they go upstream.
                 self.early.append(data)
+                if side.transport is not None:
+                    with contextlib.suppress(RuntimeError):
+                        side.transport.pause_reading()
                 return
+            self.txn.bytes_received += len(data)
         pipe = self.up_pipe if side is self.down else self.down_pipe
         pipe.feed(data)
 
@@ -304,7 +313,11 @@ class _Conn:
 
     def upstream_ready(self, side: _Side) -> None:
         self.up = side
+        if self.down.transport is not None and not self.up_pipe.src_paused:
+            with contextlib.suppress(RuntimeError):
+                self.down.transport.resume_reading()
         for chunk in self.early:
+            self.txn.bytes_received += len(chunk)
             self.up_pipe.feed(chunk)
         self.early.clear()
         if self.down.eof:

@@ -221,11 +221,14 @@ async def test_a_refused_connect_closes_the_client_and_logs_uf_urx(tcp_pair: Tcp
     downstream connection is closed (§2.6)."""
     await tcp_pair.configure(services=tcp_pair.services(tcp_port=free_port()))
     reader, writer = await tcp_pair.connect()
-    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.write(b"AMQP\x00\x00\x09\x01")  # a client that speaks first
+    with contextlib.suppress(ConnectionError):  # closed with the bytes unread: maybe a RST
+        assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
     line = fields(await tcp_pair.front.wait_log(lambda ln: OUT_CLUSTER in ln))
     assert line[2:4] == ["0", "UF,URX"]
     assert line[6] == "delayed connect error: Connection refused"
+    assert line[7:9] == ["0", "0"]  # nothing is read before the upstream connects
 
 
 async def test_no_ready_endpoint_closes_the_client_and_logs_uh(tcp_pair: TcpPair) -> None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import textwrap
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -43,6 +45,14 @@ async def _connection(url: str, keep: bool) -> aio_pika.abc.AbstractConnection:
 
 
 async def roundtrip(request: web.Request) -> web.Response:
+    try:
+        return await _roundtrip(request)
+    except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
+        # The caller (a test, the benchmark) reads what went wrong instead of a bare 500.
+        return web.json_response({"error": repr(exc)}, status=502)
+
+
+async def _roundtrip(request: web.Request) -> web.Response:
     n = int(request.query.get("n", "1"))
     keep = request.query.get("keep") == "1"
     url = _broker_url(request.query.get("direct", ""))
@@ -83,6 +93,67 @@ async def roundtrip(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+def write_client_manifests(folder: Path) -> Path:
+    """Manifests of a namespace ``shop`` with sidecars, access logs on, and one pod of this app
+    (``client``); load them beside fixtures/broker/k8s."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "client.yaml").write_text(textwrap.dedent(f"""\
+        apiVersion: v1
+        kind: Namespace
+        metadata:
+          name: shop
+          labels: {{istio-injection: enabled}}
+        ---
+        apiVersion: v1
+        kind: Namespace
+        metadata:
+          name: istio-system
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata:
+          name: istio
+          namespace: istio-system
+        data:
+          mesh: |
+            accessLogFile: /dev/stdout
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata:
+          name: client
+          namespace: shop
+        spec:
+          selector: {{app: client}}
+          ports:
+          - {{name: http, port: 8080, targetPort: 8080}}
+        ---
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata:
+          name: client
+          namespace: shop
+        spec:
+          replicas: 1
+          selector:
+            matchLabels: {{app: client}}
+          template:
+            metadata:
+              labels: {{app: client}}
+              annotations:
+                meshchaos.io/local-command: python {Path(__file__).resolve()}
+            spec:
+              containers:
+              - name: client
+                image: meshchaos/amqp-client:test
+                ports:
+                - {{name: http, containerPort: 8080}}
+                readinessProbe:
+                  httpGet: {{path: /healthz, port: 8080}}
+        """))
+    return folder
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,77 +22,17 @@ from localmesh.errors import ProcessError
 from localmesh.mesh import MeshThread
 from localmesh.rabbitmq import SERVER, find_orphans, node_name, require_server
 from localmesh.statedir import StateDir
+from tests.data.amqp_client import write_client_manifests
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER_MANIFESTS = ROOT / "fixtures" / "broker" / "k8s"
-CLIENT_APP = ROOT / "tests" / "data" / "amqp_client.py"
 NS = "shop"
 BROKER_CLUSTER = f"outbound|5672||broker.{NS}.svc.cluster.local"
 
 needs_rabbitmq = pytest.mark.skipif(not os.access(SERVER, os.X_OK),
                                     reason=f"{SERVER} missing: apt-get install -y rabbitmq-server")
-
-
-def write_client_manifests(folder: Path) -> Path:
-    """The namespace, access logs on, and one client pod (tests/data/amqp_client.py)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "client.yaml").write_text(textwrap.dedent(f"""\
-        apiVersion: v1
-        kind: Namespace
-        metadata:
-          name: {NS}
-          labels: {{istio-injection: enabled}}
-        ---
-        apiVersion: v1
-        kind: Namespace
-        metadata:
-          name: istio-system
-        ---
-        apiVersion: v1
-        kind: ConfigMap
-        metadata:
-          name: istio
-          namespace: istio-system
-        data:
-          mesh: |
-            accessLogFile: /dev/stdout
-        ---
-        apiVersion: v1
-        kind: Service
-        metadata:
-          name: client
-          namespace: {NS}
-        spec:
-          selector: {{app: client}}
-          ports:
-          - {{name: http, port: 8080, targetPort: 8080}}
-        ---
-        apiVersion: apps/v1
-        kind: Deployment
-        metadata:
-          name: client
-          namespace: {NS}
-        spec:
-          replicas: 1
-          selector:
-            matchLabels: {{app: client}}
-          template:
-            metadata:
-              labels: {{app: client}}
-              annotations:
-                meshchaos.io/local-command: python {CLIENT_APP}
-            spec:
-              containers:
-              - name: client
-                image: meshchaos/amqp-client:test
-                ports:
-                - {{name: http, containerPort: 8080}}
-                readinessProbe:
-                  httpGet: {{path: /healthz, port: 8080}}
-        """))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +44,19 @@ def broker_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread
                         root / "state")
     thread.start(timeout=60)
     try:
+        wait_pushed(thread)
         yield thread
     finally:
         thread.stop()
+
+
+def wait_pushed(thread: MeshThread) -> None:
+    """Every pod Ready is not every sidecar told: the client's sidecar learns the broker's
+    Ready endpoint from the control plane's next push (on a cluster, the endpoints'
+    propagation); a connection before it is closed as UH."""
+    assert thread.mesh.xds is not None
+    for pod in thread.mesh.store.list("", "pods", NS):
+        thread.run(thread.mesh.xds.wait_synced(NS, pod["metadata"]["name"]))
 
 
 def pod_of(thread: MeshThread, app: str) -> dict[str, Any]:
