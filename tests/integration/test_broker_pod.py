@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -175,7 +177,6 @@ def test_down_of_a_killed_mesh_stops_its_broker_and_removes_its_data(tmp_path: P
     data = state.data_dir / f"{NS}_broker-x"
     data.mkdir(parents=True)
     env = dict(os.environ, MESHCHAOS_BROKER_DATA=str(data))
-    import subprocess
     sleeper = subprocess.Popen(["sleep", "60"], env=env)
     try:
         assert sleeper.pid in find_orphans(state.data_dir)
@@ -186,3 +187,69 @@ def test_down_of_a_killed_mesh_stops_its_broker_and_removes_its_data(tmp_path: P
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
+
+
+def meshchaos(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "meshchaos.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def gone(pids: list[int], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@needs_rabbitmq
+def test_a_sigkilled_mesh_leaves_no_broker_and_down_removes_its_data(tmp_path: Path) -> None:
+    """``meshchaos up --detach`` with the broker, then the daemon is SIGKILLed (a killed run):
+    the broker goes with it (the fork server's death reaches the launcher as SIGTERM, the
+    launcher's reaches its children) and ``meshchaos down`` removes its data dir."""
+    state = tmp_path / "state"
+    up = meshchaos("up", "--detach", "--manifests",
+                   str(write_client_manifests(tmp_path / "m")), "--manifests",
+                   str(BROKER_MANIFESTS), "--state-dir", str(state))
+    assert up.returncode == 0, up.stdout + up.stderr
+    data = StateDir(state).data_dir
+    brokers = find_orphans(data)
+    assert brokers, "the broker's processes carry the data dir's marker"
+    daemon = StateDir(state).owner_pid()
+    assert daemon is not None
+    os.kill(daemon, signal.SIGKILL)
+    assert gone(brokers, within=20), f"broker processes left: {find_orphans(data)}"
+    down = meshchaos("down", "--state-dir", str(state))
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not data.exists()
+
+
+def test_abort_and_down_stop_a_broker_left_by_a_killed_run(tmp_path: Path) -> None:
+    """A broker process that outlived its mesh (simulated: a process with the marker of the
+    state dir's data) is stopped by ``meshchaos abort`` (before it removes chaos, which here
+    has no cluster to talk to) and, next time, by ``meshchaos down``, which removes the data."""
+    state = StateDir(tmp_path / "state")
+    for command in ("abort", "down"):
+        data = state.data_dir / f"{NS}_broker-x"
+        data.mkdir(parents=True, exist_ok=True)
+        left = subprocess.Popen(["sleep", "60"],
+                                env=dict(os.environ, MESHCHAOS_BROKER_DATA=str(data)))
+        try:
+            args = ["--state-dir", str(state.path)]
+            if command == "abort":
+                args += ["--kubeconfig", str(tmp_path / "no-such-kubeconfig"), "--timeout", "1"]
+            result = meshchaos(command, *args)
+            assert f"{left.pid}" in result.stdout, result.stdout + result.stderr
+            assert left.wait(5) == -signal.SIGKILL
+            assert not state.data_dir.exists()
+        finally:
+            if left.poll() is None:
+                left.kill()
