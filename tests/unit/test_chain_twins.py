@@ -1,6 +1,6 @@
 """Each defective twin does exactly its one bug and nothing else.
 
-Every twin is observed through the same four scenarios and summarised as a
+Every twin is observed through the same five scenarios and summarised as a
 :class:`Profile`; the expected profile is the correct service's with only the
 twin's bug changed, so a twin that breaks anything else, or fails to break its
 own thing, fails here.
@@ -49,6 +49,7 @@ class Profile:
     attempts_on_503: int = 1
     call_on_caller_gone: str = "closed"  # closed | left-open
     work_on_caller_gone: str = "cancelled"  # cancelled | orphaned
+    status_on_side_call_503: int = 200  # hop status when only its optional call failed
 
 
 GOOD = Profile()
@@ -64,6 +65,7 @@ BUG = {
     Defect.NO_CANCEL: {"call_on_caller_gone": "left-open", "work_on_caller_gone": "orphaned"},
     Defect.CANCEL_SELF_ONLY: {"call_on_caller_gone": "left-open"},
     Defect.APP_RETRIES: {"attempts_on_503": 3},
+    Defect.NO_FALLBACK: {"status_on_side_call_503": 503},
 }
 
 
@@ -149,9 +151,22 @@ async def observe_caller_gone(defect: Defect) -> dict[str, object]:
     }
 
 
+async def observe_side_call_failure(defect: Defect) -> dict[str, object]:
+    """A required call that succeeds beside an optional one that always fails ``503``."""
+    provider, _ = tracer_and_spans()
+    async with RecordingServer() as main, RecordingServer(statuses=[503]) as side:
+        cfg = ChainConfig(stages=parse_calls(f"par:{main.url}/main;par?:{side.url}/side"),
+                          defect=defect)
+        async with serve_chain(cfg, provider.get_tracer("t")) as app:
+            status = await get(app, {})
+    assert main.requests and side.requests, "both calls must have been made"
+    return {"status_on_side_call_503": status}
+
+
 async def observe(defect: Defect) -> Profile:
     fields: dict[str, object] = {}
-    for scenario in (observe_headers, observe_deadline, observe_retries, observe_caller_gone):
+    for scenario in (observe_headers, observe_deadline, observe_retries, observe_caller_gone,
+                     observe_side_call_failure):
         fields.update(await scenario(defect))
     return Profile(**fields)  # type: ignore[arg-type]
 
@@ -161,8 +176,9 @@ async def test_twin_does_its_one_bug_and_nothing_else(defect: Defect) -> None:
     """Each twin's profile equals the correct service's except for the fields of its bug:
     W3C "outgoing requests MUST carry an updated parent-id" (reuse-parent breaks it), Istio's
     header list traceparent/tracestate/x-b3-*/x-request-id (drop-*), the shrinking budget
-    (ignore-budget, add-elapsed), Go-style cancellation (no-cancel, cancel-self-only), and
-    retries left to the mesh (app-retries)."""
+    (ignore-budget, add-elapsed), Go-style cancellation (no-cancel, cancel-self-only),
+    retries left to the mesh (app-retries), and a side call's failure degrading the reply
+    instead of failing it (no-fallback)."""
     expected = dataclasses.replace(GOOD, **BUG[defect])  # type: ignore[arg-type]
     assert await observe(defect) == expected
 
