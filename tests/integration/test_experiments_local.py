@@ -59,6 +59,7 @@ TWIN_TABLE = [
     ("app-retries", "orders", "sidecar-failure"),
     ("no-cancel", "inventory", "fault-delay-beyond-timeout"),
     ("ignore-budget", "inventory", "fault-delay-beyond-timeout"),
+    ("no-fallback", "orders", "fault-abort-side-hop"),
 ]
 TWIN_IDS = [f"{d}@{h}-{e}" for d, h, e in TWIN_TABLE]
 

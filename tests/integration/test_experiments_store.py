@@ -1,4 +1,4 @@
-"""The six experiments, unedited, against a chain that is not the reference: the store chain
+"""Every experiment, unedited, against a chain that is not the reference: the store chain
 (fixtures/store: Node.js and Python stdlib hops, no OpenTelemetry, namespace ``store``,
 ingress prefix ``/api/``), pointed at it with ``chaos run --var`` only, as the README's worked
 example does (issue 13: "The six experiments run unedited against a chain of one's own via
@@ -39,6 +39,7 @@ TARGETS: dict[str, dict[str, str]] = {
     "sidecar-failure": {"side_service": "reviews"},
     "deadline-headers-audit": {},
     "fault-delay-beyond-timeout": {"target_service": "warehouse", "target_caller": "stock"},
+    "fault-abort-side-hop": {"side_service": "reviews"},
 }
 
 
@@ -84,7 +85,10 @@ def chaos_run(experiment: str, tmp_path: Path, **variables: str) -> tuple[Outcom
 # caller's sidecar), not a number written for the reference chain.
 SAYS = {"timeout-cascade": "delay 7000 ms = 2 x stock->warehouse timeout 3500 ms",
         "fault-delay-beyond-timeout": "VirtualService 'store/warehouse': delay 7000 ms = 2 x "
-                                      "stock->warehouse timeout 3500 ms"}
+                                      "stock->warehouse timeout 3500 ms",
+        # the abort lands on the store's own side route, named by --var side_service alone
+        "fault-abort-side-hop": "VirtualService 'store/reviews': route 'reviews-v1' now has "
+                                'fault {"abort": {"httpStatus": 503'}
 
 
 @pytest.mark.parametrize("experiment", sorted(TARGETS))

@@ -48,10 +48,10 @@ def deployments() -> set[str]:
     return names
 
 
-def test_the_seven_experiments_of_the_suite_exist() -> None:
+def test_the_eight_experiments_of_the_suite_exist() -> None:
     assert set(IDS) == {"timeout-cascade", "pod-kill-midchain", "partition-leaf",
                         "lossy-retry-budget", "sidecar-failure", "deadline-headers-audit",
-                        "fault-delay-beyond-timeout"}
+                        "fault-delay-beyond-timeout", "fault-abort-side-hop"}
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
@@ -142,10 +142,12 @@ HEALTHY = {"requests": 8, "statuses": {"200": 8}, "latency_ms": {"p50": 20.0, "p
                                                                  "p99": 40.0, "max": 45.0}}
 
 
-@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem != "sidecar-failure"
-                                  and p.stem != "deadline-headers-audit"],
-                         ids=[i for i in IDS if i not in ("sidecar-failure",
-                                                          "deadline-headers-audit")])
+# Their effect is not latency: pods going not Ready, no fault at all, calls flagged FI.
+NOT_LATENCY = ("sidecar-failure", "deadline-headers-audit", "fault-abort-side-hop")
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem not in NOT_LATENCY],
+                         ids=[i for i in IDS if i not in NOT_LATENCY])
 def test_effect_tolerances_tell_a_felt_fault_from_a_healthy_chain(path: Path) -> None:
     """The JSONPath filters of the effect probes must match a slow run and not a healthy one."""
     experiment = load(path)
@@ -164,6 +166,25 @@ def test_sidecar_failure_effect_is_the_side_services_pods_going_not_ready() -> N
                   if phase == "effect")
     assert effect["provider"]["func"] == "service_pods_ready"
     assert effect["provider"]["arguments"] == {"service": "${side_service}", "ready": False}
+
+
+def test_fault_abort_effect_is_the_callers_lines_to_the_side_service_flagged_fi() -> None:
+    """An abort is answered in the caller's sidecar (docs/fidelity.md §2.4): its outbound
+    line ``503 FI`` is the evidence, read from the access log, not from the apps; the fault
+    goes on the side service's own route and is put back in the rollbacks."""
+    experiment = load(ROOT / "experiments" / "fault-abort-side-hop.json")
+    effect = next(run["activity"] for phase, run in method_probes(_as_runs(experiment))
+                  if phase == "effect")
+    assert (effect["provider"]["module"], effect["provider"]["func"]) == (
+        "probes.sidecalls", "flagged_calls")
+    assert effect["provider"]["arguments"]["service"] == "${side_service}"
+    assert effect["provider"]["arguments"]["flag"] == "FI"
+    assert effect["tolerance"] == {"type": "jsonpath", "path": "$.passed", "expect": True}
+    action = next(a for a in experiment["method"] if a["type"] == "action")
+    assert action["provider"]["func"] == "apply_route_fault"
+    assert action["provider"]["arguments"]["virtual_service"] == "${side_service}"
+    assert action["provider"]["arguments"]["abort_status"] == 503
+    assert [r["provider"]["func"] for r in experiment["rollbacks"]] == ["restore_route_faults"]
 
 
 SERVICE_NAMES = ("shop", "frontend", "orders", "inventory", "pricing", "ratings")

@@ -60,6 +60,8 @@ def experiment_checks(experiment: dict[str, Any]) -> set[str]:
             names.add("recovery")
         elif func == "orphan_work":
             names.add("orphan-work")
+        elif func == "side_call_fallback":
+            names.add("side-call-fallback")
         else:
             raise AssertionError(f"no check names known for probe function '{func}'")
     return names
