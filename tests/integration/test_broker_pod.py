@@ -12,18 +12,22 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from localmesh.errors import ProcessError
 from localmesh.mesh import MeshThread
 from localmesh.rabbitmq import SERVER, find_orphans, node_name, require_server
 from localmesh.statedir import StateDir
+from probes import chaos
 from tests.data.amqp_client import write_client_manifests
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -32,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BROKER_MANIFESTS = ROOT / "fixtures" / "broker" / "k8s"
 NS = "shop"
 BROKER_CLUSTER = f"outbound|5672||broker.{NS}.svc.cluster.local"
+CONNECT_TIMEOUT_MS = 600
 
 needs_rabbitmq = pytest.mark.skipif(not os.access(SERVER, os.X_OK),
                                     reason=f"{SERVER} missing: apt-get install -y rabbitmq-server")
@@ -42,8 +47,23 @@ def broker_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread
     if not os.access(SERVER, os.X_OK):
         pytest.skip(f"{SERVER} missing: apt-get install -y rabbitmq-server")
     root = tmp_path_factory.mktemp("broker-mesh")
-    thread = MeshThread([write_client_manifests(root / "manifests"), BROKER_MANIFESTS],
-                        root / "state")
+    manifests = write_client_manifests(root / "manifests")
+    # A short connect timeout for the broker (DestinationRule connectionPool.tcp), so that a
+    # partition's connect timeout is measured in a test's time.
+    (manifests / "broker-rule.yaml").write_text(textwrap.dedent(f"""\
+        apiVersion: networking.istio.io/v1beta1
+        kind: DestinationRule
+        metadata:
+          name: broker
+          namespace: {NS}
+        spec:
+          host: broker.{NS}.svc.cluster.local
+          trafficPolicy:
+            connectionPool:
+              tcp:
+                connectTimeout: {CONNECT_TIMEOUT_MS}ms
+        """))
+    thread = MeshThread([manifests, BROKER_MANIFESTS], root / "state")
     thread.start(timeout=60)
     try:
         wait_pushed(thread)
@@ -72,10 +92,26 @@ def app_port(pod: dict[str, Any]) -> int:
 
 
 def roundtrip(thread: MeshThread, query: str = "n=1") -> dict[str, Any]:
+    """The client pod's answer: its messages, or (502) the AMQP error it met."""
     port = app_port(pod_of(thread, "client"))
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/roundtrip?{query}",
-                                timeout=30) as resp:
-        return dict(json.loads(resp.read()))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/roundtrip?{query}",
+                                    timeout=30) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        return {"status": exc.code, **json.loads(exc.read())}
+
+
+def chaos_manifest(folder: Path, name: str, kind: str, spec: dict[str, Any]) -> str:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "chaos-mesh.org/v1alpha1", "kind": kind,
+                                    "metadata": {"name": name, "namespace": NS},
+                                    "spec": spec}))
+    return str(path)
+
+
+def chaos_config(thread: MeshThread, run_id: str) -> dict[str, Any]:
+    return {"kubeconfig": str(thread.mesh.state.kubeconfig), "run_id": run_id}
 
 
 def container_log(thread: MeshThread, app: str, container: str) -> str:
@@ -149,6 +185,38 @@ def test_a_persistent_message_is_confirmed_and_consumed_through_both_sidecars(
     in_bytes = inbound.split('"-" ', 1)[1].split()[:2]
     assert int(out_bytes[0]) > 0 and int(out_bytes[1]) > 0
     assert out_bytes == in_bytes  # the same stream seen from both ends
+
+
+@needs_rabbitmq
+def test_a_partition_between_client_and_broker_ends_the_connect_at_the_timeout(
+        broker_mesh: MeshThread, tmp_path: Path) -> None:
+    """NetworkChaos partition client <-> broker acts on the AMQP connection as Envoy's
+    tcp_proxy sees a black hole: the connect waits the DestinationRule's connectTimeout and the
+    client's sidecar logs UF,URX (docs/fidelity.md §2.6, §5.2); healed, messages flow again."""
+    spec = {"action": "partition", "mode": "all", "duration": "120s", "direction": "both",
+            "selector": {"labelSelectors": {"app": "client"}},
+            "target": {"mode": "all", "selector": {"labelSelectors": {"app": "broker"}}}}
+    config = chaos_config(broker_mesh, "broker-partition")
+    chaos.apply_chaos(chaos_manifest(tmp_path, "partition-client-broker", "NetworkChaos", spec),
+                      configuration=config)
+    try:
+        started = time.monotonic()
+        result = roundtrip(broker_mesh)
+        elapsed = time.monotonic() - started
+    finally:
+        chaos.remove_run_chaos(configuration=config)
+    assert result.get("status") == 502 and "AMQPConnectionError" in result["error"], result
+    assert elapsed >= CONNECT_TIMEOUT_MS / 1000.0, elapsed
+
+    def failed_line() -> str:
+        return next((ln for ln in proxy_log(broker_mesh, "client").splitlines()
+                     if BROKER_CLUSTER in ln and " UF,URX " in ln), "")
+
+    line = wait_for(failed_line)
+    assert '"- - -" 0 UF,URX ' in line, line
+    duration = int(line.split('"-" ', 1)[1].split()[2])
+    assert duration >= CONNECT_TIMEOUT_MS, line
+    assert roundtrip(broker_mesh)["bodies"], "the healed link carries messages again"
 
 
 @needs_rabbitmq
@@ -253,3 +321,24 @@ def test_abort_and_down_stop_a_broker_left_by_a_killed_run(tmp_path: Path) -> No
         finally:
             if left.poll() is None:
                 left.kill()
+
+
+@needs_rabbitmq
+def test_a_pod_kill_of_the_broker_ends_the_clients_open_connection(
+        broker_mesh: MeshThread, tmp_path: Path) -> None:
+    """PodChaos pod-kill of the broker: its processes (sidecar included) die, so the client's
+    kept-open AMQP connection through its sidecar ends, and its sidecar logs it at once (the
+    line is written when a connection ends). Runs last: the broker is replaced."""
+    assert roundtrip(broker_mesh, "n=1&keep=1")["bodies"]
+    before = proxy_log(broker_mesh, "client").count(BROKER_CLUSTER)
+    spec = {"action": "pod-kill", "mode": "one", "duration": "60s",
+            "selector": {"labelSelectors": {"app": "broker"}}}
+    config = chaos_config(broker_mesh, "broker-kill")
+    chaos.apply_chaos(chaos_manifest(tmp_path, "kill-broker", "PodChaos", spec),
+                      configuration=config)
+    try:
+        ended = wait_for(lambda: proxy_log(broker_mesh, "client").count(BROKER_CLUSTER) > before,
+                         limit_s=10)
+    finally:
+        chaos.remove_run_chaos(configuration=config)
+    assert ended, "the kept connection's line appears when the killed broker's side closes"
