@@ -205,6 +205,7 @@ class LocalMesh:
         if self.chaos is not None:
             await self.chaos.start()
         await self.supervisor.wait_ready(self.ready_limit_s)
+        await self._wait_pushed()
         self.endpoints = Endpoints(api=api, ingress=f"http://127.0.0.1:{ingress_port}",
                                    otlp=otlp, traces=traces, pid=os.getpid(), started=started)
         write_kubeconfig(self.state.kubeconfig, int(api.rsplit(":", 1)[1]),
@@ -213,6 +214,24 @@ class LocalMesh:
         log.info("mesh up in %.2fs: api %s, ingress %s", time.time() - started, api,
                  self.endpoints.ingress)
         return self.endpoints
+
+    async def _wait_pushed(self) -> None:
+        """Every sidecar acknowledged the configuration built from the Ready pods.
+
+        A pod turns Ready before the control plane's next push tells its callers' sidecars
+        (a cluster's endpoint propagation): a call made right after start() would meet a
+        sidecar that does not know its callee yet (503 UH; a TCP connection closed as UH,
+        measured with the broker pod). A sidecar that does not answer in time is logged, not
+        fatal: its pod is Ready, and the push is retried.
+        """
+        assert self.xds is not None
+        pods = [(p["metadata"]["namespace"], p["metadata"]["name"])
+                for p in self.store.list("", "pods")]
+        results = await asyncio.gather(*(self.xds.wait_synced(ns, name) for ns, name in pods),
+                                       return_exceptions=True)
+        for (ns, name), result in zip(pods, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("sidecar of %s/%s not synced at start: %s", ns, name, result)
 
     def _app_namespace(self) -> str:
         """The kubeconfig's namespace: the first one the manifests mark for sidecar
