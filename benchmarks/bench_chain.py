@@ -43,6 +43,7 @@ from pathlib import Path
 
 from localmesh.http.client import ConnectionPool
 from localmesh.http.errors import HttpError
+from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.statedir import read_endpoints
 from probes.config import DEFAULTS
 
@@ -81,9 +82,10 @@ def cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
 
 
-def process_kinds(api: str, mesh_pid: int) -> dict[str, dict[str, int]]:
+def process_kinds(api: str, mesh_pid: int, kubeconfig: Path) -> dict[str, dict[str, int]]:
     """Pid per process, by kind, from the pods' ``containerID`` (``localmesh://<pid>``)."""
-    with urllib.request.urlopen(f"{api}/api/v1/pods", timeout=10) as resp:
+    request = urllib.request.Request(f"{api}/api/v1/pods", headers=auth_headers(kubeconfig))
+    with urllib.request.urlopen(request, timeout=10, context=ssl_context(kubeconfig)) as resp:
         pods = json.loads(resp.read())["items"]
     kinds: dict[str, dict[str, int]] = {"apps": {}, "sidecars": {}, "ingress": {},
                                         "mesh": {"mesh": mesh_pid}}
@@ -284,7 +286,7 @@ def main() -> int:
             raise SystemExit(f"meshchaos up failed:\n{up.stdout}\n{up.stderr}")
         try:
             endpoints = read_endpoints(state)
-            kinds = process_kinds(endpoints.api, endpoints.pid)
+            kinds = process_kinds(endpoints.api, endpoints.pid, state / "kubeconfig")
             print(f"# reference chain through the ingress ({manifests}"
                   f"{', no simulated work' if args.no_work else ''}"
                   f"{'' if args.sampling is None else f', sampling {args.sampling:g} %'}); "

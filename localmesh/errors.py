@@ -11,6 +11,7 @@ any of them into the body a real API server would send::
     │   ├── Conflict             409 Conflict (resourceVersion mismatch)
     │   ├── Invalid              422 Invalid, names the field
     │   ├── BadRequest           400 BadRequest (malformed body, bad selector)
+    │   ├── Unauthorized         401 Unauthorized (no or a wrong bearer token)
     │   ├── MethodNotAllowed     405 MethodNotAllowed
     │   ├── NotAcceptable        406 NotAcceptable (an Accept type the server does not serve)
     │   └── Expired              410 Expired (a watch from a resourceVersion no longer kept)
@@ -50,6 +51,7 @@ __all__ = [
     "QueryError",
     "SidecarConfigError",
     "StateDirError",
+    "Unauthorized",
     "UnknownMode",
 ]
 
@@ -117,6 +119,11 @@ class Invalid(ApiError):
 class BadRequest(ApiError):
     code = 400
     reason = "BadRequest"
+
+
+class Unauthorized(ApiError):
+    code = 401
+    reason = "Unauthorized"
 
 
 class MethodNotAllowed(ApiError):

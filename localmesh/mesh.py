@@ -21,6 +21,7 @@ import contextlib
 import copy
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -33,7 +34,7 @@ from localmesh.apiserver.app import create_api_app
 from localmesh.documents import KubeObject
 from localmesh.errors import ManifestError, MeshError
 from localmesh.ingress import GATEWAY_NAMESPACE, ensure_ingress_objects
-from localmesh.kubeconfig import write_kubeconfig
+from localmesh.kubeconfig import new_token, write_kubeconfig
 from localmesh.manifests import Manifest, load_manifests
 from localmesh.rabbitmq import check_objects
 from localmesh.statedir import Endpoints, StateDir
@@ -43,6 +44,7 @@ from localmesh.supervisor.podspec import CWD_ANNOTATION
 from localmesh.supervisor.ports import PortAllocator
 from localmesh.supervisor.replicasets import is_pod_ready
 from localmesh.supervisor.spawner import ForkServer
+from localmesh.tls import make_certificates
 from localmesh.tracestore import TraceStore, create_trace_apps
 from localmesh.validation import install_validation
 from localmesh.xds import XdsServer
@@ -119,13 +121,14 @@ def _ensure_namespaces(store: ObjectStore, objects: list[KubeObject]) -> None:
             store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+async def _serve(app: web.Application, *, tls: ssl.SSLContext | None = None,
+                 ) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
+    return runner, f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
 
 class LocalMesh:
@@ -147,6 +150,10 @@ class LocalMesh:
         self.xds: XdsServer | None = None
         self.chaos: _Controller | None = None
         self.endpoints: Endpoints | None = None
+        # Only the mesh's owner may use its API: a bearer token random per mesh, which only
+        # its kubeconfig (0600) holds, over TLS with a CA of its own (localmesh.tls).
+        self.api_token = new_token()
+        self.api_ca: bytes | None = None
         self._runners: list[web.AppRunner] = []
         self._claimed = False
         self._log_handler: logging.Handler | None = None
@@ -209,7 +216,8 @@ class LocalMesh:
         self.endpoints = Endpoints(api=api, ingress=f"http://127.0.0.1:{ingress_port}",
                                    otlp=otlp, traces=traces, pid=os.getpid(), started=started)
         write_kubeconfig(self.state.kubeconfig, int(api.rsplit(":", 1)[1]),
-                         namespace=self._app_namespace())
+                         namespace=self._app_namespace(), token=self.api_token,
+                         ca_pem=self.api_ca)
         self.state.write_endpoints(self.endpoints)
         log.info("mesh up in %.2fs: api %s, ingress %s", time.time() - started, api,
                  self.endpoints.ingress)
@@ -251,7 +259,11 @@ class LocalMesh:
 
     async def _serve_api(self) -> str:
         assert self.supervisor is not None
-        runner, url = await _serve(create_api_app(self.store, self.supervisor.logs))
+        certificates = make_certificates(self.state.path)
+        self.api_ca = certificates.ca_pem
+        runner, url = await _serve(create_api_app(self.store, self.supervisor.logs,
+                                                  token=self.api_token),
+                                   tls=certificates.server_context)
         self._runners.append(runner)
         return url
 

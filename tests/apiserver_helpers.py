@@ -8,6 +8,7 @@ may also write to the (thread-safe) store directly, as the supervisor would.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,8 +36,9 @@ class ServedApi:
 
 
 @contextmanager
-def serve_app(app: web.Application) -> Iterator[int]:
-    """Serve an aiohttp app on 127.0.0.1:0 in a daemon thread; yields the port."""
+def serve_app(app: web.Application, *, tls: ssl.SSLContext | None = None) -> Iterator[int]:
+    """Serve an aiohttp app on 127.0.0.1:0 (over TLS with ``tls``) in a daemon thread;
+    yields the port."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     state: dict[str, Any] = {}
@@ -44,7 +46,7 @@ def serve_app(app: web.Application) -> Iterator[int]:
     async def start() -> None:
         runner = web.AppRunner(app, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
         state["runner"] = runner
         state["port"] = runner.addresses[0][1]

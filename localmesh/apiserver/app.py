@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from localmesh.apiserver import discovery
 from localmesh.apiserver.handlers import ResourceHandlers
@@ -14,7 +16,7 @@ from localmesh.apiserver.logsource import LogSource
 from localmesh.apiserver.openapi import OpenApiDocs
 from localmesh.apiserver.paths import parse_target
 from localmesh.apiserver.watch import WatchHub
-from localmesh.errors import ApiError, MethodNotAllowed, NotAcceptable, NotFound
+from localmesh.errors import ApiError, MethodNotAllowed, NotAcceptable, NotFound, Unauthorized
 from localmesh.store import ObjectStore
 
 __all__ = ["create_api_app", "open_watches"]
@@ -51,6 +53,23 @@ async def _kubernetes_errors(request: web.Request,
         # A bug here must still answer like an API server (500 InternalError), and be seen.
         log.exception("%s %s failed", request.method, request.path)
         return _status_response(ApiError(f"internal error: {error!r}"))
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _authenticate(token: str) -> Middleware:
+    """Require ``Authorization: Bearer <token>`` on every request, as kube-apiserver with
+    anonymous access off answers 401 Unauthorized to a request without a valid token."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):  # constant time: no guessing by timing
+            raise Unauthorized("Unauthorized")
+        return await handler(request)
+    return authenticate
 
 
 async def _version(request: web.Request) -> web.Response:
@@ -156,9 +175,17 @@ def open_watches(app: web.Application) -> int:
     return len(app[_HUB])
 
 
-def create_api_app(store: ObjectStore, logs: LogSource) -> web.Application:
-    """Build the API server application over ``store``, reading pod logs from ``logs``."""
-    app = web.Application(middlewares=[_kubernetes_errors], client_max_size=8 * 1024 * 1024)
+def create_api_app(store: ObjectStore, logs: LogSource, *,
+                   token: str | None = None) -> web.Application:
+    """Build the API server application over ``store``, reading pod logs from ``logs``.
+
+    With ``token``, every request must carry it as a bearer token (401 otherwise); the
+    local mesh always gives one. Without, the app serves anyone (tests embed it so).
+    """
+    middlewares: list[Middleware] = [_kubernetes_errors]
+    if token:
+        middlewares.append(_authenticate(token))
+    app = web.Application(middlewares=middlewares, client_max_size=8 * 1024 * 1024)
     hub = WatchHub(store)
     app[_STORE] = store
     app[_HUB] = hub

@@ -25,14 +25,24 @@ def add_state_dir(parser: argparse.ArgumentParser) -> None:
                         help=f"state dir of the local mesh (default: {DEFAULT_STATE_DIR})")
 
 
-def api_get(api: str, path: str, *, timeout: float = 5.0) -> KubeObject:
-    """GET an object or a list from the mesh's API server; a 404 is an empty list."""
+def api_get(api: str, path: str, *, timeout: float = 5.0,
+            kubeconfig: Path | None = None) -> KubeObject:
+    """GET an object or a list from the mesh's API server; a 404 is an empty list.
+
+    ``kubeconfig``: the mesh's, whose CA and bearer token the request uses (the API
+    answers 401 without the token).
+    """
     # Here, not at module level: the `up` daemon imports this package on its start path.
     import urllib.error
     import urllib.request
 
+    from localmesh.kubeconfig import auth_headers, ssl_context
+
+    headers = auth_headers(kubeconfig) if kubeconfig is not None else {}
+    context = ssl_context(kubeconfig) if kubeconfig is not None else None
     try:
-        with urllib.request.urlopen(f"{api}{path}", timeout=timeout) as resp:
+        request = urllib.request.Request(f"{api}{path}", headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             data = json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         if exc.code == 404:

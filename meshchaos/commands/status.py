@@ -46,11 +46,12 @@ def chaos_rows(objects: list[KubeObject]) -> list[list[str]]:
 def run(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     endpoints = read_endpoints(state.path)
-    pods = api_get(endpoints.api, "/api/v1/pods").get("items") or []
+    pods = api_get(endpoints.api, "/api/v1/pods", kubeconfig=state.kubeconfig).get(
+        "items") or []
     chaos: list[KubeObject] = []
     for plural in _CHAOS:
-        chaos += api_get(endpoints.api, f"/apis/chaos-mesh.org/v1alpha1/{plural}").get(
-            "items") or []
+        chaos += api_get(endpoints.api, f"/apis/chaos-mesh.org/v1alpha1/{plural}",
+                         kubeconfig=state.kubeconfig).get("items") or []
     ready = sum(1 for row in pod_rows(pods) if row[2].split("/")[0] == row[2].split("/")[1])
     print(f"local mesh: running (pid {endpoints.pid}), {ready}/{len(pods)} pods Ready")
     print(f"  API server   {endpoints.api}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from localmesh.kubeconfig import auth_headers, ssl_context
 from tests.integration.conftest import ROOT, alive, descendants, kill_groups, write_echo_manifests
 
 pytestmark = [pytest.mark.integration]
@@ -77,9 +78,10 @@ def test_up_detach_status_down_leave_no_process_behind(tmp_path: Path, state_dir
                       "delay": {"latency": "10ms"}}}
     req = urllib.request.Request(
         endpoints["api"] + "/apis/chaos-mesh.org/v1alpha1/namespaces/shop/networkchaos",
-        data=json.dumps(chaos).encode(), headers={"Content-Type": "application/json"},
-        method="POST")
-    with urllib.request.urlopen(req, timeout=5):
+        data=json.dumps(chaos).encode(), method="POST",
+        headers={"Content-Type": "application/json",
+                 **auth_headers(state_dir / "kubeconfig")})  # the mesh's token, from up
+    with urllib.request.urlopen(req, timeout=5, context=ssl_context(state_dir / "kubeconfig")):
         pass
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

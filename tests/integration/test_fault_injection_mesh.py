@@ -13,6 +13,7 @@ concurrent requests is within 5 points of the ``percentage``.
 from __future__ import annotations
 
 import json
+import ssl
 import textwrap
 import time
 import urllib.error
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
 from localmesh.yamldoc import safe_load
 from tests.integration.conftest import ECHO_APP, ROOT, stop_and_reap
@@ -175,13 +177,24 @@ def _endpoint(thread: MeshThread, name: str) -> str:
     return str(getattr(thread.mesh.endpoints, name))
 
 
+def _api_auth(thread: MeshThread) -> dict[str, str]:
+    """The mesh API's bearer token, as its kubeconfig gives it to clients."""
+    return auth_headers(thread.mesh.state.kubeconfig)
+
+
+def _api_tls(thread: MeshThread) -> ssl.SSLContext | None:
+    """A TLS context trusting the mesh API's CA, from its kubeconfig."""
+    return ssl_context(thread.mesh.state.kubeconfig)
+
+
 def _request(url: str, *, method: str = "GET", body: dict[str, Any] | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+             headers: dict[str, str] | None = None,
+             context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={
         **({"Content-Type": "application/json"} if data else {}), **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
+        with urllib.request.urlopen(req, timeout=15, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -190,13 +203,16 @@ def _request(url: str, *, method: str = "GET", body: dict[str, Any] | None = Non
 def _apply(thread: MeshThread, vs: dict[str, Any]) -> None:
     """Create or replace the VirtualService through the API, then let the push land."""
     base = f"{_endpoint(thread, 'api')}/apis/networking.istio.io/v1/namespaces/{NS}/virtualservices"
-    status, current = _request(f"{base}/{vs['metadata']['name']}")
+    auth = _api_auth(thread)
+    tls = _api_tls(thread)
+    status, current = _request(f"{base}/{vs['metadata']['name']}", headers=auth, context=tls)
     if status == 200:
         vs = {**vs, "metadata": {**vs["metadata"], "resourceVersion":
                                  json.loads(current)["metadata"]["resourceVersion"]}}
-        status, body = _request(f"{base}/{vs['metadata']['name']}", method="PUT", body=vs)
+        status, body = _request(f"{base}/{vs['metadata']['name']}", method="PUT", body=vs,
+                                headers=auth, context=tls)
     else:
-        status, body = _request(base, method="POST", body=vs)
+        status, body = _request(base, method="POST", body=vs, headers=auth, context=tls)
     assert status in (200, 201), body
     time.sleep(0.3)  # the xDS push is debounced by ms; the sidecars ack within this
 
@@ -215,12 +231,13 @@ def _pages(thread: MeshThread, users: Sequence[str | None]) -> list[dict[str, An
 
 
 def _caller_proxy_log(thread: MeshThread) -> list[str]:
-    api = _endpoint(thread, "api")
-    pods = json.loads(_request(f"{api}/api/v1/namespaces/{NS}/pods?labelSelector=app%3Dreviews"
-                               )[1])["items"]
+    api, auth, tls = _endpoint(thread, "api"), _api_auth(thread), _api_tls(thread)
+    pods = json.loads(_request(f"{api}/api/v1/namespaces/{NS}/pods?labelSelector=app%3Dreviews",
+                               headers=auth, context=tls)[1])["items"]
     (pod,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     name = pod["metadata"]["name"]
-    text = _request(f"{api}/api/v1/namespaces/{NS}/pods/{name}/log?container=istio-proxy")[1]
+    text = _request(f"{api}/api/v1/namespaces/{NS}/pods/{name}/log?container=istio-proxy",
+                    headers=auth, context=tls)[1]
     return [ln for ln in text.decode().splitlines() if "outbound|8080|v1|ratings" in ln]
 
 

@@ -3,7 +3,8 @@
 No ``--validate=false`` and no client-side columns: kubectl reads ``/openapi/v3`` and
 validates server-side (§8.1), prints the server's Table columns (§8.2) and its
 ``delete`` waits until the object is gone (§8.3). The Chaos Mesh manifest is the suite's
-own NetworkChaos delay, found by its content in fixtures/chaos (file names change).
+own NetworkChaos delay, found by its content in fixtures/chaos (file names change). The
+API wants the kubeconfig's bearer token over TLS (§8.4), which kubectl reads from it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import itertools
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
 from localmesh.yamldoc import safe_load_all
 from tests.integration.conftest import ROOT, stop_and_reap, write_echo_manifests
@@ -224,6 +228,28 @@ def test_server_dry_runs_write_nothing(kubeconfig: Path) -> None:
     assert kubectl(kubeconfig, "get", "configmap", "dry", check=False).returncode != 0
     after = kubectl(kubeconfig, "get", "networkchaos", name, "-o", "json").stdout
     assert json.loads(after)["metadata"] == json.loads(before)["metadata"]
+
+
+def test_the_api_wants_the_kubeconfigs_token(mesh: MeshThread, kubeconfig: Path) -> None:
+    """Only the owner gets in (docs/fidelity.md §8.4): the kubeconfig is 0600 and holds the
+    token and CA; without the token, or with another, the API answers 401 Unauthorized."""
+    assert stat.S_IMODE(kubeconfig.stat().st_mode) == 0o600
+    assert mesh.mesh.endpoints is not None
+    url = f"{mesh.mesh.endpoints.api}/api/v1/pods"
+    assert url.startswith("https://127.0.0.1:")
+    context = ssl_context(kubeconfig)
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        request = urllib.request.Request(url, headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5, context=context)
+        status = json.loads(refused.value.read())
+        assert (refused.value.code, status["kind"], status["reason"]) == (
+            401, "Status", "Unauthorized")
+    request = urllib.request.Request(url, headers=auth_headers(kubeconfig))
+    with urllib.request.urlopen(request, timeout=5, context=context) as response:
+        assert response.status == 200
+    wrong = kubectl(kubeconfig, "--token=not-the-token", "get", "pods", check=False)
+    assert wrong.returncode != 0 and "Unauthorized" in wrong.stderr + wrong.stdout
 
 
 def test_delete_returns_once_the_object_is_gone(kubeconfig: Path) -> None:

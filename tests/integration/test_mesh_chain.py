@@ -6,12 +6,14 @@ ingress, and leaves its traces and access logs where probes read them.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.request
 from typing import Any
 
 import pytest
 
+from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
 from localmesh.statedir import Endpoints, read_endpoints
 
@@ -20,14 +22,19 @@ pytestmark = [pytest.mark.integration]
 HOPS = ("frontend", "orders", "inventory", "pricing", "ratings")
 
 
-def get_json(url: str, *, host: str | None = None) -> Any:
-    req = urllib.request.Request(url, headers={"Host": host} if host else {})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+def get_json(url: str, *, host: str | None = None, headers: dict[str, str] | None = None,
+             context: ssl.SSLContext | None = None) -> Any:
+    req = urllib.request.Request(url, headers={**({"Host": host} if host else {}),
+                                               **(headers or {})})
+    with urllib.request.urlopen(req, timeout=10, context=context) as resp:
         return json.loads(resp.read())
 
 
-def test_every_hop_and_the_gateway_are_ready(local_mesh: Endpoints) -> None:
-    pods = get_json(local_mesh.api + "/api/v1/pods")["items"]
+def test_every_hop_and_the_gateway_are_ready(local_mesh: Endpoints,
+                                             local_mesh_thread: MeshThread) -> None:
+    kubeconfig = local_mesh_thread.mesh.state.kubeconfig  # the API's token and CA
+    pods = get_json(local_mesh.api + "/api/v1/pods", headers=auth_headers(kubeconfig),
+                    context=ssl_context(kubeconfig))["items"]
     ready = {p["metadata"]["labels"].get("app") for p in pods
              if any(c["type"] == "Ready" and c["status"] == "True"
                     for c in p["status"]["conditions"])}

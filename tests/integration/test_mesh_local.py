@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from localmesh.errors import ManifestError, ProcessError, StateDirError
+from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
 from localmesh.statedir import StateDir
 from tests.integration.conftest import alive, descendants, stop_and_reap, write_echo_manifests
@@ -43,19 +45,33 @@ def echo_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread]:
         stop_and_reap(thread)
 
 
-def get(url: str, *, host: str | None = None, timeout: float = 5) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+def get(url: str, *, host: str | None = None, timeout: float = 5,
+        headers: dict[str, str] | None = None,
+        context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={**({"Host": host} if host else {}),
+                                               **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
 
+def token(thread: MeshThread) -> dict[str, str]:
+    """The mesh API's bearer token, as its kubeconfig gives it to clients."""
+    return auth_headers(thread.mesh.state.kubeconfig)
+
+
+def tls(thread: MeshThread) -> ssl.SSLContext | None:
+    """A TLS context trusting the mesh API's CA, from its kubeconfig."""
+    return ssl_context(thread.mesh.state.kubeconfig)
+
+
 def api(thread: MeshThread, path: str, method: str = "GET") -> Any:
     assert thread.mesh.endpoints is not None
-    req = urllib.request.Request(thread.mesh.endpoints.api + path, method=method)
-    with urllib.request.urlopen(req, timeout=5) as resp:
+    req = urllib.request.Request(thread.mesh.endpoints.api + path, method=method,
+                                 headers=token(thread))
+    with urllib.request.urlopen(req, timeout=5, context=tls(thread)) as resp:
         return json.loads(resp.read())
 
 
@@ -112,7 +128,8 @@ def test_ingress_reaches_the_app_and_both_containers_log_the_request(
 
     def log(container: str) -> str:
         assert echo_mesh.mesh.endpoints is not None
-        return get(f"{echo_mesh.mesh.endpoints.api}{base}?container={container}")[1].decode()
+        return get(f"{echo_mesh.mesh.endpoints.api}{base}?container={container}",
+                   headers=token(echo_mesh), context=tls(echo_mesh))[1].decode()
 
     until(lambda: marker in log("istio-proxy"), what="access log line")
     proxy_line = next(line for line in log("istio-proxy").splitlines() if marker in line)
@@ -138,7 +155,8 @@ def test_an_unmatched_ingress_request_is_404_nr_at_once_in_one_gateway_line(
 
     def lines() -> list[str]:
         assert echo_mesh.mesh.endpoints is not None
-        text = get(f"{echo_mesh.mesh.endpoints.api}{base}?container=istio-proxy")[1].decode()
+        text = get(f"{echo_mesh.mesh.endpoints.api}{base}?container=istio-proxy",
+                   headers=token(echo_mesh), context=tls(echo_mesh))[1].decode()
         return [line for line in text.splitlines() if marker in line]
 
     (line,) = until(lines, what="the gateway's access log line")

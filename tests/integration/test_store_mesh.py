@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +19,7 @@ from typing import TypeVar
 
 import pytest
 
+from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
 from probes.evidence.accesslog import AccessLogRecord, compile_format, parse_lines
 from probes.evidence.formats import MESHCHAOS_TEXT
@@ -50,10 +52,11 @@ def endpoint(thread: MeshThread, name: str) -> str:
     return str(getattr(thread.mesh.endpoints, name))
 
 
-def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def fetch(url: str, headers: dict[str, str] | None = None,
+          context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -72,11 +75,14 @@ def until(check: Callable[[], T | None], limit_s: float = 10, what: str = "it") 
 def proxy_logs(thread: MeshThread) -> dict[str, list[AccessLogRecord]]:
     """Every store pod's istio-proxy log through the API, as the probes read it."""
     api = endpoint(thread, "api")
-    pods = json.loads(fetch(f"{api}/api/v1/namespaces/{NS}/pods")[1])["items"]
+    kubeconfig = thread.mesh.state.kubeconfig  # the API's CA and token, as clients get them
+    auth, tls = auth_headers(kubeconfig), ssl_context(kubeconfig)
+    pods = json.loads(fetch(f"{api}/api/v1/namespaces/{NS}/pods", auth, tls)[1])["items"]
     logs: dict[str, list[AccessLogRecord]] = {}
     for pod in pods:
         name = pod["metadata"]["name"]
-        text = fetch(f"{api}/api/v1/namespaces/{NS}/pods/{name}/log?container=istio-proxy")[1]
+        text = fetch(f"{api}/api/v1/namespaces/{NS}/pods/{name}/log?container=istio-proxy",
+                     auth, tls)[1]
         records, _ = parse_lines(LOG_FORMAT, NS, name, text.decode().splitlines())
         logs[pod["metadata"]["labels"]["app"]] = records
     return logs
