@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
+from localmesh.errors import ProcessError
 from localmesh.manifests import load_manifests
 from localmesh.protocols import port_protocol
+from localmesh.rabbitmq import check_objects
 from localmesh.supervisor.podspec import COMMAND_ANNOTATION
 from localmesh.supervisor.probes import ReadinessProbe
 from localmesh.validation import validate_object
@@ -97,3 +99,18 @@ def test_the_reference_chain_does_not_include_the_broker() -> None:
     assert "broker" not in {d["metadata"]["name"] for d in chain}
     assert all(port_protocol(p) == "http" for d in chain if d["kind"] == "Service"
                for p in d["spec"]["ports"])
+
+
+def test_without_the_package_the_start_fails_naming_the_deployment_and_the_package(
+        tmp_path: Path) -> None:
+    """LocalMesh.start() checks this before any process starts (localmesh.rabbitmq
+    .check_objects): the error says which Deployment needs which Debian package and how to
+    install it, instead of a pod that never turns Ready."""
+    with pytest.raises(ProcessError) as err:
+        check_objects(OBJECTS, server=tmp_path / "rabbitmq-server")
+    message = str(err.value)
+    assert message.startswith("deployment shop/broker: ")
+    assert "Debian's rabbitmq-server package" in message
+    assert "apt-get install -y rabbitmq-server" in message
+    check_objects([o for o in OBJECTS if o["kind"] != "Deployment"],
+                  server=tmp_path / "rabbitmq-server")  # no broker pod, nothing needed
