@@ -93,6 +93,16 @@ def _pod_port(pod: KubeObject) -> int | None:
     return int(raw) if raw and str(raw).isdigit() else None
 
 
+def _tcp_port(pod: KubeObject) -> int | None:
+    """Where callers' sidecars send a TCP connection: the pod's inbound TCP listener, else
+    (no sidecar injected) its app, as Istio sends plain TCP to a pod outside the mesh."""
+    ann = (pod.get("metadata") or {}).get("annotations") or {}
+    raw = ann.get(TCP_INBOUND_ANNOTATION)
+    if raw is None and "meshchaos.io/inbound-port" not in ann:
+        raw = ann.get("meshchaos.io/app-port")
+    return int(raw) if raw and str(raw).isdigit() else None
+
+
 def _services(store: ObjectStore) -> dict[str, ServiceDoc]:
     pods = store.list("", "pods")
     out: dict[str, ServiceDoc] = {}
@@ -113,9 +123,9 @@ def _services(store: ObjectStore) -> dict[str, ServiceDoc]:
                 "host": str((pod.get("status") or {}).get("podIP") or "127.0.0.1"),
                 "port": port, "labels": dict(pmeta.get("labels") or {}),
                 "ready": _pod_ready(pod)}
-            tcp_port = (pmeta.get("annotations") or {}).get(TCP_INBOUND_ANNOTATION)
-            if tcp_port and str(tcp_port).isdigit():
-                ep["tcp_port"] = int(tcp_port)
+            tcp_port = _tcp_port(pod)
+            if tcp_port is not None:
+                ep["tcp_port"] = tcp_port
             eps.append(ep)
         doc: ServiceDoc = {
             "name": meta["name"], "namespace": ns,

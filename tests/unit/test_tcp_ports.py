@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
-from localmesh.protocols import port_protocol
+from localmesh.protocols import TCP_INBOUND_ANNOTATION, port_protocol
 from localmesh.rabbitmq import broker_env, node_name
+from localmesh.store import ObjectStore
 from localmesh.supervisor.probes import ReadinessProbe, amqp_handshake_ok, exec_ok
 from localmesh.supervisor.tcpports import plan_tcp_ports
+from localmesh.xds import build_shared
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -146,3 +148,27 @@ async def test_the_amqp_handshake_needs_connection_start() -> None:
         good.close()
         http.close()
     assert not await amqp_handshake_ok(1, within=0.5)  # nothing listens on port 1
+
+
+def test_the_control_plane_tells_callers_where_each_endpoint_takes_tcp() -> None:
+    """The sidecar document: a Service's TCP ports (§2.5), and per endpoint the port a
+    caller's sidecar connects to: the pod's inbound TCP listener, or, for a pod without a
+    sidecar, its app (Istio sends plain TCP to a pod outside the mesh)."""
+    store = ObjectStore()
+    store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+    store.create({"apiVersion": "v1", **SERVICES[0]})
+    store.create({"apiVersion": "v1", **SERVICES[1]})
+    for name, pod_annotations in (
+            ("broker-a", {"meshchaos.io/app-port": "40001", "meshchaos.io/inbound-port": "40002",
+                          TCP_INBOUND_ANNOTATION: "40003"}),
+            ("broker-b", {"meshchaos.io/app-port": "40011"})):  # no sidecar injected
+        store.create({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": name, "namespace": "shop",
+                                   "labels": {"app": "broker"}, "annotations": pod_annotations},
+                      "spec": {"containers": [{"name": "rabbitmq", "image": "rabbitmq"}]}})
+    services = build_shared(store).services
+    broker = services["broker.shop.svc.cluster.local"]
+    assert broker.get("tcp_ports") == [5672]  # the http-admin port stays HTTP
+    assert {e["pod"]: e.get("tcp_port") for e in broker["endpoints"]} == \
+        {"broker-a": 40003, "broker-b": 40011}
+    assert "tcp_ports" not in services["orders.shop.svc.cluster.local"]
