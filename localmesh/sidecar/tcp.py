@@ -198,7 +198,8 @@ class _Pipe:
                 self.src.pause_reading()
 
     def _resume_src(self) -> None:
-        if self.src is not None and self.src_paused and not self.dst_paused:
+        if (self.src is not None and self.src_paused and not self.dst_paused
+                and self.queued_bytes < _LOW_WATER):
             self.src_paused = False
             with contextlib.suppress(RuntimeError):
                 self.src.resume_reading()

@@ -14,7 +14,7 @@ import yaml
 from localmesh.errors import ProcessError
 from localmesh.manifests import load_manifests
 from localmesh.protocols import port_protocol
-from localmesh.rabbitmq import check_objects
+from localmesh.rabbitmq import SERVER, check_objects, private_home
 from localmesh.supervisor.podspec import COMMAND_ANNOTATION
 from localmesh.supervisor.probes import ReadinessProbe
 from localmesh.validation import validate_object
@@ -114,3 +114,18 @@ def test_without_the_package_the_start_fails_naming_the_deployment_and_the_packa
     assert "apt-get install -y rabbitmq-server" in message
     check_objects([o for o in OBJECTS if o["kind"] != "Deployment"],
                   server=tmp_path / "rabbitmq-server")  # no broker pod, nothing needed
+
+
+@pytest.mark.skipif(not SERVER.exists(), reason="rabbitmq-server is not installed")
+def test_the_private_home_links_only_what_rabbit_and_the_enabled_plugins_need(
+        tmp_path: Path) -> None:
+    """The launcher's RABBITMQ_HOME: the package's scripts, and in ``plugins`` the closure of
+    the ``applications`` lists of rabbit (and of the enabled plugins) instead of all 70."""
+    home = private_home(tmp_path / "data", SERVER, [])
+    apps = {p.name.rsplit("-", 1)[0] for p in (home / "plugins").iterdir()}
+    assert {"rabbit", "rabbit_common", "rabbitmq_prelaunch", "ra", "osiris", "ranch"} <= apps
+    assert "rabbitmq_management" not in apps and "cowboy" not in apps
+    assert (home / "sbin" / "rabbitmq-server").resolve() == SERVER.resolve()
+    with_management = private_home(tmp_path / "other", SERVER, ["rabbitmq_management"])
+    more = {p.name.rsplit("-", 1)[0] for p in (with_management / "plugins").iterdir()}
+    assert {"rabbitmq_management", "rabbitmq_web_dispatch", "cowboy"} <= more
