@@ -86,7 +86,10 @@ def side_call_fallback(service: str = "", requests: int = 5, tolerance_ms: float
 
     Judged from the sidecars alone: a hop's inbound line and the outbound lines it logged
     while serving it. A request in which no call toward ``service`` failed is not judged;
-    when none was, the result is inconclusive (the side call never failed).
+    when none was, the result is inconclusive (the side call never failed). A second check,
+    ``aborted-call-not-served``, holds when ``service`` itself logged no inbound request for
+    the calls its callers' sidecars aborted (``FI``: never sent, docs/fidelity.md §2.4); it
+    is not judged where no call was aborted (another failure than a fault's abort).
     """
     if not service:
         raise ConfigurationError("side_call_fallback needs 'service' (e.g. "
@@ -94,8 +97,9 @@ def side_call_fallback(service: str = "", requests: int = 5, tolerance_ms: float
     deadline = Deadline(timeout_s, "side_call_fallback")
     target = resolve_target(configuration)
     evidence, lines = _logged(target, configuration, requests, path, headers, deadline)
-    check = rules.fallback_check(evidence, service, tolerance_ms)
-    return probe_result("side-call-fallback", [check],
+    checks = [rules.fallback_check(evidence, service, tolerance_ms),
+              rules.not_served_check(evidence, service)]
+    return probe_result("side-call-fallback", checks, require=["side-call-fallback"],
                         measurements={"requests": len(evidence), "log_lines": lines,
                                       "statuses": _statuses(evidence)})
 

@@ -11,6 +11,11 @@ Both read only access-log lines, so they judge any mesh whatever its apps are wr
   still answer its own caller with a 2xx (its fallback) within the budget its inbound
   sidecar announced (``x-envoy-expected-rq-timeout-ms``, §1.5). A hop that answers 5xx let a
   side call fail its whole request.
+- :func:`aborted_not_served` judges the service itself: a call its caller's fault filter
+  answered (``FI``) never reached it (§2.4), so the service's inbound lines for a request
+  can be no more than the calls toward it that were really sent. More is work done for
+  callers that had already been answered ``503``: orphan work, as a response-side abort
+  (one that lets the request through and replaces the answer) leaves it.
 """
 
 from __future__ import annotations
@@ -19,18 +24,22 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from probes.checks.calls import failed, sidecar_runs
+from probes.checks.calls import failed, held_by_fault_filter, reached_upstream, sidecar_runs
 from probes.checks.findings import Finding, Judged, NotJudged, Outcome, aggregate
 from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.request import RequestEvidence
 from probes.results import Check, Evidence
 
-__all__ = ["FALLBACK_RULE", "FlagCount", "count_flagged", "fallback_answered",
-           "fallback_check", "flagged_check", "toward"]
+__all__ = ["FALLBACK_RULE", "NOT_SERVED_RULE", "FlagCount", "aborted_not_served",
+           "count_flagged", "fallback_answered", "fallback_check", "flagged_check",
+           "not_served_check", "toward"]
 
 FALLBACK_RULE = ("a caller whose call to a side service failed answers its own caller with "
                  "its fallback (2xx) within the budget it was given (docs/fidelity.md §1.5, "
                  "§2.4)")
+NOT_SERVED_RULE = ("a call the caller's fault filter aborted never reaches the service: Envoy "
+                   "answers it before the router (docs/fidelity.md §2.4), so the service does "
+                   "no work for it")
 _SAMPLE_LINES = 5
 
 
@@ -174,3 +183,29 @@ def fallback_check(evidence: Sequence[RequestEvidence], service: str,
     return aggregate("side-call-fallback", FALLBACK_RULE,
                      f"every hop whose calls to {service} failed answers 2xx within its budget",
                      [fallback_answered(ev, service, tolerance_ms) for ev in evidence])
+
+
+def aborted_not_served(ev: RequestEvidence, service: str) -> Outcome:
+    """``service`` logged no more inbound requests than the calls toward it that were sent."""
+    calls = toward(ev, service)
+    aborted = [c for c in calls if held_by_fault_filter(c)]
+    if not aborted:
+        return NotJudged(f"no call to {service} was aborted by its caller's sidecar in this "
+                         "request")
+    sent = [c for c in calls if reached_upstream(c)]
+    served = ev.hop(service).logs_in
+    findings: list[Finding] = []
+    if len(served) > len(sent):
+        findings.append(Finding(
+            service, f"{service} logged {len(served)} inbound request(s) for {len(aborted)} "
+                     f"call(s) its callers' sidecars aborted ({_outcome(aborted[0])}) and "
+                     f"{len(sent)} sent: it worked for callers already answered",
+            (ev.sent.trace_id,), tuple(r.line for r in (*aborted, *served))))
+    return Judged(findings, {"sidecar"})
+
+
+def not_served_check(evidence: Sequence[RequestEvidence], service: str) -> Check:
+    """``aborted-call-not-served`` over every request."""
+    return aggregate("aborted-call-not-served", NOT_SERVED_RULE,
+                     f"no inbound request at {service} for a call its caller's sidecar aborted",
+                     [aborted_not_served(ev, service) for ev in evidence])

@@ -121,3 +121,35 @@ def test_an_aborted_side_call_is_no_trace_break_but_a_lost_one_is() -> None:
                                  [r for r in ev.logs if r is not sent_line] + [as_sent])
     (broken,) = tracing.evaluate([lost], REFERENCE_CHAIN, ["same-trace"])
     assert not broken.passed and broken.hop == "orders"
+
+
+def test_an_aborted_call_leaves_no_work_at_the_side_service() -> None:
+    """§2.4: the router never ran, so ratings' sidecar logged nothing for the request."""
+    check = sidecalls.not_served_check(recorded("live-side-aborted-correct"), "ratings")
+    assert check.passed and check.counts["evaluated"] == 1
+
+
+def test_a_side_service_that_served_an_aborted_call_is_named() -> None:
+    """An abort that let the request through and replaced the answer (a response-side
+    abort) has the side service work for a caller already answered ``503``."""
+    served = evidence(line("catalog-1-a", at=0, ms=1, code=503, flags="FI", callee="reviews"),
+                      line("reviews-1-a", at=1, ms=8))
+    check = sidecalls.not_served_check([served], "reviews")
+    assert not check.passed and check.hop == "reviews"
+    assert check.observed.startswith("reviews logged 1 inbound request(s) for 1 call(s) its "
+                                     "callers' sidecars aborted (503 FI) and 0 sent")
+
+
+def test_a_partial_abort_counts_the_calls_that_were_sent() -> None:
+    """At 50 %: one call aborted, one sent and served; one inbound line is the sent one's."""
+    half = evidence(line("catalog-1-a", at=0, ms=1, code=503, flags="FI", callee="reviews"),
+                    line("catalog-1-a", at=2, ms=9, callee="reviews"),
+                    line("reviews-1-a", at=3, ms=7))
+    assert sidecalls.not_served_check([half], "reviews").passed
+
+
+def test_a_side_call_failing_otherwise_than_by_an_abort_is_not_judged_for_it() -> None:
+    """``503 UH`` (no healthy upstream, §1.6) is no fault filter's answer: nothing to judge."""
+    failed = evidence(line("catalog-1-a", at=0, ms=1, code=503, flags="UH", callee="reviews"))
+    check = sidecalls.not_served_check([failed], "reviews")
+    assert check.verdict == "not judged"

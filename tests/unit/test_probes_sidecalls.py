@@ -66,6 +66,8 @@ def test_side_call_fallback_holds_for_the_correct_caller(tmp_path: Path) -> None
         result = side_call_fallback(service="ratings", requests=2,
                                     configuration=running.configuration())
     assert result["passed"] is True, result["reason"]
+    assert [(c["name"], c["status"]) for c in result["checks"]] == [
+        ("side-call-fallback", "held"), ("aborted-call-not-served", "held")]
 
 
 @pytest.mark.parametrize(("call", "message"), [

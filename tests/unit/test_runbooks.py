@@ -61,7 +61,7 @@ def experiment_checks(experiment: dict[str, Any]) -> set[str]:
         elif func == "orphan_work":
             names.add("orphan-work")
         elif func == "side_call_fallback":
-            names.add("side-call-fallback")
+            names |= {"side-call-fallback", "aborted-call-not-served"}
         else:
             raise AssertionError(f"no check names known for probe function '{func}'")
     return names
