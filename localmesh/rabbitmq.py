@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -47,6 +48,8 @@ __all__ = [
     "SERVER",
     "broker_env",
     "check_objects",
+    "cli_env",
+    "ctl",
     "find_orphans",
     "require_server",
     "stop_orphans",
@@ -227,6 +230,8 @@ def run(environ: Mapping[str, str]) -> int:
         env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(signal.SIGKILL))
     broker = subprocess.Popen([str(server)], env=env, cwd=str(data), stdin=subprocess.DEVNULL,
                               preexec_fn=_die_with_parent(signal.SIGTERM))
+    # What the CLI tools need to reach this node (cli_env, ctl): written once it runs.
+    (data / _CLI_FILE).write_text(json.dumps({k: env[k] for k in _CLI_KEYS}) + "\n")
     print(f"localmesh.rabbitmq: node {env['RABBITMQ_NODENAME']} amqp 127.0.0.1:{amqp_port} "
           f"dist {env['RABBITMQ_DIST_PORT']} epmd {env['ERL_EPMD_PORT']} data {data}", flush=True)
 
@@ -248,6 +253,36 @@ def run(environ: Mapping[str, str]) -> int:
     except subprocess.TimeoutExpired:
         epmd.kill()
     return code
+
+
+_CLI_FILE = "cli.json"
+_CLI_KEYS = ("HOME", "RABBITMQ_NODENAME", "RABBITMQ_USE_LONGNAME", "ERL_EPMD_PORT",
+             "ERL_EPMD_ADDRESS", "RABBITMQ_CONF_ENV_FILE", "RABBITMQ_SCRIPTS_DIR",
+             "RABBITMQ_ENABLED_PLUGINS_FILE", "RABBITMQ_CONFIG_FILE")
+
+
+def cli_env(data: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment under which ``rabbitmqctl`` / ``rabbitmq-diagnostics`` reach the broker
+    of a pod whose ``MESHCHAOS_DATA_DIR`` is ``data``: its cookie (``HOME``), node name and
+    epmd port (ProcessError while the broker has not started)."""
+    try:
+        saved = json.loads((Path(data) / _CLI_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ProcessError(f"no broker runs on {data}: {_CLI_FILE} is missing or unreadable "
+                           f"({exc})") from exc
+    env = dict(os.environ if base is None else base)
+    env.update({str(k): str(v) for k, v in saved.items()})
+    return env
+
+
+def ctl(data: Path, *args: str, tool: str = "rabbitmqctl",
+        timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Run one of the broker's CLI tools against the pod's node (``ctl(data, "trace_on")``,
+    ``ctl(data, "-q", "check_running", tool="rabbitmq-diagnostics")``); each run starts an
+    Erlang VM (0.4-0.7 s here)."""
+    env = cli_env(data)
+    return subprocess.run([str(Path(env["RABBITMQ_SCRIPTS_DIR"]) / tool), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def find_orphans(data_root: Path) -> list[int]:

@@ -25,7 +25,7 @@ import yaml
 
 from localmesh.errors import ProcessError
 from localmesh.mesh import MeshThread
-from localmesh.rabbitmq import SERVER, find_orphans, node_name, require_server
+from localmesh.rabbitmq import SERVER, ctl, find_orphans, node_name, require_server
 from localmesh.statedir import StateDir
 from probes import chaos
 from tests.data.amqp_client import write_client_manifests
@@ -217,6 +217,19 @@ def test_a_partition_between_client_and_broker_ends_the_connect_at_the_timeout(
     duration = int(line.split('"-" ', 1)[1].split()[2])
     assert duration >= CONNECT_TIMEOUT_MS, line
     assert roundtrip(broker_mesh)["bodies"], "the healed link carries messages again"
+
+
+@needs_rabbitmq
+def test_the_brokers_cli_tools_reach_its_node(broker_mesh: MeshThread) -> None:
+    """rabbitmqctl / rabbitmq-diagnostics reach the pod's node through its own epmd and cookie
+    (what the firehose tracer, ``rabbitmqctl trace_on``, will need)."""
+    name = pod_of(broker_mesh, "broker")["metadata"]["name"]
+    data = broker_mesh.mesh.state.data_dir / f"{NS}_{name}"
+    status = ctl(data, "-q", "check_port_connectivity", tool="rabbitmq-diagnostics")
+    assert status.returncode == 0, status.stdout + status.stderr
+    traced = ctl(data, "trace_on")
+    assert traced.returncode == 0 and "Starting tracing" in traced.stdout, traced
+    assert ctl(data, "trace_off").returncode == 0
 
 
 @needs_rabbitmq
