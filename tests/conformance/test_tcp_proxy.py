@@ -303,7 +303,7 @@ async def test_delay_on_the_callees_egress_holds_its_answers(tcp_pair: TcpPair) 
     await tcp_pair.configure(echo_faults=[delay(150.0, ["shop/someone-else"])])
     reader, writer = await tcp_pair.connect()
     await roundtrip(reader, writer, b"warm")
-    assert await roundtrip(reader, writer, b"free") < 0.1
+    assert await roundtrip(reader, writer, b"free") < 0.15  # not held the 150 ms
     writer.close()
 
 
