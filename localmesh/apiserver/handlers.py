@@ -504,10 +504,14 @@ def _deleted_status(obj: KubeObject, target: Target) -> KubeObject:
 
 
 def _unsupported(content_type: str) -> KubeObject:
+    # Server-side apply is refused rather than approximated: a merge would keep the fields
+    # a manager stopped applying (a VirtualService fault, say) where a cluster removes them.
+    why = (" (server-side apply is not served by the local mesh: use kubectl apply without "
+           "--server-side)" if content_type == "application/apply-patch+yaml" else "")
     error = ApiError(f"the body of the request was in an unknown format - accepted media "
                      f"types include: application/json-patch+json, "
                      f"application/merge-patch+json, "
-                     f"application/strategic-merge-patch+json (got '{content_type}')")
+                     f"application/strategic-merge-patch+json (got '{content_type}'){why}")
     status = error.to_status()
     status.update(code=415, reason="UnsupportedMediaType")
     return status

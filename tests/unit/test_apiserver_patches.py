@@ -110,3 +110,16 @@ def test_service_ports_merge_by_port() -> None:
     merged = strategic_merge(svc, {"spec": {"ports": [{"port": 443, "targetPort": 8443}]}})
     assert merged["spec"]["ports"] == [{"port": 80, "name": "http"},
                                        {"port": 443, "name": "https", "targetPort": 8443}]
+
+
+def test_server_side_apply_is_refused_by_name_not_approximated(api: ServedApi) -> None:
+    """kubectl apply --server-side sends application/apply-patch+yaml; a merge in its place
+    would keep fields the manager stopped applying, so the answer is 415 saying so."""
+    api.store.create(virtual_service("orders"))
+    response = requests.patch(
+        f"{api.url}/apis/networking.istio.io/v1/namespaces/shop/virtualservices/orders",
+        data="spec: {hosts: [orders]}\n", params={"fieldManager": "kubectl"}, timeout=5,
+        headers={"Content-Type": "application/apply-patch+yaml"})
+    body = response.json()
+    assert (response.status_code, body["reason"]) == (415, "UnsupportedMediaType")
+    assert "server-side apply is not served by the local mesh" in body["message"]
