@@ -19,7 +19,7 @@ logger = logging.getLogger("chaostoolkit")
 
 PROBE_MODULES = ("probes.tracing", "probes.deadlines", "probes.cancellation", "probes.slo",
                  "probes.pods", "probes.sidecalls")
-ACTION_MODULES = ("probes.chaos",)
+ACTION_MODULES = ("probes.chaos", "probes.routefaults")
 
 
 def _version() -> str:

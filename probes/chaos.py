@@ -43,7 +43,7 @@ from urllib.parse import quote
 import yaml
 
 from localmesh.yamldoc import safe_load
-from probes import config, routefaults, safety, services
+from probes import config, safety, services, vsedit
 from probes.coreapi import core_get_json
 from probes.errors import (
     ChaosError,
@@ -441,7 +441,7 @@ def _remove_labelled(selector: str, namespace: str, wait_timeout: float,
         result = {**_remove_with(api_client, targets, wait_timeout), "selector": selector}
         if safety.MANIFEST_LABEL not in selector:
             # A run's VirtualService faults are its chaos too: put those objects back.
-            result["removed"] += routefaults.restore_with(api_client, selector, namespace)
+            result["removed"] += vsedit.restore_with(api_client, selector, namespace)
         return result
 
 

@@ -32,18 +32,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from probes import config, kube, safety, services
+from probes import config, kube, safety, services, vsedit
 from probes.errors import ChaosError, ConfigurationError, SafetyError
+from probes.vsedit import MANIFEST, ORIGINAL_ANNOTATION
 
-__all__ = ["ORIGINAL_ANNOTATION", "apply_route_fault", "restore_route_faults",
-           "restore_with"]
+__all__ = ["apply_route_fault", "restore_route_faults"]
 
 logger = logging.getLogger("chaostoolkit")
 
-GROUP, VERSION, PLURAL = "networking.istio.io", "v1", "virtualservices"
-ORIGINAL_ANNOTATION = "meshchaos.io/original"
-MANIFEST = "route-fault"
-_WRITE_ATTEMPTS = 4
 Obj = dict[str, Any]
 Configuration = Mapping[str, Any] | None
 
@@ -92,49 +88,6 @@ def _route_index(vs: Obj, route: str) -> int:
                              f"{', '.join(names)})")
 
 
-def _crd_api(api_client: Any) -> Any:
-    from kubernetes import client
-
-    return client.CustomObjectsApi(api_client)
-
-
-def _read(api: Any, namespace: str, name: str) -> Obj:
-    try:
-        current: Any = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                        _request_timeout=10)
-    except kube.api_exception() as exc:
-        if kube.status_of(exc) == 404:
-            raise ConfigurationError(f"VirtualService '{namespace}/{name}' not found: a route "
-                                     "fault edits a VirtualService the mesh has") from exc
-        raise ChaosError(f"could not read VirtualService '{namespace}/{name}': "
-                         f"{kube.reason(exc)}") from exc
-    return dict(current)
-
-
-def _replace(api: Any, obj: Obj) -> Obj:
-    meta = obj["metadata"]
-    try:
-        written: Any = api.replace_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], obj, _request_timeout=10)
-    except kube.api_exception() as exc:
-        if kube.status_of(exc) == 409:
-            raise _Conflict from exc
-        raise ChaosError(f"could not write VirtualService '{meta['namespace']}/"
-                         f"{meta['name']}': {kube.reason(exc)}") from exc
-    return dict(written)
-
-
-class _Conflict(Exception):
-    """The object changed between our read and our write (409): read it again."""
-
-
-def _kept(vs: Obj) -> Obj:
-    meta = vs.get("metadata") or {}
-    return {"spec": copy.deepcopy(vs.get("spec") or {}),
-            "labels": dict(meta.get("labels") or {}),
-            "annotations": dict(meta.get("annotations") or {})}
-
-
 def apply_route_fault(virtual_service: str, route: str = "", delay: str = "",
                       delay_percent: float = 100.0, delay_factor: float = 0.0,
                       caller: str = "", abort_status: int = 0, abort_percent: float = 100.0,
@@ -177,9 +130,9 @@ def apply_route_fault(virtual_service: str, route: str = "", delay: str = "",
             print(f"# dry run: would set http[{route or 0}].fault of {label} to "
                   f"{json.dumps(fault)}", flush=True)
             return {**result, "route": route}
-        api = _crd_api(api_client)
-        for _ in range(_WRITE_ATTEMPTS):
-            vs = _read(api, namespace, virtual_service)
+        api = vsedit.crd_api(api_client)
+        for _ in range(vsedit.WRITE_ATTEMPTS):
+            vs = vsedit.read(api, namespace, virtual_service)
             meta = vs["metadata"]
             if ORIGINAL_ANNOTATION in (meta.get("annotations") or {}):
                 owner = (meta.get("labels") or {}).get(safety.RUN_ID_LABEL, "?")
@@ -190,18 +143,18 @@ def apply_route_fault(virtual_service: str, route: str = "", delay: str = "",
             edited = copy.deepcopy(vs)
             edited_meta = edited["metadata"]
             edited_meta.setdefault("annotations", {})[ORIGINAL_ANNOTATION] = json.dumps(
-                _kept(vs), sort_keys=True)
+                vsedit.kept(vs), sort_keys=True)
             edited_meta.setdefault("labels", {}).update({
                 safety.MANAGED_BY_LABEL: safety.MANAGED_BY, safety.RUN_ID_LABEL: run_id,
                 safety.MANIFEST_LABEL: MANIFEST})
             edited["spec"]["http"][index]["fault"] = fault
             try:
-                _replace(api, edited)
-            except _Conflict:
+                vsedit.replace(api, edited)
+            except vsedit.Conflict:
                 continue
             break
         else:
-            raise ChaosError(f"{label} kept changing: {_WRITE_ATTEMPTS} writes conflicted")
+            raise ChaosError(f"{label} kept changing: {vsedit.WRITE_ATTEMPTS} writes conflicted")
     # Istio reports no injection condition by default (its status reporting is off), so the
     # fault counts as in place once the API server took it and the push had time to land;
     # the experiment's effect probe is the proof that the callers feel it.
@@ -225,63 +178,4 @@ def restore_route_faults(run_id: str = "", namespace: str = "",
         print(f"# dry run: would restore VirtualServices labelled '{selector}'", flush=True)
         return {"restored": [], "dry_run": True}
     with kube.api(configuration) as api_client:
-        return {"restored": restore_with(api_client, selector, namespace), "dry_run": False}
-
-
-def restore_with(api_client: Any, selector: str, namespace: str = "") -> list[dict[str, str]]:
-    """Restore the VirtualServices matching ``selector`` from their kept original."""
-    api = _crd_api(api_client)
-    if not selector.endswith(f"{safety.MANIFEST_LABEL}={MANIFEST}"):
-        selector = f"{selector},{safety.MANIFEST_LABEL}={MANIFEST}"
-    listing: Any
-    try:
-        if namespace:
-            listing = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                        label_selector=selector,
-                                                        _request_timeout=10)
-        else:
-            listing = api.list_cluster_custom_object(GROUP, VERSION, PLURAL,
-                                                     label_selector=selector,
-                                                     _request_timeout=10)
-    except kube.api_exception() as exc:
-        if kube.status_of(exc) not in (403, 404):
-            raise ChaosError(f"could not list VirtualServices labelled '{selector}': "
-                             f"{kube.reason(exc)}") from exc
-        # No Istio v1 API (404: then no route fault was applied through it either) or no
-        # right to list across namespaces (403: restore_route_faults with a namespace can).
-        # The chaos objects' cleanup must go on either way.
-        logger.warning("cannot list VirtualServices labelled '%s' (%s); no route fault to "
-                       "restore", selector, kube.status_of(exc))
-        return []
-    restored = []
-    for item in listing.get("items") or []:
-        meta = item["metadata"]
-        restored.append(_restore_one(api, meta["namespace"], meta["name"]))
-    return restored
-
-
-def _restore_one(api: Any, namespace: str, name: str) -> dict[str, str]:
-    label = f"VirtualService '{namespace}/{name}'"
-    for _ in range(_WRITE_ATTEMPTS):
-        vs = _read(api, namespace, name)
-        meta = vs["metadata"]
-        raw = (meta.get("annotations") or {}).get(ORIGINAL_ANNOTATION)
-        if raw is None:
-            break  # restored by someone else meanwhile
-        try:
-            kept = json.loads(raw)
-            spec, labels, annotations = kept["spec"], kept["labels"], kept["annotations"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ChaosError(f"cannot restore {label}: its {ORIGINAL_ANNOTATION} annotation "
-                             f"is not what apply_route_fault wrote ({exc})") from exc
-        restored = {**vs, "spec": spec,
-                    "metadata": {**meta, "labels": labels, "annotations": annotations}}
-        try:
-            _replace(api, restored)
-        except _Conflict:
-            continue
-        logger.info("%s restored as it was before the run", label)
-        break
-    else:
-        raise ChaosError(f"{label} kept changing: {_WRITE_ATTEMPTS} restores conflicted")
-    return {"kind": "VirtualService", "namespace": namespace, "name": name}
+        return {"restored": vsedit.restore_with(api_client, selector, namespace), "dry_run": False}

@@ -20,7 +20,7 @@ import pytest
 from chaoslib.exceptions import InterruptExecution
 
 from meshchaos.commands import abort
-from probes import chaos, routefaults
+from probes import chaos, routefaults, vsedit
 from probes.controls import safety as safety_control
 from probes.errors import ChaosError, ConfigurationError, SafetyError
 from tests.unit.test_actions_chaos import Cluster, running_cluster
@@ -69,7 +69,7 @@ def test_a_fault_lands_on_the_route_with_the_runs_labels_and_the_original_kept(
     labels = vs["metadata"]["labels"]
     assert labels["meshchaos.io/run-id"] == "t1" and labels["team"] == "shop"
     assert labels["app.kubernetes.io/managed-by"] == "meshchaos"
-    assert routefaults.ORIGINAL_ANNOTATION in vs["metadata"]["annotations"]
+    assert vsedit.ORIGINAL_ANNOTATION in vs["metadata"]["annotations"]
     restored = routefaults.restore_route_faults(configuration=cluster.config())
     assert restored["restored"] == [{"kind": "VirtualService", "namespace": "shop",
                                      "name": "pricing"}]

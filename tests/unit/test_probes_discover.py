@@ -18,9 +18,12 @@ from chaoslib.discovery.package import get_importname_from_package
 PROBES = {("probes.tracing", "trace_continuity"), ("probes.deadlines", "deadline_propagation"),
           ("probes.deadlines", "virtual_service_audit"), ("probes.cancellation", "orphan_work"),
           ("probes.slo", "steady_state"), ("probes.slo", "recovery_time"),
-          ("probes.pods", "service_pods_ready")}
+          ("probes.pods", "service_pods_ready"), ("probes.sidecalls", "flagged_calls"),
+          ("probes.sidecalls", "side_call_fallback")}
 ACTIONS = {("probes.chaos", "apply_chaos"), ("probes.chaos", "remove_chaos"),
-           ("probes.chaos", "remove_run_chaos"), ("probes.chaos", "remove_suite_chaos")}
+           ("probes.chaos", "remove_run_chaos"), ("probes.chaos", "remove_suite_chaos"),
+           ("probes.routefaults", "apply_route_fault"),
+           ("probes.routefaults", "restore_route_faults")}
 
 
 def test_the_distribution_resolves_to_the_package_that_holds_discover() -> None:
