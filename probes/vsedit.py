@@ -61,8 +61,9 @@ def replace(api: Any, obj: Obj) -> Obj:
     return dict(written)
 
 
-class Conflict(Exception):
-    """The object changed between our read and our write (409): read it again."""
+class Conflict(ChaosError):
+    """The object changed between our read and our write (409): read it again (callers
+    retry it; it leaves this module only when every attempt conflicted)."""
 
 
 def kept(vs: Obj) -> Obj:
