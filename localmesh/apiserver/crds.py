@@ -8,9 +8,14 @@ objects: each served version's ``openAPIV3Schema`` feeds ``/openapi/v2`` and
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from localmesh.yamldoc import safe_load
@@ -41,7 +46,7 @@ def _all_versions() -> dict[tuple[str, str, str], CrdVersion]:
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".yaml"):
             continue
-        crd = safe_load(entry.read_bytes())
+        crd = _parsed(entry.read_bytes())
         if not isinstance(crd, dict) or crd.get("kind") != "CustomResourceDefinition":
             continue
         spec = crd["spec"]
@@ -54,6 +59,25 @@ def _all_versions() -> dict[tuple[str, str, str], CrdVersion]:
                 (version.get("schema") or {}).get("openAPIV3Schema") or {"type": "object"},
                 tuple(version.get("additionalPrinterColumns") or ()))
     return found
+
+
+def _parsed(data: bytes) -> Any:
+    """A CRD file's document; its JSON copy in the user's cache (named by content) when
+    there is one, as localmesh.validation keeps its schemas: libyaml takes 0.1 s for these."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    cache = (Path(root) / "meshchaos" / "crds" / f"{hashlib.sha256(data).hexdigest()[:24]}.json"
+             if os.path.isabs(root) else None)
+    if cache is not None:
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(cache.read_bytes())
+    doc = safe_load(data)
+    if cache is not None:
+        with contextlib.suppress(OSError):  # best effort: a read-only home parses every time
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(doc))
+            tmp.replace(cache)
+    return doc
 
 
 def crd_version(group: str, kind: str, version: str) -> CrdVersion | None:

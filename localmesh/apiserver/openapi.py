@@ -19,17 +19,21 @@ Where the schemas come from (the reasons are in docs/fidelity.md §8.1):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import functools
 import hashlib
+import importlib.metadata
 import json
+import os
 import re
 import threading
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from localmesh.apiserver.crds import crd_version
@@ -70,8 +74,9 @@ def _models() -> Any:
     return models
 
 
-def _definition_name(cls: type) -> str:
-    short = _CLIENT_PREFIX.sub("", cls.__name__)
+def _definition_name(model: str) -> str:
+    """The Kubernetes definition name of a client model class name (``V1Pod`` → core.v1.Pod)."""
+    short = _CLIENT_PREFIX.sub("", model)
     if short in _META_TYPES:
         return f"io.k8s.apimachinery.pkg.apis.meta.v1.{short}"
     if short in _AUTOSCALING_TYPES:
@@ -113,7 +118,7 @@ class _ModelWalker:
         self.schemas: dict[str, Schema] = {}
 
     def add(self, cls: type) -> str:
-        name = _definition_name(cls)
+        name = _definition_name(cls.__name__)
         if name in self.schemas:
             return name
         schema: Schema = {"type": "object"}
@@ -176,7 +181,37 @@ class _ModelWalker:
 
 @functools.cache
 def _builtin_components() -> dict[str, Schema]:
-    """Every schema the served built-in kinds reach, keyed by Kubernetes definition name."""
+    """Every schema the served built-in kinds reach, keyed by Kubernetes definition name.
+
+    Walking the models imports ~170 of the client's modules (0.5 s of CPU); the result is
+    kept in the user's cache, named after the client's version and this walker's format,
+    so later meshes read it as JSON instead.
+    """
+    # The distribution's version, not kubernetes.__version__: importing the package costs 0.3 s.
+    cache = _cache_file(f"core-{importlib.metadata.version('kubernetes')}-{_WALK_FORMAT}.json")
+    if cache is not None:
+        with contextlib.suppress(OSError, ValueError):
+            cached: dict[str, Schema] = json.loads(cache.read_bytes())
+            return cached
+    schemas = _walk_models()
+    if cache is not None:
+        with contextlib.suppress(OSError):  # best effort: a read-only home walks every time
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(schemas))
+            tmp.replace(cache)
+    return schemas
+
+
+_WALK_FORMAT = 1  # bump when _ModelWalker's output changes: old cache files are then ignored
+
+
+def _cache_file(name: str) -> Path | None:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "meshchaos" / "openapi" / name if os.path.isabs(root) else None
+
+
+def _walk_models() -> dict[str, Schema]:
     models = _models()
     walker = _ModelWalker()
     for (group, kind), model in _MODELS.items():
@@ -240,7 +275,7 @@ def _custom_schema(rtype: ResourceType, version: str) -> tuple[str, Schema]:
 
 def _schema_name(rtype: ResourceType, version: str) -> str:
     if (rtype.group, rtype.kind) in _MODELS:
-        return _definition_name(getattr(_models(), _MODELS[(rtype.group, rtype.kind)]))
+        return _definition_name(_MODELS[(rtype.group, rtype.kind)])
     return f"{_reversed_group(rtype.group)}.{version}.{rtype.kind}"
 
 
@@ -466,7 +501,7 @@ def unknown_builtin_fields(obj: Mapping[str, Any]) -> list[str]:
         return []
     components = _builtin_components()
     found: list[str] = []
-    _walk_unknown(components, components[_definition_name(getattr(_models(), model))],
+    _walk_unknown(components, components[_definition_name(model)],
                   obj, "", found)
     return found
 

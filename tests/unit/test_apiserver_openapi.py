@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from localmesh.apiserver import openapi
 from localmesh.apiserver.openapi import unknown_builtin_fields
 from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
@@ -176,3 +177,15 @@ def test_strict_patches_are_checked_by_the_fields_they_write(api: ServedApi) -> 
         headers=merge, params={"fieldValidation": "Strict"}, timeout=30)
     assert refused.status_code == 400
     assert 'unknown field "spec.delay.latncy"' in refused.json()["message"]
+
+
+def test_the_cached_schemas_are_the_walked_ones(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first mesh walks the client models and keeps the result in the user's cache;
+    the next one reads exactly that back."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    build = openapi._builtin_components.__wrapped__
+    walked = build()
+    [cached] = (tmp_path / "meshchaos" / "openapi").iterdir()
+    assert build() == walked == openapi._walk_models()
+    assert cached.name.startswith("core-")
