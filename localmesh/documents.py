@@ -202,6 +202,7 @@ class ServiceDoc(TypedDict, total=False):
     ports: list[Port]  # default []
     endpoints: list[EndpointDoc]  # default []
     tcp_ports: list[Port]  # default []: the ports Istio proxies as TCP (docs/fidelity.md §2.5)
+    h2_ports: list[Port]  # default []: the ports Istio speaks HTTP/2 to (grpc, http2; §2.5)
 
 
 class HeaderMatchDoc(TypedDict, total=False):

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-__all__ = ["HTTP_PROTOCOLS", "TCP_INBOUND_ANNOTATION", "TCP_PROTOCOLS", "Protocol", "carries_tcp",
-           "port_protocol"]
+__all__ = ["HTTP2_PROTOCOLS", "HTTP_PROTOCOLS", "TCP_INBOUND_ANNOTATION", "TCP_PROTOCOLS",
+           "Protocol", "carries_tcp", "port_protocol", "speaks_http2"]
 
 # Written on a pod by the supervisor, read by the control plane: the loopback port of the
 # pod's inbound TCP listener, which callers' sidecars connect to for its TCP ports.
@@ -27,6 +27,8 @@ Protocol = Literal["http", "tcp", "auto", "udp"]
 
 HTTP_PROTOCOLS = frozenset({"http", "http2", "grpc", "grpc-web"})
 TCP_PROTOCOLS = frozenset({"tcp", "tls", "https", "mongo", "mysql", "redis"})
+# Istio's Protocol.IsHTTP2(): the sidecar speaks HTTP/2 to these ports' endpoints.
+HTTP2_PROTOCOLS = frozenset({"http2", "grpc", "grpc-web"})
 
 
 def port_protocol(port: Mapping[str, Any]) -> Protocol:
@@ -56,3 +58,17 @@ def port_protocol(port: Mapping[str, Any]) -> Protocol:
 def carries_tcp(protocol: Protocol) -> bool:
     """The sidecar opens a TCP listener for this port (explicit TCP, or auto-detected)."""
     return protocol in ("tcp", "auto")
+
+
+def speaks_http2(port: Mapping[str, Any]) -> bool:
+    """Istio gives this Service port an HTTP/2 cluster (``setUpstreamProtocol`` with
+    ``IsHTTP2``: ``appProtocol``, else the port name's prefix, is ``http2``/``grpc``/
+    ``grpc-web``; docs/fidelity.md §2.5)."""
+    if port_protocol(port) != "http":
+        return False
+    app = str(port.get("appProtocol") or "").strip().lower()
+    if app:
+        return app in HTTP2_PROTOCOLS
+    name = str(port.get("name") or "").strip().lower()
+    return ("grpc-web" if name.startswith("grpc-web") else name.split("-", 1)[0]) \
+        in HTTP2_PROTOCOLS

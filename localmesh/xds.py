@@ -48,7 +48,12 @@ from localmesh.errors import MeshError, NotFound, SidecarConfigError
 from localmesh.http.client import ConnectionPool
 from localmesh.http.errors import HttpError
 from localmesh.meshconfig import MeshConfig, parse_duration_ms
-from localmesh.protocols import TCP_INBOUND_ANNOTATION, carries_tcp, port_protocol
+from localmesh.protocols import (
+    TCP_INBOUND_ANNOTATION,
+    carries_tcp,
+    port_protocol,
+    speaks_http2,
+)
 from localmesh.selectors import match_labels
 from localmesh.store import ObjectStore
 
@@ -135,6 +140,10 @@ def _services(store: ObjectStore) -> dict[str, ServiceDoc]:
                      if "port" in p and carries_tcp(port_protocol(p))]
         if tcp_ports:
             doc["tcp_ports"] = tcp_ports
+        h2_ports = [int(p["port"]) for p in spec.get("ports") or []
+                    if "port" in p and speaks_http2(p)]
+        if h2_ports:
+            doc["h2_ports"] = h2_ports
         out[f"{meta['name']}.{ns}.svc.cluster.local"] = doc
     return out
 

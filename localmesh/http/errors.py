@@ -4,6 +4,7 @@
     └── HttpError
         ├── ConnectError          the TCP connect failed (refused, timed out)
         ├── ConnectionTerminated  the peer closed or reset before the response completed
+        ├── StreamReset           an HTTP/2 peer reset the request's stream (RST_STREAM, GOAWAY)
         └── HttpProtocolError     the peer sent bytes that are not HTTP/1.1
 
 The ``reason`` strings are Envoy's reset-reason names (docs/fidelity.md §1.6),
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from localmesh.errors import MeshError
 
-__all__ = ["ConnectError", "ConnectionTerminated", "HttpError", "HttpProtocolError"]
+__all__ = ["ConnectError", "ConnectionTerminated", "HttpError", "HttpProtocolError", "StreamReset"]
 
 
 class HttpError(MeshError):
@@ -43,6 +44,16 @@ class ConnectionTerminated(HttpError, ConnectionError):
     def __init__(self, message: str, *, headers_received: bool = False) -> None:
         super().__init__(message)
         self.headers_received = headers_received
+
+
+class StreamReset(HttpError, ConnectionError):
+    """An HTTP/2 upstream reset the stream: Envoy's ``remote reset`` (flag ``UR``), or
+    ``remote refused stream reset`` for ``REFUSED_STREAM`` and streams a GOAWAY left out."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+        self.reason = "remote refused stream reset" if refused else "remote reset"
 
 
 class HttpProtocolError(HttpError):

@@ -14,6 +14,10 @@ means it took the request and will answer with :meth:`ServerConnection.respond`
 :attr:`ServerConnection.on_lost` (if set) is called when the client goes away.
 Returning ``False`` runs the ordinary ``handler`` task.
 
+A server may also pass ``h2`` (:data:`H2Switch`): a connection that opens with the HTTP/2
+preface (``PRI * HTTP/2.0``, h2c with prior knowledge) is handed to it, with every byte
+received so far. The preface stops the HTTP/1.1 parser, so only that error path looks.
+
 A server may also pass ``limits`` (:class:`HeadLimits`): a request head over either
 limit is answered ``431`` at once and the connection closed, as Envoy's HTTP/1 codec
 does (docs/fidelity.md §1.8); ``refused``, if given, builds that answer (the sidecar
@@ -35,8 +39,8 @@ from localmesh.http.message import NAMES as _NAMES
 from localmesh.http.message import Request, Response, encode_response, header_name
 from localmesh.http.tcp import quickack
 
-__all__ = ["ENVOY_HEAD_LIMITS", "REQUEST_TASK_NAME", "FastHandler", "Handler", "HeadLimits",
-           "Refused", "ServerConnection", "in_flight", "serve"]
+__all__ = ["ENVOY_HEAD_LIMITS", "H2_PREFACE", "REQUEST_TASK_NAME", "FastHandler", "H2Switch",
+           "Handler", "HeadLimits", "Refused", "ServerConnection", "in_flight", "serve"]
 
 log = logging.getLogger("localmesh.http")
 
@@ -45,6 +49,10 @@ Handler = Callable[[Request, "ServerConnection"], Awaitable[Response | None]]
 FastHandler = Callable[[Request, "ServerConnection"], bool]
 # Every request's handler task carries this name, so a shutdown can wait for them.
 REQUEST_TASK_NAME = "http-request"
+# Takes over a connection that began with the HTTP/2 preface: (the HTTP/1.1 protocol
+# object, its transport, every byte received so far).
+H2Switch = Callable[["ServerConnection", asyncio.BaseTransport, bytes], None]
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Interned method names: most requests use one of these.
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
 # Envoy's response code details for the two head limits (Http1ResponseCodeDetails).
@@ -90,8 +98,10 @@ class ServerConnection(asyncio.Protocol):
     """One downstream connection: parses requests, runs the handler, writes responses."""
 
     def __init__(self, handler: Handler, fast: FastHandler | None = None, *,
-                 limits: HeadLimits | None = None, refused: Refused | None = None) -> None:
+                 limits: HeadLimits | None = None, refused: Refused | None = None,
+                 h2: H2Switch | None = None) -> None:
         self._handler = handler
+        self._h2 = h2
         self._fast = fast
         self._limits = limits
         self._refused = refused
@@ -142,8 +152,11 @@ class ServerConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._reply_and_close(501, b"upgrade not supported")
+            if not self._switch_h2(data):
+                self._reply_and_close(501, b"upgrade not supported")
         except httptools.HttpParserError as exc:
+            if self._switch_h2(data):
+                return
             if self._refusal:
                 self._refuse_head()
             else:
@@ -151,6 +164,21 @@ class ServerConnection(asyncio.Protocol):
             return
         if self._in_message:
             quickack(self._socket)  # a client's Nagle may hold the body until we ACK
+
+    def _switch_h2(self, data: bytes) -> bool:
+        """llhttp pauses right after the preface's head ``PRI * HTTP/2.0\\r\\n\\r\\n``: what it
+        consumed before ``data`` was a prefix of the preface, so the input is rebuilt whole."""
+        if self._h2 is None or self._transport is None:
+            return False
+        seen = self.bytes_received - len(data)
+        if seen > len(H2_PREFACE):
+            return False
+        received = H2_PREFACE[:seen] + data
+        if not received.startswith(H2_PREFACE):
+            return False
+        transport, self._transport = self._transport, None
+        self._h2(self, transport, received)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -345,12 +373,13 @@ class ServerConnection(asyncio.Protocol):
 
 async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 0, *,
                 backlog: int = 1024, fast: FastHandler | None = None,
-                limits: HeadLimits | None = None,
-                refused: Refused | None = None) -> asyncio.Server:
+                limits: HeadLimits | None = None, refused: Refused | None = None,
+                h2: H2Switch | None = None) -> asyncio.Server:
     """Listen on ``host:port`` (0 = pick) and serve every connection with ``handler``
     (``fast``, if given, gets the first chance at each request; ``limits`` and
-    ``refused`` bound the request heads: see the module doc)."""
+    ``refused`` bound the request heads, ``h2`` takes HTTP/2 connections: see the module
+    doc)."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: ServerConnection(handler, fast, limits=limits, refused=refused), host, port,
+        lambda: ServerConnection(handler, fast, limits=limits, refused=refused, h2=h2), host, port,
         backlog=backlog, reuse_address=True)

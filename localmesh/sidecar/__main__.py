@@ -71,13 +71,15 @@ async def run(args: argparse.Namespace) -> None:
             sidecar.apply_config(json.loads(args.config.read_text()))
         except (OSError, ValueError) as exc:
             raise SidecarConfigError(f"cannot load --config {args.config}: {exc}") from exc
-    # Both data-path listeners carry Envoy's default head limits (431 beyond them, §1.8).
+    # Both data-path listeners carry Envoy's default head limits (431 beyond them, §1.8) and
+    # take a connection that opens with the HTTP/2 preface to the HTTP/2 codec (§1.9).
     servers = [
         await serve(sidecar.handle_inbound, port=args.inbound_port, fast=sidecar.fast_inbound,
-                    limits=ENVOY_HEAD_LIMITS, refused=sidecar.refuse_head),
+                    limits=ENVOY_HEAD_LIMITS, refused=sidecar.refuse_head,
+                    h2=sidecar.h2_switch(outbound=False)),
         await serve(sidecar.handle_outbound, port=args.outbound_port,
                     fast=sidecar.fast_outbound, limits=ENVOY_HEAD_LIMITS,
-                    refused=sidecar.refuse_head),
+                    refused=sidecar.refuse_head, h2=sidecar.h2_switch(outbound=True)),
         await serve(sidecar.handle_admin, port=args.admin_port),
     ]
     ports: dict[str, object] = {

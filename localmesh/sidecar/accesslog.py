@@ -19,6 +19,7 @@ from typing import Any
 
 from localmesh.errors import SidecarConfigError
 from localmesh.sidecar.config import DEFAULT_TEXT_FORMAT
+from localmesh.sidecar.grpc import GRPC_STATUS_NAMES, http_to_grpc_status, is_grpc
 from localmesh.sidecar.txn import Txn
 
 __all__ = ["DEFAULT_JSON_FORMAT", "AccessLog", "compile_format", "render_start_time"]
@@ -120,6 +121,9 @@ def _simple(name: str, arg: str | None) -> Getter:
         "UPSTREAM_REQUEST_ATTEMPT_COUNT": lambda t: t.attempts,
         "HOSTNAME": lambda t: _HOSTNAME,
     }
+    if name == "GRPC_STATUS":
+        style = _grpc_style(arg)
+        return lambda t: _grpc_status(t, style)
     if name == "START_TIME":
         if arg:
             return lambda t: datetime.fromtimestamp(t.start_wall, UTC).strftime(arg)
@@ -128,7 +132,8 @@ def _simple(name: str, arg: str | None) -> Getter:
         if arg is None:
             raise SidecarConfigError(f"access log operator %{name}% needs a header argument")
         if name == "TRAILER":
-            return lambda t: None
+            key = arg.split("?")[0].strip().lower()
+            return lambda t: t.resp_trailers.get(key)
         return _header_getter(arg, response=name == "RESP")
     if name not in table:
         raise SidecarConfigError(f"unknown access log operator %{name}%")
@@ -197,12 +202,44 @@ def _text_expr(match: re.Match[str]) -> str:
             raise SidecarConfigError(f"access log operator %{name}% needs a header argument")
         expr = _header_expr(arg, response=name == "RESP")
     elif name == "TRAILER":
-        expr = "'-'"
+        if arg is None:
+            raise SidecarConfigError("access log operator %TRAILER% needs a header argument")
+        expr = f"(t.resp_trailers.get({arg.split('?')[0].strip().lower()!r}) or '-')"
+    elif name == "GRPC_STATUS":
+        expr = f"(_grpc_status(t, {_grpc_style(arg)!r}) or '-')"
     elif name in _TEXT_EXPR:
         expr = _TEXT_EXPR[name]
     else:
         raise SidecarConfigError(f"unknown access log operator %{name}%")
     return f"{expr}[:{int(limit)}]" if limit is not None else expr
+
+
+def _grpc_style(arg: str | None) -> str:
+    style = (arg or "CAMEL_STRING").strip().upper()
+    if style not in ("CAMEL_STRING", "SNAKE_STRING", "NUMBER"):
+        raise SidecarConfigError(f"access log operator %GRPC_STATUS({arg})%: the format is "
+                                 "CAMEL_STRING, SNAKE_STRING or NUMBER")
+    return style
+
+
+def _grpc_status(t: Txn, style: str) -> str | None:
+    """Envoy's GrpcStatusFormatter (docs/fidelity.md §1.9): for a gRPC request, grpc-status
+    from the trailers, else the response head, else ``httpToGrpcStatus`` of the code."""
+    if not is_grpc(t.req_headers):
+        return None
+    raw = t.resp_trailers.get("grpc-status") or t.resp_headers.get("grpc-status")
+    if raw is not None and raw.isdigit():
+        code = int(raw)
+    elif t.status:
+        code = http_to_grpc_status(t.status)
+    else:
+        return None
+    if style == "NUMBER":
+        return str(code)
+    name = GRPC_STATUS_NAMES[code] if code < len(GRPC_STATUS_NAMES) else str(code)
+    if style == "SNAKE_STRING":
+        return "".join(f"_{c}" if c.isupper() and i else c for i, c in enumerate(name)).upper()
+    return name
 
 
 def _strftime(wall: float, fmt: str) -> str:
@@ -226,7 +263,7 @@ def compile_format(fmt: str) -> Callable[[Txn], str]:
     # expressions above, never from raw input.
     render: Callable[[Txn], str] = eval(
         f"lambda t: ''.join(({', '.join(items)},))",
-        {"_start": render_start_time, "_strftime": _strftime})
+        {"_start": render_start_time, "_strftime": _strftime, "_grpc_status": _grpc_status})
     return render
 
 

@@ -196,6 +196,7 @@ class Service:
     namespace: str
     ports: tuple[int, ...]
     endpoints: tuple[Endpoint, ...]
+    h2_ports: frozenset[int] = frozenset()  # HTTP/2 clusters (docs/fidelity.md §2.5)
 
 
 @dataclass(frozen=True)
@@ -338,7 +339,7 @@ def _service(fqdn: str, spec: ServiceDoc) -> Service:
                          dict(e.get("labels", {})), e.get("ready", True))
                 for e in spec.get("endpoints", ()))
     return Service(fqdn, spec.get("name", fqdn.split(".")[0]), spec.get("namespace", ""),
-                   tuple(spec.get("ports", ())), eps)
+                   tuple(spec.get("ports", ())), eps, frozenset(spec.get("h2_ports", ())))
 
 
 def _fault(spec: FaultRuleDoc, where: str) -> FaultRule:

@@ -175,9 +175,15 @@ class RoutePlanner:
             up = Upstream(cluster=f"inbound|{port}||", endpoints=app, pick_key=("inbound", ""),
                           connect_timeout_ms=cfg.mesh.connect_timeout_ms, timeout_ms=0.0,
                           per_try_timeout_ms=0.0, policy=_INBOUND_RETRY, authority=authority,
-                          timeout_headers=False, egress_faults=False)
+                          timeout_headers=False, egress_faults=False,
+                          http2=self._speaks_http2(cfg, port))
             cached = self._remember(key, (up, f"{self.fqdn}:{port}/*"))
         return cached
+
+    def _speaks_http2(self, cfg: SidecarConfig, port: int) -> bool:
+        """Istio's inbound cluster for an HTTP/2 port calls the app over HTTP/2 too (§2.5)."""
+        svc = cfg.services.get(self.fqdn)
+        return svc is not None and port in svc.h2_ports
 
     def _service_port(self, cfg: SidecarConfig, app_port: int) -> int:
         svc = cfg.services.get(self.fqdn)
@@ -307,7 +313,7 @@ class RoutePlanner:
                       connect_timeout_ms=connect_ms, timeout_ms=timeout_ms,
                       per_try_timeout_ms=per_try_timeout_ms, policy=policy,
                       authority=authority or dsvc.fqdn, timeout_headers=True,
-                      egress_faults=True, fault=route.fault)
+                      egress_faults=True, fault=route.fault, http2=dport in dsvc.h2_ports)
         return up, f"{dsvc.fqdn}:{dport}/*"
 
     def _default_routes(self, svc: Service, port: int | None) -> tuple[Route, ...]:

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, cast
 
 from localmesh.http.client import ConnectionPool
 from localmesh.http.message import HOP_BY_HOP as _HOP_BY_HOP
@@ -33,6 +33,8 @@ from localmesh.sidecar.config import (
     parse_config,
 )
 from localmesh.sidecar.faults import FaultEngine, hold, stall
+from localmesh.sidecar.grpc import grpc_local_reply, is_grpc
+from localmesh.sidecar.h2 import H2Pool, H2StreamConn, switch_to_h2
 from localmesh.sidecar.headers import (
     PEER_HEADER,
     clean_request_headers,
@@ -65,6 +67,7 @@ from localmesh.sidecar.upstream import (
     Upstream,
     begin_try,
     call_upstream,
+    grpc_route,
     local_reply,
 )
 
@@ -103,6 +106,7 @@ class Sidecar:
         self.app_port = app_port
         self.cfg: SidecarConfig | None = None
         self.pool = ConnectionPool(max_idle_per_host=256)
+        self.h2_pool = H2Pool()  # HTTP/2 clusters: one multiplexed connection per endpoint
         self.picker = Picker()
         self.faults = FaultEngine()
         self.http_chaos = HttpChaos(hold)  # HTTPChaos rules, in front of the inbound (§5.5)
@@ -113,7 +117,7 @@ class Sidecar:
         self.stats: dict[str, int] = {
             "downstream_rq_inbound": 0, "downstream_rq_outbound": 0, "upstream_rq_retry": 0,
             "rq_timeout": 0, "downstream_cx_destroy_remote": 0, "config_updates": 0,
-            "config_rejected": 0,
+            "config_rejected": 0, "downstream_rq_http2": 0,
         }
         self._old_exporters: set[asyncio.Task[None]] = set()
         self.planner = RoutePlanner(self.picker, pod=pod, namespace=namespace, fqdn=self.fqdn,
@@ -167,6 +171,7 @@ class Sidecar:
         for task in list(self._old_exporters):
             await task
         await self.pool.close()
+        await self.h2_pool.close()
 
     # -- tracing ------------------------------------------------------------------
 
@@ -252,6 +257,8 @@ class Sidecar:
         txn.downstream_local = conn.local_text
         txn.downstream_remote = conn.peer_text
         txn.bytes_received = len(req.body)
+        if type(conn) is not ServerConnection:  # an HTTP/2 stream (H2StreamConn)
+            txn.protocol = "HTTP/2"
         return txn, headers
 
     def _end(self, txn: Txn, resp: Response | None) -> None:
@@ -262,11 +269,13 @@ class Sidecar:
             txn.bytes_sent = len(resp.body)
         self.access_log.log(txn)
 
-    def _disconnected(self, txn: Txn) -> None:
-        """The downstream closed before we answered: Envoy logs ``0 DC`` (§1.6)."""
+    def _disconnected(self, txn: Txn, flag: str = "DC",
+                      details: str = "downstream_remote_disconnect") -> None:
+        """The downstream closed before we answered: Envoy logs ``0 DC`` (§1.6), or ``0 DR``
+        for an HTTP/2 stream the client reset (§1.9)."""
         txn.status = 0
-        txn.add_flag("DC")
-        txn.details = "downstream_remote_disconnect"
+        txn.add_flag(flag)
+        txn.details = details
         self.stats["downstream_cx_destroy_remote"] += 1
 
     @staticmethod
@@ -291,7 +300,8 @@ class Sidecar:
 
     def _lost(self, ex: _Exchange) -> None:
         """The downstream left mid-request: ``0 DC`` in the log and the span (§1.6)."""
-        self._disconnected(ex.txn)
+        self._disconnected(ex.txn, getattr(ex.conn, "lost_flag", "DC"),
+                           getattr(ex.conn, "lost_details", "downstream_remote_disconnect"))
         self._end(ex.txn, None)
         self._finish_spans(ex.trace, ex.parent, ex.txn, ex.kind, ex.start_ns)
 
@@ -301,7 +311,10 @@ class Sidecar:
             if ex.kind == KIND_SERVER and self.faults.active and self.faults.partitioned(ex.peer):
                 await stall()  # packets from a black-holed peer never arrive
             assert ex.up is not None  # only a local reply has no upstream; it is not forwarded
-            resp = await call_upstream(self.pool, self.picker, self.faults, ex.up, ex.txn,
+            # An HTTP/2 cluster's tries take streams from the HTTP/2 pool, which has the
+            # HTTP/1.1 pool's interface (localmesh/sidecar/h2.py).
+            pool = cast(ConnectionPool, self.h2_pool) if ex.up.http2 else self.pool
+            resp = await call_upstream(pool, self.picker, self.faults, ex.up, ex.txn,
                                        ex.req.method, ex.target, ex.headers, ex.req.body,
                                        ex.trace, state)
         except asyncio.CancelledError:
@@ -322,8 +335,9 @@ class Sidecar:
         comes before any try)."""
         up, faults, conn = ex.up, self.faults, ex.conn
         assert up is not None  # only a local reply has no upstream; it is not forwarded
-        if faults.active and ex.kind == KIND_SERVER and faults.affects(ex.peer):
-            # A possible partition stall comes before any try (no upstream in the log line).
+        if up.http2 or (faults.active and ex.kind == KIND_SERVER and faults.affects(ex.peer)):
+            # A possible partition stall comes before any try (no upstream in the log line);
+            # an HTTP/2 cluster's streams are not on the callback path.
             conn.adopt(self._rest(ex, None))
             return
         loop = self._loop or asyncio.get_running_loop()
@@ -527,6 +541,41 @@ class Sidecar:
         """:meth:`handle_outbound` without a task in the common case (server fast hook)."""
         self.faults.run_due()  # each I/O callback polls the fault holds (see faults.py)
         return self._serve_fast(self._outbound(req, conn), conn)
+
+    # -- HTTP/2 streams (localmesh/sidecar/h2.py, docs/fidelity.md §1.9) -----------------------
+
+    def h2_switch(self, outbound: bool) -> Any:
+        """The listener's hook for a connection that opens with the HTTP/2 preface."""
+        def switch(conn: ServerConnection, transport: asyncio.BaseTransport,
+                   received: bytes) -> None:
+            switch_to_h2(conn, transport, received,
+                         lambda req, sconn: self.serve_h2(req, sconn, outbound))
+        return switch
+
+    async def serve_h2(self, req: Request, sconn: H2StreamConn,
+                       outbound: bool) -> Response | None:
+        """One HTTP/2 stream's request through the same listener code as HTTP/1.1; a gRPC
+        request gets Envoy's gRPC timeout and its local replies trailers-only (§1.9)."""
+        self.stats["downstream_rq_http2"] += 1
+        conn = cast(ServerConnection, sconn)  # the request code reads loop, addresses, lost
+        te = req.headers.get("te")
+        grpc = is_grpc(req.headers)
+        ex = self._outbound(req, conn) if outbound else self._inbound(req, conn)
+        if isinstance(ex, Response):
+            return grpc_local_reply(ex) if grpc else ex
+        if te == "trailers":
+            # The one TE value HTTP/2 allows (RFC 9113 §8.2.2), which gRPC servers require;
+            # Envoy's sanitising keeps it where HTTP/1.1's hop-by-hop rule drops the field.
+            ex.headers["te"] = te
+        if grpc and ex.up is not None:
+            ex.up = grpc_route(ex.up, ex.headers)
+        resp = await self._serve(ex)
+        trailers = getattr(resp, "trailers", None)
+        if trailers:
+            ex.txn.resp_trailers = trailers  # rendered when the log flushes: %GRPC_STATUS%
+        if grpc and resp is not None and ex.txn.details != "via_upstream":
+            return grpc_local_reply(resp)
+        return resp
 
     # -- a request head over Envoy's limits ---------------------------------------------
 

@@ -24,6 +24,7 @@ class Txn:
     end = 0.0
     protocol = "HTTP/1.1"  # %PROTOCOL%; a TCP connection's record says "-"
     resp_headers: Mapping[str, str] = MappingProxyType({})  # until a response's own dict
+    resp_trailers: Mapping[str, str] = MappingProxyType({})  # HTTP/2 answers' trailers
     status = 0
     flags: tuple[str, ...] | list[str] = ()  # add_flag makes the instance's own list
     details = ""

@@ -15,22 +15,25 @@ Semantics (docs/fidelity.md):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from localmesh.http.client import ClientConnection, ConnectionPool
-from localmesh.http.errors import ConnectError, HttpError, HttpProtocolError
+from localmesh.http.errors import ConnectError, HttpError, HttpProtocolError, StreamReset
 from localmesh.http.message import HOP_BY_HOP, Response
 from localmesh.sidecar.config import Endpoint, RetryPolicy, RouteFault
 from localmesh.sidecar.faults import FaultEngine, Hold, stall
+from localmesh.sidecar.grpc import format_grpc_timeout, parse_grpc_timeout
 from localmesh.sidecar.routing import Picker
 from localmesh.sidecar.tracing import KIND_CLIENT, Span, format_traceparent, new_span_id, now_ns
 from localmesh.sidecar.txn import Txn
 
 __all__ = ["FastTry", "TraceCtx", "TryDone", "TryState", "Upstream", "backoff_s", "begin_try",
-           "call_upstream", "local_reply", "try_failure", "try_response", "try_timeout"]
+           "call_upstream", "grpc_route", "local_reply", "try_failure", "try_response",
+           "try_timeout"]
 
 _GRPC_RETRY = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8",
                "internal": "13", "unavailable": "14"}
@@ -71,6 +74,11 @@ class Upstream:
     egress_faults: bool
     # The route's VirtualService fault, run before this router (§2.4); outbound routes only.
     fault: RouteFault | None = None
+    # The cluster speaks HTTP/2 (Istio's protocol selection, docs/fidelity.md §2.5).
+    http2: bool = False
+    # A gRPC request's copy: finalTimeout's gRPC timeout applied, grpc-timeout rewritten
+    # on each try (§1.9).
+    grpc: bool = False
 
 
 class _TryFailed(Exception):
@@ -81,6 +89,22 @@ class _TryFailed(Exception):
         self.kind = kind  # connect | reset | protocol | per_try_timeout
         self.reason = reason
         self.transport = transport
+
+
+def grpc_route(up: Upstream, headers: Mapping[str, str]) -> Upstream:
+    """§1.9 ``FilterUtility::finalTimeout`` for a gRPC request: Istio sets the route's
+    ``max_grpc_timeout`` to its timeout (0 on the inbound route and without one: no cap), so
+    the global timeout is ``grpc-timeout`` capped at it, or the cap when the header is absent
+    or unparsable; a per-try timeout counts only below the global one."""
+    cap = up.timeout_ms
+    header_ms = parse_grpc_timeout(headers.get("grpc-timeout"))
+    timeout = float(header_ms) if header_ms is not None else 0.0
+    if cap and (timeout == 0 or timeout > cap):
+        timeout = cap
+    per_try = up.per_try_timeout_ms
+    if per_try and timeout and per_try >= timeout:
+        per_try = 0.0
+    return dataclasses.replace(up, timeout_ms=timeout, per_try_timeout_ms=per_try, grpc=True)
 
 
 def local_reply(status: int, body: str) -> Response:
@@ -104,7 +128,7 @@ def _reset_details(reason: str, transport: str) -> str:
 
 
 def _flag_for(kind: str) -> str:
-    return {"connect": "UF", "reset": "UC", "protocol": "UPE"}.get(kind, "UT")
+    return {"connect": "UF", "reset": "UC", "protocol": "UPE", "stream_reset": "UR"}.get(kind, "UT")
 
 
 def _retriable_failure(f: _TryFailed, retry_on: frozenset[str]) -> bool:
@@ -112,7 +136,7 @@ def _retriable_failure(f: _TryFailed, retry_on: frozenset[str]) -> bool:
         return True
     if f.kind == "connect":
         return "connect-failure" in retry_on or "reset-before-request" in retry_on
-    return False
+    return f.reason == "remote refused stream reset" and "refused-stream" in retry_on
 
 
 def _retriable_response(resp: Response, policy: RetryPolicy) -> bool:
@@ -126,6 +150,9 @@ def _retriable_response(resp: Response, policy: RetryPolicy) -> bool:
     if "retriable-status-codes" in ro and s in policy.retriable_status_codes:
         return True
     grpc = resp.headers.get("grpc-status")
+    if grpc is None:  # gRPC puts it in the trailers unless the answer is trailers-only
+        trailers: dict[str, str] | None = getattr(resp, "trailers", None)
+        grpc = trailers.get("grpc-status") if trailers else None
     return grpc is not None and any(_GRPC_RETRY.get(t) == grpc for t in ro)
 
 
@@ -195,9 +222,21 @@ def begin_try(st: TryState, now: float, picker: Picker, up: Upstream, txn: Txn,
             elapsed_ms = (now - st.t0) * 1000 if attempt > 1 else 0.0
             expected = _expected_timeout(up.per_try_timeout_ms, up.timeout_ms, elapsed_ms)
             headers["x-envoy-expected-rq-timeout-ms"] = str(expected)
+    if up.grpc:
+        _grpc_timeout_header(st, now, up, headers)
     st.child = _start_child(trace, headers, attempt)
     st.try_deadline = now + up.per_try_timeout_ms / 1000.0 if up.per_try_timeout_ms else None
     return ep
+
+
+def _grpc_timeout_header(st: TryState, now: float, up: Upstream,
+                         headers: dict[str, str]) -> None:
+    """§1.9 ``setTimeoutHeaders``: with ``max_grpc_timeout`` on the route (Istio always sets
+    it), ``grpc-timeout`` becomes the try's expected timeout; none when that is 0."""
+    elapsed_ms = (now - st.t0) * 1000 if st.attempt > 1 else 0.0
+    expected = _expected_timeout(up.per_try_timeout_ms, up.timeout_ms, elapsed_ms)
+    if expected > 0:
+        headers["grpc-timeout"] = format_grpc_timeout(expected)
 
 
 def try_response(st: TryState, up: Upstream, txn: Txn, trace: TraceCtx | None,
@@ -207,7 +246,7 @@ def try_response(st: TryState, up: Upstream, txn: Txn, trace: TraceCtx | None,
     policy = up.policy
     status = resp.status
     if status < 409 and status not in policy.retriable_status_codes \
-            and "grpc-status" not in resp.headers:
+            and "grpc-status" not in resp.headers and not up.grpc:
         pass  # the common answer: no retry_on token can match it (see _retriable_response)
     elif policy.num_retries and _retriable_response(resp, policy):
         if st.attempt <= policy.num_retries:
@@ -248,6 +287,8 @@ def _after_failure(st: TryState, up: Upstream, txn: Txn, f: _TryFailed,
 def _try_error(exc: HttpError) -> _TryFailed:
     if isinstance(exc, HttpProtocolError):
         return _TryFailed("protocol", exc.reason)
+    if isinstance(exc, StreamReset):
+        return _TryFailed("stream_reset", exc.reason)
     return _TryFailed("reset", exc.reason)
 
 

@@ -1,0 +1,107 @@
+"""Envoy's gRPC rules in the router, as pure functions (docs/fidelity.md §1.9).
+
+- ``grpc-timeout`` is read as Envoy's ``Grpc::Common::getGrpcTimeout`` reads it: at most
+  8 digits and one unit of ``H M S m u n`` (``u``/``n`` rounded *up* to whole ms); any
+  other value counts as absent;
+- ``FilterUtility::finalTimeout``: for a gRPC request on a route with ``max_grpc_timeout``
+  (Istio sets it to the route's timeout, 0 = no cap), the global timeout is the header's
+  value capped at that maximum; no header (or an unparsable one) means the maximum;
+- ``setTimeoutHeaders`` writes the try's expected timeout back as ``grpc-timeout``
+  (``Grpc::Common::toGrpcTimeout``: ms while it fits 8 digits, then S, M, H);
+- a local reply to a gRPC request is trailers-only: ``:status 200``, ``grpc-status`` from
+  ``Grpc::Utility::httpToGrpcStatus`` and the body text, percent-encoded, as
+  ``grpc-message``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from localmesh.http.message import Response
+
+__all__ = ["GRPC_STATUS_NAMES", "format_grpc_timeout", "grpc_local_reply",
+           "http_to_grpc_status", "is_grpc", "parse_grpc_timeout", "percent_encode"]
+
+_MAX_VALUE = 99_999_999  # "TimeoutValue → {positive integer as ASCII string of at most 8 digits}"
+_UNIT_MS = {"H": 3_600_000, "M": 60_000, "S": 1000, "m": 1}
+
+# Grpc::Utility::grpcStatusToString: the names %GRPC_STATUS% prints by default (CAMEL_STRING).
+GRPC_STATUS_NAMES = ("Ok", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded",
+                     "NotFound", "AlreadyExists", "PermissionDenied", "ResourceExhausted",
+                     "FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented", "Internal",
+                     "Unavailable", "DataLoss", "Unauthenticated")
+
+
+def is_grpc(headers: Mapping[str, str]) -> bool:
+    """``Grpc::Common::isGrpcRequestHeaders``: content-type ``application/grpc[+…|;…]``."""
+    ctype = headers.get("content-type", "")
+    return ctype == "application/grpc" or ctype.startswith(("application/grpc+",
+                                                            "application/grpc;"))
+
+
+def parse_grpc_timeout(value: str | None) -> int | None:
+    """The header's timeout in ms, or None when absent or not a valid ``grpc-timeout``."""
+    if not value or len(value) < 2:
+        return None
+    digits, unit = value[:-1], value[-1]
+    if not digits.isdigit() or not digits.isascii() or int(digits) > _MAX_VALUE:
+        return None
+    n = int(digits)
+    if unit in _UNIT_MS:
+        return n * _UNIT_MS[unit]
+    if unit == "u":
+        return -(-n // 1000)  # rounded up, as Envoy does
+    if unit == "n":
+        return -(-n // 1_000_000)
+    return None
+
+
+def format_grpc_timeout(ms: int) -> str:
+    """``Grpc::Common::toGrpcTimeout``: the largest precision that fits 8 digits."""
+    if ms <= _MAX_VALUE:
+        return f"{ms}m"
+    t = ms // 1000
+    for unit in ("S", "M"):
+        if t <= _MAX_VALUE:
+            return f"{t}{unit}"
+        t //= 60
+    return f"{min(t, _MAX_VALUE)}H"
+
+
+def http_to_grpc_status(status: int) -> int:
+    """``Grpc::Utility::httpToGrpcStatus`` (gRPC's http-grpc-status-mapping.md)."""
+    if status == 400:
+        return 13  # INTERNAL
+    if status == 401:
+        return 16  # UNAUTHENTICATED
+    if status == 403:
+        return 7  # PERMISSION_DENIED
+    if status == 404:
+        return 12  # UNIMPLEMENTED
+    if status in (429, 502, 503, 504):
+        return 14  # UNAVAILABLE
+    return 2  # UNKNOWN
+
+
+def percent_encode(text: str) -> str:
+    """``PercentEncoding::encode`` for grpc-message: ``%`` and bytes outside 0x20-0x7e."""
+    out: list[str] = []
+    for byte in text.encode():
+        if byte < 0x20 or byte > 0x7E or byte == 0x25:
+            out.append(f"%{byte:02X}")
+        else:
+            out.append(chr(byte))
+    return "".join(out)
+
+
+def grpc_local_reply(local: Response) -> Response:
+    """The trailers-only answer Envoy sends a gRPC caller instead of a local reply."""
+    headers = {"content-type": "application/grpc",
+               "grpc-status": str(http_to_grpc_status(local.status))}
+    text = local.body.decode("utf-8", "replace")
+    if text:
+        headers["grpc-message"] = percent_encode(text)
+    for name in ("server", "x-envoy-upstream-service-time"):
+        if name in local.headers:
+            headers[name] = local.headers[name]
+    return Response(200, headers, b"")
