@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -100,8 +101,21 @@ def _accepts_json(request: web.Request) -> bool:
     return bool(kinds & {"application/json", "application/*", "*/*"})
 
 
-def _document(request: web.Request, body: bytes, digest: str) -> web.Response:
-    if not _accepts_json(request):
+_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+# What kube-openapi answers it with: "@" is a tspecial (RFC 2045) that Go's
+# mime.ParseMediaType refuses in a Content-Type, so the reply spells it ".v1.0".
+_V2_PROTOBUF_REPLY = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+
+def _accepts_v2_protobuf(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    asked = {part.split(";", 1)[0].strip() for part in accept.split(",")}
+    return bool(asked & {_V2_PROTOBUF, _V2_PROTOBUF_REPLY})
+
+
+def _document(request: web.Request, body: bytes, digest: str, *,
+              content_type: str = "application/json") -> web.Response:
+    if content_type == "application/json" and not _accepts_json(request):
         raise NotAcceptable(f"only application/json is served on {request.path} "
                             f"(asked for: {request.headers.get('Accept')})")
     # A URL carrying the document's hash names that content forever (kube-openapi's
@@ -111,13 +125,16 @@ def _document(request: web.Request, body: bytes, digest: str) -> web.Response:
                "Cache-Control": "public, immutable" if immutable else "no-cache, private"}
     if request.headers.get("If-None-Match") == f'"{digest}"':
         return web.Response(status=304, headers=headers)
-    return web.Response(body=body, content_type="application/json", headers=headers)
+    return web.Response(body=body, headers={**headers, "Content-Type": content_type})
 
 
 async def _openapi_v2(request: web.Request) -> web.Response:
+    """Swagger 2.0, in the protobuf form kubectl ≤ 1.28 and client-go ask for, or JSON."""
+    protobuf = _accepts_v2_protobuf(request)
     body, digest = await asyncio.get_running_loop().run_in_executor(
-        None, request.app[_OPENAPI].v2)
-    return _document(request, body, digest)
+        None, functools.partial(request.app[_OPENAPI].v2, protobuf=protobuf))
+    return _document(request, body, digest,
+                     content_type=_V2_PROTOBUF_REPLY if protobuf else "application/json")
 
 
 async def _openapi_v3_root(request: web.Request) -> web.Response:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from localmesh.apiserver.crds import crd_version
+from localmesh.apiserver.openapi_pb import encode_document
 from localmesh.resources import ResourceRegistry, ResourceType
 
 __all__ = ["OpenApiDocs", "gv_path", "unknown_builtin_fields"]
@@ -393,6 +394,11 @@ def _to_v2(value: Any) -> Any:
         if "$ref" in inner:  # v2 has no siblings beside $ref: the description goes
             return _to_v2(inner)
     out = {k: _to_v2(v) for k, v in value.items()}
+    if out.get("x-kubernetes-preserve-unknown-fields"):
+        # Anything goes below such a node: v2 says so with a schema of no type and no
+        # fields (kubectl's validator then checks nothing there, as the server keeps all).
+        for keyword in ("type", "properties", "items", "additionalProperties", "required"):
+            out.pop(keyword, None)
     if isinstance(out.get("$ref"), str):
         out["$ref"] = out["$ref"].replace("#/components/schemas/", "#/definitions/")
     if out.pop("x-kubernetes-int-or-string", False):
@@ -408,6 +414,7 @@ class OpenApiDocs:
         self._key: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
         self._v3: dict[str, bytes] = {}
         self._v2: bytes = b""
+        self._v2_pb: bytes = b""
         self._lock = threading.Lock()  # built in a worker thread, off the mesh's loop
 
     def _refresh(self) -> None:
@@ -426,12 +433,14 @@ class OpenApiDocs:
         for doc in v3.values():
             definitions.update(doc["components"]["schemas"])
             paths.update(doc["paths"])
-        self._v2 = json.dumps({
+        swagger = {
             "swagger": "2.0",
             "info": {"title": "Kubernetes", "version": "v1.31.0-meshchaos"},
             "paths": {p: _v2_path(item) for p, item in sorted(paths.items())},
             "definitions": _to_v2(dict(sorted(definitions.items()))),
-        }).encode()
+        }
+        self._v2 = json.dumps(swagger).encode()
+        self._v2_pb = encode_document(swagger)
         self._key = key
 
     def v3_root(self) -> Schema:
@@ -446,9 +455,11 @@ class OpenApiDocs:
         body = self._v3.get(path)
         return None if body is None else (body, _hash(body))
 
-    def v2(self) -> tuple[bytes, str]:
+    def v2(self, *, protobuf: bool = False) -> tuple[bytes, str]:
+        """``/openapi/v2`` as Swagger JSON, or as gnostic's protobuf Document."""
         self._refresh()
-        return self._v2, _hash(self._v2)
+        body = self._v2_pb if protobuf else self._v2
+        return body, _hash(body)
 
 
 def _v2_path(item: Mapping[str, Any]) -> Schema:

@@ -252,6 +252,37 @@ def test_the_api_wants_the_kubeconfigs_token(mesh: MeshThread, kubeconfig: Path)
     assert wrong.returncode != 0 and "Unauthorized" in wrong.stderr + wrong.stdout
 
 
+def older_kubectls() -> list[str]:
+    """kubectl 1.27/1.28 beside the machine's kubectl (Cloud SDK ships several), which read
+    /openapi/v2 as protobuf for validation and explain."""
+    found = shutil.which("kubectl")
+    folder = Path(os.path.realpath(found)).parent if found else None
+    return [str(folder / f"kubectl.{v}") for v in ("1.27", "1.28")
+            if folder is not None and (folder / f"kubectl.{v}").is_file()]
+
+
+@pytest.mark.skipif(not older_kubectls(), reason="no kubectl 1.27/1.28 on this machine")
+def test_older_kubectl_reads_the_protobuf_openapi_v2(kubeconfig: Path) -> None:
+    """kubectl ≤ 1.28 asks /openapi/v2 for gnostic's protobuf Document (§8.1): with it,
+    apply validates server-side from its paths, and explain reads its definitions."""
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           "KUBECACHEDIR": str(kubeconfig.parent / "kubectl-cache-old")}
+    def run(binary: str, *args: str,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([binary, "-n", NS, *args], env=env, input=stdin, text=True,
+                              capture_output=True, timeout=30, check=False)
+    for binary in older_kubectls():
+        typo = run(binary, "create", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "old-typo"},
+            "dataa": {"a": "b"}}))
+        assert typo.returncode != 0 and 'unknown field "dataa"' in typo.stderr, binary
+        explained = run(binary, "explain", "pods.spec.containers.ports")
+        assert explained.returncode == 0 and "containerPort" in explained.stdout, binary
+        listed = run(binary, "get", "deployments")
+        assert listed.stdout.split()[:5] == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE",
+                                              "AGE"], binary
+
+
 def test_delete_returns_once_the_object_is_gone(kubeconfig: Path) -> None:
     """`kubectl delete networkchaos X` returns within 2 s, after the controller recovered
     the fault and dropped its finalizer; `delete --wait` of a pod returns once it is gone."""

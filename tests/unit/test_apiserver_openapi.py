@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from localmesh.apiserver import openapi
 from localmesh.apiserver.openapi import unknown_builtin_fields
@@ -104,16 +105,15 @@ def test_core_schemas_come_from_the_kubernetes_client_models(api: ServedApi) -> 
     assert pod["description"].startswith("Pod is a collection of containers")
 
 
-def test_v2_is_swagger_json_and_protobuf_alone_is_406(api: ServedApi) -> None:
+def test_v2_is_swagger_json_and_an_unserved_type_is_406(api: ServedApi) -> None:
     swagger = requests.get(f"{api.url}/openapi/v2", headers={"Accept": "application/json"},
                            timeout=30).json()
     assert swagger["swagger"] == "2.0"
     deployment_schema = swagger["definitions"]["io.k8s.api.apps.v1.DeploymentSpec"]
     assert deployment_schema["properties"]["selector"] == {
         "$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector"}
-    protobuf = requests.get(f"{api.url}/openapi/v2", timeout=30, headers={
-        "Accept": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"})
-    assert (protobuf.status_code, protobuf.json()["reason"]) == (406, "NotAcceptable")
+    xml = requests.get(f"{api.url}/openapi/v2", timeout=30, headers={"Accept": "text/xml"})
+    assert (xml.status_code, xml.json()["reason"]) == (406, "NotAcceptable")
 
 
 def test_an_unknown_group_version_is_404(api: ServedApi) -> None:
@@ -189,3 +189,71 @@ def test_the_cached_schemas_are_the_walked_ones(tmp_path: Path,
     [cached] = (tmp_path / "meshchaos" / "openapi").iterdir()
     assert build() == walked == openapi._walk_models()
     assert cached.name.startswith("core-")
+
+
+def _fields(data: bytes) -> list[tuple[int, Any]]:
+    """Protocol buffer wire format, read generically: (field number, value) pairs; a
+    length-delimited value stays bytes (a string or a nested message)."""
+    found: list[tuple[int, Any]] = []
+    at = 0
+
+    def varint() -> int:
+        nonlocal at
+        shift = result = 0
+        while True:
+            byte = data[at]
+            at += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return result
+    while at < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            found.append((number, varint()))
+        elif wire == 2:
+            size = varint()
+            found.append((number, data[at:at + size]))
+            at += size
+        elif wire == 1:
+            found.append((number, data[at:at + 8]))
+            at += 8
+        else:
+            raise AssertionError(f"unexpected wire type {wire}")
+    return found
+
+
+def _named(message: bytes) -> tuple[str, bytes]:
+    """A gnostic Named* message: name (1) and value (2)."""
+    parts = dict(_fields(message))
+    return parts[1].decode(), parts[2]
+
+
+def test_v2_protobuf_is_gnostics_document(api: ServedApi) -> None:
+    """openapi_v2.Document (gnostic-models OpenAPIv2.proto): swagger = 1, definitions = 9
+    (NamedSchema: name 1, Schema 2; Schema.type = 22, .properties = 25, vendor extensions
+    = 31 as NamedAny with YAML), paths = 8 with the PATCH operation (8) carrying the
+    fieldValidation query parameter kubectl ≤ 1.28 looks for. Served with kube-openapi's
+    reply type, which Go's mime parser accepts ("@" is not allowed there)."""
+    response = requests.get(f"{api.url}/openapi/v2", timeout=30, headers={
+        "Accept": "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"})
+    assert response.headers["Content-Type"] == (
+        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
+    document = _fields(response.content)
+    assert (1, b"2.0") in document
+    [definitions] = [v for n, v in document if n == 9]
+    schemas = dict(_named(v) for _, v in _fields(definitions))
+    pod = dict((n, v) for n, v in _fields(schemas["io.k8s.api.core.v1.Pod"]))
+    assert dict(_fields(pod[22])) == {1: b"object"}
+    assert {_named(v)[0] for _, v in _fields(pod[25])} >= {"apiVersion", "spec", "status"}
+    name, extension = _named(pod[31])
+    assert name == "x-kubernetes-group-version-kind"
+    assert yaml.safe_load(dict(_fields(extension))[2]) == [
+        {"group": "", "kind": "Pod", "version": "v1"}]
+    [paths] = [v for n, v in document if n == 8]
+    items = dict(_named(v) for n, v in _fields(paths) if n == 2)
+    patch = dict(_fields(items["/api/v1/namespaces/{namespace}/pods/{name}"]))[8]
+    [parameter] = [v for n, v in _fields(patch) if n == 8]
+    query = dict(_fields(dict(_fields(dict(_fields(dict(_fields(parameter))[1]))[2]))[3]))
+    assert (query[2], query[4]) == (b"query", b"fieldValidation")
