@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from localmesh.http.message import Response
 
-__all__ = ["GRPC_STATUS_NAMES", "format_grpc_timeout", "grpc_local_reply",
+__all__ = ["GRPC_STATUS_NAMES", "format_grpc_timeout", "grpc_local_reply", "grpc_span_tags",
            "http_to_grpc_status", "is_grpc", "parse_grpc_timeout", "percent_encode"]
 
 _MAX_VALUE = 99_999_999  # "TimeoutValue → {positive integer as ASCII string of at most 8 digits}"
@@ -105,3 +105,31 @@ def grpc_local_reply(local: Response) -> Response:
         if name in local.headers:
             headers[name] = local.headers[name]
     return Response(200, headers, b"")
+
+
+# HttpTracerUtility's addGrpcResponseTags: the codes it counts as an upstream error.
+_SPAN_ERROR_CODES = frozenset({2, 4, 8, 12, 13, 14, 15})
+
+
+def grpc_span_tags(req_headers: Mapping[str, str], authority: str, status: int,
+                   resp_headers: Mapping[str, str],
+                   trailers: Mapping[str, str]) -> tuple[dict[str, str], bool]:
+    """Envoy's gRPC tags on a sidecar's span (``finalizeDownstreamSpan``): the request's path,
+    authority, content type and (rewritten) ``grpc-timeout``, then ``grpc.status_code`` and
+    ``grpc.message`` of the answer's head or trailers (a local reply's trailers-only head
+    carries ``httpToGrpcStatus``); the bool says whether the status is an error tag."""
+    tags = {"grpc.authority": authority,
+            "grpc.content_type": req_headers.get("content-type", "")}
+    timeout = req_headers.get("grpc-timeout")
+    if timeout is not None:
+        tags["grpc.timeout"] = timeout
+    source = resp_headers if "grpc-status" in resp_headers else trailers
+    code = source.get("grpc-status")
+    if code is None and status:
+        code = str(http_to_grpc_status(status)) if status != 200 else None
+    if code is None:
+        return tags, False
+    tags["grpc.status_code"] = code
+    if source.get("grpc-message"):
+        tags["grpc.message"] = source["grpc-message"]
+    return tags, code.isdigit() and int(code) in _SPAN_ERROR_CODES

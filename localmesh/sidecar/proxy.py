@@ -33,8 +33,8 @@ from localmesh.sidecar.config import (
     parse_config,
 )
 from localmesh.sidecar.faults import FaultEngine, hold, stall
-from localmesh.sidecar.grpc import grpc_local_reply, is_grpc
-from localmesh.sidecar.h2 import H2Pool, H2StreamConn, switch_to_h2
+from localmesh.sidecar.grpc import grpc_local_reply, grpc_span_tags, is_grpc
+from localmesh.sidecar.h2 import H2Pool, H2Response, H2StreamConn, switch_to_h2
 from localmesh.sidecar.headers import (
     PEER_HEADER,
     clean_request_headers,
@@ -221,15 +221,23 @@ class Sidecar:
             "http.method": txn.method, "http.url": url, "http.status_code": txn.status,
             "response_flags": txn.flags_text(), "upstream_cluster": txn.upstream_cluster or "-",
             "guid:x-request-id": txn.req_headers.get("x-request-id", ""),
-            "meshchaos.direction": direction,
+            "meshchaos.direction": direction, "http.protocol": txn.protocol,
         }
+        error = txn.status == 0 or txn.status >= 500
+        if txn.protocol != "HTTP/1.1" and is_grpc(txn.req_headers):
+            # §1.9: Envoy's addGrpcRequestTags / addGrpcResponseTags on the sidecar's span.
+            tags, grpc_error = grpc_span_tags(txn.req_headers, txn.authority, txn.status,
+                                              txn.resp_headers, txn.resp_trailers)
+            attrs.update(tags)
+            attrs["grpc.path"] = txn.path
+            error = error or grpc_error
         if kind == KIND_CLIENT:
             attrs["meshchaos.attempt"] = txn.attempts
             expected = txn.req_headers.get("x-envoy-expected-rq-timeout-ms")
             if expected and expected.isdigit():
                 attrs["meshchaos.expected_rq_timeout_ms"] = int(expected)
         span = Span(trace.trace_id, trace.span_id, parent, trace.name, kind, start_ns, now_ns(),
-                    attrs, txn.status == 0 or txn.status >= 500, trace.base_attrs)
+                    attrs, error, trace.base_attrs)
         exporter = self.exporter
         exporter.add(span)
         for child in trace.spans:
@@ -290,6 +298,8 @@ class Sidecar:
     def _settle(self, ex: _Exchange, resp: Response) -> None:
         """Record a finished exchange: counters, access log line, spans."""
         txn = ex.txn
+        if type(resp) is H2Response and resp.trailers:
+            txn.resp_trailers = resp.trailers  # %GRPC_STATUS%, %TRAILER()%, the span's tags
         if ex.kind == KIND_CLIENT:
             if txn.flags and "UT" in txn.flags:
                 self.stats["rq_timeout"] += 1
@@ -570,9 +580,6 @@ class Sidecar:
         if grpc and ex.up is not None:
             ex.up = grpc_route(ex.up, ex.headers)
         resp = await self._serve(ex)
-        trailers = getattr(resp, "trailers", None)
-        if trailers:
-            ex.txn.resp_trailers = trailers  # rendered when the log flushes: %GRPC_STATUS%
         if grpc and resp is not None and ex.txn.details != "via_upstream":
             return grpc_local_reply(resp)
         return resp

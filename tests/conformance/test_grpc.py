@@ -26,6 +26,7 @@ from h2.errors import ErrorCodes
 from tests.conformance.conftest import (
     LEAF,
     NS,
+    OtlpReceiver,
     SidecarProc,
     Sidecars,
     config,
@@ -474,3 +475,32 @@ async def test_the_access_log_has_grpc_status_from_trailers_head_or_http_code(
     await rpc_error(gpair.stub()(b"sleep:3", timeout=5))
     assert await gpair.front.wait_log(lambda x: " 504 " in x or "Unavailable" in x) in (
         "HTTP/2 504 Unavailable 14 -", "HTTP/2 200 Unavailable 14 -")
+
+
+async def test_each_sidecar_span_carries_envoys_grpc_tags(gpair: GrpcPair,
+                                                          otlp: OtlpReceiver) -> None:
+    """HttpTracerUtility::finalizeDownstreamSpan: grpc.path/authority/content_type/timeout
+    from the request, grpc.status_code from the answer (a route timeout's trailers-only 14,
+    tagged as an error), http.protocol HTTP/2 (§1.9, §3)."""
+    await gpair.configure(routes=leaf_route(timeout_ms=300), mesh={
+        "sampling_percent": 100.0, "otlp_endpoint": otlp.endpoint})
+    assert await gpair.stub()(b"ok", timeout=5) == b"echo:ok"
+    await rpc_error(gpair.stub()(b"sleep:3", timeout=5))
+
+    def sidecar_spans(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [s for s in spans if "grpc.path" in s["attrs"]]
+    await otlp.wait_spans(lambda spans: len(sidecar_spans(spans)) >= 4)
+    by_status: dict[str, list[dict[str, Any]]] = {}
+    for span in sidecar_spans(otlp.spans):
+        attrs = span["attrs"]
+        assert attrs["grpc.path"] == METHOD and attrs["grpc.authority"] == AUTHORITY
+        assert attrs["grpc.content_type"] == "application/grpc"
+        assert attrs["http.protocol"] == "HTTP/2"
+        by_status.setdefault(str(attrs.get("grpc.status_code")), []).append(span)
+    assert {"0", "14"} <= set(by_status), by_status.keys()
+    assert all(s["status"] == 2 for s in by_status["14"])  # STATUS_CODE_ERROR
+    assert all(s["status"] != 2 for s in by_status["0"])
+    # The callee's sidecar saw the grpc-timeout its caller's sidecar rewrote (300 ms cap).
+    timeouts = {s["attrs"].get("grpc.timeout") for s in by_status["14"]}
+    assert timeouts and all(t is not None and t.endswith("m") and int(t[:-1]) <= 300
+                            for t in timeouts), timeouts
