@@ -1,5 +1,9 @@
 """HTTP/2 in the sidecar: cleartext h2c with prior knowledge, downstream and upstream.
 
+The protocol stack is python-hyper's sans-I/O ``h2`` in its maintained fork ``jh2`` (same
+API, HPACK compiled): measured side by side, a gRPC call through two sidecars costs
+0.3 ms less with it than with ``h2`` itself (``benchmarks/bench_grpc.py``).
+
 In-mesh gRPC under Istio without mTLS is h2c: the caller's client writes the HTTP/2
 connection preface straight away, and Envoy's listener (``codec_type AUTO``) picks its
 HTTP/2 codec from those first bytes. The HTTP/1.1 listener here does the same: its parser
@@ -27,18 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
-import h2.settings
-from h2.errors import ErrorCodes
+import jh2 as h2
+import jh2.config
+import jh2.connection
+import jh2.events
+import jh2.exceptions
+import jh2.settings
+from jh2.errors import ErrorCodes
 
 from localmesh.http.errors import ConnectError, ConnectionTerminated, StreamReset
 from localmesh.http.message import Request, Response
@@ -80,9 +84,6 @@ def _new_connection(client: bool, max_streams: int) -> h2.connection.H2Connectio
     conn = h2.connection.H2Connection(h2.config.H2Configuration(
         client_side=client, header_encoding="latin-1", validate_outbound_headers=False,
         normalize_outbound_headers=False))
-    # HPACK's Huffman coding is optional per string (RFC 7541 §5.2); in pure Python it costs
-    # more than the bytes it saves on loopback.
-    conn.encoder.encode = functools.partial(conn.encoder.encode, huffman=False)  # type: ignore[method-assign]
     # Initial values count at once (h2 applies them without waiting for the ACK); they only
     # let the peer send more than the RFC's defaults, so applying them early is safe.
     conn.local_settings = h2.settings.Settings(client=client, initial_values={
