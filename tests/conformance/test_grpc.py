@@ -24,6 +24,7 @@ import jh2.settings
 import pytest
 from jh2.errors import ErrorCodes
 
+from localmesh.http import ConnectionPool
 from tests.conformance.conftest import (
     LEAF,
     NS,
@@ -304,6 +305,46 @@ class ResettingApp(asyncio.Protocol):
             if isinstance(event, h2.events.RequestReceived):
                 self.conn.reset_stream(event.stream_id, ErrorCodes.INTERNAL_ERROR)
         self.transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
+
+
+class PlainH2App(asyncio.Protocol):
+    """An h2c app answering every request 200 with its path (no gRPC)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding="latin-1"))
+        self.conn.initiate_connection()
+        transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                path = dict(event.headers)[":path"].encode()
+                self.conn.send_headers(event.stream_id, [(":status", "200"),
+                                                         ("content-type", "text/plain")])
+                self.conn.send_data(event.stream_id, path, end_stream=True)
+        self.transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
+
+
+async def test_an_http1_caller_reaches_an_http2_service_through_the_sidecars(
+        gpair: GrpcPair) -> None:
+    """Envoy translates between codecs: the app's HTTP/1.1 request leaves its sidecar as
+    HTTP/2 on the Service's HTTP/2 cluster and reaches an h2c app (§1.9, §2.5)."""
+    server = await asyncio.get_running_loop().create_server(PlainH2App, "127.0.0.1", 0)
+    pool = ConnectionPool()
+    try:
+        await gpair.configure(app_port=server.sockets[0].getsockname()[1], routes=leaf_route())
+        resp = await pool.request("GET", "http://leaf:8080/plain?x=1", timeout=5,
+                                  proxy=f"http://127.0.0.1:{gpair.front.ports['outbound']}")
+        assert (resp.status, resp.body) == (200, b"/plain?x=1")
+        front = await gpair.front.wait_log(lambda x: "/plain" in x)
+        leaf = await gpair.leaf.wait_log(lambda x: "/plain" in x)
+        assert '"GET /plain?x=1 HTTP/1.1" 200 - via_upstream' in front, front
+        assert '"GET /plain?x=1 HTTP/2" 200 - via_upstream' in leaf, leaf
+    finally:
+        await pool.close()
+        server.close()
 
 
 async def test_an_upstream_reset_is_unavailable_with_envoys_reset_text(gpair: GrpcPair) -> None:
