@@ -6,7 +6,8 @@ with a generic handler on raw bytes (its own process); the two sidecars are real
 ``python -m localmesh.sidecar`` processes whose configuration gives the callee's Service
 port an HTTP/2 cluster (``h2_ports``, as a ``grpc`` port name would); the client is
 grpcio's blocking stub in this process, one channel per path, calls alternating between
-the two paths in rounds so both see the same machine load.
+the two paths in rounds so both see the same machine load. It also prints each sidecar's
+CPU (utime+stime) per call over the sidecar path's calls.
 
 Usage: .venv/bin/python benchmarks/bench_grpc.py [--calls N] [--rounds R]
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from bench_sidecar import _cpu_seconds
 
 _SERVER = r"""
 import asyncio, sys, grpc
@@ -103,9 +105,11 @@ def main() -> None:
             assert server.stdout is not None
             app_port = int(server.stdout.readline())
             leaf_in = _free_port()
-            procs.append(_sidecar(tmp, "leaf-1", "leaf", app_port, leaf_in, leaf_in))
+            leaf = _sidecar(tmp, "leaf-1", "leaf", app_port, leaf_in, leaf_in)
+            procs.append(leaf)
             front = _sidecar(tmp, "front-1", "front", 1, 0, leaf_in)
             procs.append(front)
+            cpu = {"front": 0.0, "leaf": 0.0}
             front_out = json.loads((tmp / "front-1.ports").read_text())["outbound"]
             opts = [("grpc.enable_retries", 0), ("grpc.enable_http_proxy", 0)]
             direct = grpc.insecure_channel(f"127.0.0.1:{app_port}", options=opts)
@@ -120,10 +124,14 @@ def main() -> None:
             lat: dict[str, list[float]] = {"direct": [], "sidecars": []}
             for _ in range(args.rounds):
                 for name, call in calls.items():
+                    before = {"front": _cpu_seconds(front.pid), "leaf": _cpu_seconds(leaf.pid)}
                     for _ in range(args.calls):
                         t0 = time.perf_counter()
                         call(b"x", timeout=5)
                         lat[name].append((time.perf_counter() - t0) * 1e3)
+                    if name == "sidecars":
+                        cpu["front"] += _cpu_seconds(front.pid) - before["front"]
+                        cpu["leaf"] += _cpu_seconds(leaf.pid) - before["leaf"]
         finally:
             for p in procs:
                 p.terminate()
@@ -137,6 +145,9 @@ def main() -> None:
     s50, s99 = _pct(lat["sidecars"], 0.5), _pct(lat["sidecars"], 0.99)
     print(f"{'added by two sidecars (one gRPC hop)':44} {s50 - d50:8.3f} {s99 - d99:8.3f}"
           "   (issue 16 target: ≤ 0.3 ms p50, ≤ 1 ms p99)")
+    n = len(lat["sidecars"])
+    print(f"CPU per call: caller's sidecar {cpu['front'] / n * 1e6:.0f} µs, "
+          f"callee's sidecar {cpu['leaf'] / n * 1e6:.0f} µs")
     print(f"(load average {os.getloadavg()[0]:.2f})")
 
 
