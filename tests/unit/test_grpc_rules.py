@@ -7,6 +7,8 @@ import pytest
 
 from localmesh.protocols import speaks_http2
 from localmesh.sidecar.grpc import format_grpc_timeout, http_to_grpc_status, parse_grpc_timeout
+from localmesh.store import ObjectStore
+from localmesh.xds import build_shared
 
 
 @pytest.mark.parametrize(("value", "ms"), [
@@ -41,3 +43,22 @@ def test_http_status_maps_to_grpc_status_as_http_to_grpc_status() -> None:
 def test_istio_gives_http2_clusters_to_grpc_and_http2_ports(port: dict[str, object],
                                                             h2: bool) -> None:
     assert speaks_http2(port) is h2
+
+
+def test_the_control_plane_lists_a_services_http2_ports() -> None:
+    """Istio's setUpstreamProtocol: the cluster of a grpc/http2 port is HTTP/2; the sidecar
+    document says which ports those are (``h2_ports``), and no others (§2.5)."""
+    store = ObjectStore()
+    store.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
+    store.create({"apiVersion": "v1", "kind": "Service",
+                  "metadata": {"name": "ledger", "namespace": "shop"},
+                  "spec": {"selector": {"app": "ledger"}, "ports": [
+                      {"name": "grpc-api", "port": 9090}, {"name": "http", "port": 8080},
+                      {"name": "admin", "appProtocol": "http2", "port": 9091}]}})
+    store.create({"apiVersion": "v1", "kind": "Service",
+                  "metadata": {"name": "orders", "namespace": "shop"},
+                  "spec": {"selector": {"app": "orders"},
+                           "ports": [{"name": "http", "port": 8080}]}})
+    services = build_shared(store).services
+    assert services["ledger.shop.svc.cluster.local"].get("h2_ports") == [9090, 9091]
+    assert "h2_ports" not in services["orders.shop.svc.cluster.local"]
