@@ -182,6 +182,9 @@ class MeshDoc(TypedDict, total=False):
     access_log: AccessLogDoc
     connect_timeout_ms: Millis  # default (and 0 =) 10000
     otlp_endpoint: str  # default "": no span export
+    # default {}: sent on every export POST (the mesh's ``Authorization: Bearer <OTLP token>``,
+    # docs/fidelity.md §8.5); a secret: the sidecar never logs it and redacts it in GET /config
+    otlp_headers: dict[str, str]
 
 
 class EndpointDoc(TypedDict):

@@ -7,7 +7,8 @@ Start order matters and is the same every time:
 4. the store gets its admission hooks and objects, the gateway objects if missing;
 5. API server, XdsServer, Supervisor (its fork server preloads what the pods
    import: most of the start-up time), ChaosController;
-6. wait until every pod is Ready, then publish ``endpoints.json`` and ``kubeconfig``.
+6. wait until every pod is Ready, then publish ``kubeconfig``, ``otlp-token`` and
+   ``endpoints.json`` (last: a reader that sees it finds the other two).
 
 ``stop()`` runs it backwards; the chaos controller first, so faults are recovered
 while the sidecars still listen.
@@ -154,6 +155,10 @@ class LocalMesh:
         # its kubeconfig (0600) holds, over TLS with a CA of its own (localmesh.tls).
         self.api_token = new_token()
         self.api_ca: bytes | None = None
+        # The same for its trace receiver, a token of its own: the pods' apps and sidecars
+        # get this one (to export spans), never the API's. Readers stay open (docs/fidelity.md
+        # §8.5): a Jaeger query is unauthenticated by default.
+        self.otlp_token = new_token()
         self._runners: list[web.AppRunner] = []
         self._claimed = False
         self._log_handler: logging.Handler | None = None
@@ -189,11 +194,13 @@ class LocalMesh:
         # ephemeral source port meanwhile, and the gateway would never start.
         ports = PortAllocator()
         ingress_port = ports.allocate()
-        self.xds = XdsServer(self.store, otlp_endpoint=otlp)
+        self.xds = XdsServer(self.store, otlp_endpoint=otlp,
+                             otlp_headers={"authorization": f"Bearer {self.otlp_token}"})
         forkservers, self._forkservers = self._forkservers, {}
         self.supervisor = Supervisor(self.store, self.xds, state_dir=self.state.path,
                                      otlp_endpoint=otlp, ingress_port=ingress_port,
-                                     forkservers=forkservers, ports=ports)
+                                     forkservers=forkservers, ports=ports,
+                                     otlp_token=self.otlp_token)
         self.supervisor.warm_up([m.obj for m in parsed])
         # Validation (CRD schemas) runs here while the fork server imports in its process.
         manifests = load_manifests(self.manifest_paths, registry=self.store.registry)
@@ -218,6 +225,7 @@ class LocalMesh:
         write_kubeconfig(self.state.kubeconfig, int(api.rsplit(":", 1)[1]),
                          namespace=self._app_namespace(), token=self.api_token,
                          ca_pem=self.api_ca)
+        self.state.write_otlp_token(self.otlp_token)
         self.state.write_endpoints(self.endpoints)
         log.info("mesh up in %.2fs: api %s, ingress %s", time.time() - started, api,
                  self.endpoints.ingress)
@@ -251,7 +259,7 @@ class LocalMesh:
 
     async def _serve_traces(self) -> tuple[str, str]:
         """Start the OTLP receiver and the trace query API; return their URLs."""
-        otlp_app, query_app = create_trace_apps(self.traces)
+        otlp_app, query_app = create_trace_apps(self.traces, otlp_token=self.otlp_token)
         otlp_runner, otlp = await _serve(otlp_app)
         query_runner, traces = await _serve(query_app)
         self._runners += [otlp_runner, query_runner]

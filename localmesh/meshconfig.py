@@ -135,8 +135,10 @@ class MeshConfig:
                 out = replace(out, sampling_percent=float(pct))
         return out
 
-    def to_doc(self, otlp_endpoint: str) -> MeshDoc:
-        """The ``mesh`` block of a sidecar configuration document."""
+    def to_doc(self, otlp_endpoint: str,
+               otlp_headers: dict[str, str] | None = None) -> MeshDoc:
+        """The ``mesh`` block of a sidecar configuration document (``otlp_headers``: what
+        each span export carries, the receiver's bearer token)."""
         return {
             "honor_app_envoy_headers": self.honor_app_envoy_headers,
             "sampling_percent": self.sampling_percent,
@@ -145,4 +147,5 @@ class MeshConfig:
                            "format": self.access_log_format},
             "connect_timeout_ms": self.connect_timeout_ms,
             "otlp_endpoint": otlp_endpoint,
+            "otlp_headers": dict(otlp_headers or {}),
         }

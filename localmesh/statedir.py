@@ -2,7 +2,8 @@
 
 It is how a mesh is found from outside its process: ``mesh.pid`` names the
 owner, ``endpoints.json`` the URLs it serves, ``kubeconfig`` lets kubectl and the
-Kubernetes client reach its API, ``pods/`` holds container logs and ``mesh.log``
+Kubernetes client reach its API, ``otlp-token`` (0600, like the kubeconfig) is the bearer
+token its OTLP receiver wants on every export, ``pods/`` holds container logs and ``mesh.log``
 the mesh's own log, ``data/`` the pods' own directories (``MESHCHAOS_DATA_DIR``: the
 broker's database), removed with the mesh. A dir whose pid is dead is *stale*: the next
 ``up`` cleans it. A dir whose pid is alive is *live*: a second ``up`` refuses to touch it.
@@ -25,9 +26,11 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "Endpoints",
     "StateDir",
+    "otlp_auth_headers",
     "pid_alive",
     "process_start_time",
     "read_endpoints",
+    "read_otlp_token",
 ]
 
 DEFAULT_STATE_DIR = Path(".meshchaos")
@@ -35,9 +38,10 @@ DEFAULT_STATE_DIR = Path(".meshchaos")
 _PID = "mesh.pid"
 _ENDPOINTS = "endpoints.json"
 _KUBECONFIG = "kubeconfig"
+_OTLP_TOKEN = "otlp-token"
 # Everything a mesh writes here; a stale dir loses exactly these, nothing a user put beside them.
 _DATA = "data"
-_OWNED = (_PID, _ENDPOINTS, _KUBECONFIG, "mesh.log", "pods", _DATA)
+_OWNED = (_PID, _ENDPOINTS, _KUBECONFIG, _OTLP_TOKEN, "mesh.log", "pods", _DATA)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,10 @@ class StateDir:
         return self.path / _KUBECONFIG
 
     @property
+    def otlp_token_file(self) -> Path:
+        return self.path / _OTLP_TOKEN
+
+    @property
     def pods_dir(self) -> Path:
         return self.path / "pods"
 
@@ -182,11 +190,20 @@ class StateDir:
         tmp.write_text(json.dumps(endpoints.to_json(), indent=2) + "\n")
         tmp.replace(self.endpoints_file)
 
+    def write_otlp_token(self, token: str) -> None:
+        """Publish the OTLP receiver's token for its owner only (0600, atomically): whoever
+        can read it can write spans, so it is as private as the kubeconfig."""
+        tmp = self.otlp_token_file.with_name(f".{_OTLP_TOKEN}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(f"{token}\n")
+        tmp.replace(self.otlp_token_file)
+
     def release(self) -> None:
-        """Forget the running mesh (pid, endpoints, kubeconfig) and remove its pods' data;
-        logs stay for post-mortems."""
+        """Forget the running mesh (pid, endpoints, kubeconfig, OTLP token) and remove its
+        pods' data; logs stay for post-mortems."""
         self.remove_data()
-        for name in (_ENDPOINTS, _KUBECONFIG, _PID):
+        for name in (_ENDPOINTS, _KUBECONFIG, _OTLP_TOKEN, _PID):
             with contextlib.suppress(FileNotFoundError):
                 (self.path / name).unlink()
 
@@ -231,3 +248,24 @@ def read_endpoints(state_dir: Path) -> Endpoints:
         raise StateDirError(f"the mesh of state dir {sdir.path} is gone (pid {endpoints.pid} "
                             "is not running); start one with `meshchaos up`")
     return endpoints
+
+
+def read_otlp_token(state_dir: Path) -> str:
+    """The bearer token the OTLP receiver of the mesh of ``state_dir`` wants; raise when
+    the file is missing (no mesh there) or unreadable (not its owner)."""
+    path = StateDir(state_dir).otlp_token_file
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError as exc:
+        raise StateDirError(f"{path} is missing: no mesh is running from state dir "
+                            f"{path.parent}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateDirError(f"{path}: unreadable ({exc})") from exc
+    if not token:
+        raise StateDirError(f"{path} is empty; restart the mesh with `meshchaos up`")
+    return token
+
+
+def otlp_auth_headers(state_dir: Path) -> dict[str, str]:
+    """``Authorization: Bearer …`` for a client posting spans to the mesh's receiver."""
+    return {"Authorization": f"Bearer {read_otlp_token(state_dir)}"}

@@ -315,6 +315,7 @@ def build_shared(store: ObjectStore) -> Shared:
 
 def build_sidecar_config(shared: Shared, pod: KubeObject | None, namespace: str, name: str, *,
                          version: int, otlp_endpoint: str,
+                         otlp_headers: dict[str, str] | None = None,
                          faults: list[FaultRuleDoc],
                          http_faults: list[HttpChaosRuleDoc] | None = None) -> SidecarConfigDoc:
     """One sidecar's whole configuration document (docs/architecture.md)."""
@@ -329,7 +330,7 @@ def build_sidecar_config(shared: Shared, pod: KubeObject | None, namespace: str,
                  "service": labels.get("app") or name.rsplit("-", 2)[0],
                  "mode": "gateway" if gateway else "sidecar",
                  "app_port": int(app_port) if app_port and str(app_port).isdigit() else 0},
-        "mesh": shared.mesh.for_namespace(namespace).to_doc(otlp_endpoint),
+        "mesh": shared.mesh.for_namespace(namespace).to_doc(otlp_endpoint, otlp_headers),
         "services": shared.services,
         "routes": shared.routes,
         "subsets": shared.subsets,
@@ -357,9 +358,11 @@ class _Target:
 class XdsServer:
     """Pushes live configuration to every registered sidecar."""
 
-    def __init__(self, store: ObjectStore, *, otlp_endpoint: str) -> None:
+    def __init__(self, store: ObjectStore, *, otlp_endpoint: str,
+                 otlp_headers: dict[str, str] | None = None) -> None:
         self._store = store
         self._otlp = otlp_endpoint
+        self._otlp_headers = dict(otlp_headers or {})  # the receiver's token: never logged
         self._targets: dict[tuple[str, str], _Target] = {}
         # Fault rules outlive registrations: a sidecar that restarts (pod-failure,
         # container-kill) must come back with the chaos still in force.
@@ -498,6 +501,7 @@ class XdsServer:
         target.built = next(self._versions)
         return build_sidecar_config(self._shared, pod, target.namespace, target.pod,
                                     version=target.built, otlp_endpoint=self._otlp,
+                                    otlp_headers=self._otlp_headers,
                                     faults=self._faults.get((target.namespace, target.pod), []),
                                     http_faults=self._http_faults.get(
                                         (target.namespace, target.pod), []))

@@ -1,8 +1,8 @@
 """The sidecar's admin listener (docs/architecture.md "Sidecar").
 
 ``POST /config`` (whole document, atomic replace; 400 with the reason when bad),
-``GET /config``, ``GET /ready`` (200 once a config arrived), ``GET /stats``,
-``POST /quitquitquit``.
+``GET /config`` (secrets redacted), ``GET /ready`` (200 once a config arrived),
+``GET /stats``, ``POST /quitquitquit``.
 
 It drives the sidecar through :class:`AdminTarget`, the few members of
 ``localmesh.sidecar.proxy.Sidecar`` it needs, so the proxy imports this module and not
@@ -45,7 +45,7 @@ def handle(sidecar: AdminTarget, req: Request) -> Response:
     if path == "/config" and req.method == "GET":
         if sidecar.cfg is None:
             return _json(404, {"error": "no configuration pushed yet"})
-        return _json(200, sidecar.cfg.raw)
+        return _json(200, _redacted(sidecar.cfg.raw))
     if path == "/ready":
         if sidecar.cfg is None:
             return Response(503, dict(_TEXT), b"NOT READY\n")
@@ -57,6 +57,17 @@ def handle(sidecar: AdminTarget, req: Request) -> Response:
         asyncio.get_running_loop().call_soon(sidecar.request_quit)
         return Response(200, dict(_TEXT), b"OK\n")
     return _json(404, {"error": f"no admin endpoint {req.method} {path}"})
+
+
+def _redacted(raw: dict[str, Any]) -> dict[str, Any]:
+    """The document without its secrets, as Envoy's /config_dump shows fields marked
+    sensitive (``MessageUtil::redact``): the value replaced by ``[redacted]``. The admin
+    port is on loopback, open to every local user; the OTLP token must not leak there."""
+    mesh = raw.get("mesh") or {}
+    if not mesh.get("otlp_headers"):
+        return raw
+    headers = {name: "[redacted]" for name in mesh["otlp_headers"]}
+    return {**raw, "mesh": {**mesh, "otlp_headers": headers}}
 
 
 def _push(sidecar: AdminTarget, body: bytes) -> Response:

@@ -213,6 +213,8 @@ class MeshSettings:
     access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
     connect_timeout_ms: float = 10_000.0
     otlp_endpoint: str = ""
+    # The receiver's Authorization header: a secret, kept out of reprs (logs, tracebacks).
+    otlp_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -372,7 +374,8 @@ def _mesh(spec: MeshDoc) -> MeshSettings:
         float(spec.get("sampling_percent", 1.0)),
         AccessLogConfig(al.get("enabled", True), al.get("encoding", "TEXT"), al.get("format", "")),
         float(spec.get("connect_timeout_ms", 0.0)) or 10_000.0,
-        spec.get("otlp_endpoint", ""))
+        spec.get("otlp_endpoint", ""),
+        tuple(sorted(spec.get("otlp_headers", {}).items())))
 
 
 def _gateway_routes(spec: GatewayRoutesDoc,

@@ -143,14 +143,16 @@ class Sidecar:
         self.http_chaos.set_rules(cfg.http_faults)
         if cfg.app_port:
             self.app_port = cfg.app_port
-        self._configure_exporter(cfg.mesh.otlp_endpoint)
+        self._configure_exporter(cfg.mesh.otlp_endpoint, cfg.mesh.otlp_headers)
         self.planner.reset()
         self.cfg = cfg
         self.stats["config_updates"] += 1
         return cfg
 
-    def _configure_exporter(self, endpoint: str) -> None:
-        if self.exporter is not None and self.exporter.endpoint == endpoint.rstrip("/"):
+    def _configure_exporter(self, endpoint: str,
+                            headers: tuple[tuple[str, str], ...] = ()) -> None:
+        if (self.exporter is not None and self.exporter.endpoint == endpoint.rstrip("/")
+                and self.exporter.headers == headers):
             return
         if self.exporter is not None:
             task = asyncio.get_running_loop().create_task(self.exporter.stop())
@@ -160,7 +162,8 @@ class Sidecar:
         if endpoint:
             self.exporter = SpanExporter(
                 endpoint, f"{self.service}.{self.namespace}",
-                {"k8s.pod.name": self.pod, "k8s.namespace.name": self.namespace})
+                {"k8s.pod.name": self.pod, "k8s.namespace.name": self.namespace},
+                headers=headers)
             self.exporter.start()
 
     async def close(self) -> None:

@@ -111,9 +111,15 @@ class SpanExporter:
     """
 
     def __init__(self, endpoint: str, service_name: str, resource: dict[str, str], *,
+                 headers: tuple[tuple[str, str], ...] = (),
                  linger: float = 0.02, min_interval: float = 0.06, max_batch: int = 512,
                  max_queue: int = 20_000) -> None:
         self.endpoint = endpoint.rstrip("/")
+        # Sent on every POST: the mesh's receiver wants its bearer token (docs/fidelity.md
+        # §8.5). A secret: never logged; failures name the endpoint and status only.
+        self.headers = headers
+        self._post_headers = {"content-type": "application/x-protobuf",
+                              **{name.lower(): value for name, value in headers}}
         self._encoder = SpanEncoder({"service.name": service_name, **resource})
         self._queue: list[Span] = []
         # id(shared dict) -> (that dict, its encoded fields); holding the dict keeps the id valid.
@@ -170,8 +176,7 @@ class SpanExporter:
             try:
                 resp = await self._pool.request(
                     "POST", f"{self.endpoint}/v1/traces",
-                    {"content-type": "application/x-protobuf"}, body, timeout=5.0,
-                    connect_timeout=1.0)
+                    dict(self._post_headers), body, timeout=5.0, connect_timeout=1.0)
                 if resp.status >= 300:
                     raise HttpError(f"OTLP endpoint {self.endpoint} answered {resp.status}")
                 self.exported += len(batch)

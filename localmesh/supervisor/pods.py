@@ -74,6 +74,7 @@ class PodContext:
     ingress_port: int = 0
     sidecar_module: str = SIDECAR_MODULE
     data_root: Path | None = None  # <state-dir>/data: each pod's MESHCHAOS_DATA_DIR below it
+    otlp_token: str | None = None  # the trace receiver's bearer token, for the apps' exporters
 
 
 class PodRunner:
@@ -149,7 +150,7 @@ class PodRunner:
                                   module=self.ctx.sidecar_module, tcp=self.tcp)
         return app_launch(self.pod, self.ports, otlp_endpoint=self.ctx.otlp_endpoint,
                           sidecar=self.sidecar, base_dir=self.ctx.base_dir, tcp=self.tcp,
-                          data_dir=self.data_dir)
+                          data_dir=self.data_dir, otlp_token=self.ctx.otlp_token)
 
     # -- processes ----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from localmesh.documents import KubeObject
 from localmesh.errors import ProcessError
@@ -32,6 +33,7 @@ __all__ = [
     "app_launch",
     "declared_app_port",
     "is_gateway",
+    "otlp_headers_env",
     "preload_trees",
     "service_name",
     "sidecar_launch",
@@ -131,11 +133,20 @@ def _base_env() -> dict[str, str]:
     return env
 
 
+def otlp_headers_env(token: str) -> str:
+    """``OTEL_EXPORTER_OTLP_HEADERS`` carrying a bearer token: the OpenTelemetry spec's
+    comma-separated ``key=value`` list with URL-encoded values (the space as ``%20``)."""
+    return f"authorization={quote(f'Bearer {token}', safe='')}"
+
+
 def app_launch(pod: KubeObject, ports: PodPorts, *, otlp_endpoint: str, sidecar: bool,
                base_dir: Path, tcp: TcpPorts | None = None,
-               data_dir: Path | None = None) -> Launch | None:
+               data_dir: Path | None = None, otlp_token: str | None = None) -> Launch | None:
     """The app container's process, or None when the pod has no local command.
 
+    ``otlp_token``: the mesh receiver's bearer token, handed to the app's OpenTelemetry
+    exporter as ``OTEL_EXPORTER_OTLP_HEADERS`` (an SDK exporter reads it when its code
+    passes no headers; the environment of a process is readable by its user only);
     ``tcp``: the sidecar's TCP listeners, announced as Kubernetes service variables;
     ``data_dir``: the pod's own directory under the state dir (``MESHCHAOS_DATA_DIR``),
     removed with the mesh, for apps that keep state (the broker).
@@ -160,6 +171,8 @@ def app_launch(pod: KubeObject, ports: PodPorts, *, otlp_endpoint: str, sidecar:
         "OTEL_SERVICE_NAME": service_name(pod),
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
     })
+    if otlp_token:
+        env["OTEL_EXPORTER_OTLP_HEADERS"] = otlp_headers_env(otlp_token)
     if data_dir is not None:
         env["MESHCHAOS_DATA_DIR"] = str(data_dir)
     if sidecar:

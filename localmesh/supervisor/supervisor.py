@@ -43,7 +43,7 @@ class Supervisor:
                  otlp_endpoint: str, ingress_port: int = 0, base_dir: Path | None = None,
                  sidecar_module: str = SIDECAR_MODULE,
                  forkservers: dict[str, ForkServer] | None = None,
-                 ports: PortAllocator | None = None) -> None:
+                 ports: PortAllocator | None = None, otlp_token: str | None = None) -> None:
         self.store = store
         self.logs = PodLogs(state_dir)
         self._data_root = Path(state_dir) / "data"
@@ -52,6 +52,7 @@ class Supervisor:
         self._forkservers: dict[str, ForkServer] = dict(forkservers or {})
         self._xds = xds
         self._otlp = otlp_endpoint
+        self._otlp_token = otlp_token
         self._ingress_port = ingress_port
         self._base_dir = (base_dir or Path.cwd()).resolve()
         self._sidecar_module = sidecar_module
@@ -89,7 +90,8 @@ class Supervisor:
         self._ctx = PodContext(self.store, self._xds, self.logs, self._forkservers["proxy"],
                                self._forkservers["app"], self._ports,
                                self._otlp, self._base_dir, self._ingress_port,
-                               self._sidecar_module, data_root=self._data_root)
+                               self._sidecar_module, data_root=self._data_root,
+                               otlp_token=self._otlp_token)
         self.store.subscribe(self._on_pod, group="", plural="pods")
         self.store.subscribe(self._on_replicaset, group="apps", plural="replicasets")
         for pod in self.store.list("", "pods"):

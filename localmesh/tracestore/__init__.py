@@ -17,6 +17,11 @@ __all__ = ["Span", "SpanEvent", "TraceStore", "create_otlp_app", "create_query_a
            "create_trace_apps"]
 
 
-def create_trace_apps(store: TraceStore) -> tuple[web.Application, web.Application]:
-    """Return the (OTLP receiver, Jaeger query) applications over one store."""
-    return create_otlp_app(store), create_query_app(store)
+def create_trace_apps(store: TraceStore, *, otlp_token: str | None = None,
+                      ) -> tuple[web.Application, web.Application]:
+    """Return the (OTLP receiver, Jaeger query) applications over one store.
+
+    ``otlp_token``: the bearer token every export must carry (the receiver is the only one
+    that writes; the query API is read-only and open, as Jaeger's query is by default).
+    """
+    return create_otlp_app(store, token=otlp_token), create_query_app(store)

@@ -8,17 +8,27 @@ Answers as the OTLP specification asks: 200 with an ExportTraceServiceResponse i
 the request's encoding (``partialSuccess`` counting spans rejected for bad ids),
 400 with a ``google.rpc.Status`` for a body that cannot be decoded, 415 for other
 media types.
+
+With a token (the local mesh always gives one) every export must carry
+``Authorization: Bearer <token>``; any other is refused before its body is read, as the
+OpenTelemetry Collector's ``confighttp`` auth interceptor does: 401 with a
+``google.rpc.Status`` UNAUTHENTICATED (16) in the request's encoding, which OTLP/HTTP
+clients do not retry (docs/fidelity.md §8.5). Without one (tests embedding the app)
+anyone may export.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2  # type: ignore[import-untyped]
@@ -36,6 +46,7 @@ log = logging.getLogger("localmesh.tracestore")
 _PROTOBUF = "application/x-protobuf"
 _JSON = "application/json"
 _INVALID_ARGUMENT = 3
+_UNAUTHENTICATED = 16  # google.rpc.Code; the Collector's mapping of HTTP 401
 _ID_KEYS = {"traceId": 32, "spanId": 16, "parentSpanId": 16}
 _HEX = re.compile(r"^[0-9a-fA-F]*$")
 _KINDS = {trace_pb2.Span.SPAN_KIND_SERVER: "server", trace_pb2.Span.SPAN_KIND_CLIENT: "client",
@@ -170,9 +181,48 @@ async def _receive(request: web.Request) -> web.Response:
     return _reply(response, content_type)
 
 
-def create_otlp_app(store: TraceStore) -> web.Application:
-    """The OTLP/HTTP receiver application over ``store``."""
-    app = web.Application(client_max_size=32 * 1024 * 1024)
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _unauthorized(content_type: str) -> web.Response:
+    """401 as the Collector's OTLP receiver writes it: a Status in the request's encoding
+    (plain text for another media type), plus the challenge RFC 9110 §11.6.1 asks of a 401."""
+    message = "Unauthorized: this receiver takes exports bearing the mesh's OTLP token"
+    if content_type in (_PROTOBUF, _JSON):
+        response = _reply(status_pb2.Status(code=_UNAUTHENTICATED, message=message),
+                          content_type, 401)
+    else:
+        response = web.Response(status=401, text=message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="meshchaos-otlp"'
+    return response
+
+
+def _authenticate(token: str) -> Middleware:
+    """Refuse any request without ``Authorization: Bearer <token>`` before reading its body
+    (the scheme in any case: RFC 9110 §11.1, as Kubernetes' bearer authenticator reads it)."""
+    expected = token.encode()
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # constant time: no guessing the token by timing
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 expected):
+            log.warning("refused an OTLP export from %s without the mesh's token",
+                        request.remote)
+            return _unauthorized(request.content_type)
+        return await handler(request)
+    return authenticate
+
+
+def create_otlp_app(store: TraceStore, *, token: str | None = None) -> web.Application:
+    """The OTLP/HTTP receiver application over ``store``.
+
+    With ``token``, every export must bear it (401 otherwise, nothing stored); the local
+    mesh always gives one. Without, anyone may export (tests embed the app so).
+    """
+    app = web.Application(client_max_size=32 * 1024 * 1024,
+                          middlewares=[_authenticate(token)] if token else [])
     app[_STORE] = store
     app.router.add_post("/v1/traces", _receive)
     return app

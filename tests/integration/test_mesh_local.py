@@ -24,7 +24,8 @@ import pytest
 from localmesh.errors import ManifestError, ProcessError, StateDirError
 from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
-from localmesh.statedir import StateDir
+from localmesh.statedir import StateDir, otlp_auth_headers, read_otlp_token
+from localmesh.supervisor.podspec import otlp_headers_env
 from tests.integration.conftest import alive, descendants, stop_and_reap, write_echo_manifests
 
 pytestmark = [pytest.mark.integration]
@@ -181,9 +182,71 @@ def test_app_environment_follows_the_contract(echo_mesh: MeshThread) -> None:
     assert env["PORT"] == ann["meshchaos.io/app-port"] and env["POD_IP"] == "127.0.0.1"
     assert env["OTEL_SERVICE_NAME"] == "echo"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoints.otlp
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"] == otlp_headers_env(
+        read_otlp_token(echo_mesh.mesh.state.path))
     assert env["HTTP_PROXY"] == f"http://127.0.0.1:{ann['meshchaos.io/outbound-port']}"
     assert env["http_proxy"] == env["HTTP_PROXY"] and env["NO_PROXY"] == ""
     assert env["GREETING"] == "hello"
+
+
+def _post_spans(url: str, trace_id: str, headers: dict[str, str]) -> int:
+    """One OTLP/JSON span for ``trace_id``, posted as any local process could post it."""
+    body = {"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "echo"}}]},
+        "scopeSpans": [{"spans": [{"traceId": trace_id, "spanId": "00f067aa0ba902b7",
+                                   "name": "forged", "kind": 2, "startTimeUnixNano": "1",
+                                   "endTimeUnixNano": "2"}]}]}]}
+    req = urllib.request.Request(f"{url}/v1/traces", data=json.dumps(body).encode(),
+                                 method="POST",
+                                 headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_only_the_meshs_writers_get_spans_into_its_trace_store(echo_mesh: MeshThread) -> None:
+    """docs/fidelity.md §8.5: a forged export from another process is 401 and stores nothing;
+    the token is the owner's alone (otlp-token, 0600, beside the 0600 kubeconfig); with it the
+    export is taken, and reads stay open, as a Jaeger query is by default."""
+    endpoints = echo_mesh.mesh.endpoints
+    assert endpoints is not None
+    forged, real = uuid.uuid4().hex, uuid.uuid4().hex
+    assert _post_spans(endpoints.otlp, forged, {}) == 401
+    assert _post_spans(endpoints.otlp, forged, {"Authorization": "Bearer guessed"}) == 401
+    state = echo_mesh.mesh.state
+    assert (state.otlp_token_file.stat().st_mode & 0o777) == 0o600
+    assert _post_spans(endpoints.otlp, real, otlp_auth_headers(state.path)) == 200
+    assert get(f"{endpoints.traces}/api/traces/{forged}")[0] == 404
+    status, body = get(f"{endpoints.traces}/api/traces/{real}")
+    assert status == 200 and json.loads(body)["data"][0]["traceID"] == real
+
+
+def test_the_sidecars_export_with_the_token_and_never_show_it(echo_mesh: MeshThread) -> None:
+    """A call through the ingress leaves the gateway's and the echo sidecar's spans in the
+    store (their exports carry the token from their config), while the admin listener,
+    open on loopback, shows the token redacted."""
+    endpoints = echo_mesh.mesh.endpoints
+    assert endpoints is not None
+    trace = uuid.uuid4().hex
+    status, _ = get(f"{endpoints.ingress}/traced", host=ECHO_HOST,
+                    headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"})
+    assert status == 200
+
+    def services() -> set[str] | None:
+        code, body = get(f"{endpoints.traces}/api/traces/{trace}")
+        if code != 200:
+            return None
+        data = json.loads(body)["data"][0]
+        found = {p["serviceName"] for p in data["processes"].values()}
+        return found if len(found) >= 2 else None
+    assert {"echo.shop"} <= until(services, what="the sidecars' spans")
+    (pod,) = echo_pods(echo_mesh)
+    admin = pod["metadata"]["annotations"]["meshchaos.io/admin-port"]
+    code, body = get(f"http://127.0.0.1:{admin}/config")
+    assert code == 200 and read_otlp_token(echo_mesh.mesh.state.path) not in body.decode()
+    assert json.loads(body)["mesh"]["otlp_headers"] == {"authorization": "[redacted]"}
 
 
 def test_pod_deleted_through_the_api_is_replaced_under_a_new_name(
@@ -320,6 +383,7 @@ def test_stale_state_dir_is_cleaned_and_stop_leaves_no_process(tmp_path: Path) -
     ingress_port = int(endpoints.ingress.rsplit(":", 1)[1])
     assert not _listening(api_port) and not _listening(ingress_port)
     assert not (state / "mesh.pid").exists() and not (state / "endpoints.json").exists()
+    assert not (state / "otlp-token").exists()
 
 
 def test_a_replaced_gateway_takes_over_the_same_ingress_port(echo_mesh: MeshThread) -> None:

@@ -72,6 +72,19 @@ def test_env_contract_overrides_the_manifest_and_skips_value_from() -> None:
     assert env["HTTP_PROXY"] == "http://127.0.0.1:4003" and env["NO_PROXY"] == ""
 
 
+def test_the_app_gets_the_receivers_token_as_otel_exporter_otlp_headers() -> None:
+    """OpenTelemetry's SDK environment variables: OTEL_EXPORTER_OTLP_HEADERS is a
+    comma-separated list of key=value pairs, values URL-encoded (the space as %20); an
+    exporter built with no ``headers`` reads it (docs/fidelity.md §8.5)."""
+    launch = app_launch(pod(), PORTS, otlp_endpoint="http://127.0.0.1:9", sidecar=True,
+                        base_dir=Path("/tmp"), otlp_token="tok-_en")
+    assert launch is not None
+    assert launch.env["OTEL_EXPORTER_OTLP_HEADERS"] == "authorization=Bearer%20tok-_en"
+    assert "tok-_en" not in " ".join(launch.argv)  # argv is world-readable in /proc
+    bare = app_launch(pod(), PORTS, otlp_endpoint="x", sidecar=True, base_dir=Path("/tmp"))
+    assert bare is not None and "OTEL_EXPORTER_OTLP_HEADERS" not in bare.env
+
+
 def test_without_a_sidecar_there_is_no_proxy() -> None:
     launch = app_launch(pod(), PORTS, otlp_endpoint="x", sidecar=False, base_dir=Path("/"))
     assert launch is not None
