@@ -390,8 +390,8 @@ class RawH2:
         self.conn.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
                                      (":authority", AUTHORITY), (":path", METHOD), *headers],
                                end_stream=not body)
-        if body:
-            self.conn.send_data(sid, body, end_stream=True)
+        for at in range(0, len(body), 16384):  # the RFC's initial SETTINGS_MAX_FRAME_SIZE
+            self.conn.send_data(sid, body[at:at + 16384], end_stream=at + 16384 >= len(body))
         self.flush()
         return sid
 
@@ -404,7 +404,12 @@ class RawH2:
                 data = await self.reader.read(65536)
                 if not data:
                     raise ConnectionError("closed")
-                self.events += self.conn.receive_data(data)
+                new = self.conn.receive_data(data)
+                for ev in new:
+                    if isinstance(ev, h2.events.DataReceived):  # give the window back
+                        self.conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                            ev.stream_id)
+                self.events += new
                 self.flush()
 
     def close(self) -> None:
@@ -470,6 +475,27 @@ async def test_a_grpc_timeout_header_shorter_than_the_route_is_the_sidecars_time
     assert (fields[":status"], fields["grpc-status"], fields["grpc-message"]) == \
         ("200", "14", "upstream request timeout")
     assert 0.19 <= elapsed < 0.7, elapsed
+
+
+async def test_a_body_larger_than_the_clients_window_is_sent_as_the_window_allows(
+        gpair: GrpcPair) -> None:
+    """RFC 9113 §6.9: a sender stays within the receiver's flow-control window and resumes
+    on WINDOW_UPDATE. The client allows 1 KiB per stream; the 60 KB answer arrives whole,
+    in DATA frames none larger than the window (§1.9)."""
+    await gpair.configure(routes=leaf_route())
+    raw = await RawH2.open(gpair.front.ports["outbound"])
+    raw.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1024})
+    raw.flush()
+    payload = b"z" * 60_000  # the request fits the RFC's initial 64 KiB window
+    sid = raw.request(GRPC_HEADERS, grpc_frame(payload))
+    end = await raw.until(ended(sid), within=10)
+    raw.close()
+    assert isinstance(end, h2.events.StreamEnded)
+    chunks = [ev for ev in raw.events
+              if isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid]
+    body = b"".join(ev.data for ev in chunks)
+    assert body == grpc_frame(b"echo:" + payload)
+    assert len(chunks) >= 59 and max(len(ev.data) for ev in chunks) <= 1024
 
 
 async def test_a_head_over_the_limit_resets_that_stream_only(gpair: GrpcPair) -> None:
