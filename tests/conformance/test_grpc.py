@@ -39,6 +39,7 @@ from tests.conformance.conftest import (
 
 METHOD = "/meshchaos.Echo/Unary"
 AUTHORITY = "leaf:8080"
+UPSTREAM_LOCAL = 17  # %UPSTREAM_LOCAL_ADDRESS% in the conftest's EXTENDED_FORMAT
 
 
 @dataclass
@@ -181,8 +182,8 @@ async def test_concurrent_calls_share_one_upstream_connection_per_endpoint(
     replies = await asyncio.gather(*(stub(f"n{i}".encode(), timeout=10) for i in range(20)))
     assert replies == [f"echo:n{i}".encode() for i in range(20)]
     await gpair.front.wait_log(lambda _: sum(is_grpc_line(x) for x in gpair.front.lines) >= 20)
-    locals_ = {field_of(x, 21) for x in gpair.front.lines if is_grpc_line(x)}
-    assert len(locals_) == 1, locals_
+    locals_ = {field_of(x, UPSTREAM_LOCAL) for x in gpair.front.lines if is_grpc_line(x)}
+    assert len(locals_) == 1 and next(iter(locals_)).startswith("127.0.0.1:"), locals_
 
 
 # -- timeouts -------------------------------------------------------------------------------
@@ -308,7 +309,10 @@ class ResettingApp(asyncio.Protocol):
 
 
 class PlainH2App(asyncio.Protocol):
-    """An h2c app answering every request 200 with its path (no gRPC)."""
+    """An h2c app answering every request 200 with its path (no gRPC); ``goaway``: then
+    GOAWAY and close, as a server draining for a restart does."""
+
+    goaway = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -324,7 +328,15 @@ class PlainH2App(asyncio.Protocol):
                 self.conn.send_headers(event.stream_id, [(":status", "200"),
                                                          ("content-type", "text/plain")])
                 self.conn.send_data(event.stream_id, path, end_stream=True)
+                if self.goaway:
+                    self.conn.close_connection(last_stream_id=event.stream_id)
         self.transport.write(self.conn.data_to_send())  # type: ignore[attr-defined]
+        if self.goaway and self.conn.state_machine.state.name == "CLOSED":
+            self.transport.close()
+
+
+class DrainingH2App(PlainH2App):
+    goaway = True
 
 
 async def test_an_http1_caller_reaches_an_http2_service_through_the_sidecars(
@@ -342,6 +354,26 @@ async def test_an_http1_caller_reaches_an_http2_service_through_the_sidecars(
         leaf = await gpair.leaf.wait_log(lambda x: "/plain" in x)
         assert '"GET /plain?x=1 HTTP/1.1" 200 - via_upstream' in front, front
         assert '"GET /plain?x=1 HTTP/2" 200 - via_upstream' in leaf, leaf
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def test_after_an_upstream_goaway_the_next_request_opens_a_new_connection(
+        gpair: GrpcPair) -> None:
+    """A GOAWAY takes the connection out of Envoy's HTTP/2 pool: the streams it covered
+    finish, the next request gets a new connection (RFC 9113 §6.8, §1.9)."""
+    server = await asyncio.get_running_loop().create_server(DrainingH2App, "127.0.0.1", 0)
+    pool = ConnectionPool()
+    try:
+        await gpair.configure(app_port=server.sockets[0].getsockname()[1], routes=leaf_route())
+        proxy = f"http://127.0.0.1:{gpair.front.ports['outbound']}"
+        for i in range(3):
+            resp = await pool.request("GET", f"http://leaf:8080/d{i}", timeout=5, proxy=proxy)
+            assert (resp.status, resp.body) == (200, f"/d{i}".encode())
+        await gpair.leaf.wait_log(lambda x: "/d2" in x)
+        lines = [x for x in gpair.leaf.lines if "/d" in x]
+        assert len({field_of(x, UPSTREAM_LOCAL) for x in lines}) == 3, lines
     finally:
         await pool.close()
         server.close()
