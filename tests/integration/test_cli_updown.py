@@ -60,6 +60,9 @@ def test_up_detach_status_down_leave_no_process_behind(tmp_path: Path, state_dir
     family = [daemon, *descendants(daemon)]
     assert len(family) >= 7  # daemon, fork server, two pods of app and sidecar, gateway
     assert (state_dir / "kubeconfig").exists()
+    token_file = state_dir / "otlp-token"  # the receiver's token, the owner's alone
+    assert f"(bearer token in {token_file.resolve()})" in up.stdout
+    assert token_file.stat().st_mode & 0o777 == 0o600
     req = urllib.request.Request(endpoints["ingress"] + "/env",
                                  headers={"Host": "echo.shop.svc.cluster.local"})
     with urllib.request.urlopen(req, timeout=5) as resp:
@@ -97,7 +100,7 @@ def test_up_detach_status_down_leave_no_process_behind(tmp_path: Path, state_dir
     assert down.returncode == 0, down.stderr
     assert "every process is gone" in down.stdout
     assert not [pid for pid in family if alive(pid)]
-    assert not (state_dir / "mesh.pid").exists()
+    assert not (state_dir / "mesh.pid").exists() and not token_file.exists()
 
     again = meshchaos("down", "--state-dir", str(state_dir))
     assert again.returncode == 0 and "nothing to stop" in again.stdout
