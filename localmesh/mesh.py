@@ -41,7 +41,7 @@ from localmesh.rabbitmq import check_objects
 from localmesh.statedir import Endpoints, StateDir
 from localmesh.store import ObjectStore
 from localmesh.supervisor import Supervisor
-from localmesh.supervisor.podspec import CWD_ANNOTATION
+from localmesh.supervisor.podspec import CWD_ANNOTATION, CWD_BASE_ANNOTATION
 from localmesh.supervisor.ports import PortAllocator
 from localmesh.supervisor.replicasets import is_pod_ready
 from localmesh.supervisor.spawner import ForkServer
@@ -78,7 +78,8 @@ def _chaos_controller(store: ObjectStore, xds: XdsServer,
 
 
 def prepare_objects(manifests: list[Manifest], env_overrides: EnvOverrides) -> list[KubeObject]:
-    """Copy the manifest objects, resolving local cwd annotations and applying env overrides."""
+    """Copy the manifest objects, noting where local cwd annotations start and applying env
+    overrides."""
     objects: list[KubeObject] = []
     wanted = dict(env_overrides)
     for manifest in manifests:
@@ -98,10 +99,17 @@ def prepare_objects(manifests: list[Manifest], env_overrides: EnvOverrides) -> l
 
 
 def _resolve_cwd(deployment: KubeObject, folder: Path) -> None:
+    """A relative ``local-cwd`` is relative to the manifest's folder: say which, beside it.
+
+    The annotation itself stays as the file has it: rewritten, the stored template would
+    differ from the file's, and ``kubectl apply -f`` of the very files the mesh started from
+    would roll every Deployment. The pod's launch resolves it (podspec.app_launch).
+    """
     meta = deployment.get("spec", {}).get("template", {}).get("metadata", {})
     annotations = meta.get("annotations") or {}
-    if annotations.get(CWD_ANNOTATION):
-        annotations[CWD_ANNOTATION] = str((folder / annotations[CWD_ANNOTATION]).resolve())
+    cwd = annotations.get(CWD_ANNOTATION)
+    if cwd and not Path(str(cwd)).is_absolute() and CWD_BASE_ANNOTATION not in annotations:
+        annotations[CWD_BASE_ANNOTATION] = str(folder.resolve())
 
 
 def _override_env(deployment: KubeObject, env: dict[str, str]) -> None:

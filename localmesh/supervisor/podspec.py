@@ -3,7 +3,9 @@
 The annotation contract (docs/architecture.md "Pods as processes"):
 ``meshchaos.io/local-command`` is the app's command line (``shlex`` split; a
 leading ``python``/``python3`` means this mesh's interpreter), optional
-``meshchaos.io/local-cwd`` its working directory.
+``meshchaos.io/local-cwd`` its working directory, relative to
+``meshchaos.io/local-cwd-base`` (the folder of the manifest file the mesh loaded the
+Deployment from, which the mesh adds beside it) or else to the mesh's own directory.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from localmesh.supervisor.tcpports import TcpPorts
 __all__ = [
     "COMMAND_ANNOTATION",
     "CWD_ANNOTATION",
+    "CWD_BASE_ANNOTATION",
     "PRELOAD_LIBRARIES",
     "PROXY_LIBRARIES",
     "PROXY_TREES",
@@ -41,6 +44,10 @@ __all__ = [
 
 COMMAND_ANNOTATION = "meshchaos.io/local-command"
 CWD_ANNOTATION = "meshchaos.io/local-cwd"
+# Where a relative local-cwd starts. Added by the mesh next to the annotation, which stays as
+# the file has it, so that `kubectl apply -f` of the same file changes no pod template (and
+# rolls no pod); a strategic-merge apply keeps a key its file does not name.
+CWD_BASE_ANNOTATION = "meshchaos.io/local-cwd-base"
 SIDECAR_MODULE = "localmesh.sidecar"
 
 
@@ -158,7 +165,8 @@ def app_launch(pod: KubeObject, ports: PodPorts, *, otlp_endpoint: str, sidecar:
     argv, python = command
     meta = pod["metadata"]
     annotations = meta.get("annotations") or {}
-    cwd = base_dir / str(annotations.get(CWD_ANNOTATION) or ".")
+    base = Path(str(annotations.get(CWD_BASE_ANNOTATION) or base_dir))
+    cwd = base / str(annotations.get(CWD_ANNOTATION) or ".")  # an absolute one stands alone
     env = _base_env()
     for item in container.get("env") or []:
         if "value" in item and item.get("name"):

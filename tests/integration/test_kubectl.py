@@ -299,3 +299,44 @@ def test_delete_returns_once_the_object_is_gone(kubeconfig: Path) -> None:
     kubectl(kubeconfig, "delete", "pod", pod, "--wait=true", timeout=20)
     assert time.monotonic() - started < 10
     assert pod not in pod_names(kubeconfig, "pricing")
+
+
+def test_applying_the_files_a_mesh_started_from_rolls_no_pod(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`kubectl apply -f fixtures/k8s/` on a mesh started from fixtures/k8s changes no pod
+    template, so no Deployment rolls (Kubernetes "Deployments": a rollout is triggered if and
+    only if the pod template changes): the mesh stores `meshchaos.io/local-cwd` as the files
+    have it (relative) and notes their folder beside it. A rollout kubectl asks for then starts
+    pods that still find their working directory (the chain's `python -m fixtures.chain`
+    runs from the repository root, or the pod never turns Ready)."""
+    root = tmp_path_factory.mktemp("kubectl-chain")
+    chain = MeshThread([ROOT / "fixtures" / "k8s"], root / "state")
+    chain.start(timeout=60)
+    try:
+        config = chain.mesh.state.kubeconfig
+
+        def pods_and_sets() -> tuple[list[str], list[str]]:
+            pods = json.loads(kubectl(config, "get", "pods", "-o", "json").stdout)["items"]
+            sets = json.loads(kubectl(config, "get", "rs", "-o", "json").stdout)["items"]
+            return (sorted(p["metadata"]["uid"] for p in pods),
+                    sorted(s["metadata"]["name"] for s in sets))
+        before = pods_and_sets()
+        env = {**os.environ, "KUBECONFIG": str(config),
+               "KUBECACHEDIR": str(config.parent / "kubectl-cache")}
+        # The first adds kubectl's last-applied annotation (Deployment metadata, not the
+        # template); the second finds nothing to change at all.
+        for verb in ("configured", "unchanged"):
+            # No -n: the files name their namespaces (shop and istio-system).
+            applied = subprocess.run(["kubectl", "apply", "-f", str(ROOT / "fixtures" / "k8s")],
+                                     env=env, capture_output=True, text=True, timeout=60,
+                                     check=False)
+            assert applied.returncode == 0, applied.stderr
+            assert f"deployment.apps/ratings {verb}" in applied.stdout
+        time.sleep(0.5)  # a rollout would have made its ReplicaSet by now
+        assert pods_and_sets() == before
+        kubectl(config, "rollout", "restart", "deployment/ratings")
+        rolled = kubectl(config, "rollout", "status", "deployment/ratings", "--timeout=40s",
+                         timeout=50)
+        assert 'deployment "ratings" successfully rolled out' in rolled.stdout
+    finally:
+        stop_and_reap(chain)
