@@ -250,7 +250,7 @@ class SidecarConfig:
     connect_timeout_ms: dict[str, float]
     gateway_routes: tuple[tuple[tuple[str, ...], tuple[Route, ...]], ...]
     faults: tuple[FaultRule, ...]
-    raw: dict[str, Any]
+    raw: dict[str, Any] = field(repr=False)  # holds mesh.otlp_headers: no repr shows it
     http_faults: tuple[HttpChaosRule, ...] = ()  # HTTPChaos, in front of the app (§5.5)
 
 

@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from localmesh.errors import StateDirError
 from localmesh.kubeconfig import new_token
+from localmesh.sidecar.config import parse_config
 from localmesh.sidecar.tracing import KIND_SERVER, Span, SpanExporter
 from localmesh.statedir import StateDir, otlp_auth_headers, read_otlp_token
 from localmesh.supervisor.podspec import otlp_headers_env
@@ -253,3 +254,15 @@ def test_the_error_json_is_small() -> None:
     assert response.status_code == 401
     assert len(response.content) < 200 and "guess" not in response.text
     assert token not in response.text
+
+
+def test_the_sidecars_parsed_config_never_shows_the_token_in_a_repr() -> None:
+    """A repr ends up in logs and tracebacks; the token must not."""
+    doc = {"version": 1, "node": {"pod": "orders-1", "namespace": "shop", "service": "orders"},
+           "mesh": {"otlp_endpoint": "http://127.0.0.1:4318",
+                    "otlp_headers": {"authorization": "Bearer s3cret-token"}},
+           "services": {}, "routes": {}, "subsets": {}, "connect_timeout_ms": {},
+           "gateway_routes": [], "faults": []}
+    cfg = parse_config(doc)
+    assert cfg.mesh.otlp_headers == (("authorization", "Bearer s3cret-token"),)
+    assert "s3cret" not in repr(cfg) and "s3cret" not in repr(cfg.mesh)
