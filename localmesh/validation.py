@@ -18,21 +18,19 @@ dotted path (``spec.http[0].timeout``).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import json
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 
 from localmesh.documents import KubeObject
 from localmesh.errors import BadRequest, Invalid
+from localmesh.jsoncache import cache_file, cached_json
+from localmesh.protocols import GRPC_CODES
 from localmesh.resources import split_api_version
 from localmesh.selectors import match_expressions, match_labels
 from localmesh.store import ObjectStore
@@ -73,37 +71,17 @@ _UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000,
 def _crd_schemas(filename: str) -> dict[str, KubeObject]:
     """Map each served version of a CRD file to its openAPIV3Schema."""
     data = resources.files("localmesh.schemas").joinpath(filename).read_bytes()
-    cached = _schema_cache(filename, data)
-    if cached is not None:
-        with contextlib.suppress(OSError, ValueError):
-            loaded: dict[str, KubeObject] = json.loads(cached.read_bytes())
-            return loaded
-    # libyaml parses the 7,000-line DestinationRule CRD ~8x faster than pure Python, and
-    # still takes 0.17 s of CPU for the five CRDs: every mesh start after the first reads
-    # the JSON copy instead (40x faster).
-    crd = safe_load(data)
-    schemas = {v["name"]: v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]}
-    if cached is not None:
-        _write_cache(cached, json.dumps(schemas).encode())
-    return schemas
 
+    def parse() -> dict[str, KubeObject]:
+        # libyaml parses the 7,000-line DestinationRule CRD ~8x faster than pure Python, and
+        # still takes 0.17 s of CPU for the five CRDs: every mesh start after the first reads
+        # the JSON copy instead (40x faster).
+        crd = safe_load(data)
+        return {v["name"]: v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]}
 
-def _schema_cache(filename: str, data: bytes) -> Path | None:
-    """Where the JSON copy of a CRD's schemas lives: named after the CRD's content."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.path.isabs(root):
-        return None
+    # The copy is named after the CRD's content.
     digest = hashlib.sha256(data).hexdigest()[:20]
-    return Path(root) / "meshchaos" / "crd-schemas" / f"{filename}.{digest}.json"
-
-
-def _write_cache(path: Path, payload: bytes) -> None:
-    # Best effort (a read-only home just means YAML every time); written whole or not at all.
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(payload)
-        tmp.replace(path)
+    return cached_json(cache_file("crd-schemas", f"{filename}.{digest}.json"), parse)
 
 
 @functools.cache
@@ -401,6 +379,13 @@ def _check_fault(obj: KubeObject, field: str, fault: Any) -> None:
         if isinstance(status, int) and not 200 <= status <= 600:
             # Istio's bound is <= 600 although its message says 200-599; Envoy refuses 600.
             raise _invalid(obj, f"{field}.abort.httpStatus", status, "is not in range 200-599")
+        grpc_status = abort.get("grpcStatus")
+        if grpc_status is not None and grpc_status not in GRPC_CODES:
+            # validateGRPCStatus: only grpc.SupportedGRPCStatus names (upper-case) pass.
+            raise _invalid(obj, f"{field}.abort.grpcStatus", grpc_status,
+                           "is not a supported gRPC status (see "
+                           "https://github.com/grpc/grpc/blob/master/doc/statuscodes.md, "
+                           "for example 'NOT_FOUND')")
         if "http2Error" in abort:
             raise _invalid(obj, f"{field}.abort.http2Error", abort["http2Error"],
                            "is not supported (HTTP/2 abort fault injection)")

@@ -8,16 +8,13 @@ objects: each served version's ``openAPIV3Schema`` feeds ``/openapi/v2`` and
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import json
-import os
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
+from localmesh.jsoncache import cache_file, cached_json
 from localmesh.yamldoc import safe_load
 
 __all__ = ["CrdVersion", "crd_version"]
@@ -64,20 +61,8 @@ def _all_versions() -> dict[tuple[str, str, str], CrdVersion]:
 def _parsed(data: bytes) -> Any:
     """A CRD file's document; its JSON copy in the user's cache (named by content) when
     there is one, as localmesh.validation keeps its schemas: libyaml takes 0.1 s for these."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    cache = (Path(root) / "meshchaos" / "crds" / f"{hashlib.sha256(data).hexdigest()[:24]}.json"
-             if os.path.isabs(root) else None)
-    if cache is not None:
-        with contextlib.suppress(OSError, ValueError):
-            return json.loads(cache.read_bytes())
-    doc = safe_load(data)
-    if cache is not None:
-        with contextlib.suppress(OSError):  # best effort: a read-only home parses every time
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(doc))
-            tmp.replace(cache)
-    return doc
+    name = f"{hashlib.sha256(data).hexdigest()[:24]}.json"
+    return cached_json(cache_file("crds", name), lambda: safe_load(data))
 
 
 def crd_version(group: str, kind: str, version: str) -> CrdVersion | None:

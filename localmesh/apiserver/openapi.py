@@ -19,25 +19,23 @@ Where the schemas come from (the reasons are in docs/fidelity.md §8.1):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import functools
 import hashlib
 import importlib.metadata
 import json
-import os
 import re
 import threading
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from localmesh.apiserver.crds import crd_version
 from localmesh.apiserver.openapi_pb import encode_document
+from localmesh.jsoncache import cache_file, cached_json
 from localmesh.resources import ResourceRegistry, ResourceType
 
 __all__ = ["OpenApiDocs", "gv_path", "unknown_builtin_fields"]
@@ -189,27 +187,11 @@ def _builtin_components() -> dict[str, Schema]:
     so later meshes read it as JSON instead.
     """
     # The distribution's version, not kubernetes.__version__: importing the package costs 0.3 s.
-    cache = _cache_file(f"core-{importlib.metadata.version('kubernetes')}-{_WALK_FORMAT}.json")
-    if cache is not None:
-        with contextlib.suppress(OSError, ValueError):
-            cached: dict[str, Schema] = json.loads(cache.read_bytes())
-            return cached
-    schemas = _walk_models()
-    if cache is not None:
-        with contextlib.suppress(OSError):  # best effort: a read-only home walks every time
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(schemas))
-            tmp.replace(cache)
-    return schemas
+    name = f"core-{importlib.metadata.version('kubernetes')}-{_WALK_FORMAT}.json"
+    return cached_json(cache_file("openapi", name), _walk_models)
 
 
 _WALK_FORMAT = 1  # bump when _ModelWalker's output changes: old cache files are then ignored
-
-
-def _cache_file(name: str) -> Path | None:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "meshchaos" / "openapi" / name if os.path.isabs(root) else None
 
 
 def _walk_models() -> dict[str, Schema]:
