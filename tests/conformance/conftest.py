@@ -17,7 +17,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,12 +99,15 @@ class Sidecars:
         self.procs: list[SidecarProc] = []
 
     async def start(self, pod: str, service: str, *, app_port: int = 0,
-                    mode: str = "sidecar", namespace: str = NS) -> SidecarProc:
+                    mode: str = "sidecar", namespace: str = NS,
+                    extra: Sequence[str] = ()) -> SidecarProc:
+        """One sidecar process, once it has written its ports file; ``extra`` arguments are
+        passed on (the supervisor's TCP listener flags, for one)."""
         ports_file = self._tmp / f"{pod}.ports"
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "localmesh.sidecar", "--pod", pod, "--namespace", namespace,
             "--service", service, "--mode", mode, "--app-port", str(app_port),
-            "--ports-file", str(ports_file), stdout=asyncio.subprocess.PIPE,
+            "--ports-file", str(ports_file), *extra, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True)
         sc = SidecarProc(pod, proc, {}, self.pool)
         self.procs.append(sc)

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,29 +65,6 @@ class EchoApp:
             self.server.close()
 
 
-async def start_sidecar(sidecars: Sidecars, tmp: Path, pod: str, service: str, extra: list[str],
-                        app_port: int = 0) -> SidecarProc:
-    """Sidecars.start with the supervisor's TCP listener arguments."""
-    ports_file = tmp / f"{pod}.ports"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "localmesh.sidecar", "--pod", pod, "--namespace", NS,
-        "--service", service, "--app-port", str(app_port), "--ports-file", str(ports_file),
-        *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True)
-    sc = SidecarProc(pod, proc, {}, sidecars.pool)
-    sidecars.procs.append(sc)
-    assert proc.stdout is not None and proc.stderr is not None
-    sc._tasks = [asyncio.create_task(sc._read(proc.stdout, sc.lines, True)),
-                 asyncio.create_task(sc._read(proc.stderr, sc.stderr, False))]
-    async with asyncio.timeout(20):
-        while not ports_file.exists():
-            if proc.returncode is not None:
-                raise RuntimeError(f"sidecar {pod} exited: {sc.stderr}")
-            await asyncio.sleep(0.02)
-    sc.ports = json.loads(ports_file.read_text())
-    return sc
-
-
 @dataclass
 class TcpPair:
     """``front`` (caller) → ``echo-0`` (callee, the echo app behind it), over TCP."""
@@ -125,14 +99,15 @@ class TcpPair:
 
 
 @pytest.fixture
-async def tcp_pair(sidecars: Sidecars, tmp_path: Path) -> AsyncIterator[TcpPair]:
+async def tcp_pair(sidecars: Sidecars) -> AsyncIterator[TcpPair]:
     app = EchoApp()
     await app.start()
     front_listen, echo_listen = free_port(), free_port()
-    echo = await start_sidecar(sidecars, tmp_path, "echo-0", "echo",
-                               ["--tcp-inbound", f"{ECHO_PORT}={echo_listen}"], app.port)
-    front = await start_sidecar(sidecars, tmp_path, "front-0", "front",
-                                ["--tcp-outbound", f"{ECHO}:{ECHO_PORT}={front_listen}"])
+    # The supervisor's TCP listener arguments, as it gives them to a pod's sidecar.
+    echo = await sidecars.start("echo-0", "echo", app_port=app.port,
+                                extra=["--tcp-inbound", f"{ECHO_PORT}={echo_listen}"])
+    front = await sidecars.start("front-0", "front",
+                                 extra=["--tcp-outbound", f"{ECHO}:{ECHO_PORT}={front_listen}"])
     pair = TcpPair(front, echo, app, front_listen, echo_listen)
     await pair.configure()
     try:
