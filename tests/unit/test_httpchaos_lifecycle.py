@@ -7,12 +7,12 @@ schemas and the webhook rules, recording doubles at the xDS and supervisor bound
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from localmesh.errors import Invalid
+from tests.unit import test_chaos_lifecycle
 from tests.unit.test_chaos_lifecycle import (
     GROUP,
     Harness,
@@ -22,22 +22,14 @@ from tests.unit.test_chaos_lifecycle import (
     has_condition,
 )
 
+# The same fixture: a Harness whose controller is started, and stopped after the test.
+h = test_chaos_lifecycle.h
 PLURAL = "httpchaos"
 # What the supervisor publishes for a pod with a sidecar: its app's loopback port among them.
 SIDECAR_PORTS = {"meshchaos.io/app-port": "41001", "meshchaos.io/inbound-port": "41002"}
 ABORT: dict[str, Any] = {"mode": "all", "selector": {"labelSelectors": {"app": "pricing"}},
                          "target": "Request", "port": 8080, "path": "/api/*", "method": "GET",
                          "abort": True}
-
-
-@pytest.fixture
-async def h() -> AsyncIterator[Harness]:
-    harness = Harness()
-    await harness.controller.start()
-    try:
-        yield harness
-    finally:
-        await harness.controller.stop()
 
 
 def add_pricing(h: Harness, name: str = "pricing-a") -> None:
