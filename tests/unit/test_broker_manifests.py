@@ -18,20 +18,14 @@ from localmesh.rabbitmq import SERVER, check_objects, private_home
 from localmesh.supervisor.podspec import COMMAND_ANNOTATION
 from localmesh.supervisor.probes import ReadinessProbe
 from localmesh.validation import validate_object
+from tests.unit.test_k8s_manifests import kubernetes_documents, load_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "fixtures" / "broker" / "k8s"
 Obj = dict[str, Any]
 
 
-def load_all() -> list[Obj]:
-    objects: list[Obj] = []
-    for path in sorted(MANIFESTS.glob("*.yaml")):
-        objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
-    return objects
-
-
-OBJECTS = load_all()
+OBJECTS = load_objects(MANIFESTS)
 
 
 def one(kind: str) -> Obj:
@@ -43,12 +37,7 @@ def one(kind: str) -> Obj:
 def test_every_file_is_yaml_of_kubernetes_objects(path: Path) -> None:
     """kubectl apply -f fixtures/broker/k8s/ reads every file: apiVersion, kind, metadata.name
     and a namespace (the chain's, shop)."""
-    assert path.suffix == ".yaml"
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    assert docs
-    for doc in docs:
-        assert {"apiVersion", "kind", "metadata"} <= doc.keys()
-        assert doc["metadata"]["name"]
+    for doc in kubernetes_documents(path):
         assert doc["metadata"].get("namespace") == "shop"
 
 

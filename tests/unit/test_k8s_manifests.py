@@ -29,14 +29,26 @@ HOPS = {"frontend", "orders", "inventory", "pricing", "ratings"}
 Obj = dict[str, Any]
 
 
-def load_all() -> list[Obj]:
-    objects: list[Obj] = []
-    for path in sorted(MANIFESTS.glob("*.yaml")):
-        objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
-    return objects
+def load_objects(folder: Path) -> list[Obj]:
+    """Every object of a manifests folder's YAML files, in the order kubectl apply -f reads
+    them (the store's and the broker's folders are read with this too)."""
+    return [doc for path in sorted(folder.glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
 
 
-OBJECTS = load_all()
+def kubernetes_documents(path: Path) -> list[Obj]:
+    """One manifests file's documents, each checked for what kubectl apply -f needs of any
+    object: apiVersion, kind and metadata.name (which namespace, each folder's test says)."""
+    assert path.suffix == ".yaml"
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= doc.keys()
+        assert doc["metadata"]["name"]
+    return docs
+
+
+OBJECTS = load_objects(MANIFESTS)
 
 
 def of_kind(kind: str, objects: list[Obj] = OBJECTS) -> list[Obj]:
@@ -58,12 +70,7 @@ def label(obj: Obj) -> str:
 def test_every_file_is_yaml_of_kubernetes_objects(path: Path) -> None:
     """kubectl apply -f fixtures/k8s/ reads every file: each document needs apiVersion, kind
     and metadata.name (and a namespace unless it is cluster-scoped)."""
-    assert path.suffix == ".yaml"
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    assert docs
-    for doc in docs:
-        assert {"apiVersion", "kind", "metadata"} <= doc.keys()
-        assert doc["metadata"]["name"]
+    for doc in kubernetes_documents(path):
         assert doc["kind"] == "Namespace" or doc["metadata"].get("namespace")
 
 

@@ -11,11 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from localmesh.manifests import load_manifests
 from localmesh.validation import parse_go_duration, validate_object
-from tests.unit.test_k8s_manifests import CRD_FILES, crd_schema, unknown_fields, validator
+from tests.unit.test_k8s_manifests import (
+    CRD_FILES,
+    crd_schema,
+    kubernetes_documents,
+    load_objects,
+    unknown_fields,
+    validator,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "fixtures" / "store" / "k8s"
@@ -29,12 +35,7 @@ EDGE_BUDGET_MS = 1500.0
 Obj = dict[str, Any]
 
 
-def load(folder: Path) -> list[Obj]:
-    return [doc for path in sorted(folder.glob("*.yaml"))
-            for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
-
-
-OBJECTS = load(MANIFESTS)
+OBJECTS = load_objects(MANIFESTS)
 
 
 def by_name(kind: str, name: str, objects: list[Obj] = OBJECTS) -> Obj:
@@ -61,12 +62,7 @@ def env(name: str) -> dict[str, str]:
 def test_every_file_is_yaml_of_kubernetes_objects(path: Path) -> None:
     """kubectl apply -f fixtures/store/k8s/ reads every file: apiVersion, kind, metadata.name,
     and a namespace unless the object is cluster-scoped."""
-    assert path.suffix == ".yaml"
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    assert docs
-    for doc in docs:
-        assert {"apiVersion", "kind", "metadata"} <= doc.keys()
-        assert doc["metadata"]["name"]
+    for doc in kubernetes_documents(path):
         assert doc["kind"] == "Namespace" or doc["metadata"].get("namespace")
 
 
@@ -109,7 +105,7 @@ def test_namespace_store_has_sidecar_injection_enabled() -> None:
 def test_mesh_config_and_telemetry_are_the_reference_chains() -> None:
     """The probes read both chains' sidecars alike: the same ConfigMap (honour-app-headers
     annotation, extended access-log format, 100% sampling) and the same Telemetry."""
-    reference = load(REFERENCE)
+    reference = load_objects(REFERENCE)
     for kind, name in (("ConfigMap", "istio"), ("Telemetry", "mesh-default")):
         ours, theirs = by_name(kind, name), by_name(kind, name, reference)
         assert ours == theirs
