@@ -66,7 +66,9 @@ def _authenticate(token: str) -> Middleware:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # As the bytes came: aiohttp keeps undecodable ones as surrogates, which a strict
+        # encode would raise on (a 500 instead of the 401).
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, expected):  # constant time: no guessing by timing
             raise Unauthorized("Unauthorized")
         return await handler(request)

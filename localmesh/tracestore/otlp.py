@@ -205,9 +205,10 @@ def _authenticate(token: str) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: _Handler) -> web.StreamResponse:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        # constant time: no guessing the token by timing
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 expected):
+        # Bytes as they came (aiohttp keeps undecodable ones as surrogates: a strict encode
+        # would raise, a 500), compared in constant time: no guessing the token by timing.
+        presented = given.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
             log.warning("refused an OTLP export from %s without the mesh's token",
                         request.remote)
             return _unauthorized(request.content_type)

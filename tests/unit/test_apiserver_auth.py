@@ -12,6 +12,7 @@ chaostoolkit-kubernetes, kubectl) send the token and trust the CA without being 
 from __future__ import annotations
 
 import base64
+import socket
 import ssl
 import stat
 from collections.abc import Iterator
@@ -75,6 +76,20 @@ def test_a_wrong_token_is_refused_too(guarded: tuple[str, Path]) -> None:
         response = requests.get(f"{url}/api/v1/namespaces", timeout=5,
                                 verify=trusted(kubeconfig), headers={"Authorization": header})
         assert response.status_code == 401, header
+
+
+def test_a_header_that_is_not_utf8_is_401_not_a_server_error(guarded: tuple[str, Path]) -> None:
+    """RFC 9110 §5.5: a field value may hold obs-text (bytes over 0x7F); such a token is
+    simply not the mesh's."""
+    url, kubeconfig = guarded
+    context = ssl.create_default_context(cafile=trusted(kubeconfig))
+    host, port = url.removeprefix("https://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as conn:
+        conn.sendall(b"GET /api/v1/pods HTTP/1.1\r\nHost: api\r\nConnection: close\r\n"
+                     b"Authorization: Bearer \xff\xfe\r\n\r\n")
+        head = conn.recv(4096).split(b"\r\n", 1)[0]
+    assert head == b"HTTP/1.1 401 Unauthorized"
 
 
 def test_the_kubeconfigs_token_and_ca_let_its_clients_in(guarded: tuple[str, Path]) -> None:

@@ -15,6 +15,7 @@ Jaeger-style query API) stay open, as Jaeger's query service is by default.
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -98,6 +99,18 @@ def test_an_export_with_a_wrong_token_is_401_and_stores_nothing(guarded: Guarded
                    f"Basic {guarded.token}", "Bearer "):
         response = guarded.post(_export(), {"Authorization": header})
         assert response.status_code == 401, header
+    assert len(guarded.store) == 0
+
+
+def test_a_header_that_is_not_utf8_is_a_401_not_a_server_error(guarded: Guarded) -> None:
+    """RFC 9110 §5.5: field values may hold obs-text (bytes over 0x7F)."""
+    port = int(guarded.otlp.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: otlp\r\nConnection: close\r\n"
+                     b"Authorization: Bearer \xff\xfe\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 2\r\n\r\n{}")
+        head = conn.recv(4096).split(b"\r\n", 1)[0]
+    assert head == b"HTTP/1.1 401 Unauthorized"
     assert len(guarded.store) == 0
 
 
