@@ -4,21 +4,26 @@
 yields its :class:`~localmesh.statedir.Endpoints`; ``local_mesh_thread`` gives the
 MeshThread itself (``.mesh.store``, ``.mesh.supervisor``, ``.run(coro)``,
 ``.mesh.state.path``). ``echo_manifests`` writes a tiny mesh of the test echo app
-for tests that need one of their own.
+for tests that need one of their own. ``run_chaos`` runs ``chaos run`` as a user would and
+judges its journal.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from localmesh.mesh import MeshThread
 from localmesh.statedir import Endpoints
+from reports.model import load_journal
+from reports.verdict import Outcome, compute_verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN_MANIFESTS = ROOT / "fixtures" / "k8s"
@@ -189,3 +194,36 @@ def local_mesh(local_mesh_thread: MeshThread) -> Endpoints:
     endpoints = local_mesh_thread.mesh.endpoints
     assert endpoints is not None
     return endpoints
+
+
+def run_chaos(args: Sequence[str], tmp_path: Path, env: Mapping[str, str], *,
+              timeout_s: float, name: str) -> tuple[Outcome, str, str, int]:
+    """``chaos run --journal-path <tmp_path>/journal.json <args>`` from the repository root
+    with ``env``, in a process group of its own; the verdict of its journal, that verdict's
+    line with the run's report from ``<tmp_path>/reports`` (the output's tail without one),
+    the run's output and its exit code. A run over ``timeout_s`` fails the test (``name``
+    says which) and is killed, its local mesh with it."""
+    journal = tmp_path / "journal.json"
+    proc = subprocess.Popen([sys.executable, "-m", "chaostoolkit", "--no-log-file", "run",
+                             "--journal-path", str(journal), *args], cwd=ROOT, env=dict(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        pytest.fail(f"{name} overran {timeout_s} s:\n{out[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert journal.is_file(), out[-3000:]
+    verdict = compute_verdict(load_journal(journal))
+    report = sorted((tmp_path / "reports").glob("*/report.md"))
+    summary = f"{verdict.line()}\n{report[-1].read_text()[:4000] if report else out[-3000:]}"
+    return verdict.outcome, summary, out, proc.returncode

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +18,9 @@ import pytest
 from localmesh.mesh import MeshThread
 from localmesh.statedir import StateDir
 from probes.controls import localmesh
-from reports.model import load_journal
-from reports.verdict import Outcome, compute_verdict
+from reports.verdict import Outcome
 
-from .conftest import alive
+from .conftest import alive, run_chaos
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -75,32 +71,11 @@ def test_the_twin_table_names_every_twin_and_matches_the_experiments() -> None:
 
 def run_experiment(path: Path, tmp_path: Path, **env: str) -> tuple[Outcome, str, int]:
     """``chaos run`` one experiment on a fresh local mesh; return verdict, summary, exit code."""
-    journal = tmp_path / "journal.json"
     environ = {**os.environ, "MESHCHAOS_STATE_DIR": str(tmp_path / "state"),
                "MESHCHAOS_REPORT_DIR": str(tmp_path / "reports"), **env}
-    proc = subprocess.Popen([sys.executable, "-m", "chaostoolkit", "--no-log-file", "run",
-                             "--journal-path", str(journal), str(path)], cwd=ROOT, env=environ,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-        pytest.fail(f"{path.name} overran {RUN_TIMEOUT_S} s:\n{out[-3000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert journal.is_file(), out[-3000:]
-    verdict = compute_verdict(load_journal(journal))
-    report = sorted((tmp_path / "reports").glob("*/report.md"))
-    summary = f"{verdict.line()}\n{report[-1].read_text()[:4000] if report else out[-3000:]}"
-    return verdict.outcome, summary, proc.returncode
+    outcome, summary, _, code = run_chaos([str(path)], tmp_path, environ,
+                                          timeout_s=RUN_TIMEOUT_S, name=path.name)
+    return outcome, summary, code
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)

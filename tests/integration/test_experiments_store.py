@@ -13,19 +13,15 @@ for it.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from reports.model import load_journal
-from reports.verdict import Outcome, compute_verdict
+from reports.verdict import Outcome
+from tests.integration.conftest import run_chaos
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 100.0  # under the per-test timeout of 120 s
 # What points every experiment at the store chain...
 STORE = {"namespace": "store", "entry_path": "/api/items/42",
@@ -46,38 +42,16 @@ TARGETS: dict[str, dict[str, str]] = {
 def chaos_run(experiment: str, tmp_path: Path, **variables: str) -> tuple[Outcome, str, str]:
     """``chaos run --var …`` from the repository root; the verdict, its line plus the report,
     and the run's output."""
-    journal = tmp_path / "journal.json"
-    args = [sys.executable, "-m", "chaostoolkit", "--no-log-file", "run",
-            "--journal-path", str(journal)]
     given = {**STORE, **TARGETS[experiment], "meshchaos_state_dir": str(tmp_path / "state"),
              "report_dir": str(tmp_path / "reports"), **variables}
-    for key, value in given.items():
-        args += ["--var", f"{key}={value}"]
+    args = [arg for key, value in given.items() for arg in ("--var", f"{key}={value}")]
     # Nothing from the environment may aim the run elsewhere: --var alone points it.
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHCHAOS_")}
-    proc = subprocess.Popen([*args, f"experiments/{experiment}.json"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-        pytest.fail(f"{experiment} overran {RUN_TIMEOUT_S} s:\n{out[-3000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert journal.is_file(), out[-3000:]
-    verdict = compute_verdict(load_journal(journal))
-    report = sorted((tmp_path / "reports").glob("*/report.md"))
-    summary = f"{verdict.line()}\n{report[-1].read_text()[:4000] if report else out[-3000:]}"
-    assert (proc.returncode == 0) is (verdict.outcome is Outcome.PASS), summary
-    return verdict.outcome, summary, out
+    outcome, summary, out, code = run_chaos([*args, f"experiments/{experiment}.json"],
+                                            tmp_path, env, timeout_s=RUN_TIMEOUT_S,
+                                            name=experiment)
+    assert (code == 0) is (outcome is Outcome.PASS), summary
+    return outcome, summary, out
 
 
 # What a run must say besides its verdict: timeout-cascade's delay is twice the stock ->
