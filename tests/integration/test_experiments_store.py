@@ -19,30 +19,17 @@ import pytest
 
 from reports.verdict import Outcome
 from tests.integration.conftest import run_chaos
+from tests.store_chain import STORE, STORE_VARS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RUN_TIMEOUT_S = 100.0  # under the per-test timeout of 120 s
-# What points every experiment at the store chain...
-STORE = {"namespace": "store", "entry_path": "/api/items/42",
-         "meshchaos_manifests": "fixtures/store/k8s"}
-# ...and what each one acts on there (the README's table).
-TARGETS: dict[str, dict[str, str]] = {
-    "timeout-cascade": {"target_service": "warehouse", "target_caller": "stock"},
-    "pod-kill-midchain": {"target_service": "stock"},
-    "partition-leaf": {"target_service": "stock", "partition_peer": "warehouse"},
-    "lossy-retry-budget": {"target_service": "catalog"},
-    "sidecar-failure": {"side_service": "reviews"},
-    "deadline-headers-audit": {},
-    "fault-delay-beyond-timeout": {"target_service": "warehouse", "target_caller": "stock"},
-    "fault-abort-side-hop": {"side_service": "reviews"},
-}
 
 
 def chaos_run(experiment: str, tmp_path: Path, **variables: str) -> tuple[Outcome, str, str]:
     """``chaos run --var …`` from the repository root; the verdict, its line plus the report,
     and the run's output."""
-    given = {**STORE, **TARGETS[experiment], "meshchaos_state_dir": str(tmp_path / "state"),
+    given = {**STORE, **STORE_VARS[experiment], "meshchaos_state_dir": str(tmp_path / "state"),
              "report_dir": str(tmp_path / "reports"), **variables}
     args = [arg for key, value in given.items() for arg in ("--var", f"{key}={value}")]
     # Nothing from the environment may aim the run elsewhere: --var alone points it.
@@ -65,7 +52,7 @@ SAYS = {"timeout-cascade": "delay 7000 ms = 2 x stock->warehouse timeout 3500 ms
                                 'fault {"abort": {"httpStatus": 503'}
 
 
-@pytest.mark.parametrize("experiment", sorted(TARGETS))
+@pytest.mark.parametrize("experiment", sorted(STORE_VARS))
 def test_each_experiment_passes_on_the_correct_store_chain_by_var_alone(
         experiment: str, tmp_path: Path) -> None:
     outcome, summary, out = chaos_run(experiment, tmp_path)

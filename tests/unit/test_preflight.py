@@ -4,8 +4,9 @@ the namespace lacks, an entry path no ingress route matches, a timeout experimen
 service without a route timeout. Each is a ConfigurationError naming the key and the value.
 
 The mesh is the store chain's own manifests (fixtures/store/k8s) in the local API server on
-loopback, read through the official Kubernetes client; the experiments are the six shipped
-files, their configuration loaded by chaoslib exactly as ``chaos run --var`` loads it.
+loopback, read through the official Kubernetes client; the experiments are the shipped
+files, with the --var of tests/store_chain.py, their configuration loaded by chaoslib
+exactly as ``chaos run --var`` loads it.
 """
 
 from __future__ import annotations
@@ -27,19 +28,11 @@ from probes import preflight
 from probes.controls import safety as safety_control
 from probes.errors import ConfigurationError
 from tests.apiserver_helpers import ServedApi, namespace, serve_api
+from tests.store_chain import STORE_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
 STORE_MANIFESTS = ROOT / "fixtures" / "store" / "k8s"
 STORE_SERVICES = "catalog, gateway, reviews, stock, warehouse"
-# The --var of each experiment on the store chain (README "A chain of your own").
-STORE_VARS: dict[str, dict[str, str]] = {
-    "timeout-cascade": {"target_service": "warehouse", "target_caller": "stock"},
-    "pod-kill-midchain": {"target_service": "stock"},
-    "partition-leaf": {"target_service": "stock", "partition_peer": "warehouse"},
-    "lossy-retry-budget": {"target_service": "catalog"},
-    "sidecar-failure": {"side_service": "reviews"},
-    "deadline-headers-audit": {},
-}
 
 
 class NoLogs:
