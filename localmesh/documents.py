@@ -257,7 +257,12 @@ class FaultDelayDoc(TypedDict):
 
 
 class FaultAbortDoc(TypedDict):
-    http_status: StatusCode  # Envoy's proto rule: 200 <= status < 600 (checked by the reader)
+    """Envoy's FaultAbort: its ``error_type`` is one of ``http_status`` and ``grpc_status``."""
+
+    # Envoy's proto rule: 200 <= status < 600 (checked by the reader); default: a gRPC abort.
+    http_status: NotRequired[StatusCode]
+    # A gRPC status code (Istio's grpcStatus name translated, docs/fidelity.md §2.4).
+    grpc_status: NotRequired[StatusCode]
     percentage: FractionalPercentDoc
 
 

@@ -16,12 +16,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-__all__ = ["HTTP2_PROTOCOLS", "HTTP_PROTOCOLS", "TCP_INBOUND_ANNOTATION", "TCP_PROTOCOLS",
-           "Protocol", "carries_tcp", "port_protocol", "speaks_http2"]
+__all__ = ["GRPC_CODES", "HTTP2_PROTOCOLS", "HTTP_PROTOCOLS", "TCP_INBOUND_ANNOTATION",
+           "TCP_PROTOCOLS", "Protocol", "carries_tcp", "port_protocol", "speaks_http2"]
 
 # Written on a pod by the supervisor, read by the control plane: the loopback port of the
 # pod's inbound TCP listener, which callers' sidecars connect to for its TCP ports.
 TCP_INBOUND_ANNOTATION = "meshchaos.io/tcp-inbound-port"
+
+# Istio's grpc.SupportedGRPCStatus (pkg/util/grpc): the names a VirtualService's
+# ``fault.abort.grpcStatus`` may carry and the code each stands for (gRPC's
+# doc/statuscodes.md); istiod's webhook refuses any other name (docs/fidelity.md §2.4).
+GRPC_CODES: Mapping[str, int] = {name: code for code, name in enumerate((
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED"))}
 
 Protocol = Literal["http", "tcp", "auto", "udp"]
 

@@ -49,6 +49,7 @@ from localmesh.http.client import ConnectionPool
 from localmesh.http.errors import HttpError
 from localmesh.meshconfig import MeshConfig, parse_duration_ms
 from localmesh.protocols import (
+    GRPC_CODES,
     TCP_INBOUND_ANNOTATION,
     carries_tcp,
     port_protocol,
@@ -177,8 +178,8 @@ def _fault(spec: Mapping[str, Any] | None, where: str) -> HttpFaultDoc | None:
 
     A delay's ``percentage`` wins over the deprecated integer ``percent`` (per HUNDRED);
     with neither the delay fires for no request, and an abort without ``percentage`` aborts
-    none. ``exponentialDelay`` and abort kinds other than ``httpStatus`` are dropped as
-    Istio drops what Envoy cannot do (gRPC status needs gRPC, which the local mesh lacks).
+    none. ``exponentialDelay`` is dropped as Istio drops it; a ``grpcStatus`` abort becomes
+    Envoy's numeric ``grpc_status`` (the code's number, ``UNAVAILABLE`` → 14).
     """
     if not spec:
         return None
@@ -197,15 +198,21 @@ def _fault(spec: Mapping[str, Any] | None, where: str) -> HttpFaultDoc | None:
         log.warning("%s.delay: only fixedDelay is translated (Istio: exponential faults are "
                     "not yet supported)", where)
     abort = spec.get("abort")
-    if abort and abort.get("httpStatus") is not None:
+    if abort and (abort.get("httpStatus") is not None or abort.get("grpcStatus") is not None):
         abort_doc: FaultAbortDoc = {
-            "http_status": int(abort["httpStatus"]),
             "percentage": _percentage(abort["percentage"])
             if abort.get("percentage") is not None
             else {"numerator": 0, "denominator": "HUNDRED"}}
+        if abort.get("httpStatus") is not None:
+            abort_doc["http_status"] = int(abort["httpStatus"])
+        else:
+            # TranslateFault: FaultAbort_GrpcStatus{uint32(SupportedGRPCStatus[name])}; the
+            # admission check refused any other name (localmesh/validation.py _check_fault).
+            abort_doc["grpc_status"] = GRPC_CODES[str(abort["grpcStatus"])]
         out["abort"] = abort_doc
     elif abort:
-        log.warning("%s.abort: only httpStatus aborts are emulated (no gRPC, no HTTP/2)", where)
+        log.warning("%s.abort: only httpStatus and grpcStatus aborts are emulated "
+                    "(http2Error is refused by Istio's webhook)", where)
     return out or None
 
 

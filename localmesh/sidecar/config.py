@@ -18,6 +18,7 @@ from typing import Any
 
 from localmesh.doccheck import Shape, ShapeError, show
 from localmesh.documents import (
+    FaultAbortDoc,
     FaultRuleDoc,
     FractionalPercentDoc,
     GatewayRoutesDoc,
@@ -142,12 +143,15 @@ class Fraction:
 @dataclass(frozen=True)
 class RouteFault:
     """Envoy's fault filter configured on one route (docs/fidelity.md §2.4): a fixed delay
-    (0 = none) and an abort status (0 = none), each with its own fraction."""
+    (0 = none) and an abort status (0 = none), each with its own fraction. A gRPC abort
+    (``abort_grpc_status`` set) has the HTTP status 200, as ``FaultFilter::abortStatus``
+    gives it."""
 
     delay_s: float
     delay_fraction: Fraction
     abort_status: int
     abort_fraction: Fraction
+    abort_grpc_status: int | None = None
 
     def delays(self) -> bool:
         return self.delay_s > 0 and self.delay_fraction.fires()
@@ -318,13 +322,29 @@ def _route_fault(spec: HttpFaultDoc | None, where: str) -> RouteFault | None:
     delay, abort = spec.get("delay"), spec.get("abort")
     if delay is None and abort is None:
         raise SidecarConfigError(f"sidecar config: {where} has neither delay nor abort")
-    status = abort["http_status"] if abort else 0
-    if abort is not None and not 200 <= status < 600:
-        # FaultAbort.http_status: [(validate.rules).uint32 = {lt: 600 gte: 200}]
-        raise _bad(f"{where}.abort.http_status", status, "an HTTP status in [200, 600)")
+    status, grpc_status = 0, None
+    if abort is not None:
+        status, grpc_status = _abort_status(abort, where)
     return RouteFault(float(delay["fixed_delay_ms"]) / 1000.0 if delay else 0.0,
                       _fraction(delay["percentage"]) if delay else _NEVER,
-                      status, _fraction(abort["percentage"]) if abort else _NEVER)
+                      status, _fraction(abort["percentage"]) if abort else _NEVER, grpc_status)
+
+
+def _abort_status(abort: FaultAbortDoc, where: str) -> tuple[int, int | None]:
+    """(HTTP status, gRPC status or None) of a FaultAbort: its ``error_type`` oneof is one of
+    the two; a gRPC abort is answered 200 (``FaultFilter::abortStatus``, §2.4)."""
+    if "http_status" in abort and "grpc_status" in abort:
+        raise _bad(f"{where}.abort", "http_status and grpc_status", "one error type, not two")
+    if "grpc_status" in abort:
+        return 200, int(abort["grpc_status"])
+    if "http_status" not in abort:
+        raise SidecarConfigError(f"sidecar config: {where}.abort has neither http_status "
+                                 "nor grpc_status")
+    status = abort["http_status"]
+    if not 200 <= status < 600:
+        # FaultAbort.http_status: [(validate.rules).uint32 = {lt: 600 gte: 200}]
+        raise _bad(f"{where}.abort.http_status", status, "an HTTP status in [200, 600)")
+    return status, None
 
 
 def _route(spec: RouteDoc, where: str) -> Route:

@@ -10,7 +10,7 @@
   (``Grpc::Common::toGrpcTimeout``: ms while it fits 8 digits, then S, M, H);
 - a local reply to a gRPC request is trailers-only: ``:status 200``, ``grpc-status`` from
   ``Grpc::Utility::httpToGrpcStatus`` and the body text, percent-encoded, as
-  ``grpc-message``.
+  ``grpc-message``; a fault filter's gRPC abort gives its own status instead (§2.4).
 """
 
 from __future__ import annotations
@@ -94,10 +94,12 @@ def percent_encode(text: str) -> str:
     return "".join(out)
 
 
-def grpc_local_reply(local: Response) -> Response:
-    """The trailers-only answer Envoy sends a gRPC caller instead of a local reply."""
-    headers = {"content-type": "application/grpc",
-               "grpc-status": str(http_to_grpc_status(local.status))}
+def grpc_local_reply(local: Response, grpc_status: int | None = None) -> Response:
+    """The trailers-only answer Envoy sends a gRPC caller instead of a local reply;
+    ``grpc_status`` is ``sendLocalReply``'s override (a fault filter's gRPC abort), else the
+    status is ``httpToGrpcStatus`` of the reply's."""
+    code = grpc_status if grpc_status is not None else http_to_grpc_status(local.status)
+    headers = {"content-type": "application/grpc", "grpc-status": str(code)}
     text = local.body.decode("utf-8", "replace")
     if text:
         headers["grpc-message"] = percent_encode(text)

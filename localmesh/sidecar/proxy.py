@@ -29,6 +29,7 @@ from localmesh.http.server import ServerConnection
 from localmesh.sidecar import admin
 from localmesh.sidecar.accesslog import AccessLog
 from localmesh.sidecar.config import (
+    RouteFault,
     SidecarConfig,
     parse_config,
 )
@@ -118,6 +119,8 @@ class Sidecar:
             "downstream_rq_inbound": 0, "downstream_rq_outbound": 0, "upstream_rq_retry": 0,
             "rq_timeout": 0, "downstream_cx_destroy_remote": 0, "config_updates": 0,
             "config_rejected": 0, "downstream_rq_http2": 0,
+            # HTTP/2 streams into the app while HTTPChaos rules were on: not acted on (§5.5).
+            "http_chaos_http2_unaffected": 0,
         }
         self._old_exporters: set[asyncio.Task[None]] = set()
         self.planner = RoutePlanner(self.picker, pod=pod, namespace=namespace, fqdn=self.fqdn,
@@ -476,7 +479,7 @@ class Sidecar:
             ex.txn.add_flag("DI")
             return fault.delay_s
         if fault.aborts():
-            return self._abort(ex, fault.abort_status)
+            return self._abort(ex, fault)
         return 0.0
 
     async def _after_delay(self, ex: _Exchange, delay_s: float) -> Response:
@@ -495,16 +498,22 @@ class Sidecar:
             raise
         assert ex.up is not None and ex.up.fault is not None  # set when the delay began
         if ex.up.fault.aborts():
-            return self._abort(ex, ex.up.fault.abort_status)
+            return self._abort(ex, ex.up.fault)
         return await self._rest(ex, None)
 
-    def _abort(self, ex: _Exchange, status: int) -> Response:
+    def _abort(self, ex: _Exchange, fault: RouteFault) -> Response:
         """``FaultFilter::abortWithStatus``: a local reply that never reaches the router, so
-        it has no upstream host, no try and no retry."""
+        it has no upstream host, no try and no retry. A gRPC abort is answered 200 and, to a
+        gRPC request, trailers-only with its own ``grpc-status`` and the body as
+        ``grpc-message`` (``sendLocalReply``'s ``grpc_status`` override), so the log's
+        %GRPC_STATUS% and the span read that code (§2.4, §1.9)."""
         txn = ex.txn
         txn.add_flag("FI")
         txn.details = "fault_filter_abort"
-        resp = local_reply(status, "fault filter abort")
+        resp = local_reply(fault.abort_status, "fault filter abort")
+        if fault.abort_grpc_status is not None and txn.protocol == "HTTP/2" \
+                and is_grpc(ex.headers):
+            resp = grpc_local_reply(resp, fault.abort_grpc_status)
         self._settle(ex, resp)
         return resp
 
@@ -570,6 +579,10 @@ class Sidecar:
         """One HTTP/2 stream's request through the same listener code as HTTP/1.1; a gRPC
         request gets Envoy's gRPC timeout and its local replies trailers-only (§1.9)."""
         self.stats["downstream_rq_http2"] += 1
+        if not outbound and self.http_chaos.active:
+            # The HTTPChaos rules are HTTP/1.1 ones (httpfaults.py): an HTTP/2 stream passes
+            # them by, counted here; the chaos object carries a Warning event (§5.5).
+            self.stats["http_chaos_http2_unaffected"] += 1
         conn = cast(ServerConnection, sconn)  # the request code reads loop, addresses, lost
         te = req.headers.get("te")
         grpc = is_grpc(req.headers)
@@ -583,7 +596,8 @@ class Sidecar:
         if grpc and ex.up is not None:
             ex.up = grpc_route(ex.up, ex.headers)
         resp = await self._serve(ex)
-        if grpc and resp is not None and ex.txn.details != "via_upstream":
+        if grpc and resp is not None and ex.txn.details != "via_upstream" \
+                and "grpc-status" not in resp.headers:  # a gRPC abort already is (§2.4)
             return grpc_local_reply(resp)
         return resp
 

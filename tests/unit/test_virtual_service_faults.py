@@ -129,11 +129,50 @@ def test_the_sidecar_reads_the_translated_fault_in_seconds_and_fractions() -> No
     assert fault.delays() and fault.aborts()
 
 
-def test_what_envoy_cannot_do_is_not_translated() -> None:
-    """``TranslateFault``: a non-fixed delay is dropped ("Exponential faults are not yet
-    supported"); a gRPC abort needs gRPC, which the local mesh lacks (deviation, §2.4)."""
+def test_a_grpc_status_abort_becomes_envoys_numeric_grpc_status_answered_200() -> None:
+    """``TranslateFault``: ``FaultAbort_GrpcStatus{GrpcStatus:
+    uint32(grpc.SupportedGRPCStatus[a.GrpcStatus])}`` ("UNAVAILABLE" → 14); Envoy's
+    ``FaultFilter::abortStatus``: "If gRPC status code is set, then http status will be set
+    to Http::Code::OK (200)" (docs/fidelity.md §2.4)."""
     (route, _) = _routes(_vs({"abort": {"grpcStatus": "UNAVAILABLE",
                                         "percentage": {"value": 100}}}))
+    assert route["fault"] == {"abort": {"grpc_status": 14, "percentage": {
+        "numerator": 1_000_000, "denominator": "MILLION"}}}
+    cfg = parse_config(build_sidecar_config(
+        _shared(route), None, "shop", "front-1", version=1, otlp_endpoint="", faults=[]))
+    fault = cfg.routes[RATINGS][0].fault
+    assert fault is not None
+    assert (fault.abort_status, fault.abort_grpc_status) == (200, 14) and fault.aborts()
+
+
+@pytest.mark.parametrize(("name", "code"), [("OK", 0), ("CANCELLED", 1),
+                                            ("DEADLINE_EXCEEDED", 4), ("UNAUTHENTICATED", 16)])
+def test_every_supported_grpc_status_name_translates_to_its_code(name: str, code: int) -> None:
+    """gRPC's doc/statuscodes.md numbering, as Istio's ``SupportedGRPCStatus`` maps it."""
+    validate_object(_vs({"abort": {"grpcStatus": name, "percentage": {"value": 1}}}))
+    (route, _) = _routes(_vs({"abort": {"grpcStatus": name, "percentage": {"value": 1}}}))
+    assert route["fault"]["abort"]["grpc_status"] == code
+
+
+def test_the_sidecar_refuses_an_abort_with_two_error_types_or_none() -> None:
+    """Envoy's ``FaultAbort.error_type`` is a required oneof: a route document with both
+    ``http_status`` and ``grpc_status``, or neither, is a NACK naming the field."""
+    from localmesh.errors import SidecarConfigError
+    pct = {"numerator": 1, "denominator": "HUNDRED"}
+    for abort, said in (({"http_status": 503, "grpc_status": 14, "percentage": pct},
+                         "abort is 'http_status and grpc_status', not one error type"),
+                        ({"percentage": pct}, "abort has neither http_status nor grpc_status")):
+        route = {"name": "r", "destinations": [{"host": RATINGS}], "fault": {"abort": abort}}
+        with pytest.raises(SidecarConfigError) as caught:
+            parse_config(build_sidecar_config(_shared(route), None, "shop", "front-1",
+                                              version=1, otlp_endpoint="", faults=[]))
+        assert said in str(caught.value), caught.value
+
+
+def test_what_envoy_cannot_do_is_not_translated() -> None:
+    """``TranslateFault``: a non-fixed delay is dropped ("Exponential faults are not yet
+    supported"); an abort without an error type translates to nothing."""
+    (route, _) = _routes(_vs({"delay": {"exponentialDelay": "1s", "percentage": {"value": 1}}}))
     assert "fault" not in route
 
 
@@ -164,6 +203,12 @@ def _refused(fault: dict[str, Any]) -> str:
                  "spec.http[0].fault.delay.percent 150 is not in range 0..100",
                  id="percent-150"),
     pytest.param({}, "spec.http[0].fault {} must have an abort and/or a delay", id="empty"),
+    pytest.param({"abort": {"grpcStatus": "unavailable", "percentage": {"value": 100}}},
+                 "VirtualService 'ratings': spec.http[0].fault.abort.grpcStatus 'unavailable' "
+                 "is not a supported gRPC status", id="grpc-status-lower-case"),
+    pytest.param({"abort": {"grpcStatus": "TIMEOUT", "percentage": {"value": 100}}},
+                 "spec.http[0].fault.abort.grpcStatus 'TIMEOUT' is not a supported gRPC "
+                 "status", id="grpc-status-unknown-name"),
     pytest.param({"abort": {"http2Error": "REFUSED_STREAM"}},
                  "spec.http[0].fault.abort.http2Error 'REFUSED_STREAM' is not supported",
                  id="http2-error"),
