@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from localmesh.chaos.faults import SOURCE, TARGET, record_rules
-from localmesh.chaos.httprules import http_rules
+from localmesh.chaos.httprules import http2_service_ports, http_rules
 from localmesh.documents import FaultRuleDoc, HttpChaosRuleDoc, KubeObject
 from localmesh.errors import EffectError, NotFound
 from localmesh.store import ObjectStore
@@ -96,9 +96,24 @@ class Effects:
             self._http.setdefault(pod_key, {})[chaos_id] = http_rules(spec, chaos_id, pod,
                                                                      pod_key)
             await self._push_http(pod_key, wait=True)
+            self._warn_http2(obj, pod, pod_key, int(spec["port"]))
         else:
             await self._apply_pod(spec, record["id"], chaos_id)
         return f"Successfully apply chaos for {record['id']}"
+
+    def _warn_http2(self, obj: KubeObject, pod: KubeObject, pod_key: str, port: int) -> None:
+        """HTTPChaos acts on HTTP/1.1 only here (the sidecar's rules do not see HTTP/2
+        streams, docs/fidelity.md §5.5): a Warning event on the chaos object names each
+        Service port of the pod that Istio gives HTTP/2, so a run on a gRPC port cannot
+        pass for an injected fault."""
+        names = http2_service_ports(self._store.list("", "services", _split(pod_key)[0]),
+                                    pod, port)
+        if names:
+            self._store.record_event(
+                obj, "HTTP2NotAffected",
+                f"spec.port {port} of pod '{pod_key}' is {', '.join(names)}, which speaks "
+                "HTTP/2: the local HTTPChaos rules act on HTTP/1.1 requests only, so its "
+                "HTTP/2 (gRPC) streams pass unaffected", type_="Warning", component="localmesh")
 
     async def recover(self, obj: KubeObject, record: Record) -> str:
         """Recover one record; a vanished pod counts as recovered."""

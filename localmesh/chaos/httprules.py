@@ -23,8 +23,10 @@ from localmesh.documents import (
     KubeObject,
 )
 from localmesh.errors import EffectError
+from localmesh.protocols import speaks_http2
+from localmesh.selectors import match_labels
 
-__all__ = ["http_rules"]
+__all__ = ["http2_service_ports", "http_rules"]
 
 _PROXY_CONTAINER = "istio-proxy"
 
@@ -124,3 +126,26 @@ def http_rules(spec: Mapping[str, Any], chaos_id: str, pod: KubeObject,
     if spec.get("patch"):
         rule["patch"] = _patch(spec["patch"])
     return [rule]
+
+
+def http2_service_ports(services: list[KubeObject], pod: KubeObject, port: int) -> list[str]:
+    """The Service ports (``"Service 'leaf' port 'grpc'"``) that select ``pod`` and send
+    to its container ``port`` with a protocol Istio gives HTTP/2 (§2.5): ``targetPort`` as
+    a number, as the name of one of the pod's container ports, or absent (= ``port``)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    named = {str(p.get("name")): int(p.get("containerPort", 0))
+             for c in (pod.get("spec") or {}).get("containers") or ()
+             for p in c.get("ports") or () if p.get("name")}
+    out: list[str] = []
+    for svc in services:
+        spec = svc.get("spec") or {}
+        selector = spec.get("selector")
+        if not selector or not match_labels(selector, labels):
+            continue
+        for sp in spec.get("ports") or ():
+            target = sp.get("targetPort", sp.get("port"))
+            container = named.get(target, 0) if isinstance(target, str) else int(target or 0)
+            if container == port and speaks_http2(sp):
+                out.append(f"Service '{svc['metadata']['name']}' port "
+                           f"'{sp.get('name') or sp.get('port')}'")
+    return out

@@ -161,3 +161,33 @@ def test_a_response_target_may_name_any_method() -> None:
     h = Harness()
     h.create("HTTPChaos", "resp", {**ABORT, "target": "Response", "method": "gET", "code": 200})
     assert h.get(PLURAL, "resp")["spec"]["method"] == "gET"
+
+
+def add_service(h: Harness, port_name: str) -> None:
+    h.store.create({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "pricing", "namespace": "shop"},
+                    "spec": {"selector": {"app": "pricing"},
+                             "ports": [{"name": port_name, "port": 80, "targetPort": 8080}]}})
+
+
+async def test_httpchaos_on_a_grpc_port_is_recorded_as_not_acting_on_http2(h: Harness) -> None:
+    """Chaos Mesh has no gRPC chaos (chaos-mesh#2611: "we do not support gRPC chaos now") and
+    the local rules act on HTTP/1.1 requests only (docs/fidelity.md §5.5): when the spec's
+    port is one a Service gives HTTP/2 (port name ``grpc``, Istio's protocol selection §2.5),
+    the chaos object gets a Warning event naming the pod, the port and the Service port."""
+    add_pricing(h)
+    add_service(h, "grpc-api")
+    h.create("HTTPChaos", "api-abort", ABORT)
+    await eventually(has_condition(h, PLURAL, "api-abort", "AllInjected", "True"))
+    [message] = [m for r, m in h.events("api-abort") if r == "HTTP2NotAffected"]
+    assert message.startswith("spec.port 8080 of pod 'shop/pricing-a' is Service 'pricing' "
+                              "port 'grpc-api', which speaks HTTP/2"), message
+
+
+async def test_httpchaos_on_an_http_port_has_no_http2_warning(h: Harness) -> None:
+    """The same chaos on an ``http`` Service port: HTTP/1.1, acted on, no warning."""
+    add_pricing(h)
+    add_service(h, "http-api")
+    h.create("HTTPChaos", "api-abort", ABORT)
+    await eventually(has_condition(h, PLURAL, "api-abort", "AllInjected", "True"))
+    assert "HTTP2NotAffected" not in {r for r, _ in h.events("api-abort")}
