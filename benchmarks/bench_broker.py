@@ -37,6 +37,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tables import row  # noqa: E402
+
 from localmesh.mesh import LocalMesh, MeshThread  # noqa: E402
 from localmesh.supervisor.replicasets import is_pod_ready  # noqa: E402
 from tests.data.amqp_client import write_client_manifests  # noqa: E402
@@ -117,13 +119,6 @@ def latencies(messages: int, batch: int) -> tuple[list[float], list[float]]:
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
-
-def row(name: str, values: list[float], target: str) -> str:
-    if not values:
-        return f"| {name} | 0 | - | - | - | {target} |"
-    return (f"| {name} | {len(values)} | {min(values):.3f} | {statistics.median(values):.3f} "
-            f"| {max(values):.3f} | {target} |")
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from tables import row
 
 from localmesh.daemon import descendants
 from localmesh.mesh import LocalMesh
@@ -146,13 +147,6 @@ def cli_up(manifests: Path) -> tuple[float, float]:
     if up.returncode != 0:
         raise SystemExit(f"meshchaos up failed:\n{up.stdout}\n{up.stderr}")
     return took, cpu
-
-
-def row(name: str, values: list[float], target: str) -> str:
-    if not values:
-        return f"| {name} | 0 | - | - | - | {target} |"
-    return (f"| {name} | {len(values)} | {min(values):.3f} | {statistics.median(values):.3f} "
-            f"| {max(values):.3f} | {target} |")
 
 
 def main() -> None:
