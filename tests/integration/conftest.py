@@ -3,13 +3,15 @@
 ``local_mesh`` runs the reference chain (``fixtures/k8s``) in a MeshThread and
 yields its :class:`~localmesh.statedir.Endpoints`; ``local_mesh_thread`` gives the
 MeshThread itself (``.mesh.store``, ``.mesh.supervisor``, ``.run(coro)``,
-``.mesh.state.path``). ``echo_manifests`` writes a tiny mesh of the test echo app
+``.mesh.state.path``); ``running_mesh`` starts one of a test's own manifests the same way.
+``echo_manifests`` writes a tiny mesh of the test echo app
 for tests that need one of their own. ``run_chaos`` runs ``chaos run`` as a user would and
 judges its journal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -170,7 +172,15 @@ def local_mesh_thread(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh
     if not CHAIN_MANIFESTS.is_dir():
         raise RuntimeError(f"{CHAIN_MANIFESTS} is missing: the local_mesh fixture runs it")
     state_dir = tmp_path_factory.mktemp("local-mesh") / "state"
-    thread = MeshThread([CHAIN_MANIFESTS], state_dir)
+    with running_mesh([CHAIN_MANIFESTS], state_dir) as thread:
+        yield thread
+
+
+@contextlib.contextmanager
+def running_mesh(manifests: list[Path], state_dir: Path) -> Iterator[MeshThread]:
+    """A MeshThread of these manifests, started (every pod Ready, 60 s at most); stopped when
+    the block ends, and whatever of its processes survived killed (stop_and_reap)."""
+    thread = MeshThread(manifests, state_dir)
     thread.start(timeout=60)
     try:
         yield thread

@@ -27,7 +27,7 @@ import pytest
 from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
 from localmesh.yamldoc import safe_load
-from tests.integration.conftest import ECHO_APP, ROOT, stop_and_reap
+from tests.integration.conftest import ECHO_APP, ROOT, running_mesh
 
 pytestmark = [pytest.mark.integration]
 
@@ -164,12 +164,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread]:
     root = tmp_path_factory.mktemp("fault-mesh")
     (root / "manifests").mkdir()
     (root / "manifests" / "mesh.yaml").write_text(MESH)
-    thread = MeshThread([root / "manifests"], root / "state")
-    thread.start(timeout=60)
-    try:
+    with running_mesh([root / "manifests"], root / "state") as thread:
         yield thread
-    finally:
-        stop_and_reap(thread)
 
 
 def _endpoint(thread: MeshThread, name: str) -> str:

@@ -26,7 +26,7 @@ import pytest
 from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
 from localmesh.yamldoc import safe_load_all
-from tests.integration.conftest import ROOT, stop_and_reap, write_echo_manifests
+from tests.integration.conftest import ROOT, running_mesh, stop_and_reap, write_echo_manifests
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl")]
@@ -82,12 +82,8 @@ def delay_manifest() -> tuple[Path, str]:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread]:
     root = tmp_path_factory.mktemp("kubectl-mesh")
     manifests = write_echo_manifests(root / "manifests", extra=PRICING)
-    thread = MeshThread([manifests], root / "state")
-    thread.start(timeout=60)
-    try:
+    with running_mesh([manifests], root / "state") as thread:
         yield thread
-    finally:
-        stop_and_reap(thread)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,13 @@ from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
 from localmesh.statedir import StateDir, otlp_auth_headers, read_otlp_token
 from localmesh.supervisor.podspec import otlp_headers_env
-from tests.integration.conftest import alive, descendants, stop_and_reap, write_echo_manifests
+from tests.integration.conftest import (
+    alive,
+    descendants,
+    running_mesh,
+    stop_and_reap,
+    write_echo_manifests,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -38,12 +44,8 @@ ECHO_HOST = "echo.shop.svc.cluster.local"
 @pytest.fixture(scope="module")
 def echo_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread]:
     root = tmp_path_factory.mktemp("echo-mesh")
-    thread = MeshThread([write_echo_manifests(root / "manifests")], root / "state")
-    thread.start(timeout=60)
-    try:
+    with running_mesh([write_echo_manifests(root / "manifests")], root / "state") as thread:
         yield thread
-    finally:
-        stop_and_reap(thread)
 
 
 def get(url: str, *, host: str | None = None, timeout: float = 5,

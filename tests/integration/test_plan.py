@@ -23,11 +23,10 @@ from typing import Any
 
 import pytest
 
-from localmesh.mesh import MeshThread
 from localmesh.statedir import StateDir
 from reports.model import load_journal
 from reports.verdict import Outcome, compute_verdict
-from tests.integration.conftest import stop_and_reap
+from tests.integration.conftest import running_mesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,12 +85,8 @@ def run_planned(path: Path, tmp_path: Path) -> Outcome:
 def shop_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A live reference-chain mesh; yields its state dir."""
     state = tmp_path_factory.mktemp("plan-shop") / "state"
-    thread = MeshThread([CHAIN], state)
-    thread.start(timeout=60)
-    try:
+    with running_mesh([CHAIN], state):
         yield state
-    finally:
-        stop_and_reap(thread)
 
 
 def test_plan_on_the_live_reference_chain_finds_a_consistent_budget(

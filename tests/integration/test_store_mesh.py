@@ -24,7 +24,7 @@ from localmesh.mesh import MeshThread
 from probes.evidence.accesslog import AccessLogRecord, compile_format, parse_lines
 from probes.evidence.formats import MESHCHAOS_TEXT
 from probes.tracing import trace_continuity
-from tests.integration.conftest import stop_and_reap
+from tests.integration.conftest import running_mesh
 
 pytestmark = [pytest.mark.integration]
 
@@ -39,12 +39,8 @@ T = TypeVar("T")
 @pytest.fixture(scope="module")
 def store_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshThread]:
     root = tmp_path_factory.mktemp("store-mesh")
-    thread = MeshThread([STORE_MANIFESTS], root / "state")
-    thread.start(timeout=60)
-    try:
+    with running_mesh([STORE_MANIFESTS], root / "state") as thread:
         yield thread
-    finally:
-        stop_and_reap(thread)
 
 
 def endpoint(thread: MeshThread, name: str) -> str:
