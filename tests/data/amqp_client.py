@@ -98,28 +98,12 @@ async def healthz(request: web.Request) -> web.Response:
 def write_client_manifests(folder: Path) -> Path:
     """Manifests of a namespace ``shop`` with sidecars, access logs on, and one pod of this app
     (``client``); load them beside fixtures/broker/k8s."""
+    # Imported here: as a pod's program this file runs alone (python <file>), without the
+    # repository on its path; the tests and the benchmark that call this have it.
+    from tests.mesh_manifests import mesh_preamble
+
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "client.yaml").write_text(textwrap.dedent(f"""\
-        apiVersion: v1
-        kind: Namespace
-        metadata:
-          name: shop
-          labels: {{istio-injection: enabled}}
-        ---
-        apiVersion: v1
-        kind: Namespace
-        metadata:
-          name: istio-system
-        ---
-        apiVersion: v1
-        kind: ConfigMap
-        metadata:
-          name: istio
-          namespace: istio-system
-        data:
-          mesh: |
-            accessLogFile: /dev/stdout
-        ---
+    (folder / "client.yaml").write_text(mesh_preamble("shop") + textwrap.dedent(f"""\
         apiVersion: v1
         kind: Service
         metadata:

@@ -26,6 +26,7 @@ from localmesh.mesh import MeshThread
 from localmesh.statedir import Endpoints
 from reports.model import load_journal
 from reports.verdict import Outcome, compute_verdict
+from tests.mesh_manifests import ACCESS_LOGS, mesh_preamble
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN_MANIFESTS = ROOT / "fixtures" / "k8s"
@@ -76,30 +77,8 @@ def write_echo_manifests(folder: Path, *, replicas: int = 1, extra: str = "") ->
     routes the Host ``echo.shop.svc.cluster.local`` from the ingress to echo (an Istio
     gateway routes nothing else: docs/fidelity.md §1.6)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "mesh.yaml").write_text(textwrap.dedent(f"""\
-        apiVersion: v1
-        kind: Namespace
-        metadata:
-          name: shop
-          labels: {{istio-injection: enabled}}
-        ---
-        apiVersion: v1
-        kind: Namespace
-        metadata:
-          name: istio-system
-        ---
-        apiVersion: v1
-        kind: ConfigMap
-        metadata:
-          name: istio
-          namespace: istio-system
-        data:
-          mesh: |
-            accessLogFile: /dev/stdout
-            defaultConfig:
-              tracing:
-                sampling: 100
-        ---
+    mesh_config = ACCESS_LOGS + "defaultConfig:\n  tracing:\n    sampling: 100\n"
+    (folder / "mesh.yaml").write_text(mesh_preamble("shop", mesh_config) + textwrap.dedent(f"""\
         apiVersion: apps/v1
         kind: Deployment
         metadata:

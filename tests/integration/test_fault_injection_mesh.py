@@ -28,6 +28,7 @@ from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
 from localmesh.yamldoc import safe_load
 from tests.integration.conftest import ECHO_APP, ROOT, running_mesh
+from tests.mesh_manifests import mesh_preamble
 
 pytestmark = [pytest.mark.integration]
 
@@ -68,22 +69,7 @@ def _app(name: str, command: str) -> str:
         """)
 
 
-MESH = textwrap.dedent(f"""\
-    apiVersion: v1
-    kind: Namespace
-    metadata: {{name: {NS}, labels: {{istio-injection: enabled}}}}
-    ---
-    apiVersion: v1
-    kind: Namespace
-    metadata: {{name: istio-system}}
-    ---
-    apiVersion: v1
-    kind: ConfigMap
-    metadata: {{name: istio, namespace: istio-system}}
-    data:
-      mesh: |
-        accessLogFile: /dev/stdout
-    ---
+MESH = mesh_preamble(NS) + textwrap.dedent(f"""\
     apiVersion: networking.istio.io/v1
     kind: Gateway
     metadata: {{name: shop-gateway, namespace: {NS}}}
