@@ -28,6 +28,7 @@ from localmesh.kubeconfig import auth_headers, ssl_context
 from localmesh.mesh import MeshThread
 from localmesh.yamldoc import safe_load
 from tests.integration.conftest import ECHO_APP, ROOT, running_mesh
+from tests.istio_samples import ratings_test_vs
 from tests.mesh_manifests import mesh_preamble
 
 pytestmark = [pytest.mark.integration]
@@ -102,33 +103,7 @@ MESH = mesh_preamble(NS) + textwrap.dedent(f"""\
 
 def _ratings_vs(fault: str) -> dict[str, Any]:
     """The task's VirtualService with its fault block; nothing local in it."""
-    text = textwrap.dedent("""\
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata:
-          name: ratings
-          namespace: shop
-        spec:
-          hosts:
-          - ratings
-          http:
-          - match:
-            - headers:
-                end-user:
-                  exact: jason
-            fault:
-        %s
-            route:
-            - destination:
-                host: ratings
-                subset: v1
-          - route:
-            - destination:
-                host: ratings
-                subset: v1
-        """) % textwrap.indent(textwrap.dedent(fault), " " * 6)
-    vs: dict[str, Any] = safe_load(text)
-    return vs
+    return ratings_test_vs(safe_load(textwrap.dedent(fault)))
 
 
 DELAY = """\

@@ -21,46 +21,14 @@ from localmesh.store import ObjectStore
 from localmesh.validation import validate_object
 from localmesh.xds import build_shared, build_sidecar_config
 from localmesh.yamldoc import safe_load
+from tests.istio_samples import RATINGS_TEST_DELAY, ratings_test_vs
 
 RATINGS = "ratings.shop.svc.cluster.local"
 
-# The form of Istio's fault-injection task (samples/bookinfo/networking/
-# virtual-service-ratings-test-delay.yaml): a header-matched route with the fault, then the
-# catch-all route without it. Nothing local in it.
-ISTIO_DELAY = """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: ratings
-  namespace: shop
-spec:
-  hosts:
-  - ratings
-  http:
-  - match:
-    - headers:
-        end-user:
-          exact: jason
-    fault:
-      delay:
-        percentage:
-          value: 100.0
-        fixedDelay: 7s
-    route:
-    - destination:
-        host: ratings
-        subset: v1
-  - route:
-    - destination:
-        host: ratings
-        subset: v1
-"""
-
-
-def _vs(fault: dict[str, Any]) -> dict[str, Any]:
-    vs: dict[str, Any] = safe_load(ISTIO_DELAY)
-    vs["spec"]["http"][0]["fault"] = fault
-    return vs
+# The form of Istio's fault-injection task (tests/istio_samples.py); _vs puts another fault
+# on its header-matched route.
+ISTIO_DELAY = RATINGS_TEST_DELAY
+_vs = ratings_test_vs
 
 
 def _routes(*objects: dict[str, Any]) -> list[dict[str, Any]]:
