@@ -10,7 +10,11 @@ client deadline, so no test can hang longer than it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import sys
 import time
 from typing import Any
 
@@ -41,11 +45,12 @@ class ChaosPair(GrpcPair):
 
     async def faults(self, *, front: list[dict[str, Any]] | None = None,
                      leaf: list[dict[str, Any]] | None = None,
-                     leaf_http: list[dict[str, Any]] | None = None, **kw: Any) -> None:
+                     leaf_http: list[dict[str, Any]] | None = None, app_port: int = 0,
+                     **kw: Any) -> None:
         self.version += 1
         svcs = grpc_services(self)
         for sc, name, port, rules in ((self.front, "front", 1, front),
-                                      (self.leaf, "leaf", self.app.port, leaf)):
+                                      (self.leaf, "leaf", app_port or self.app.port, leaf)):
             doc = config(sc.pod, name, services=svcs, app_port=port, version=self.version,
                          faults=rules, **kw)
             if sc is self.leaf and leaf_http:
@@ -382,3 +387,65 @@ async def test_a_grpc_status_abort_answers_a_plain_http_request_200_fault_filter
     line = await cpair.front.wait_log(lambda x: "/plain " in x)
     assert " 200 FI fault_filter_abort " in line, line
     assert not cpair.app.calls
+
+
+# -- PodChaos container-kill of the gRPC server: the callee's sidecar answers ----------------
+
+# The app as a process of its own, so that it can die as a killed container does (SIGKILL:
+# no GOAWAY, no RST_STREAM, the kernel closes its sockets). It prints its port, then serves
+# one unary method that sleeps the seconds it is sent.
+_APP = """
+import asyncio, grpc, sys
+async def unary(request, context):
+    await asyncio.sleep(float(request.decode()))
+    return b"done"
+async def main():
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "meshchaos.Echo", {"Unary": grpc.unary_unary_rpc_method_handler(unary)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+
+
+async def test_killing_the_grpc_server_container_is_answered_by_its_sidecar_and_retried(
+        cpair: ChaosPair) -> None:
+    """§5.3 container-kill: the app dies, its sidecar lives. The callee's Envoy sees its
+    HTTP/2 connection to the app close under the streams (ConnectionTermination, ``503 UC``)
+    and answers each caller trailers-only, UNAVAILABLE (§1.9). That answer comes *via
+    upstream* to the caller's sidecar, where Istio's default retryOn ``unavailable`` matches
+    its grpc-status 14 (§1.3, §2.2): two retries, each refused by the dead app's port
+    (``503 UF,URX`` at the callee, whose inbound route retries a reset before the request),
+    then the last answer goes to the caller with ``URX``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _APP, stdout=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        port = int((await asyncio.wait_for(proc.stdout.readline(), 20)).decode())
+        await cpair.faults(routes=leaf_route(), app_port=port)
+        call = asyncio.ensure_future(cpair.stub()(b"3", timeout=5))
+        await asyncio.sleep(0.5)  # the call is in the app (it sleeps 3 s)
+        os.killpg(proc.pid, signal.SIGKILL)
+        err = await rpc_error(call)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    # The last try's answer: the callee's inbound retried its connect to the dead app
+    # (Istio's inbound reset-before-request policy, §2.2) before giving up.
+    assert err.details().startswith(
+        "upstream connect error or disconnect/reset before headers. retried and the latest "
+        "reset reason: remote connection failure"), err.details()
+    leaf = await cpair.leaf.wait_log(lambda _: len(_grpc_lines(cpair.leaf.lines)) >= 3)
+    leaf_lines = _grpc_lines(cpair.leaf.lines)
+    assert " 503 UC upstream_reset_before_response_started{connection_termination} " \
+        in leaf_lines[0], leaf
+    # Each retry reaches the callee's sidecar, whose own connect retries all meet the refusal.
+    assert all(" 503 UF,URX upstream_reset_before_response_started{remote_connection_failure"
+               in x for x in leaf_lines[1:3]), "\n".join(leaf_lines)
+    front = await cpair.front.wait_log(is_grpc_line)
+    assert " 200 URX via_upstream " in front and front.rstrip().endswith('"3"'), front
