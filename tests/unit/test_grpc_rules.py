@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from localmesh.protocols import speaks_http2
-from localmesh.sidecar.grpc import format_grpc_timeout, http_to_grpc_status, parse_grpc_timeout
+from localmesh.sidecar.grpc import (
+    format_grpc_timeout,
+    grpc_local_reply,
+    http_to_grpc_status,
+    parse_grpc_timeout,
+)
+from localmesh.sidecar.upstream import local_reply
 from localmesh.store import ObjectStore
 from localmesh.xds import build_shared
 
@@ -62,3 +68,14 @@ def test_the_control_plane_lists_a_services_http2_ports() -> None:
     services = build_shared(store).services
     assert services["ledger.shop.svc.cluster.local"].get("h2_ports") == [9090, 9091]
     assert "h2_ports" not in services["orders.shop.svc.cluster.local"]
+
+
+def test_a_grpc_status_override_keeps_its_code_and_the_body_as_grpc_message() -> None:
+    """``sendLocalReply(code, body, …, grpc_status, …)``: the fault filter's gRPC abort passes
+    its code, which wins over ``httpToGrpcStatus(200)`` = 2 (docs/fidelity.md §2.4, §1.9)."""
+    reply = grpc_local_reply(local_reply(200, "fault filter abort"), 8)
+    assert (reply.status, reply.body) == (200, b"")
+    assert reply.headers["grpc-status"] == "8"
+    assert reply.headers["grpc-message"] == "fault filter abort"
+    assert reply.headers["content-type"] == "application/grpc"
+    assert grpc_local_reply(local_reply(200, "x")).headers["grpc-status"] == "2"
