@@ -20,7 +20,9 @@ from aiohttp import web
 
 from localmesh.apiserver import LogSource, create_api_app
 from localmesh.kubeconfig import write_kubeconfig
+from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
+from localmesh.validation import install_validation
 
 
 @dataclass
@@ -78,6 +80,17 @@ def serve_api(store: ObjectStore, logs: LogSource, tmp_path: Path) -> Iterator[S
     app = create_api_app(store, logs)
     with serve_app(app) as port:
         yield ServedApi(store, port, write_kubeconfig(tmp_path / "kubeconfig", port), app)
+
+
+@contextmanager
+def serve_shop(tmp_path: Path) -> Iterator[ServedApi]:
+    """The API of a store that validates and admits as a mesh's does (install_validation),
+    holding the namespace ``shop``; pod logs read from ``tmp_path/state``."""
+    store = ObjectStore()
+    install_validation(store)
+    store.create(namespace("shop"))
+    with serve_api(store, PodLogs(tmp_path / "state"), tmp_path) as served:
+        yield served
 
 
 def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:

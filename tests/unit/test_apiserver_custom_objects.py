@@ -18,16 +18,7 @@ from chaosk8s.crd.probes import get_custom_object
 from kubernetes import client, config
 from kubernetes.config import kube_config
 
-from localmesh.podlogs import PodLogs
-from localmesh.store import ObjectStore
-from localmesh.validation import install_validation
-from tests.apiserver_helpers import (
-    ServedApi,
-    deployment,
-    namespace,
-    serve_api,
-    virtual_service,
-)
+from tests.apiserver_helpers import ServedApi, deployment, serve_shop, virtual_service
 
 ISTIO = "networking.istio.io"
 VERSIONS = ("v1", "v1beta1", "v1alpha3")
@@ -35,10 +26,7 @@ VERSIONS = ("v1", "v1beta1", "v1alpha3")
 
 @pytest.fixture
 def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServedApi]:
-    store = ObjectStore()
-    install_validation(store)
-    store.create(namespace("shop"))
-    with serve_api(store, PodLogs(tmp_path / "state"), tmp_path) as served:
+    with serve_shop(tmp_path) as served:
         monkeypatch.setenv("KUBECONFIG", str(served.kubeconfig))
         monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(served.kubeconfig))
         yield served

@@ -15,10 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from localmesh.podlogs import PodLogs
-from localmesh.store import ObjectStore
-from localmesh.validation import install_validation
-from tests.apiserver_helpers import ServedApi, deployment, namespace, serve_api
+from tests.apiserver_helpers import ServedApi, deployment, serve_shop
 
 DEPLOYMENTS = "/apis/apps/v1/namespaces/shop/deployments"
 DRY = {"dryRun": "All"}
@@ -26,10 +23,7 @@ DRY = {"dryRun": "All"}
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ServedApi]:
-    store = ObjectStore()
-    install_validation(store)
-    store.create(namespace("shop"))
-    with serve_api(store, PodLogs(tmp_path / "state"), tmp_path) as served:
+    with serve_shop(tmp_path) as served:
         yield served
 
 

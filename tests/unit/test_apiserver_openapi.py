@@ -19,19 +19,13 @@ import yaml
 
 from localmesh.apiserver import openapi
 from localmesh.apiserver.openapi import unknown_builtin_fields
-from localmesh.podlogs import PodLogs
-from localmesh.store import ObjectStore
-from localmesh.validation import install_validation
 from localmesh.yamldoc import safe_load_all
-from tests.apiserver_helpers import ServedApi, deployment, namespace, serve_api
+from tests.apiserver_helpers import ServedApi, deployment, serve_shop
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ServedApi]:
-    store = ObjectStore()
-    install_validation(store)
-    store.create(namespace("shop"))
-    with serve_api(store, PodLogs(tmp_path / "state"), tmp_path) as served:
+    with serve_shop(tmp_path) as served:
         yield served
 
 

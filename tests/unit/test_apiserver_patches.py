@@ -17,18 +17,12 @@ import requests
 from kubernetes import client, config
 
 from localmesh.apiserver.strategic import strategic_merge
-from localmesh.podlogs import PodLogs
-from localmesh.store import ObjectStore
-from localmesh.validation import install_validation
-from tests.apiserver_helpers import ServedApi, deployment, namespace, serve_api, virtual_service
+from tests.apiserver_helpers import ServedApi, deployment, serve_shop, virtual_service
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ServedApi]:
-    store = ObjectStore()
-    install_validation(store)
-    store.create(namespace("shop"))
-    with serve_api(store, PodLogs(tmp_path / "state"), tmp_path) as served:
+    with serve_shop(tmp_path) as served:
         yield served
 
 

@@ -17,10 +17,7 @@ import pytest
 import requests
 
 from localmesh.apiserver.tables import human_duration
-from localmesh.podlogs import PodLogs
-from localmesh.store import ObjectStore
-from localmesh.validation import install_validation
-from tests.apiserver_helpers import ServedApi, deployment, namespace, pod, serve_api
+from tests.apiserver_helpers import ServedApi, deployment, pod, serve_shop
 
 TABLE = ("application/json;as=Table;v=v1;g=meta.k8s.io,"
          "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json")
@@ -28,10 +25,7 @@ TABLE = ("application/json;as=Table;v=v1;g=meta.k8s.io,"
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ServedApi]:
-    store = ObjectStore()
-    install_validation(store)
-    store.create(namespace("shop"))
-    with serve_api(store, PodLogs(tmp_path / "state"), tmp_path) as served:
+    with serve_shop(tmp_path) as served:
         yield served
 
 

@@ -18,20 +18,14 @@ import pytest
 import requests
 
 from localmesh.apiserver import watch as watch_module
-from localmesh.podlogs import PodLogs
-from localmesh.store import ObjectStore
-from localmesh.validation import install_validation
-from tests.apiserver_helpers import ServedApi, namespace, serve_api
+from tests.apiserver_helpers import ServedApi, serve_shop
 
 CONFIGMAPS = "/api/v1/namespaces/shop/configmaps"
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[ServedApi]:
-    store = ObjectStore()
-    install_validation(store)
-    store.create(namespace("shop"))
-    with serve_api(store, PodLogs(tmp_path / "state"), tmp_path) as served:
+    with serve_shop(tmp_path) as served:
         yield served
 
 
