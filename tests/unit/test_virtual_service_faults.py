@@ -139,7 +139,7 @@ def test_the_sidecar_refuses_an_abort_with_two_error_types_or_none() -> None:
 
 def test_what_envoy_cannot_do_is_not_translated() -> None:
     """``TranslateFault``: a non-fixed delay is dropped ("Exponential faults are not yet
-    supported"); an abort without an error type translates to nothing."""
+    supported"), whatever its percentage."""
     (route, _) = _routes(_vs({"delay": {"exponentialDelay": "1s", "percentage": {"value": 1}}}))
     assert "fault" not in route
 
