@@ -26,7 +26,7 @@ from localmesh.mesh import MeshThread
 from localmesh.statedir import Endpoints
 from reports.model import load_journal
 from reports.verdict import Outcome, compute_verdict
-from tests.mesh_manifests import ACCESS_LOGS, mesh_preamble
+from tests.mesh_manifests import ACCESS_LOGS, ingress_route, mesh_preamble
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN_MANIFESTS = ROOT / "fixtures" / "k8s"
@@ -114,29 +114,8 @@ def write_echo_manifests(folder: Path, *, replicas: int = 1, extra: str = "") ->
           selector: {{app: echo}}
           ports: [{{name: http, port: 8080, targetPort: 8080}}]
         ---
-        apiVersion: networking.istio.io/v1
-        kind: Gateway
-        metadata:
-          name: echo-gateway
-          namespace: shop
-        spec:
-          selector: {{istio: ingressgateway}}
-          servers:
-          - port: {{number: 80, name: http, protocol: HTTP}}
-            hosts: ["*"]
-        ---
-        apiVersion: networking.istio.io/v1
-        kind: VirtualService
-        metadata:
-          name: echo-ingress
-          namespace: shop
-        spec:
-          hosts: [{ECHO_HOST}]
-          gateways: [echo-gateway]
-          http:
-          - route:
-            - destination: {{host: echo, port: {{number: 8080}}}}
-        """) + extra)
+        """) + ingress_route("shop", "echo", gateway="echo-gateway", name="echo-ingress",
+                             host=ECHO_HOST) + extra)
     return folder
 
 

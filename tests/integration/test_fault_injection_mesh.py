@@ -29,7 +29,7 @@ from localmesh.mesh import MeshThread
 from localmesh.yamldoc import safe_load
 from tests.integration.conftest import ECHO_APP, ROOT, running_mesh
 from tests.istio_samples import ratings_test_vs
-from tests.mesh_manifests import mesh_preamble
+from tests.mesh_manifests import ingress_route, mesh_preamble
 
 pytestmark = [pytest.mark.integration]
 
@@ -70,25 +70,8 @@ def _app(name: str, command: str) -> str:
         """)
 
 
-MESH = mesh_preamble(NS) + textwrap.dedent(f"""\
-    apiVersion: networking.istio.io/v1
-    kind: Gateway
-    metadata: {{name: shop-gateway, namespace: {NS}}}
-    spec:
-      selector: {{istio: ingressgateway}}
-      servers:
-      - port: {{number: 80, name: http, protocol: HTTP}}
-        hosts: ["*"]
-    ---
-    apiVersion: networking.istio.io/v1
-    kind: VirtualService
-    metadata: {{name: ingress, namespace: {NS}}}
-    spec:
-      hosts: ["*"]
-      gateways: [shop-gateway]
-      http:
-      - route:
-        - destination: {{host: reviews, port: {{number: 8080}}}}
+MESH = mesh_preamble(NS) + ingress_route(NS, "reviews", gateway="shop-gateway",
+                                         name="ingress") + textwrap.dedent(f"""\
     ---
     apiVersion: networking.istio.io/v1
     kind: DestinationRule
