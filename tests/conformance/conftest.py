@@ -146,6 +146,21 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[Sidecars]:
 # -- apps -------------------------------------------------------------------------------
 
 
+async def serve_on_loopback(app: web.Application, *,
+                            handler_cancellation: bool = False) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on 127.0.0.1 at a port the kernel picks, without an access log; its runner
+    (``cleanup()`` stops it) and the port. ``handler_cancellation`` cancels a handler whose
+    client went away, as the leaf app records."""
+    runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None
+    port: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return runner, port
+
+
 @dataclass
 class Seen:
     path: str
@@ -186,13 +201,7 @@ class LeafApp:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_on_loopback(app, handler_cancellation=True)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -240,12 +249,7 @@ class OtlpReceiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/traces", self._traces)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_on_loopback(app)
 
     @property
     def endpoint(self) -> str:

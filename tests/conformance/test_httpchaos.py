@@ -22,7 +22,15 @@ import pytest
 from aiohttp import web
 
 from localmesh.http import ConnectionPool, Response
-from tests.conformance.conftest import LEAF, NS, SidecarProc, Sidecars, config, endpoint
+from tests.conformance.conftest import (
+    LEAF,
+    NS,
+    SidecarProc,
+    Sidecars,
+    config,
+    endpoint,
+    serve_on_loopback,
+)
 
 
 @dataclass
@@ -60,12 +68,7 @@ class EchoApp:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_on_loopback(app)
 
     async def stop(self) -> None:
         if self._runner is not None:
