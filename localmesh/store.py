@@ -33,6 +33,7 @@ import jsonpatch
 
 from localmesh.documents import KubeObject
 from localmesh.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound
+from localmesh.mergepatch import merge_patch
 from localmesh.resources import ResourceRegistry, ResourceType
 from localmesh.selectors import parse_field_selector, parse_label_selector
 
@@ -397,7 +398,8 @@ class ObjectStore:
             return result
         if not isinstance(patch, dict):
             raise BadRequest("merge patch must be an object")
-        merged: KubeObject = _merge_patch(old, patch)
+        # A copy of its own: the merge shares values with the stored object and the patch.
+        merged: KubeObject = _copy(merge_patch(old, patch))
         return merged
 
     def _write(self, rtype: ResourceType, key: ObjectKey, old: KubeObject, new: KubeObject,
@@ -453,14 +455,3 @@ class ObjectStore:
         return [self.create(o) for o in ordered]
 
 
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return _copy(patch)
-    result = _copy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge_patch(result.get(key), value)
-    return result

@@ -40,8 +40,9 @@ from localmesh.documents import HttpChaosPatchDoc, HttpChaosReplaceDoc, HttpChao
 from localmesh.errors import MeshError, SidecarConfigError
 from localmesh.http.message import Request, Response
 from localmesh.http.server import ServerConnection
+from localmesh.mergepatch import merge_patch
 
-__all__ = ["HttpChaos", "HttpChaosRule", "merge_patch", "parse_http_faults", "wildcard"]
+__all__ = ["HttpChaos", "HttpChaosRule", "parse_http_faults", "wildcard"]
 
 # RFC 9110 §5.1: a field name is a token.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -60,20 +61,6 @@ def wildcard(pattern: str) -> re.Pattern[str]:
     ``?`` exactly one, everything else literal; the whole path must match."""
     parts = ("." if ch == "?" else ".*" if ch == "*" else re.escape(ch) for ch in pattern)
     return re.compile("".join(parts), re.DOTALL)
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7396 §2 ``MergePatch``: objects merge key by key, ``null`` removes a key, any
-    other patch value replaces the target whole."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 @dataclass(frozen=True)
