@@ -453,14 +453,16 @@ class XdsServer:
     def set_faults(self, namespace: str, pod: str, rules: list[FaultRuleDoc]) -> None:
         """Replace one pod's fault rules ([] clears them) and push at once."""
         self._faults[(namespace, pod)] = [r.copy() for r in rules]
-        target = self._targets.get((namespace, pod))
-        if target is not None:
-            target.synced.clear()
-            target.dirty.set()
+        self._push_now(namespace, pod)
 
     def set_http_faults(self, namespace: str, pod: str, rules: list[HttpChaosRuleDoc]) -> None:
         """Replace one pod's HTTPChaos rules ([] clears them) and push at once (§5.5)."""
         self._http_faults[(namespace, pod)] = [r.copy() for r in rules]
+        self._push_now(namespace, pod)
+
+    def _push_now(self, namespace: str, pod: str) -> None:
+        """One pod's rules changed: push its sidecar now, not after the debounce, and let
+        wait_synced wait for that push."""
         target = self._targets.get((namespace, pod))
         if target is not None:
             target.synced.clear()
