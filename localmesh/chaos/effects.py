@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from localmesh.chaos.faults import SOURCE, TARGET, record_rules
@@ -183,14 +183,9 @@ class Effects:
         return [rule for owner in sorted(owned) for rule in owned[owner]]
 
     async def _push_http(self, pod_key: str, *, wait: bool) -> None:
-        namespace, name, _ = _split(pod_key)
-        try:
-            self._xds.set_http_faults(namespace, name, self.merged_http_rules(pod_key))
-            if wait:
-                await self._xds.wait_synced(namespace, name, timeout=self._sync_timeout)
-        except Exception as exc:  # becomes a Failed event on the record
-            raise EffectError(f"could not push HTTPChaos rules to pod '{pod_key}': "
-                              f"{exc!r}") from exc
+        await self._push_rules(pod_key, "HTTPChaos rules", lambda namespace, pod: (
+            self._xds.set_http_faults(namespace, pod, self.merged_http_rules(pod_key))),
+            wait=wait)
 
     def merged_rules(self, pod_key: str) -> list[FaultRuleDoc]:
         """Every rule in force on a pod, from all chaos objects, in a stable order."""
@@ -198,13 +193,20 @@ class Effects:
         return [rule for owner in sorted(owned) for rule in owned[owner]]
 
     async def _push(self, pod_key: str, *, wait: bool) -> None:
+        await self._push_rules(pod_key, "fault rules", lambda namespace, pod: (
+            self._xds.set_faults(namespace, pod, self.merged_rules(pod_key))), wait=wait)
+
+    async def _push_rules(self, pod_key: str, what: str, set_rules: Callable[[str, str], None],
+                          *, wait: bool) -> None:
+        """Hand a pod's rules to the control plane (``set_rules(namespace, pod)``) and, with
+        ``wait``, wait until its sidecar holds them."""
         namespace, name, _ = _split(pod_key)
         try:
-            self._xds.set_faults(namespace, name, self.merged_rules(pod_key))
+            set_rules(namespace, name)
             if wait:
                 await self._xds.wait_synced(namespace, name, timeout=self._sync_timeout)
         except Exception as exc:  # becomes a Failed event on the record
-            raise EffectError(f"could not push fault rules to pod '{pod_key}': {exc!r}") from exc
+            raise EffectError(f"could not push {what} to pod '{pod_key}': {exc!r}") from exc
 
     async def _call_sync_push(self, pod_key: str) -> None:
         try:
