@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from localmesh.apiserver import LogSource, create_api_app
+from localmesh.errors import NotFound
 from localmesh.kubeconfig import write_kubeconfig
 from localmesh.podlogs import PodLogs
 from localmesh.store import ObjectStore
@@ -80,6 +81,15 @@ def serve_api(store: ObjectStore, logs: LogSource, tmp_path: Path) -> Iterator[S
     app = create_api_app(store, logs)
     with serve_app(app) as port:
         yield ServedApi(store, port, write_kubeconfig(tmp_path / "kubeconfig", port), app)
+
+
+class NoLogs:
+    """A log source of a store without pods' logs: every read is the API's 404."""
+
+    def read(self, namespace: str, pod: str, container: str | None, *,
+             since_seconds: int | None, tail_lines: int | None, timestamps: bool,
+             previous: bool) -> str:
+        raise NotFound(f'pods "{pod}" not found')
 
 
 @contextmanager

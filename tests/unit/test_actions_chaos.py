@@ -25,7 +25,6 @@ import yaml
 from chaoslib.exceptions import InterruptExecution
 
 from localmesh.chaos import ChaosController, install_chaos_admission
-from localmesh.errors import NotFound
 from localmesh.store import ObjectStore
 from localmesh.validation import install_validation
 from meshchaos.commands import abort
@@ -38,17 +37,10 @@ from probes.errors import (
     ConfigurationError,
     SafetyError,
 )
-from tests.apiserver_helpers import namespace, pod, serve_api
+from tests.apiserver_helpers import NoLogs, namespace, pod, serve_api
 from tests.unit.test_chaos_lifecycle import RecordingSupervisor, RecordingXds
 
 GROUP = "chaos-mesh.org"
-
-
-class NoLogs:
-    def read(self, namespace: str, pod: str, container: str | None, *,
-             since_seconds: int | None, tail_lines: int | None, timestamps: bool,
-             previous: bool) -> str:
-        raise NotFound(f'pods "{pod}" not found')
 
 
 @dataclass

@@ -21,25 +21,17 @@ from chaoslib.configuration import load_configuration
 from chaoslib.exceptions import InterruptExecution
 
 from localmesh.documents import KubeObject
-from localmesh.errors import NotFound
 from localmesh.manifests import load_manifests
 from localmesh.store import ObjectStore
 from probes import preflight
 from probes.controls import safety as safety_control
 from probes.errors import ConfigurationError
-from tests.apiserver_helpers import ServedApi, namespace, serve_api
+from tests.apiserver_helpers import NoLogs, ServedApi, namespace, serve_api
 from tests.store_chain import STORE_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
 STORE_MANIFESTS = ROOT / "fixtures" / "store" / "k8s"
 STORE_SERVICES = "catalog, gateway, reviews, stock, warehouse"
-
-
-class NoLogs:
-    def read(self, namespace: str, pod: str, container: str | None, *,
-             since_seconds: int | None, tail_lines: int | None, timestamps: bool,
-             previous: bool) -> str:
-        raise NotFound(f'pods "{pod}" not found')
 
 
 @pytest.fixture
