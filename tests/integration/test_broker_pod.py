@@ -250,6 +250,16 @@ def test_a_missing_package_fails_the_start_naming_it(tmp_path: Path) -> None:
     assert "rabbitmq-server" in str(err.value) and "apt-get install -y" in str(err.value)
 
 
+def exec_done(pid: int, limit_s: float = 5.0) -> None:
+    """Wait until ``pid`` runs its new program. With vfork, Popen returns while the kernel
+    is still setting up the exec'd image, and /proc/<pid>/environ reads empty until it is
+    done (seen after the conformance suite: cmdline and environ both b'')."""
+    deadline = time.monotonic() + limit_s
+    while not Path(f"/proc/{pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, f"pid {pid} never finished its exec"
+        time.sleep(0.001)
+
+
 @needs_rabbitmq
 def test_down_of_a_killed_mesh_stops_its_broker_and_removes_its_data(tmp_path: Path) -> None:
     """A SIGKILLed mesh: its broker is stopped and its data removed by the next clean-up
@@ -260,6 +270,7 @@ def test_down_of_a_killed_mesh_stops_its_broker_and_removes_its_data(tmp_path: P
     env = dict(os.environ, MESHCHAOS_BROKER_DATA=str(data))
     sleeper = subprocess.Popen(["sleep", "60"], env=env)
     try:
+        exec_done(sleeper.pid)
         assert sleeper.pid in find_orphans(state.data_dir)
         stopped = state.remove_data()
         assert sleeper.pid in stopped
@@ -324,6 +335,7 @@ def test_abort_and_down_stop_a_broker_left_by_a_killed_run(tmp_path: Path) -> No
         left = subprocess.Popen(["sleep", "60"],
                                 env=dict(os.environ, MESHCHAOS_BROKER_DATA=str(data)))
         try:
+            exec_done(left.pid)
             args = ["--state-dir", str(state.path)]
             if command == "abort":
                 args += ["--kubeconfig", str(tmp_path / "no-such-kubeconfig"), "--timeout", "1"]
