@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 import jh2 as h2
@@ -124,8 +124,12 @@ class GrpcPair:
         return self.channel.unary_unary(METHOD)
 
 
-@pytest.fixture
-async def gpair(sidecars: Sidecars) -> AsyncIterator[GrpcPair]:
+P = TypeVar("P", bound=GrpcPair)
+
+
+@contextlib.asynccontextmanager
+async def running_pair(sidecars: Sidecars, kind: type[P]) -> AsyncIterator[P]:
+    """A grpcio server behind leaf's sidecar, and a channel into front's outbound listener."""
     app = GrpcApp()
     await app.start()
     front, leaf = await asyncio.gather(sidecars.start("front-1", "front", app_port=1),
@@ -136,12 +140,17 @@ async def gpair(sidecars: Sidecars) -> AsyncIterator[GrpcPair]:
         f"127.0.0.1:{front.ports['outbound']}",
         options=[("grpc.default_authority", AUTHORITY), ("grpc.enable_retries", 0),
                  ("grpc.enable_http_proxy", 0)])
-    p = GrpcPair(front, leaf, app, channel)
     try:
-        yield p
+        yield kind(front, leaf, app, channel)
     finally:
         await channel.close()
         await app.stop()
+
+
+@pytest.fixture
+async def gpair(sidecars: Sidecars) -> AsyncIterator[GrpcPair]:
+    async with running_pair(sidecars, GrpcPair) as pair:
+        yield pair
 
 
 async def rpc_error(call: Any) -> grpc.aio.AioRpcError:

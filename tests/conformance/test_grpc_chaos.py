@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -23,13 +24,12 @@ import pytest
 
 from tests.conformance.conftest import LEAF, Sidecars, config, field_of, leaf_route
 from tests.conformance.test_grpc import (
-    AUTHORITY,
     UPSTREAM_LOCAL,
-    GrpcApp,
     GrpcPair,
     grpc_services,
     is_grpc_line,
     rpc_error,
+    running_pair,
 )
 
 LEAF_PEER = "shop/leaf-1"
@@ -60,21 +60,9 @@ class ChaosPair(GrpcPair):
 
 
 @pytest.fixture
-async def cpair(sidecars: Sidecars) -> Any:
-    app = GrpcApp()
-    await app.start()
-    front, leaf = await asyncio.gather(sidecars.start("front-1", "front", app_port=1),
-                                       sidecars.start("leaf-1", "leaf", app_port=app.port))
-    channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{front.ports['outbound']}",
-        options=[("grpc.default_authority", AUTHORITY), ("grpc.enable_retries", 0),
-                 ("grpc.enable_http_proxy", 0)])
-    p = ChaosPair(front, leaf, app, channel)
-    try:
-        yield p
-    finally:
-        await channel.close()
-        await app.stop()
+async def cpair(sidecars: Sidecars) -> AsyncIterator[ChaosPair]:
+    async with running_pair(sidecars, ChaosPair) as pair:
+        yield pair
 
 
 def _delay(ms: float, peers: list[str] | None = None) -> dict[str, Any]:
