@@ -20,7 +20,7 @@ import asyncio
 import errno
 import os
 from collections.abc import Callable, Mapping
-from typing import cast
+from typing import TypeVar, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -30,7 +30,31 @@ from localmesh.http.message import NAMES as _NAMES
 from localmesh.http.message import Headers, Response, encode_request, header_name
 from localmesh.http.tcp import quickack
 
-__all__ = ["ClientConnection", "ConnectionPool", "ResponseCallback"]
+__all__ = ["ClientConnection", "ConnectionPool", "ResponseCallback", "open_connection"]
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+async def open_connection(factory: Callable[[], _P], key: tuple[str, int],
+                          connect_timeout: float | None) -> _P:
+    """Connect to ``key`` with ``factory``'s protocol; a failure is the ConnectError with
+    the reason and transport failure Envoy logs for it (a refusal or reset is a "remote
+    connection failure", a timeout a "connection timeout")."""
+    host, port = key
+    try:
+        async with asyncio.timeout(connect_timeout):
+            _, proto = await asyncio.get_running_loop().create_connection(factory, host, port)
+    except TimeoutError:
+        raise ConnectError(f"connect to {host}:{port} timed out after {connect_timeout}s",
+                           reason="connection timeout") from None
+    except OSError as exc:
+        name = os.strerror(exc.errno) if exc.errno else str(exc)
+        refused = exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET)
+        raise ConnectError(
+            f"connect to {host}:{port} failed: {name}",
+            reason="remote connection failure" if refused else "local connection failure",
+            transport_failure=f"delayed connect error: {name}") from exc
+    return proto
 
 # Called once per request started with ClientConnection.start: (response, None) or
 # (None, the HttpError that ended the exchange).
@@ -254,22 +278,7 @@ class ConnectionPool:
 
     async def _connect(self, key: tuple[str, int],
                        connect_timeout: float | None) -> ClientConnection:
-        loop = asyncio.get_running_loop()
-        host, port = key
-        try:
-            async with asyncio.timeout(connect_timeout):
-                _, proto = await loop.create_connection(lambda: ClientConnection(key), host, port)
-        except TimeoutError:
-            raise ConnectError(f"connect to {host}:{port} timed out after {connect_timeout}s",
-                               reason="connection timeout") from None
-        except OSError as exc:
-            name = os.strerror(exc.errno) if exc.errno else str(exc)
-            refused = exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET)
-            raise ConnectError(
-                f"connect to {host}:{port} failed: {name}",
-                reason="remote connection failure" if refused else "local connection failure",
-                transport_failure=f"delayed connect error: {name}") from exc
-        return proto
+        return await open_connection(lambda: ClientConnection(key), key, connect_timeout)
 
     async def request(self, method: str, url: str, headers: Mapping[str, str] | None = None,
                       body: bytes = b"", timeout: float | None = None, *,  # noqa: ASYNC109

@@ -30,9 +30,7 @@ and the connection lives on; a client ``RST_STREAM`` cancels the request (flag `
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -44,7 +42,8 @@ import jh2.exceptions
 import jh2.settings
 from jh2.errors import ErrorCodes
 
-from localmesh.http.errors import ConnectError, ConnectionTerminated, StreamReset
+from localmesh.http.client import open_connection
+from localmesh.http.errors import ConnectionTerminated, StreamReset
 from localmesh.http.message import Request, Response
 from localmesh.http.server import ENVOY_HEAD_LIMITS, HeadLimits, ServerConnection
 
@@ -578,24 +577,8 @@ class H2Pool:
 
     async def _connect(self, key: tuple[str, int],
                        connect_timeout: float | None) -> H2ClientConnection:
-        host, port = key
-        loop = asyncio.get_running_loop()
-        timeout = connect_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                _, proto = await loop.create_connection(
-                    lambda: H2ClientConnection(key, self._closed), host, port)
-        except TimeoutError:
-            raise ConnectError(f"connect to {host}:{port} timed out after {timeout}s",
-                               reason="connection timeout") from None
-        except OSError as exc:
-            name = os.strerror(exc.errno) if exc.errno else str(exc)
-            refused = exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET)
-            raise ConnectError(
-                f"connect to {host}:{port} failed: {name}",
-                reason="remote connection failure" if refused else "local connection failure",
-                transport_failure=f"delayed connect error: {name}") from exc
-        return proto
+        return await open_connection(lambda: H2ClientConnection(key, self._closed), key,
+                                     connect_timeout)
 
     def _closed(self, conn: H2ClientConnection) -> None:
         if self._conns.get(conn.key) is conn:
