@@ -66,13 +66,6 @@ BUG = {
     Defect.CANCEL_SELF_ONLY: {"call_on_caller_gone": "left-open"},
     Defect.APP_RETRIES: {"attempts_on_503": 3},
     Defect.NO_FALLBACK: {"status_on_side_call_503": 503},
-    # The messaging twins change only the AMQP leg (tests/unit/test_chain_messaging.py): over
-    # HTTP they must look exactly like the correct service.
-    Defect.AMQP_DROP_TRACE_HEADERS: {},
-    Defect.AMQP_NEW_TRACE: {},
-    Defect.AMQP_PROCESS_EXPIRED: {},
-    Defect.AMQP_ACK_BEFORE_WORK: {},
-    Defect.AMQP_NOT_IDEMPOTENT: {},
 }
 
 
