@@ -45,7 +45,19 @@ NS = "bench"
 LEAF = f"leaf.{NS}.svc.cluster.local"
 
 
-def _doc(pod: str, service: str, app_port: int, leaf_inbound: int) -> dict[str, Any]:
+def _service(name: str, pod: str, port: int, *, h2: bool) -> dict[str, Any]:
+    """A Service of the sidecar's config with one ready endpoint; ``h2``: its port is
+    ``grpc``, an HTTP/2 cluster (docs/fidelity.md §2.5)."""
+    svc: dict[str, Any] = {"name": name, "namespace": NS, "ports": [8080], "endpoints": [
+        {"pod": pod, "namespace": NS, "host": "127.0.0.1", "port": port,
+         "labels": {"app": name}, "ready": True}]}
+    if h2:
+        svc["h2_ports"] = [8080]
+    return svc
+
+
+def _doc(pod: str, service: str, app_port: int,
+         services: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
         "version": 1,
         "node": {"pod": pod, "namespace": NS, "service": service, "mode": "sidecar",
@@ -53,12 +65,8 @@ def _doc(pod: str, service: str, app_port: int, leaf_inbound: int) -> dict[str, 
         "mesh": {"honor_app_envoy_headers": False, "sampling_percent": 1.0,
                  "access_log": {"enabled": True, "encoding": "TEXT"},
                  "connect_timeout_ms": 10000, "otlp_endpoint": ""},
-        "services": {LEAF: {"name": "leaf", "namespace": NS, "ports": [8080],
-                            "h2_ports": [8080],
-                            "endpoints": [{"pod": "leaf-1", "namespace": NS,
-                                           "host": "127.0.0.1", "port": leaf_inbound}]}},
-        "routes": {}, "subsets": {}, "connect_timeout_ms": {}, "gateway_routes": [],
-        "faults": []}
+        "services": services, "routes": {}, "subsets": {}, "connect_timeout_ms": {},
+        "gateway_routes": [], "faults": []}
 
 
 def _free_port() -> int:
@@ -71,7 +79,8 @@ def _free_port() -> int:
 def _sidecar(tmp: Path, pod: str, service: str, app_port: int, inbound: int,
              leaf_inbound: int) -> subprocess.Popen[bytes]:
     cfg = tmp / f"{pod}.json"
-    cfg.write_text(json.dumps(_doc(pod, service, app_port, leaf_inbound)))
+    cfg.write_text(json.dumps(_doc(pod, service, app_port, {
+        LEAF: _service("leaf", "leaf-1", leaf_inbound, h2=True)})))
     ports = tmp / f"{pod}.ports"
     proc = subprocess.Popen(
         [sys.executable, "-m", "localmesh.sidecar", "--pod", pod, "--namespace", NS,

@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from bench_grpc import _SERVER as GRPC_SERVER
-from bench_grpc import _free_port
+from bench_grpc import NS, _doc, _free_port, _service
 from bench_sidecar import _APP as HTTP_APP
 from bench_sidecar import _BARE, _cpu_seconds
+from bench_sidecar import _LOAD as HTTP_LOAD
 
-NS = "bench"
 CONCURRENCY = 32
 
 # argv: port, concurrency, seconds, authority; prints the calls completed.
@@ -63,54 +63,6 @@ async def main():
     print(done, flush=True)
 asyncio.run(main())
 """
-# argv: port, concurrency, seconds, host; prints the requests completed.
-_HTTP_LOAD = r"""
-import asyncio, sys, time
-from localmesh.http import ConnectionPool
-async def main():
-    port, conc, secs, host = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-    done, stop_at = 0, time.perf_counter() + secs
-    async def worker():
-        nonlocal done
-        pool = ConnectionPool()
-        conn = await pool.acquire("127.0.0.1", port, 5.0)
-        try:
-            while time.perf_counter() < stop_at:
-                resp = await conn.send("GET", f"http://{host}/s", host, {}, b"")
-                assert resp.status == 200, resp.status
-                done += 1
-        finally:
-            conn.abort()
-            await pool.close()
-    await asyncio.gather(*(worker() for _ in range(conc)))
-    print(done, flush=True)
-import uvloop
-uvloop.run(main())
-"""
-
-
-def _service(name: str, pod: str, port: int, *, h2: bool) -> dict[str, Any]:
-    svc: dict[str, Any] = {"name": name, "namespace": NS, "ports": [8080], "endpoints": [
-        {"pod": pod, "namespace": NS, "host": "127.0.0.1", "port": port,
-         "labels": {"app": name}, "ready": True}]}
-    if h2:
-        svc["h2_ports"] = [8080]
-    return svc
-
-
-def _doc(pod: str, service: str, app_port: int,
-         services: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "node": {"pod": pod, "namespace": NS, "service": service, "mode": "sidecar",
-                 "app_port": app_port},
-        "mesh": {"honor_app_envoy_headers": False, "sampling_percent": 1.0,
-                 "access_log": {"enabled": True, "encoding": "TEXT"},
-                 "connect_timeout_ms": 10000, "otlp_endpoint": ""},
-        "services": services, "routes": {}, "subsets": {}, "connect_timeout_ms": {},
-        "gateway_routes": [], "faults": []}
-
-
 @dataclass
 class Phase:
     """One kind of traffic: where the load goes and whose CPU is counted."""
@@ -159,7 +111,7 @@ class Bench:
         return proc.pid, dict(json.loads(ports.read_text()))
 
     def run(self, phase: Phase, seconds: float) -> None:
-        source = _GRPC_LOAD if phase.grpc else _HTTP_LOAD
+        source = _GRPC_LOAD if phase.grpc else HTTP_LOAD
         before = {k: _cpu_seconds(pid) for k, pid in phase.pids.items()}
         t0 = time.perf_counter()
         proc = self.python(source, str(phase.port), str(CONCURRENCY), str(seconds),

@@ -63,12 +63,14 @@ async def main():
 import uvloop; uvloop.run(main())
 """
 # The saturating closed loop runs in its own process so that it loads the sidecar, not the
-# measuring client's event loop. argv: port, concurrency, seconds; prints requests done.
+# measuring client's event loop. argv: port, concurrency, seconds[, authority]; prints
+# requests done.
 _LOAD = r"""
 import asyncio, sys, time
 from localmesh.http import ConnectionPool
 async def main():
     port, conc, secs = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    host = sys.argv[4] if len(sys.argv) > 4 else "other.bench:8080"
     done, stop_at = 0, time.perf_counter() + secs
     async def worker():
         nonlocal done
@@ -76,8 +78,7 @@ async def main():
         conn = await pool.acquire("127.0.0.1", port, 5.0)
         try:
             while time.perf_counter() < stop_at:
-                resp = await conn.send("GET", "http://other.bench:8080/s", "other.bench:8080",
-                                       {}, b"")
+                resp = await conn.send("GET", f"http://{host}/s", host, {}, b"")
                 assert resp.status == 200, resp.status
                 done += 1
         finally:
