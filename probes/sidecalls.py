@@ -29,12 +29,14 @@ from probes import _common
 from probes.checks import sidecalls as rules
 from probes.deadline import Deadline
 from probes.errors import ConfigurationError, EvidenceError
+from probes.evidence.collect import sleep_past
 from probes.evidence.kube import read_mesh_settings, read_proxy_logs
 from probes.evidence.request import (
     LogIndex,
     RequestEvidence,
     SentRequest,
     attach_uncorrelated_calls,
+    uncorrelated_calls,
 )
 from probes.evidence.settle import poll_interval
 from probes.results import probe_result
@@ -147,6 +149,7 @@ def _read_back(target: Target, sent: Sequence[SentRequest],
         time.sleep(min(max(0.0, answered + lag - time.time()), deadline.remaining() / 4))
         stop = time.monotonic() + min(2 * lag + 1.0, deadline.check("reading logs") * 0.6)
         previous = -1
+        waited_for_foreign = False
         while True:
             since = math.ceil(time.time() - first) + 5
             records, _ = read_proxy_logs(client, target.namespace, mesh.log_format,
@@ -155,6 +158,11 @@ def _read_back(target: Target, sent: Sequence[SentRequest],
             index = LogIndex(records)
             evidence = [RequestEvidence.build(r, (), index.for_request(r)) for r in sent]
             found = sum(len(ev.logs) for ev in evidence)
+            pending = uncorrelated_calls(evidence, records)
+            if pending and not waited_for_foreign:
+                sleep_past(pending, deadline)  # let those lines settle, then read again
+                waited_for_foreign = True
+                continue
             if (found and found == previous) or time.monotonic() >= stop:
                 break
             previous = found

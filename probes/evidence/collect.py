@@ -24,12 +24,14 @@ from probes.evidence.request import (
     RequestEvidence,
     SentRequest,
     attach_uncorrelated_calls,
+    uncorrelated_calls,
 )
 from probes.evidence.settle import DEFAULT_SETTLE_S, poll_interval, wait_settled
+from probes.evidence.spans import Span
 from probes.evidence.traceapi import TraceReader
 from probes.target import Target
 
-__all__ = ["Collected", "collect"]
+__all__ = ["UNCORRELATED_SETTLE_S", "Collected", "collect", "sleep_past"]
 
 
 @dataclass
@@ -83,21 +85,52 @@ def collect(target: Target, sent: Sequence[SentRequest], expected: CallTree | No
                 raise EvidenceError("the mesh access log is off (istio-system/istio "
                                     "accessLogFile is empty): no sidecar evidence to read")
             first = min(r.started_us for r in sent) / 1e6
-            since = math.ceil(time.time() - first) + 5
-            records, unparsed = read_proxy_logs(api_client, target.namespace, mesh.log_format,
-                                                since_seconds=since,
-                                                timeout_s=min(10.0, deadline.check("reading logs")))
+
+            def read() -> tuple[list[AccessLogRecord], int]:
+                return read_proxy_logs(api_client, target.namespace, mesh.log_format,
+                                       since_seconds=math.ceil(time.time() - first) + 5,
+                                       timeout_s=min(10.0, deadline.check("reading logs")))
+
+            records, unparsed = read()
             if not records:
                 raise EvidenceError(f"no access-log line could be read from the istio-proxy "
                                     f"containers of namespace '{target.namespace}' "
                                     f"({unparsed} unparsed lines)")
+            pending = uncorrelated_calls(_evidence(sent, traces, LogIndex(records)), records)
+            if pending:
+                sleep_past(pending, deadline)
+                records, unparsed = read()
     finally:
         api_client.close()
     with gc_paused():
         index = LogIndex(records)
-        evidence = [RequestEvidence.build(r, traces.get(r.trace_id, []), index.for_request(r))
-                    for r in sent]
+        evidence = _evidence(sent, traces, index)
         attach_uncorrelated_calls(evidence, records)
     tree = CallTree.observe(evidence, namespace=target.namespace, expected=expected)
     return Collected(evidence, mesh, index.count, unparsed, tree, result.complete,
                      time.monotonic() - began)
+
+
+# A line :func:`attach_uncorrelated_calls` would give a request (a call with ids no inbound
+# line of its pod had) may be another client's call whose inbound line is not written yet:
+# a sidecar logs a stream when it ends (docs/fidelity.md §2.3), and that request was still
+# in flight through the hop. Such lines are judged on a second read made this long after
+# the last of them ended: a hop of the suite's chains answers within milliseconds of its
+# last call's end, so another client's inbound line is there by then; a line still without
+# one is the request's own.
+UNCORRELATED_SETTLE_S = 1.0
+
+
+def _evidence(sent: Sequence[SentRequest], traces: dict[str, list[Span]],
+              index: LogIndex) -> list[RequestEvidence]:
+    return [RequestEvidence.build(r, traces.get(r.trace_id, []), index.for_request(r))
+            for r in sent]
+
+
+def sleep_past(pending: Sequence[AccessLogRecord], deadline: Deadline) -> None:
+    """Sleep until the last of ``pending`` ended ``UNCORRELATED_SETTLE_S`` ago (at most a
+    quarter of what the deadline leaves)."""
+    last_end = max((r.end_us or r.start_us or 0) for r in pending) / 1e6
+    delay = last_end + UNCORRELATED_SETTLE_S - time.time()
+    if delay > 0:
+        time.sleep(min(delay, deadline.check("waiting for in-flight requests") / 4))

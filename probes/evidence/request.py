@@ -10,7 +10,7 @@ UUID extension may rewrite to pack the trace decision, docs/fidelity.md §3).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -27,6 +27,7 @@ __all__ = [
     "SentRequest",
     "attach_uncorrelated_calls",
     "mask_request_id",
+    "uncorrelated_calls",
 ]
 
 
@@ -317,8 +318,22 @@ def attach_uncorrelated_calls(evidence: Sequence[RequestEvidence],
     outbound lines, marked by its foreign ids, so the topology has the edge and the
     continuity rules the break. A line that carries a trace id or request id some inbound
     line of that pod had continues another request (another client's, served meanwhile),
-    and is left alone.
+    and is left alone. Another client's request still in flight has not written its
+    inbound line yet: read the logs again once such lines are old enough
+    (:func:`probes.evidence.collect.settle_uncorrelated`).
     """
+    for hop, record in _uncorrelated(evidence, records):
+        hop.logs_out.append(record)
+
+
+def uncorrelated_calls(evidence: Sequence[RequestEvidence],
+                       records: Iterable[AccessLogRecord]) -> list[AccessLogRecord]:
+    """The lines :func:`attach_uncorrelated_calls` would give to some request."""
+    return list({id(r): r for _, r in _uncorrelated(evidence, records)}.values())
+
+
+def _uncorrelated(evidence: Sequence[RequestEvidence], records: Iterable[AccessLogRecord],
+                  ) -> Iterator[tuple[HopEvidence, AccessLogRecord]]:
     records = list(records)
     carried: dict[str, set[str]] = defaultdict(set)  # ids some inbound line of the pod had
     for record in records:
@@ -333,7 +348,7 @@ def attach_uncorrelated_calls(evidence: Sequence[RequestEvidence],
             hop = ev.hops.get(record.hop)
             if hop is not None and any(_during(record, inbound) for inbound in hop.logs_in
                                        if inbound.pod == record.pod):
-                hop.logs_out.append(record)
+                yield hop, record
 
 
 def _ids(record: AccessLogRecord) -> set[str]:

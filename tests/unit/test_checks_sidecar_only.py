@@ -21,6 +21,7 @@ from probes.evidence.request import (
     RequestEvidence,
     SentRequest,
     attach_uncorrelated_calls,
+    uncorrelated_calls,
 )
 
 FORMAT = compile_format({
@@ -225,6 +226,26 @@ def test_calls_that_dropped_every_id_are_found_inside_the_hop_they_served() -> N
     assert ev.hop("catalog").logs_out == [minted]
     (finding,) = tracing.same_trace(ev, CallTree.observe([ev]))
     assert finding.hop == "catalog"
+
+
+def test_a_call_of_another_clients_request_still_in_flight_is_held_back_until_it_ends(
+        ) -> None:
+    """Envoy writes a stream's access-log line when the stream ends: while another
+    client's request is still in flight through catalog, its call below (already logged)
+    carries ids no inbound line of catalog has yet. It is pending, not the request's own,
+    until the read after its inbound line was written shows whose it was."""
+    other_client = line("catalog-1-a", at=55, ms=30, callee="stock",
+                        rid="99999999-2222-4333-8444-555555555555",
+                        trace="bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")
+    their_inbound = line("catalog-1-a", at=50, ms=40, rid=other_client.request_id or "",
+                         trace="bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")
+    ev = evidence(line("edge-1-a", at=0, ms=90, expected=1500),
+                  line("edge-1-a", at=25, ms=64, callee="catalog", expected=1475),
+                  line("catalog-1-a", at=26, ms=62, expected=1475))
+    assert uncorrelated_calls([ev], [*ev.logs, other_client]) == [other_client]
+    assert uncorrelated_calls([ev], [*ev.logs, other_client, their_inbound]) == []
+    attach_uncorrelated_calls([ev], [*ev.logs, other_client, their_inbound])
+    assert ev.hop("catalog").logs_out == []
 
 
 def test_an_expected_call_the_evidence_shows_is_held() -> None:
