@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from localmesh.http.grpcstatus import http_to_grpc_status
 from localmesh.http.message import Response
 
 __all__ = ["GRPC_STATUS_NAMES", "format_grpc_timeout", "grpc_local_reply", "grpc_span_tags",
@@ -66,21 +67,6 @@ def format_grpc_timeout(ms: int) -> str:
             return f"{t}{unit}"
         t //= 60
     return f"{min(t, _MAX_VALUE)}H"
-
-
-def http_to_grpc_status(status: int) -> int:
-    """``Grpc::Utility::httpToGrpcStatus`` (gRPC's http-grpc-status-mapping.md)."""
-    if status == 400:
-        return 13  # INTERNAL
-    if status == 401:
-        return 16  # UNAUTHENTICATED
-    if status == 403:
-        return 7  # PERMISSION_DENIED
-    if status == 404:
-        return 12  # UNIMPLEMENTED
-    if status in (429, 502, 503, 504):
-        return 14  # UNAVAILABLE
-    return 2  # UNKNOWN
 
 
 def percent_encode(text: str) -> str:

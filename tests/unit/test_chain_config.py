@@ -40,8 +40,8 @@ def test_empty_calls_make_a_leaf() -> None:
 @pytest.mark.parametrize(("value", "problem"), [
     ("http://a:8080/a", r"must start with seq:, par:, seq\?: or par\?:"),
     ("fan:http://a:8080/a", r"must start with seq:, par:, seq\?: or par\?:"),
-    ("seq:https://a:8080/a", "needs an http://<service> URL"),
-    ("seq:a:8080/a", "needs an http://<service> URL"),
+    ("seq:https://a:8080/a", "needs an http://<service> or grpc:"),
+    ("seq:a:8080/a", "needs an http://<service> or grpc:"),
 ])
 def test_malformed_calls_name_the_entry(value: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem) as info:

@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from fixtures.chain.config import ChainConfig, WorkSpec, parse_calls
+from fixtures.chain.config import GRPC_CALL_PATH, ChainConfig, WorkSpec, parse_calls
 from fixtures.chain.defects import CORRECT, Defect, behaviour_for, parse_defect
 from fixtures.chain.errors import ConfigError
 from fixtures.chain.testing import RecordingServer, RunningChain, serve_chain
@@ -50,22 +52,33 @@ class Profile:
     call_on_caller_gone: str = "closed"  # closed | left-open
     work_on_caller_gone: str = "cancelled"  # cancelled | orphaned
     status_on_side_call_503: int = 200  # hop status when only its optional call failed
+    # The same hop calling a gRPC callee (grpc://): what its call's metadata and deadline
+    # carry, and how often it calls a callee that answers UNAVAILABLE.
+    grpc_traceparent: str = "child"
+    grpc_tracestate: str = "forwarded"
+    grpc_request_id: str = "forwarded"
+    grpc_deadline: str = "shrunk"  # shrunk | grown | fresh | absent
+    grpc_attempts_on_unavailable: int = 1
 
 
 GOOD = Profile()
 BUG = {
     Defect.NONE: {},
-    Defect.DROP_TRACEPARENT: {"traceparent": "absent"},
-    Defect.REUSE_PARENT: {"traceparent": "unchanged"},
-    Defect.DROP_TRACESTATE: {"tracestate": "absent"},
+    Defect.DROP_TRACEPARENT: {"traceparent": "absent", "grpc_traceparent": "absent"},
+    Defect.REUSE_PARENT: {"traceparent": "unchanged", "grpc_traceparent": "unchanged"},
+    Defect.DROP_TRACESTATE: {"tracestate": "absent", "grpc_tracestate": "absent"},
     Defect.DROP_B3: {"b3": "absent"},
-    Defect.DROP_REQUEST_ID: {"request_id": "absent"},
-    Defect.IGNORE_BUDGET: {"budget_sent": "absent", "deadline_status": 200},
-    Defect.ADD_ELAPSED: {"budget_sent": "grown"},
+    Defect.DROP_REQUEST_ID: {"request_id": "absent", "grpc_request_id": "absent"},
+    Defect.IGNORE_BUDGET: {"budget_sent": "absent", "deadline_status": 200,
+                           "grpc_deadline": "absent"},
+    Defect.ADD_ELAPSED: {"budget_sent": "grown", "grpc_deadline": "grown"},
     Defect.NO_CANCEL: {"call_on_caller_gone": "left-open", "work_on_caller_gone": "orphaned"},
     Defect.CANCEL_SELF_ONLY: {"call_on_caller_gone": "left-open"},
-    Defect.APP_RETRIES: {"attempts_on_503": 3},
+    Defect.APP_RETRIES: {"attempts_on_503": 3, "grpc_attempts_on_unavailable": 3},
     Defect.NO_FALLBACK: {"status_on_side_call_503": 503},
+    Defect.GRPC_FRESH_DEADLINE: {"grpc_deadline": "fresh"},
+    Defect.GRPC_DROP_METADATA: {"grpc_traceparent": "absent", "grpc_tracestate": "absent"},
+    Defect.GRPC_RETRY_UNAVAILABLE: {"grpc_attempts_on_unavailable": 3},
 }
 
 
@@ -163,10 +176,69 @@ async def observe_side_call_failure(defect: Defect) -> dict[str, object]:
     return {"status_on_side_call_503": status}
 
 
+class GrpcLeaf:
+    """A grpcio server with the chain's method on raw bytes: records each call's metadata
+    and deadline; answers UNAVAILABLE when ``failing``."""
+
+    def __init__(self, failing: bool = False) -> None:
+        self.failing = failing
+        self.calls: list[tuple[dict[str, str], float | None]] = []
+        self.port = 0
+        self._server = grpc.aio.server()
+
+    async def _call(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        self.calls.append(({k: str(v) for k, v in context.invocation_metadata() or ()},
+                           context.time_remaining()))
+        if self.failing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+        return b"{}"
+
+    async def __aenter__(self) -> GrpcLeaf:
+        service, method = GRPC_CALL_PATH.strip("/").split("/")
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            service, {method: grpc.unary_unary_rpc_method_handler(self._call)}),))
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._server.stop(0)
+
+
+async def observe_grpc(defect: Defect) -> dict[str, object]:
+    """The hop calling a gRPC callee: its metadata, its deadline, its retries."""
+    provider, exporter = tracer_and_spans()
+    async with GrpcLeaf() as leaf:
+        cfg = ChainConfig(stages=parse_calls(f"seq:grpc://127.0.0.1:{leaf.port}"),
+                          defect=defect, work_before=WorkSpec("fixed", 30.0))
+        async with serve_chain(cfg, provider.get_tracer("t")) as app:
+            assert await get(app, INCOMING) == 200
+    ((meta, remaining),) = leaf.calls
+    (client,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    sent = meta.get("traceparent")
+    ms = None if remaining is None else remaining * 1000
+    async with GrpcLeaf(failing=True) as down:
+        cfg = ChainConfig(stages=parse_calls(f"seq:grpc://127.0.0.1:{down.port}"),
+                          defect=defect)
+        async with serve_chain(cfg, provider.get_tracer("t")) as app:
+            assert await get(app, {}) == 503  # grpcToHttpStatus: UNAVAILABLE is 503
+    return {
+        "grpc_traceparent": "absent" if sent is None else "unchanged" if sent == TRACEPARENT
+        else "child" if sent == f"00-{TRACE_ID}-{client.context.span_id:016x}-01" else "other",
+        "grpc_tracestate": "forwarded" if meta.get("tracestate") == INCOMING["tracestate"]
+        else "absent",
+        "grpc_request_id": "forwarded"
+        if meta.get("x-request-id") == INCOMING["x-request-id"] else "absent",
+        "grpc_deadline": "absent" if ms is None else "fresh" if ms > 20_000
+        else "grown" if ms > 1000 else "shrunk" if ms <= 1000 - 30 - 5 else "other",
+        "grpc_attempts_on_unavailable": len(down.calls),
+    }
+
+
 async def observe(defect: Defect) -> Profile:
     fields: dict[str, object] = {}
     for scenario in (observe_headers, observe_deadline, observe_retries, observe_caller_gone,
-                     observe_side_call_failure):
+                     observe_side_call_failure, observe_grpc):
         fields.update(await scenario(defect))
     return Profile(**fields)  # type: ignore[arg-type]
 
@@ -178,7 +250,9 @@ async def test_twin_does_its_one_bug_and_nothing_else(defect: Defect) -> None:
     header list traceparent/tracestate/x-b3-*/x-request-id (drop-*), the shrinking budget
     (ignore-budget, add-elapsed), Go-style cancellation (no-cancel, cancel-self-only),
     retries left to the mesh (app-retries), and a side call's failure degrading the reply
-    instead of failing it (no-fallback)."""
+    instead of failing it (no-fallback); on a gRPC call, the deadline and the trace
+    context in the metadata (grpc-fresh-deadline, grpc-drop-metadata) and no retry of
+    UNAVAILABLE (grpc-retry-unavailable)."""
     expected = dataclasses.replace(GOOD, **BUG[defect])  # type: ignore[arg-type]
     assert await observe(defect) == expected
 
