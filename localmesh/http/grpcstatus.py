@@ -1,12 +1,26 @@
-"""Envoy's two tables between HTTP statuses and gRPC status codes (docs/fidelity.md §1.9).
+"""gRPC's wire vocabulary as Envoy reads it (docs/fidelity.md §1.9): the two tables between
+HTTP statuses and gRPC status codes, the status names ``%GRPC_STATUS%`` prints, and the
+``grpc-timeout`` header.
 
-``http_to_grpc_status`` is what a sidecar answers a gRPC caller for a local reply; both
-directions are what the reference chain's gRPC leg uses at its two ends.
+The sidecar answers local replies with ``http_to_grpc_status``; the reference chain's gRPC
+leg maps both ways at its two ends; the probes read access-log lines with the names and the
+timeout parser. Kept here, in the lean HTTP package, so the chain image and the probes get
+them without the sidecar.
 """
 
 from __future__ import annotations
 
-__all__ = ["grpc_to_http_status", "http_to_grpc_status"]
+__all__ = ["GRPC_STATUS_NAMES", "grpc_status_code", "grpc_to_http_status", "http_to_grpc_status",
+           "parse_grpc_timeout"]
+
+_MAX_VALUE = 99_999_999  # "TimeoutValue → {positive integer as ASCII string of at most 8 digits}"
+_UNIT_MS = {"H": 3_600_000, "M": 60_000, "S": 1000, "m": 1}
+
+# Grpc::Utility::grpcStatusToString: the names %GRPC_STATUS% prints by default (CAMEL_STRING).
+GRPC_STATUS_NAMES = ("Ok", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded",
+                     "NotFound", "AlreadyExists", "PermissionDenied", "ResourceExhausted",
+                     "FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented", "Internal",
+                     "Unavailable", "DataLoss", "Unauthenticated")
 
 # Envoy source/common/grpc/status.cc Utility::grpcToHttpStatus
 _GRPC_TO_HTTP = {0: 200, 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429,
@@ -31,3 +45,34 @@ def http_to_grpc_status(status: int) -> int:
 def grpc_to_http_status(code: int) -> int:
     """``Grpc::Utility::grpcToHttpStatus``: an unknown code is 500, as in Envoy."""
     return _GRPC_TO_HTTP.get(code, 500)
+
+
+def parse_grpc_timeout(value: str | None) -> int | None:
+    """The header's timeout in ms, or None when absent or not a valid ``grpc-timeout``."""
+    if not value or len(value) < 2:
+        return None
+    digits, unit = value[:-1], value[-1]
+    if not digits.isdigit() or not digits.isascii() or int(digits) > _MAX_VALUE:
+        return None
+    n = int(digits)
+    if unit in _UNIT_MS:
+        return n * _UNIT_MS[unit]
+    if unit == "u":
+        return -(-n // 1000)  # rounded up, as Envoy does
+    if unit == "n":
+        return -(-n // 1_000_000)
+    return None
+
+
+def grpc_status_code(value: str | None) -> int | None:
+    """A ``%GRPC_STATUS%`` value in any of its formats (CAMEL_STRING ``Unavailable``,
+    SNAKE_STRING ``UNAVAILABLE``, NUMBER ``14``) as its code; None when absent or unknown."""
+    if not value:
+        return None
+    if value.isdigit():
+        return int(value)
+    key = value.replace("_", "").lower()
+    for code, name in enumerate(GRPC_STATUS_NAMES):
+        if name.lower() == key or (code == 1 and key == "cancelled"):
+            return code
+    return None

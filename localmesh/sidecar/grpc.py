@@ -17,44 +17,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from localmesh.http.grpcstatus import http_to_grpc_status
+from localmesh.http.grpcstatus import (
+    _MAX_VALUE,
+    GRPC_STATUS_NAMES,
+    http_to_grpc_status,
+    parse_grpc_timeout,
+)
 from localmesh.http.message import Response
 
 __all__ = ["GRPC_STATUS_NAMES", "format_grpc_timeout", "grpc_local_reply", "grpc_span_tags",
            "http_to_grpc_status", "is_grpc", "parse_grpc_timeout", "percent_encode"]
-
-_MAX_VALUE = 99_999_999  # "TimeoutValue → {positive integer as ASCII string of at most 8 digits}"
-_UNIT_MS = {"H": 3_600_000, "M": 60_000, "S": 1000, "m": 1}
-
-# Grpc::Utility::grpcStatusToString: the names %GRPC_STATUS% prints by default (CAMEL_STRING).
-GRPC_STATUS_NAMES = ("Ok", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded",
-                     "NotFound", "AlreadyExists", "PermissionDenied", "ResourceExhausted",
-                     "FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented", "Internal",
-                     "Unavailable", "DataLoss", "Unauthenticated")
-
 
 def is_grpc(headers: Mapping[str, str]) -> bool:
     """``Grpc::Common::isGrpcRequestHeaders``: content-type ``application/grpc[+…|;…]``."""
     ctype = headers.get("content-type", "")
     return ctype == "application/grpc" or ctype.startswith(("application/grpc+",
                                                             "application/grpc;"))
-
-
-def parse_grpc_timeout(value: str | None) -> int | None:
-    """The header's timeout in ms, or None when absent or not a valid ``grpc-timeout``."""
-    if not value or len(value) < 2:
-        return None
-    digits, unit = value[:-1], value[-1]
-    if not digits.isdigit() or not digits.isascii() or int(digits) > _MAX_VALUE:
-        return None
-    n = int(digits)
-    if unit in _UNIT_MS:
-        return n * _UNIT_MS[unit]
-    if unit == "u":
-        return -(-n // 1000)  # rounded up, as Envoy does
-    if unit == "n":
-        return -(-n // 1_000_000)
-    return None
 
 
 def format_grpc_timeout(ms: int) -> str:

@@ -36,12 +36,14 @@ def reached_upstream(call: AccessLogRecord) -> bool:
 
 def held_by_fault_filter(call: AccessLogRecord) -> bool:
     """Envoy's fault filter answered the call before the router (docs/fidelity.md §2.4): an
-    abort (``FI``), or a caller that left during an injected delay (``DI`` with ``DC`` and no
-    upstream host). The router never ran, so no budget or attempt was sent on."""
+    abort (``FI``), or a caller that left during an injected delay (``DI`` with ``DC``, or
+    ``DR`` for an HTTP/2 caller's RST_STREAM, §1.9, and no upstream host). The router never
+    ran, so no budget or attempt was sent on."""
     flags = call.flags
     if "FI" in flags:
         return True
-    return "DI" in flags and "DC" in flags and not call.fields.get("upstream_host")
+    return ("DI" in flags and bool(flags & {"DC", "DR"})
+            and not call.fields.get("upstream_host"))
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class SidecarRun:
 
     @property
     def budget_ms(self) -> int | None:
-        return self.inbound.expected_rq_timeout_ms
+        return self.inbound.budget_ms
 
     @property
     def start_us(self) -> int:
@@ -71,9 +73,13 @@ class SidecarRun:
 
 
 def failed(call: AccessLogRecord) -> bool:
-    """The call got no good answer: no response, a 5xx, or a failure flag."""
+    """The call got no good answer: no response, a 5xx, a failure flag, or a gRPC status
+    other than OK (a gRPC error travels in a 200's trailers, docs/fidelity.md §1.9)."""
     code = call.response_code
-    return code is None or code == 0 or code >= 500 or bool(call.flags & FAILED_FLAGS)
+    if code is None or code == 0 or code >= 500 or bool(call.flags & FAILED_FLAGS):
+        return True
+    grpc_status = call.grpc_status
+    return grpc_status is not None and grpc_status != 0
 
 
 def sidecar_runs(hop: HopEvidence, slack_us: int = 2000) -> list[SidecarRun]:

@@ -95,8 +95,8 @@ def invocations(hop: HopEvidence) -> tuple[Invocation, ...]:
 
 def _log_budget(hop: HopEvidence) -> tuple[float, int] | None:
     for record in hop.logs_in:
-        if record.expected_rq_timeout_ms is not None and record.start_us is not None:
-            return float(record.expected_rq_timeout_ms), record.start_us
+        if record.budget_ms is not None and record.start_us is not None:
+            return float(record.budget_ms), record.start_us
     return None
 
 
@@ -174,7 +174,7 @@ def _sidecar_budget_findings(ev: RequestEvidence, tree: CallTree, tolerance_ms: 
             if run.budget_ms is None:
                 continue
             for call in run.calls:
-                sent = call.expected_rq_timeout_ms
+                sent = call.budget_ms
                 if sent is None or call.start_us is None:
                     continue
                 judged.basis.add("sidecar")
@@ -214,7 +214,7 @@ def _app_budget_findings(ev: RequestEvidence, tree: CallTree, tolerance_ms: floa
 
 
 def _no_budget_anywhere(ev: RequestEvidence) -> bool:
-    return not any(r.expected_rq_timeout_ms is not None for h in ev.hops.values()
+    return not any(r.budget_ms is not None for h in ev.hops.values()
                    for r in (*h.logs_in, *h.logs_out)) and \
         not any(budget(h) is not None for h in ev.hops.values())
 

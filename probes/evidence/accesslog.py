@@ -18,6 +18,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal
 
+from localmesh.http.grpcstatus import grpc_status_code, parse_grpc_timeout
 from probes.errors import ConfigurationError
 
 __all__ = [
@@ -44,6 +45,7 @@ _KNOWN_HEADERS = {
     "x-b3-spanid": "b3_span_id", "x-b3-sampled": "b3_sampled", "user-agent": "user_agent",
     "x-forwarded-for": "x_forwarded_for",
     "x-envoy-upstream-rq-timeout-ms": "upstream_rq_timeout_ms",
+    "grpc-timeout": "grpc_timeout",
 }
 _KNOWN_RESP_HEADERS = {"x-envoy-upstream-service-time": "upstream_service_time"}
 _ALIASES = {"upstream_cluster_raw": "upstream_cluster"}
@@ -194,6 +196,26 @@ class AccessLogRecord:
     @property
     def expected_rq_timeout_ms(self) -> int | None:
         return _int(self.fields.get("expected_rq_timeout_ms"))
+
+    @property
+    def grpc_status(self) -> int | None:
+        """``%GRPC_STATUS%`` as a code (any of Envoy's three formats); None for HTTP lines,
+        or when the format lacks it (docs/fidelity.md §1.9)."""
+        return grpc_status_code(self.fields.get("grpc_status"))
+
+    @property
+    def grpc_timeout_ms(self) -> int | None:
+        """The ``grpc-timeout`` the request carried, in ms (Envoy's parsing, §1.9)."""
+        return parse_grpc_timeout(self.fields.get("grpc_timeout"))
+
+    @property
+    def budget_ms(self) -> int | None:
+        """The budget the request arrived with: ``x-envoy-expected-rq-timeout-ms``, and for a
+        gRPC call its ``grpc-timeout`` when smaller (the caller's sidecar writes both from
+        the same expected timeout, §1.9)."""
+        budgets = [b for b in (self.expected_rq_timeout_ms, self.grpc_timeout_ms)
+                   if b is not None]
+        return min(budgets) if budgets else None
 
     @property
     def attempt(self) -> int | None:

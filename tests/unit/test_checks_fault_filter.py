@@ -8,6 +8,8 @@ passed no budget on because it was never sent, not because the app forgot it.
 
 from __future__ import annotations
 
+import pytest
+
 from probes.checks import deadlines
 from probes.checks.calls import held_by_fault_filter, reached_upstream
 from probes.evidence.request import CallTree, RequestEvidence
@@ -33,9 +35,11 @@ def test_an_aborted_call_passed_no_budget_on_and_is_not_blamed() -> None:
     assert _deadline_propagated(ev).verdict == "held"
 
 
-def test_a_call_whose_caller_left_during_the_injected_delay_is_not_blamed() -> None:
-    """``onDestroy`` during the delay: ``0 DI,DC``, the request was never forwarded."""
-    ev = _with_stock_call("DI,DC", 0)
+@pytest.mark.parametrize("flags", ["DI,DC", "DI,DR"])
+def test_a_call_whose_caller_left_during_the_injected_delay_is_not_blamed(flags: str) -> None:
+    """``onDestroy`` during the delay: ``0 DI,DC``, or ``0 DI,DR`` when a gRPC caller reset
+    its HTTP/2 stream (§1.9); the request was never forwarded."""
+    ev = _with_stock_call(flags, 0)
     assert _deadline_propagated(ev).verdict == "held"
 
 
