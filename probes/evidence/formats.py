@@ -29,8 +29,11 @@ EXTENDED_TEXT = (
 
 # What the fixtures' mesh config sets: the extended format plus the W3C tracestate and the B3
 # trace id, so that continuity of both header families is visible at every sidecar even when
-# the tracing backend drops tracestate (Jaeger keeps it only as an optional tag).
-MESHCHAOS_TEXT = EXTENDED_TEXT[:-1] + ' "%REQ(TRACESTATE)%" "%REQ(X-B3-TRACEID)%"\n'
+# the tracing backend drops tracestate (Jaeger keeps it only as an optional tag), and a gRPC
+# call's status (a gRPC error is a 200 with grpc-status in its trailers) and deadline
+# (docs/fidelity.md §1.9).
+MESHCHAOS_TEXT = (EXTENDED_TEXT[:-1] + ' "%REQ(TRACESTATE)%" "%REQ(X-B3-TRACEID)%"'
+                  + ' %GRPC_STATUS% "%REQ(GRPC-TIMEOUT)%"\n')
 
 ISTIO_JSON: dict[str, str] = {
     "start_time": "%START_TIME%",

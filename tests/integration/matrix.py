@@ -16,6 +16,12 @@ so a difference between rows can only come from the twin:
 - ratings answers 503 (orders treats it as an optional side call, so users still get
   200): a failing call is what makes an app that retries by itself show it.
 
+inventory calls pricing over gRPC (the chain's gRPC leg), so the budget, cancellation and
+trace rows at inventory and pricing judge a gRPC hop. A row may add env to its twin's hop
+(as an experiment's ``chain_defect_env`` does): the fresh-deadline twin is only visible
+when inventory has less left than the 300 ms route cap Istio puts on a gRPC deadline
+(docs/fidelity.md §1.9), so that row's inventory works longer before its call.
+
 Each cell is ``PASS`` or ``FAIL @ <hops>`` (the hops named by the failing checks).
 """
 
@@ -25,7 +31,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,9 @@ PRICING_WORK_MS = 240  # under pricing's 300 ms route timeout: plain traffic sti
 INVENTORY_WORK_MS = 15
 CLIENT_TIMEOUT_MS = 130  # inventory has called pricing by then (~50 ms in); pricing still works
 GRACE_MS = 100.0
+# inventory's budget is orders' 400 ms try: after this much work it has ~245 ms left, less
+# than the 300 ms cap, so a fresh 30 s deadline reaches pricing as 300 ms, more than it had
+FRESH_DEADLINE_INVENTORY_WORK_MS = 150
 DEADLINE_TOLERANCE_MS = 10.0  # clock noise on a busy 2-core node (experiments use the same)
 
 COLUMNS = ("trace continuity", "deadline propagation", "orphan work", "steady state")
@@ -53,6 +62,7 @@ class Row:
     defect: str
     hop: str | None
     why: str
+    env: Mapping[str, str] = field(default_factory=dict)  # extra env of the twin's hop
 
     @property
     def label(self) -> str:
@@ -93,11 +103,15 @@ ROWS = (
     Row("no-cancel", "inventory", "inventory works on after its caller left"),
     Row("cancel-self-only", "inventory", "inventory stops but leaves its call to pricing running"),
     Row("app-retries", "orders", "orders retries the failing ratings itself"),
+    Row("grpc-drop-metadata", "inventory", "inventory's gRPC call carries no trace context"),
+    Row("grpc-fresh-deadline", "inventory", "inventory gives pricing a fresh 30 s deadline",
+        {"CHAIN_WORK_BEFORE": str(FRESH_DEADLINE_INVENTORY_WORK_MS)}),
+    Row("no-cancel", "pricing", "pricing, the gRPC server, works on after its call was cancelled"),
 )
 
 _FAIL_TRACE = {"drop-traceparent", "reuse-parent", "drop-tracestate", "drop-b3",
-               "drop-request-id"}
-_FAIL_DEADLINE = {"ignore-budget", "add-elapsed", "app-retries"}
+               "drop-request-id", "grpc-drop-metadata"}
+_FAIL_DEADLINE = {"ignore-budget", "add-elapsed", "app-retries", "grpc-fresh-deadline"}
 _FAIL_ORPHAN = {"no-cancel", "cancel-self-only"}
 EXPECTED: dict[str, tuple[str, ...]] = {  # column -> defects that must fail it (at their hop)
     COLUMNS[0]: tuple(sorted(_FAIL_TRACE)),
@@ -121,7 +135,7 @@ def scenario_env(row: Row) -> dict[tuple[str, str], dict[str, str]]:
         ("shop", "ratings"): {"CHAIN_STATUS": "503"},
     }
     if row.hop is not None:
-        env.setdefault(("shop", row.hop), {})["CHAIN_DEFECT"] = row.defect
+        env.setdefault(("shop", row.hop), {}).update({**row.env, "CHAIN_DEFECT": row.defect})
     return env
 
 

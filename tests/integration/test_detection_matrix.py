@@ -67,7 +67,8 @@ def run_row(row: Row, state_dir: Path) -> dict[str, Cell]:
     return cells
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[r.defect for r in ROWS])
+@pytest.mark.parametrize("row", ROWS, ids=[r.defect if r.hop in (None, "orders", "inventory")
+                                           else f"{r.defect}@{r.hop}" for r in ROWS])
 def test_each_probe_fails_only_on_the_twin_aimed_at_it_and_names_its_hop(
         row: Row, observed: Observed, tmp_path: Path) -> None:
     """docs/fidelity.md §3/§4 (trace context), §1.4/§1.5/§6 (budgets), §1.1/§1.6 (caller
@@ -84,10 +85,12 @@ def test_each_probe_fails_only_on_the_twin_aimed_at_it_and_names_its_hop(
 
 
 def test_the_expected_matrix_aims_every_twin_at_exactly_one_probe() -> None:
-    """The issue's contract: ten twins, each caught by one probe (so each row of the
-    expected matrix has exactly one FAIL), and the correct chain passes everything."""
-    defects = [r.defect for r in ROWS if r.hop is not None]
-    assert len(defects) == len(set(defects)) == 10
+    """The issues' contract: ten twins (issue 1) and the gRPC leg's (issue 16: trace
+    context dropped from the metadata, a fresh deadline, cancellation ignored by the gRPC
+    server), each caught by one probe (so each row of the expected matrix has exactly one
+    FAIL), and the correct chain passes everything."""
+    twins = [(r.defect, r.hop) for r in ROWS if r.hop is not None]
+    assert len(twins) == len(set(twins)) == 13
     for row in ROWS:
         failing = [c for c in COLUMNS if not expected_cell(row, c).passed]
         assert len(failing) == (0 if row.hop is None else 1), (row.label, failing)

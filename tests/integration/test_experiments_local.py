@@ -56,6 +56,9 @@ TWIN_TABLE = [
     ("no-cancel", "inventory", "fault-delay-beyond-timeout"),
     ("ignore-budget", "inventory", "fault-delay-beyond-timeout"),
     ("no-fallback", "orders", "fault-abort-side-hop"),
+    ("grpc-drop-metadata", "inventory", "timeout-cascade"),
+    ("grpc-fresh-deadline", "inventory", "deadline-headers-audit"),
+    ("grpc-retry-unavailable", "inventory", "partition-leaf"),
 ]
 TWIN_IDS = [f"{d}@{h}-{e}" for d, h, e in TWIN_TABLE]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from probes.checks import sidecalls, tracing
-from probes.evidence.accesslog import compile_format, parse_lines
-from probes.evidence.formats import MESHCHAOS_TEXT
+from probes.evidence.accesslog import parse_lines
+from probes.evidence.kube import parse_mesh_config
 from probes.evidence.recorded import read_recorded
 from probes.evidence.request import RequestEvidence
 from tests.reference_chain import REFERENCE_CHAIN
@@ -116,7 +116,10 @@ def test_an_aborted_side_call_is_no_trace_break_but_a_lost_one_is() -> None:
     orders = ev.hop("orders")
     sent_line = next(r for r in orders.logs_out if r.upstream_service == "ratings")
     edited = sent_line.line.replace("503 FI fault_filter_abort", "200 - via_upstream")
-    (as_sent,), _ = parse_lines(compile_format(MESHCHAOS_TEXT), "shop", sent_line.pod, [edited])
+    # the recording's own mesh config: its lines were written in the format of that day
+    mesh = Path(__file__).parents[1] / "data" / "evidence" / "live-side-aborted-correct"
+    fmt = parse_mesh_config((mesh / "mesh.yaml").read_text())
+    (as_sent,), _ = parse_lines(fmt.log_format, "shop", sent_line.pod, [edited])
     lost = RequestEvidence.build(ev.sent, ev.spans,
                                  [r for r in ev.logs if r is not sent_line] + [as_sent])
     (broken,) = tracing.evaluate([lost], REFERENCE_CHAIN, ["same-trace"])

@@ -181,7 +181,7 @@ def _line(hop: str, cluster: str, tracestate: str, b3: str) -> str:
     return (f'[2026-11-26T17:25:03.123Z] "GET /api HTTP/1.1" 200 - via_upstream - "-" 0 9 5 4 '
             f'"-" "ua" "0d384590-2f9e-48ce-a3c3-be5f947efec9" "{hop}:8080" "127.0.0.1:1" '
             f'{cluster} - 127.0.0.1:2 127.0.0.1:3 - default '
-            f'"00-{TRACE}-00f067aa0ba902b7-01" "-" "1" "{tracestate}" "{b3}"')
+            f'"00-{TRACE}-00f067aa0ba902b7-01" "-" "1" "{tracestate}" "{b3}" - "-"')
 
 
 def _log_only_evidence(orders_sends: tuple[str, str]) -> RequestEvidence:

@@ -26,6 +26,7 @@ CRD_FILES = {
     ("networking.istio.io", "DestinationRule"): "networking.istio.io_destinationrules.yaml",
 }
 HOPS = {"frontend", "orders", "inventory", "pricing", "ratings"}
+GRPC_HOPS = {"pricing"}  # served over gRPC: the chain's gRPC leg (issue 16)
 Obj = dict[str, Any]
 
 
@@ -162,13 +163,16 @@ def test_namespace_shop_has_sidecar_injection_enabled() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(HOPS))
-def test_each_hop_has_a_service_on_port_8080_named_http(name: str) -> None:
-    """Istio protocol selection: a Service port named http(-*) is treated as HTTP."""
+def test_each_hop_has_a_service_on_port_8080_named_for_its_protocol(name: str) -> None:
+    """Istio protocol selection (docs/fidelity.md §2.5): a Service port named http(-*) is
+    HTTP; pricing, the gRPC leg, says grpc by name and by appProtocol."""
     svc = by_name("Service", name)
     assert svc["metadata"]["namespace"] == "shop"
     assert svc["spec"]["selector"] == {"app": name}
-    assert svc["spec"]["ports"] == [
-        {"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]
+    port = {"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}
+    if name in GRPC_HOPS:
+        port = {**port, "name": "grpc", "appProtocol": "grpc"}
+    assert svc["spec"]["ports"] == [port]
 
 
 @pytest.mark.parametrize("name", sorted(HOPS))
@@ -187,9 +191,12 @@ def test_each_hop_deployment_runs_the_chain_with_a_sidecar_and_readiness(name: s
     (container,) = template["spec"]["containers"]
     assert container["image"] == "meshchaos/chain:0.1.0"
     assert container["ports"][0]["containerPort"] == 8080
-    probe = container["readinessProbe"]["httpGet"]
-    assert probe == {"path": "/healthz", "port": 8080}
     env = {e["name"]: e["value"] for e in container["env"]}
+    if name in GRPC_HOPS:  # a gRPC server has no /healthz: ready once it accepts
+        assert env["CHAIN_PROTOCOL"] == "grpc"
+        assert container["readinessProbe"]["tcpSocket"] == {"port": 8080}
+    else:
+        assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
     assert env["OTEL_SERVICE_NAME"] == name and env["CHAIN_DEFECT"] == "none"
     assert all(isinstance(v, str) for v in env.values())  # literal values only
 
@@ -204,7 +211,10 @@ def test_the_hops_form_the_documented_tree() -> None:
     for name in HOPS:
         for stage in parse_calls(env(name, "CHAIN_CALLS")):
             for call in stage:
-                assert call.url == f"http://{call.service}:8080/{call.service}"
+                if call.service in GRPC_HOPS:
+                    assert call.url == f"grpc://{call.service}:8080"
+                else:
+                    assert call.url == f"http://{call.service}:8080/{call.service}"
 
 
 def env(name: str, key: str, objects: list[Obj] = OBJECTS) -> str:
