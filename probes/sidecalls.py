@@ -42,7 +42,7 @@ from probes.evidence.settle import poll_interval
 from probes.results import probe_result
 from probes.target import Target, resolve_target
 
-__all__ = ["flagged_calls", "side_call_fallback"]
+__all__ = ["flagged_calls", "read_back", "side_call_fallback"]
 
 
 def flagged_calls(service: str = "", flag: str = "FI", caller: str = "", requests: int = 10,
@@ -123,10 +123,10 @@ def _logged(target: Target, configuration: dict[str, Any] | None, requests: int,
     sent = _common.send_requests(target.entry_url(path), configuration, requests,
                                  target.request_headers(headers), timeout_s=10.0,
                                  deadline=deadline)
-    return _read_back(target, sent, deadline)
+    return read_back(target, sent, deadline)
 
 
-def _read_back(target: Target, sent: Sequence[SentRequest],
+def read_back(target: Target, sent: Sequence[SentRequest],
                deadline: Deadline) -> tuple[list[RequestEvidence], int]:
     """The requests' lines once the logs stopped growing.
 

@@ -16,10 +16,13 @@ import time
 from typing import Any
 
 from probes import _common
+from probes.checks.calls import FAILED_FLAGS
+from probes.checks.sidecalls import count_flagged
 from probes.checks.slo import latency_summary, slo_checks, status_mix
 from probes.deadline import Deadline
 from probes.errors import ConfigurationError, MeasurementError
 from probes.results import Check, probe_result
+from probes.sidecalls import read_back
 from probes.target import resolve_target
 from probes.traffic import Load, send_load, send_one
 
@@ -30,6 +33,7 @@ _SLO_KEYS = {"min_success", "max_p99_ms", "budget_ms", "concurrency", "timeout_s
 
 def steady_state(rate: float = 10.0, duration_s: float = 5.0, path: str = "",
                  headers: dict[str, str] | None = None, slo: dict[str, Any] | None = None,
+                 mesh_effect_on: str = "",
                  configuration: dict[str, Any] | None = None,
                  secrets: dict[str, Any] | None = None) -> dict[str, Any]:
     """Drive a bounded load and judge it: status mix, latency percentiles, budget.
@@ -38,6 +42,11 @@ def steady_state(rate: float = 10.0, duration_s: float = 5.0, path: str = "",
     caller's budget each request must end within), ``concurrency`` (default 4, max 64),
     ``timeout_s`` (per request, default: budget or 5 s). Requests go to ``path``
     (default: the ``entry_path`` key) with ``entry_headers`` and ``headers``.
+
+    ``mesh_effect_on``: a service; the load's access-log lines are then read back and
+    ``measurements.mesh_effect`` counts the callers' calls to it that failed in the mesh
+    (a failure flag, docs/fidelity.md §2.3), even when a retry hid them from the client:
+    the evidence an effect probe needs when a fault is absorbed below the entry.
     """
     spec = dict(slo or {})
     unknown = set(spec) - _SLO_KEYS
@@ -56,10 +65,14 @@ def steady_state(rate: float = 10.0, duration_s: float = 5.0, path: str = "",
         raise MeasurementError(f"steady_state sent no request to '{load.url}'")
     checks = slo_checks(sent, min_success=float(spec.get("min_success", 0.99)),
                         max_p99_ms=spec.get("max_p99_ms"), budget_ms=budget)
-    return probe_result("steady-state", checks,
-                        measurements={"requests": len(sent), "statuses": status_mix(sent),
-                                      "latency_ms": latency_summary(sent),
-                                      "errors": sorted({r.error for r in sent if r.error})[:5]})
+    measurements: dict[str, Any] = {
+        "requests": len(sent), "statuses": status_mix(sent), "latency_ms": latency_summary(sent),
+        "errors": sorted({r.error for r in sent if r.error})[:5]}
+    if mesh_effect_on:
+        evidence, _ = read_back(target, sent, Deadline(30.0, "steady_state mesh_effect_on"))
+        measurements["mesh_effect"] = count_flagged(evidence, mesh_effect_on,
+                                                    FAILED_FLAGS).as_json()
+    return probe_result("steady-state", checks, measurements=measurements)
 
 
 def recovery_time(consecutive: int = 5, max_wait_s: float = 60.0, interval_s: float = 0.2,

@@ -88,6 +88,17 @@ def test_experiment_passes_on_the_correct_chain(path: Path, tmp_path: Path) -> N
     assert code == 0
 
 
+def test_a_pod_kill_of_the_grpc_server_is_felt_in_the_mesh_and_covered_by_retries(
+        tmp_path: Path) -> None:
+    """pod-kill-midchain aimed at pricing, the gRPC server: orders' retries of inventory hide
+    the kill from the client, and the effect probe finds it in inventory's sidecar lines
+    (503 UC/UH towards pricing, mesh_effect_on), so the run is judged, not INCONCLUSIVE."""
+    outcome, summary, code = run_experiment(ROOT / "experiments" / "pod-kill-midchain.json",
+                                            tmp_path, MESHCHAOS_TARGET_SERVICE="pricing")
+    assert outcome is Outcome.PASS, summary
+    assert code == 0
+
+
 @pytest.mark.parametrize(("defect", "hop", "experiment"), TWIN_TABLE, ids=TWIN_IDS)
 def test_experiment_fails_on_the_twin_aimed_at_its_bug_and_names_its_hop(
         defect: str, hop: str, experiment: str, tmp_path: Path) -> None:
