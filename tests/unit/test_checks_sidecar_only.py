@@ -208,12 +208,10 @@ def test_no_rule_says_held_where_it_evaluated_nothing() -> None:
     assert {c.verdict for c in app_rules} == {"not judged"}
 
 
-def test_calls_that_dropped_every_id_are_found_inside_the_hop_they_served() -> None:
-    """A hop that forwards neither traceparent nor x-request-id: its sidecar mints new ones,
-    and only the time and the pod tie the call to the request it served."""
-    minted = line("catalog-1-a", at=51, ms=30, callee="stock", expected=1449,
-                  rid="11111111-2222-4333-8444-555555555555",
-                  trace="aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+def edge_catalog_and_another_client() -> tuple[RequestEvidence, AccessLogRecord,
+                                                 AccessLogRecord]:
+    """edge -> catalog for the probe's request, and another client's request through the
+    same catalog pod meanwhile: its call to stock, and its inbound line."""
     other_client = line("catalog-1-a", at=55, ms=30, callee="stock",
                         rid="99999999-2222-4333-8444-555555555555",
                         trace="bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")
@@ -222,6 +220,16 @@ def test_calls_that_dropped_every_id_are_found_inside_the_hop_they_served() -> N
     ev = evidence(line("edge-1-a", at=0, ms=90, expected=1500),
                   line("edge-1-a", at=25, ms=64, callee="catalog", expected=1475),
                   line("catalog-1-a", at=26, ms=62, expected=1475))
+    return ev, other_client, their_inbound
+
+
+def test_calls_that_dropped_every_id_are_found_inside_the_hop_they_served() -> None:
+    """A hop that forwards neither traceparent nor x-request-id: its sidecar mints new ones,
+    and only the time and the pod tie the call to the request it served."""
+    minted = line("catalog-1-a", at=51, ms=30, callee="stock", expected=1449,
+                  rid="11111111-2222-4333-8444-555555555555",
+                  trace="aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+    ev, other_client, their_inbound = edge_catalog_and_another_client()
     attach_uncorrelated_calls([ev], [*ev.logs, minted, other_client, their_inbound])
     assert ev.hop("catalog").logs_out == [minted]
     (finding,) = tracing.same_trace(ev, CallTree.observe([ev]))
@@ -234,14 +242,7 @@ def test_a_call_of_another_clients_request_still_in_flight_is_held_back_until_it
     client's request is still in flight through catalog, its call below (already logged)
     carries ids no inbound line of catalog has yet. It is pending, not the request's own,
     until the read after its inbound line was written shows whose it was."""
-    other_client = line("catalog-1-a", at=55, ms=30, callee="stock",
-                        rid="99999999-2222-4333-8444-555555555555",
-                        trace="bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")
-    their_inbound = line("catalog-1-a", at=50, ms=40, rid=other_client.request_id or "",
-                         trace="bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")
-    ev = evidence(line("edge-1-a", at=0, ms=90, expected=1500),
-                  line("edge-1-a", at=25, ms=64, callee="catalog", expected=1475),
-                  line("catalog-1-a", at=26, ms=62, expected=1475))
+    ev, other_client, their_inbound = edge_catalog_and_another_client()
     assert uncorrelated_calls([ev], [*ev.logs, other_client]) == [other_client]
     assert uncorrelated_calls([ev], [*ev.logs, other_client, their_inbound]) == []
     attach_uncorrelated_calls([ev], [*ev.logs, other_client, their_inbound])
