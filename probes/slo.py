@@ -21,8 +21,8 @@ from probes.checks.sidecalls import count_flagged
 from probes.checks.slo import latency_summary, slo_checks, status_mix
 from probes.deadline import Deadline
 from probes.errors import ConfigurationError, MeasurementError
+from probes.evidence.readback import read_back_logs
 from probes.results import Check, probe_result
-from probes.sidecalls import read_back
 from probes.target import resolve_target
 from probes.traffic import Load, send_load, send_one
 
@@ -69,7 +69,7 @@ def steady_state(rate: float = 10.0, duration_s: float = 5.0, path: str = "",
         "requests": len(sent), "statuses": status_mix(sent), "latency_ms": latency_summary(sent),
         "errors": sorted({r.error for r in sent if r.error})[:5]}
     if mesh_effect_on:
-        evidence, _ = read_back(target, sent, Deadline(30.0, "steady_state mesh_effect_on"))
+        evidence, _ = read_back_logs(target, sent, Deadline(30.0, "steady_state mesh_effect_on"))
         measurements["mesh_effect"] = count_flagged(evidence, mesh_effect_on,
                                                     FAILED_FLAGS).as_json()
     return probe_result("steady-state", checks, measurements=measurements)
