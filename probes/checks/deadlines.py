@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from probes.checks.calls import failed, reached_upstream, sidecar_runs
 from probes.checks.findings import Finding, Judged, NotJudged, Outcome, aggregate
+from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.request import CallTree, HopEvidence, RequestEvidence
 from probes.evidence.routes import Route
 from probes.evidence.spans import Span
@@ -367,19 +368,26 @@ def _app_retry_findings(ev: RequestEvidence, tree: CallTree, judged: Judged) -> 
             return
 
 
-def _sidecar_retry_findings(ev: RequestEvidence, tree: CallTree, judged: Judged) -> None:
+def _sidecar_retry_findings(ev: RequestEvidence, tree: CallTree, judged: Judged) -> bool:
     """A second outbound request to the same service and path, made after the first one
     failed, under the same inbound request: the app retried (the mesh's own retries are
-    attempts inside one outbound request, one line with x-envoy-attempt-count)."""
+    attempts inside one outbound request, one line with x-envoy-attempt-count).
+
+    Returns whether a repeated call followed one whose outcome the line cannot tell: a
+    gRPC error is a 200 with grpc-status in its trailers, invisible to a format without
+    ``%GRPC_STATUS%`` (docs/fidelity.md §1.9)."""
+    unknown = False
     for hop in tree.hops():
         for srun in sidecar_runs(ev.hop(hop)):
             if srun.calls:
                 judged.basis.add("sidecar")
             for index, call in enumerate(srun.calls):
-                earlier = [c for c in srun.calls[:index]
-                           if c.upstream_service == call.upstream_service
-                           and c.fields.get("path") == call.fields.get("path") and failed(c)
-                           and (c.end_us or 0) <= (call.start_us or 0) + 2000]
+                before = [c for c in srun.calls[:index]
+                          if c.upstream_service == call.upstream_service
+                          and c.fields.get("path") == call.fields.get("path")
+                          and (c.end_us or 0) <= (call.start_us or 0) + 2000]
+                unknown = unknown or any(_grpc_outcome_unknown(c) for c in before)
+                earlier = [c for c in before if failed(c)]
                 if earlier:
                     first = earlier[-1]
                     gap = ((call.start_us or 0) - (first.end_us or 0)) / 1000
@@ -389,15 +397,28 @@ def _sidecar_retry_findings(ev: RequestEvidence, tree: CallTree, judged: Judged)
                         f"after a {first.response_code} {flags} (same x-request-id): an "
                         "app-level retry on top of the mesh's", (ev.sent.trace_id,),
                         (first.line, call.line)))
-                    return
+                    return unknown
+    return unknown
+
+
+def _grpc_outcome_unknown(call: AccessLogRecord) -> bool:
+    return (call.fields.get("protocol") == "HTTP/2" and "grpc_status" not in call.fields
+            and not failed(call))
 
 
 def no_app_retries(ev: RequestEvidence, tree: CallTree) -> Outcome:
-    """No hop retries a failed call itself (sidecar lines; app spans' meshchaos.attempt)."""
+    """No hop retries a failed call itself (sidecar lines; app spans' meshchaos.attempt).
+
+    A repeated gRPC call after an answer the log cannot classify (no ``%GRPC_STATUS%`` in
+    the format) is not judged from the sidecar: it may be a retry of an error."""
     judged = Judged()
-    _sidecar_retry_findings(ev, tree, judged)
+    unknown = _sidecar_retry_findings(ev, tree, judged)
     if not judged.findings:
         _app_retry_findings(ev, tree, judged)
+        if unknown and "app" not in judged.basis:
+            return NotJudged("a hop called the same gRPC method twice and the access-log "
+                             "format has no %GRPC_STATUS%, so whether the first call failed "
+                             "(a gRPC error is a 200) cannot be told")
     if not judged.basis:
         return NotJudged("no hop made an outbound request")
     return judged
