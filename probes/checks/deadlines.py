@@ -368,15 +368,15 @@ def _app_retry_findings(ev: RequestEvidence, tree: CallTree, judged: Judged) -> 
             return
 
 
-def _sidecar_retry_findings(ev: RequestEvidence, tree: CallTree, judged: Judged) -> bool:
+def _sidecar_retry_findings(ev: RequestEvidence, tree: CallTree, judged: Judged) -> set[str]:
     """A second outbound request to the same service and path, made after the first one
     failed, under the same inbound request: the app retried (the mesh's own retries are
     attempts inside one outbound request, one line with x-envoy-attempt-count).
 
-    Returns whether a repeated call followed one whose outcome the line cannot tell: a
+    Returns the hops that repeated a call after one whose outcome the line cannot tell: a
     gRPC error is a 200 with grpc-status in its trailers, invisible to a format without
     ``%GRPC_STATUS%`` (docs/fidelity.md §1.9)."""
-    unknown = False
+    unknown: set[str] = set()
     for hop in tree.hops():
         for srun in sidecar_runs(ev.hop(hop)):
             if srun.calls:
@@ -386,7 +386,8 @@ def _sidecar_retry_findings(ev: RequestEvidence, tree: CallTree, judged: Judged)
                           if c.upstream_service == call.upstream_service
                           and c.fields.get("path") == call.fields.get("path")
                           and (c.end_us or 0) <= (call.start_us or 0) + 2000]
-                unknown = unknown or any(_grpc_outcome_unknown(c) for c in before)
+                if any(_grpc_outcome_unknown(c) for c in before):
+                    unknown.add(hop)
                 earlier = [c for c in before if failed(c)]
                 if earlier:
                     first = earlier[-1]
@@ -415,10 +416,11 @@ def no_app_retries(ev: RequestEvidence, tree: CallTree) -> Outcome:
     unknown = _sidecar_retry_findings(ev, tree, judged)
     if not judged.findings:
         _app_retry_findings(ev, tree, judged)
-        if unknown and "app" not in judged.basis:
-            return NotJudged("a hop called the same gRPC method twice and the access-log "
-                             "format has no %GRPC_STATUS%, so whether the first call failed "
-                             "(a gRPC error is a 200) cannot be told")
+        blind = sorted(h for h in unknown if not ev.hop(h).app_client)  # no app span either
+        if blind and not judged.findings:
+            return NotJudged(f"{', '.join(blind)} called the same gRPC method twice and the "
+                             "access-log format has no %GRPC_STATUS%, so whether the first "
+                             "call failed (a gRPC error is a 200) cannot be told")
     if not judged.basis:
         return NotJudged("no hop made an outbound request")
     return judged

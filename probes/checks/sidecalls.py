@@ -166,11 +166,11 @@ def _judge_run(hop: str, inbound: AccessLogRecord, side: Sequence[AccessLogRecor
                service: str, tolerance_ms: float) -> str | None:
     code = inbound.response_code
     failures = ", ".join(_outcome(c) for c in side)
-    if code is None or not 200 <= code < 300:
+    if code is None or not 200 <= code < 300 or failed(inbound):  # failed: a gRPC error's 200
         return (f"{hop} answered {_outcome(inbound)} after its call to {service} failed "
                 f"({failures}): the side call's failure failed the whole request instead of "
                 "a fallback")
-    budget, took = inbound.expected_rq_timeout_ms, inbound.duration_ms
+    budget, took = inbound.budget_ms, inbound.duration_ms
     if budget is not None and took is not None and took > budget + tolerance_ms:
         return (f"{hop} answered {code} with its fallback after {took} ms, beyond the "
                 f"{budget} ms it was given, once its call to {service} failed ({failures})")

@@ -201,7 +201,10 @@ class AccessLogRecord:
     def grpc_status(self) -> int | None:
         """``%GRPC_STATUS%`` as a code (any of Envoy's three formats); None for HTTP lines,
         or when the format lacks it (docs/fidelity.md §1.9)."""
-        return grpc_status_code(self.fields.get("grpc_status"))
+        raw = self.fields.get("grpc_status")
+        code = grpc_status_code(raw)
+        # Envoy prints "InvalidCode" for a code above 16: a status, and not OK
+        return 2 if code is None and raw else code
 
     @property
     def grpc_timeout_ms(self) -> int | None:

@@ -31,7 +31,7 @@ from probes.evidence.spans import Span
 from probes.evidence.traceapi import TraceReader
 from probes.target import Target
 
-__all__ = ["UNCORRELATED_SETTLE_S", "Collected", "collect", "sleep_past"]
+__all__ = ["UNCORRELATED_SETTLE_S", "Collected", "collect", "merge_lines", "sleep_past"]
 
 
 @dataclass
@@ -99,7 +99,9 @@ def collect(target: Target, sent: Sequence[SentRequest], expected: CallTree | No
             pending = uncorrelated_calls(_evidence(sent, traces, LogIndex(records)), records)
             if pending:
                 sleep_past(pending, deadline)
-                records, unparsed = read()
+                # what the first read had stays (a pod killed meanwhile takes its log along)
+                again, unparsed = read()
+                records = merge_lines(records, again)
     finally:
         api_client.close()
     with gc_paused():
@@ -125,6 +127,15 @@ def _evidence(sent: Sequence[SentRequest], traces: dict[str, list[Span]],
               index: LogIndex) -> list[RequestEvidence]:
     return [RequestEvidence.build(r, traces.get(r.trace_id, []), index.for_request(r))
             for r in sent]
+
+
+def merge_lines(first: Sequence[AccessLogRecord], later: Sequence[AccessLogRecord],
+                ) -> list[AccessLogRecord]:
+    """Every line of two reads once (a line is its pod and its text), in the first's order."""
+    merged = {(r.pod, r.line): r for r in first}
+    for record in later:
+        merged.setdefault((record.pod, record.line), record)
+    return list(merged.values())
 
 
 def sleep_past(pending: Sequence[AccessLogRecord], deadline: Deadline) -> None:

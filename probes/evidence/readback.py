@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 from probes.deadline import Deadline
 from probes.errors import EvidenceError
-from probes.evidence.collect import sleep_past
+from probes.evidence.accesslog import AccessLogRecord
+from probes.evidence.collect import merge_lines, sleep_past
 from probes.evidence.kube import read_mesh_settings, read_proxy_logs
 from probes.evidence.request import (
     LogIndex,
@@ -48,11 +49,13 @@ def read_back_logs(target: Target, sent: Sequence[SentRequest],
         stop = time.monotonic() + min(2 * lag + 1.0, deadline.check("reading logs") * 0.6)
         previous = -1
         waited_for_foreign = False
+        records: list[AccessLogRecord] = []
         while True:
             since = math.ceil(time.time() - first) + 5
-            records, _ = read_proxy_logs(client, target.namespace, mesh.log_format,
-                                         since_seconds=since,
-                                         timeout_s=min(10.0, deadline.check("reading logs")))
+            fresh, _ = read_proxy_logs(client, target.namespace, mesh.log_format,
+                                       since_seconds=since,
+                                       timeout_s=min(10.0, deadline.check("reading logs")))
+            records = merge_lines(records, fresh)  # a pod killed meanwhile takes its log along
             index = LogIndex(records)
             evidence = [RequestEvidence.build(r, (), index.for_request(r)) for r in sent]
             found = sum(len(ev.logs) for ev in evidence)

@@ -320,7 +320,7 @@ def attach_uncorrelated_calls(evidence: Sequence[RequestEvidence],
     line of that pod had continues another request (another client's, served meanwhile),
     and is left alone. Another client's request still in flight has not written its
     inbound line yet: read the logs again once such lines are old enough
-    (:func:`probes.evidence.collect.settle_uncorrelated`).
+    (:func:`uncorrelated_calls` finds them; :mod:`probes.evidence.collect` reads again).
     """
     for hop, record in _uncorrelated(evidence, records):
         hop.logs_out.append(record)

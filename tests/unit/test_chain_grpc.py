@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -145,8 +146,12 @@ async def test_a_caller_leaving_cancels_the_grpc_call_and_the_work_below_it(
             serve_chain(http_caller(leaf), tracer) as hop:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(get(hop, {"traceparent": TRACEPARENT}), 0.3)
+        left = time.time()
         outcome = await _leaf_outcome(leaf)
+        (item,) = leaf.service.ledger.items(TRACE_ID)
     assert outcome == "cancelled"
+    # as fast as on HTTP (the caller's close reaches the leaf's work within tens of ms)
+    assert item.as_json()["ended"] - left < 0.1
 
 
 async def test_the_no_cancel_twin_serving_grpc_works_on_after_the_call_was_cancelled(
@@ -208,6 +213,24 @@ async def test_only_the_retry_twin_calls_again_on_unavailable(
         status, _ = await get(hop)
     assert status == 503
     assert len(server_spans(exporter, "pricing")) == calls
+
+
+async def test_a_header_grpc_cannot_carry_fails_the_call_as_no_answer(
+        provider: TracerProvider) -> None:
+    """PROTOCOL-HTTP2: ASCII-Value is printable ASCII. An x-request-id outside it cannot go
+    into the call's metadata: the call fails (502, as a call with no answer), the leaf
+    never sees it, and the hop does not crash."""
+    tracer = provider.get_tracer("t")
+    async with serve_chain(grpc_leaf(), tracer) as leaf, \
+            serve_chain(http_caller(leaf), tracer) as hop:
+        reader, writer = await asyncio.open_connection("127.0.0.1", hop.port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\nx-request-id: caf\xe9\r\n"
+                     b"Connection: close\r\n\r\n")
+        head = await asyncio.wait_for(reader.readline(), 5.0)
+        writer.close()
+        await writer.wait_closed()
+        assert head.split()[1] == b"502"
+        assert leaf.service.ledger.items(TRACE_ID) == []
 
 
 def test_a_grpc_call_needs_its_port_and_a_protocol_must_be_known() -> None:

@@ -13,6 +13,7 @@ from probes.checks import deadlines
 from probes.checks.calls import failed
 from probes.checks.findings import Judged, NotJudged
 from probes.evidence.accesslog import AccessLogRecord, compile_format, parse_lines
+from probes.evidence.collect import merge_lines
 from probes.evidence.formats import MESHCHAOS_TEXT
 from probes.evidence.request import CallTree, RequestEvidence, SentRequest
 
@@ -77,12 +78,13 @@ def test_without_grpc_status_in_the_format_a_repeated_grpc_call_is_not_judged() 
     assert isinstance(outcome, NotJudged) and "%GRPC_STATUS%" in outcome.reason
 
 
-@pytest.mark.parametrize("status", ["Unavailable", "UNAVAILABLE", "14"])
+@pytest.mark.parametrize("status", ["Unavailable", "UNAVAILABLE", "14", "InvalidCode"])
 def test_a_200_carrying_a_grpc_error_is_a_failed_call_in_every_status_format(
         status: str) -> None:
     """%GRPC_STATUS% prints CAMEL_STRING by default, SNAKE_STRING or NUMBER when asked."""
+    """Envoy prints InvalidCode for a code above 16: not OK either."""
     record = grpc_line(status=status)
-    assert record.grpc_status == 14 and failed(record)
+    assert record.grpc_status == (2 if status == "InvalidCode" else 14) and failed(record)
 
 
 def test_a_200_with_grpc_status_ok_is_a_good_answer() -> None:
@@ -106,3 +108,10 @@ def test_a_route_timeout_logged_as_504_ut_fails_whatever_the_grpc_status() -> No
 def test_the_budget_of_a_grpc_line_is_the_smaller_of_both_headers(
         expected: str, grpc_timeout: str, budget: int | None) -> None:
     assert grpc_line(expected=expected, grpc_timeout=grpc_timeout).budget_ms == budget
+
+
+def test_a_second_read_of_the_logs_keeps_what_the_first_had() -> None:
+    """A pod killed between two reads takes its log along: its lines stay evidence."""
+    a, b = grpc_line(at="22.892"), grpc_line(at="22.930")
+    assert merge_lines([a], [b, a]) == [a, b]
+    assert merge_lines([a, b], [b]) == [a, b]
