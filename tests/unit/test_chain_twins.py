@@ -56,6 +56,7 @@ class Profile:
     # carry, and how often it calls a callee that answers UNAVAILABLE.
     grpc_traceparent: str = "child"
     grpc_tracestate: str = "forwarded"
+    grpc_b3: str = "forwarded"
     grpc_request_id: str = "forwarded"
     grpc_deadline: str = "shrunk"  # shrunk | grown | fresh | absent
     grpc_attempts_on_unavailable: int = 1
@@ -67,7 +68,7 @@ BUG = {
     Defect.DROP_TRACEPARENT: {"traceparent": "absent", "grpc_traceparent": "absent"},
     Defect.REUSE_PARENT: {"traceparent": "unchanged", "grpc_traceparent": "unchanged"},
     Defect.DROP_TRACESTATE: {"tracestate": "absent", "grpc_tracestate": "absent"},
-    Defect.DROP_B3: {"b3": "absent"},
+    Defect.DROP_B3: {"b3": "absent", "grpc_b3": "absent"},
     Defect.DROP_REQUEST_ID: {"request_id": "absent", "grpc_request_id": "absent"},
     Defect.IGNORE_BUDGET: {"budget_sent": "absent", "deadline_status": 200,
                            "grpc_deadline": "absent"},
@@ -77,7 +78,8 @@ BUG = {
     Defect.APP_RETRIES: {"attempts_on_503": 3, "grpc_attempts_on_unavailable": 3},
     Defect.NO_FALLBACK: {"status_on_side_call_503": 503},
     Defect.GRPC_FRESH_DEADLINE: {"grpc_deadline": "fresh"},
-    Defect.GRPC_DROP_METADATA: {"grpc_traceparent": "absent", "grpc_tracestate": "absent"},
+    Defect.GRPC_DROP_METADATA: {"grpc_traceparent": "absent", "grpc_tracestate": "absent",
+                                "grpc_b3": "absent"},
     Defect.GRPC_RETRY_UNAVAILABLE: {"grpc_attempts_on_unavailable": 3},
 }
 
@@ -227,6 +229,8 @@ async def observe_grpc(defect: Defect) -> dict[str, object]:
         else "child" if sent == f"00-{TRACE_ID}-{client.context.span_id:016x}-01" else "other",
         "grpc_tracestate": "forwarded" if meta.get("tracestate") == INCOMING["tracestate"]
         else "absent",
+        "grpc_b3": "forwarded" if (meta.get("x-b3-traceid"), meta.get("x-b3-spanid"))
+        == (TRACE_ID, f"{client.context.span_id:016x}") else "absent",
         "grpc_request_id": "forwarded"
         if meta.get("x-request-id") == INCOMING["x-request-id"] else "absent",
         "grpc_deadline": "absent" if ms is None else "fresh" if ms > 20_000
