@@ -10,8 +10,8 @@ them without the sidecar.
 
 from __future__ import annotations
 
-__all__ = ["GRPC_STATUS_NAMES", "grpc_status_code", "grpc_to_http_status", "http_to_grpc_status",
-           "parse_grpc_timeout"]
+__all__ = ["GRPC_STATUS_NAMES", "format_grpc_timeout", "grpc_status_code", "grpc_to_http_status",
+           "http_to_grpc_status", "parse_grpc_timeout"]
 
 _MAX_VALUE = 99_999_999  # "TimeoutValue → {positive integer as ASCII string of at most 8 digits}"
 _UNIT_MS = {"H": 3_600_000, "M": 60_000, "S": 1000, "m": 1}
@@ -21,6 +21,11 @@ GRPC_STATUS_NAMES = ("Ok", "Canceled", "Unknown", "InvalidArgument", "DeadlineEx
                      "NotFound", "AlreadyExists", "PermissionDenied", "ResourceExhausted",
                      "FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented", "Internal",
                      "Unavailable", "DataLoss", "Unauthenticated")
+
+# Any of %GRPC_STATUS%'s spellings, lower-cased without "_", to its code (SNAKE_STRING says
+# CANCELLED where CAMEL_STRING says Canceled).
+_CODE_BY_NAME = {name.lower(): code for code, name in enumerate(GRPC_STATUS_NAMES)}
+_CODE_BY_NAME["cancelled"] = 1
 
 # Envoy source/common/grpc/status.cc Utility::grpcToHttpStatus
 _GRPC_TO_HTTP = {0: 200, 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429,
@@ -64,6 +69,18 @@ def parse_grpc_timeout(value: str | None) -> int | None:
     return None
 
 
+def format_grpc_timeout(ms: int) -> str:
+    """``Grpc::Common::toGrpcTimeout``: the largest precision that fits 8 digits."""
+    if ms <= _MAX_VALUE:
+        return f"{ms}m"
+    t = ms // 1000
+    for unit in ("S", "M"):
+        if t <= _MAX_VALUE:
+            return f"{t}{unit}"
+        t //= 60
+    return f"{min(t, _MAX_VALUE)}H"
+
+
 def grpc_status_code(value: str | None) -> int | None:
     """A ``%GRPC_STATUS%`` value in any of its formats (CAMEL_STRING ``Unavailable``,
     SNAKE_STRING ``UNAVAILABLE``, NUMBER ``14``) as its code; None when absent or unknown."""
@@ -71,8 +88,4 @@ def grpc_status_code(value: str | None) -> int | None:
         return None
     if value.isdigit():
         return int(value)
-    key = value.replace("_", "").lower()
-    for code, name in enumerate(GRPC_STATUS_NAMES):
-        if name.lower() == key or (code == 1 and key == "cancelled"):
-            return code
-    return None
+    return _CODE_BY_NAME.get(value.replace("_", "").lower())

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from localmesh.http.grpcstatus import (
-    _MAX_VALUE,
     GRPC_STATUS_NAMES,
+    format_grpc_timeout,
     http_to_grpc_status,
     parse_grpc_timeout,
 )
@@ -33,18 +33,6 @@ def is_grpc(headers: Mapping[str, str]) -> bool:
     ctype = headers.get("content-type", "")
     return ctype == "application/grpc" or ctype.startswith(("application/grpc+",
                                                             "application/grpc;"))
-
-
-def format_grpc_timeout(ms: int) -> str:
-    """``Grpc::Common::toGrpcTimeout``: the largest precision that fits 8 digits."""
-    if ms <= _MAX_VALUE:
-        return f"{ms}m"
-    t = ms // 1000
-    for unit in ("S", "M"):
-        if t <= _MAX_VALUE:
-            return f"{t}{unit}"
-        t //= 60
-    return f"{min(t, _MAX_VALUE)}H"
 
 
 def percent_encode(text: str) -> str:

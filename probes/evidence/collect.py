@@ -96,18 +96,19 @@ def collect(target: Target, sent: Sequence[SentRequest], expected: CallTree | No
                 raise EvidenceError(f"no access-log line could be read from the istio-proxy "
                                     f"containers of namespace '{target.namespace}' "
                                     f"({unparsed} unparsed lines)")
-            pending = uncorrelated_calls(_evidence(sent, traces, LogIndex(records)), records)
+            index, evidence = _indexed(sent, traces, records)
+            pending = uncorrelated_calls(evidence, records)
             if pending:
                 sleep_past(pending, deadline)
                 # what the first read had stays (a pod killed meanwhile takes its log along)
                 again, unparsed = read()
                 records = merge_lines(records, again)
+                index, evidence = _indexed(sent, traces, records)
+        else:
+            index, evidence = _indexed(sent, traces, records)
     finally:
         api_client.close()
-    with gc_paused():
-        index = LogIndex(records)
-        evidence = _evidence(sent, traces, index)
-        attach_uncorrelated_calls(evidence, records)
+    attach_uncorrelated_calls(evidence, records)
     tree = CallTree.observe(evidence, namespace=target.namespace, expected=expected)
     return Collected(evidence, mesh, index.count, unparsed, tree, result.complete,
                      time.monotonic() - began)
@@ -123,10 +124,13 @@ def collect(target: Target, sent: Sequence[SentRequest], expected: CallTree | No
 UNCORRELATED_SETTLE_S = 1.0
 
 
-def _evidence(sent: Sequence[SentRequest], traces: dict[str, list[Span]],
-              index: LogIndex) -> list[RequestEvidence]:
-    return [RequestEvidence.build(r, traces.get(r.trace_id, []), index.for_request(r))
-            for r in sent]
+def _indexed(sent: Sequence[SentRequest], traces: dict[str, list[Span]],
+             records: list[AccessLogRecord]) -> tuple[LogIndex, list[RequestEvidence]]:
+    """The lines indexed by request, and each request's evidence from its trace and lines."""
+    with gc_paused():
+        index = LogIndex(records)
+        return index, [RequestEvidence.build(r, traces.get(r.trace_id, []),
+                                             index.for_request(r)) for r in sent]
 
 
 def merge_lines(first: Sequence[AccessLogRecord], later: Sequence[AccessLogRecord],

@@ -26,7 +26,7 @@ __all__ = ["read_back_logs"]
 
 
 def read_back_logs(target: Target, sent: Sequence[SentRequest],
-               deadline: Deadline) -> tuple[list[RequestEvidence], int]:
+                   deadline: Deadline) -> tuple[list[RequestEvidence], int]:
     """The requests' lines once the logs stopped growing.
 
     A sidecar writes a request's line when its stream ends, which for every line of a
