@@ -81,7 +81,8 @@ async def test_a_grpc_hop_answers_ok_with_its_json_body_and_a_server_span_in_the
     attrs = span.attributes or {}
     assert span.name == "meshchaos.chain.Hop/Call"
     assert attrs["rpc.system"] == "grpc" and attrs["rpc.grpc.status_code"] == 0
-    assert 700 <= budget_of(span) <= 800
+    # grpc-timeout travels rounded up to its unit: the callee may see a fraction of a ms more
+    assert 700 <= budget_of(span) <= 801
     assert span.parent is not None and f"{span.parent.span_id:016x}" == "b7ad6b7169203331"
 
 
