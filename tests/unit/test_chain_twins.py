@@ -81,6 +81,13 @@ BUG = {
     Defect.GRPC_DROP_METADATA: {"grpc_traceparent": "absent", "grpc_tracestate": "absent",
                                 "grpc_b3": "absent"},
     Defect.GRPC_RETRY_UNAVAILABLE: {"grpc_attempts_on_unavailable": 3},
+    # The messaging twins change only the AMQP leg (tests/unit/test_chain_messaging.py): over
+    # HTTP they must look exactly like the correct service.
+    Defect.AMQP_DROP_TRACE_HEADERS: {},
+    Defect.AMQP_NEW_TRACE: {},
+    Defect.AMQP_PROCESS_EXPIRED: {},
+    Defect.AMQP_ACK_BEFORE_WORK: {},
+    Defect.AMQP_NOT_IDEMPOTENT: {},
 }
 
 
