@@ -30,7 +30,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from fixtures.chain import messaging as mq
-from fixtures.chain.config import ChainConfig
+from fixtures.chain.config import ChainConfig, WorkSpec
+from fixtures.chain.defects import Defect
 from fixtures.chain.ledger import WorkLedger
 from fixtures.chain.messaging import parse_consume, parse_publish
 from fixtures.chain.testing import RunningChain, serve_chain
@@ -263,3 +264,90 @@ async def test_a_malformed_traceparent_restarts_the_trace_and_says_so(
         await worker.close()
     assert span.parent is None and f"{span.context.trace_id:032x}" != TRACE_ID
     assert mq.EVENT_TRACE_INVALID in [e.name for e in span.events]
+
+
+# Each messaging twin does its one bug and nothing else: the messaging leg's profile.
+GOOD = {"trace_headers": "sent", "consumer_trace": "continued", "expired_message": "dropped",
+        "killed_mid_work": "redelivered", "duplicate_processed": 1}
+AMQP_BUG: dict[Defect, dict[str, object]] = {
+    Defect.NONE: {},
+    Defect.AMQP_DROP_TRACE_HEADERS: {"trace_headers": "absent"},
+    Defect.AMQP_NEW_TRACE: {"consumer_trace": "new"},
+    Defect.AMQP_PROCESS_EXPIRED: {"expired_message": "processed"},
+    Defect.AMQP_ACK_BEFORE_WORK: {"killed_mid_work": "lost"},
+    Defect.AMQP_NOT_IDEMPOTENT: {"duplicate_processed": 2},
+}
+
+
+async def _worker_of(port: int, provider: TracerProvider, defect: Defect,
+                     work_ms: float = 0.0) -> Worker:
+    cfg = ChainConfig(name="worker", defect=defect, work_before=WorkSpec("fixed", work_ms),
+                      consume=parse_consume(f"amqp://127.0.0.1:{port}/{mq.QUEUE}"))
+    worker = Worker(cfg, provider.get_tracer("t"), WorkLedger(), {})
+    await worker.start()
+    await worker.wait_ready(30.0)
+    return worker
+
+
+async def _profile(port: int, chan: aio_pika.abc.AbstractChannel, defect: Defect,
+                   ) -> dict[str, object]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    queue = await chan.declare_queue(mq.QUEUE, durable=True)
+    cfg = ChainConfig(name="orders", defect=defect, publish=parse_publish(
+        f"amqp://127.0.0.1:{port}/{mq.EXCHANGE}/{mq.ROUTING_KEY}"))
+    async with serve_chain(cfg, provider.get_tracer("t")) as app:
+        assert await get(app, {"traceparent": TRACEPARENT}) == 200
+    sent = await next_message(chan)
+    profile: dict[str, object] = {
+        "trace_headers": "sent" if mq.HDR_TRACEPARENT in (sent.headers or {}) else "absent"}
+    worker = await _worker_of(port, provider, defect)
+    try:
+        await _publish(chan, {mq.HDR_TRACEPARENT: TRACEPARENT}, "1" * 32)
+        (span,) = await _consumer_spans(exporter, 1)
+        profile["consumer_trace"] = ("continued" if f"{span.context.trace_id:032x}" == TRACE_ID
+                                     else "new")
+        past = int(time.time() * 1000) - 1000
+        await _publish(chan, {mq.HDR_DEADLINE: past}, "2" * 32)
+        await _publish(chan, {}, "3" * 32)
+        await _publish(chan, {}, "3" * 32)
+        spans = await _consumer_spans(exporter, 4)
+    finally:
+        await worker.close()
+    outcome: dict[str, list[object]] = {
+        str((s.attributes or {}).get(mq.ATTR_MESSAGE_ID)): [] for s in spans}
+    for s in spans:
+        outcome[str((s.attributes or {}).get(mq.ATTR_MESSAGE_ID))].append(
+            (s.attributes or {}).get(mq.ATTR_OUTCOME))
+    profile["expired_message"] = ("dropped" if outcome["2" * 32] == ["expired"]
+                                  else "processed")
+    profile["duplicate_processed"] = outcome["3" * 32].count("processed")
+    await queue.purge()
+    slow = await _worker_of(port, provider, defect, work_ms=5000.0)
+    try:
+        await _publish(chan, {}, "4" * 32)
+        await _delivered(chan)
+    finally:
+        await slow.close()  # a kill mid-work: what was not acked goes back to the queue
+    left = await chan.declare_queue(mq.QUEUE, durable=True, passive=True)
+    profile["killed_mid_work"] = ("redelivered" if left.declaration_result.message_count == 1
+                                  else "lost")
+    await queue.purge()
+    return profile
+
+
+async def _delivered(chan: aio_pika.abc.AbstractChannel) -> None:
+    """Wait until no message is ready on the queue: the worker holds it (acked or not)."""
+    for _ in range(150):
+        queue = await chan.declare_queue(mq.QUEUE, durable=True, passive=True)
+        if queue.declaration_result.message_count == 0:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the worker took no message within 3 s")
+
+
+@pytest.mark.parametrize("defect", [pytest.param(d, id=d.value) for d in AMQP_BUG])
+async def test_each_messaging_twin_does_its_one_bug_and_nothing_else(
+        broker: int, channel: aio_pika.abc.AbstractChannel, defect: Defect) -> None:
+    assert await _profile(broker, channel, defect) == {**GOOD, **AMQP_BUG[defect]}
