@@ -18,7 +18,7 @@ __all__ = ["ACTION_MODULES", "PROBE_MODULES", "discover"]
 logger = logging.getLogger("chaostoolkit")
 
 PROBE_MODULES = ("probes.tracing", "probes.deadlines", "probes.cancellation", "probes.slo",
-                 "probes.pods", "probes.sidecalls")
+                 "probes.pods", "probes.sidecalls", "probes.messaging")
 ACTION_MODULES = ("probes.chaos", "probes.routefaults")
 
 

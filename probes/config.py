@@ -68,6 +68,13 @@ KEYS: dict[str, tuple[str, str]] = {
     "partition_peer": ("", "the service cut off from target_service (partition experiments)"),
     "side_service": ("", "the optional side call that fails (sidecar-failure)"),
     "call_tree": ("", "optional expectation: JSON {entry, calls: {hop: [callee, ...]}}"),
+    "broker_service": ("", "the message broker's Service (messaging experiments)"),
+    "producer_service": ("", "the service that publishes a message per request"),
+    "consumer_service": ("", "the workload that consumes those messages (its app label)"),
+    "broker_url": ("", "AMQP URL the probes reach the broker at (local: the broker pod's own "
+                   "port; kubernetes: e.g. a port-forward, amqp://user:pass@127.0.0.1:5672/)"),
+    "broker_firehose": ("enable", "enable: the probes turn RabbitMQ's firehose on "
+                        "(rabbitmqctl trace_on); already-on: they only read it"),
     "run_id": ("", "the run's id (set by the safety control)"),
 }
 DEFAULTS: dict[str, str] = {key: default for key, (default, _) in KEYS.items()}
@@ -78,7 +85,9 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 # DNS-1123 label: Service and namespace names (Kubernetes' own rule).
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_SERVICE_KEYS = ("target_service", "target_caller", "partition_peer", "side_service")
+_SERVICE_KEYS = ("target_service", "target_caller", "partition_peer", "side_service",
+                 "broker_service", "producer_service", "consumer_service")
+_FIREHOSE = ("enable", "already-on")
 
 
 def env_name(key: str) -> str:
@@ -126,6 +135,11 @@ class Settings:
     target_caller: str
     partition_peer: str
     side_service: str
+    broker_service: str
+    producer_service: str
+    consumer_service: str
+    broker_url: str
+    broker_firehose: str
     call_tree: Mapping[str, Any] | None
     run_id: str
 
@@ -223,6 +237,13 @@ def _headers(value: Any) -> dict[str, str]:
     return {k.strip().lower(): v for k, v in parsed.items()}
 
 
+def _amqp_url(value: str) -> str:
+    if value and not value.startswith(("amqp://", "amqps://")):
+        raise ConfigurationError(f"configuration key 'broker_url' must be an amqp:// or "
+                                 f"amqps:// URL, got '{value}'")
+    return value
+
+
 def _set_env(value: str) -> tuple[tuple[str, str, str, str], ...]:
     """``store/catalog:STORE_DEFECT=stale-budget;…`` -> (namespace, deployment, key, value)."""
     out = []
@@ -268,5 +289,7 @@ def resolve(configuration: Mapping[str, Any] | None,
         entry_headers=_headers(raw_value(configuration, "entry_headers", env)),
         call_tree=_json_object(tree, "call_tree") if tree not in ("", None) else None,
         run_id=text("run_id"),
+        broker_url=_amqp_url(text("broker_url")),
+        broker_firehose=_choice(text("broker_firehose"), "broker_firehose", _FIREHOSE),
         **{key: _name(text(key), key) for key in _SERVICE_KEYS},
     )

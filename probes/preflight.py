@@ -23,7 +23,10 @@ from probes.target import target_of
 
 __all__ = ["check_experiment", "matches_uri", "unmatched_entry_path"]
 
-_SERVICE_KEYS = ("target_service", "target_caller", "partition_peer", "side_service")
+# consumer_service is not here: a worker consumes a queue and is called by no one, so it
+# need not have a Service.
+_SERVICE_KEYS = ("target_service", "target_caller", "partition_peer", "side_service",
+                 "broker_service", "producer_service")
 _TIMEOUT_S = 10.0
 _SUBSTITUTION = re.compile(r"^\$\{([a-z_]+)\}$")
 

@@ -59,6 +59,11 @@ TWIN_TABLE = [
     ("grpc-drop-metadata", "inventory", "timeout-cascade"),
     ("grpc-fresh-deadline", "inventory", "deadline-headers-audit"),
     ("grpc-retry-unavailable", "inventory", "partition-leaf"),
+    ("amqp-drop-trace-headers", "pricing", "broker-partition"),
+    ("amqp-new-trace", "shipping", "consumer-kill-redelivery"),
+    ("amqp-ack-before-work", "shipping", "consumer-kill-redelivery"),
+    ("amqp-not-idempotent", "shipping", "consumer-kill-redelivery"),
+    ("amqp-process-expired", "shipping", "queue-backlog-deadline"),
 ]
 TWIN_IDS = [f"{d}@{h}-{e}" for d, h, e in TWIN_TABLE]
 

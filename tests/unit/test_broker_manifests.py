@@ -28,8 +28,8 @@ Obj = dict[str, Any]
 OBJECTS = load_objects(MANIFESTS)
 
 
-def one(kind: str) -> Obj:
-    (obj,) = [o for o in OBJECTS if o["kind"] == kind]
+def one(kind: str, name: str = "broker") -> Obj:
+    (obj,) = [o for o in OBJECTS if o["kind"] == kind and o["metadata"]["name"] == name]
     return obj
 
 
@@ -49,7 +49,8 @@ def test_the_folder_loads_the_way_meshchaos_up_loads_it() -> None:
     for obj in OBJECTS:
         validate_object(obj)
         validate_object(obj, strict=True)
-    assert sorted(o["kind"] for o in OBJECTS) == ["Deployment", "Service"]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in OBJECTS) == [
+        ("Deployment", "broker"), ("Deployment", "shipping"), ("Service", "broker")]
 
 
 def test_the_amqp_port_is_opaque_tcp_for_istio() -> None:

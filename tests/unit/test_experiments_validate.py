@@ -41,17 +41,19 @@ def activities(experiment: dict[str, Any]) -> list[dict[str, Any]]:
 
 def deployments() -> set[str]:
     names = set()
-    for path in (ROOT / "fixtures" / "k8s").glob("*.yaml"):
+    for path in [*(ROOT / "fixtures" / "k8s").glob("*.yaml"),
+                 *(ROOT / "fixtures" / "broker" / "k8s").glob("*.yaml")]:
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "Deployment":
                 names.add(doc["metadata"]["name"])
     return names
 
 
-def test_the_eight_experiments_of_the_suite_exist() -> None:
+def test_the_eleven_experiments_of_the_suite_exist() -> None:
     assert set(IDS) == {"timeout-cascade", "pod-kill-midchain", "partition-leaf",
                         "lossy-retry-budget", "sidecar-failure", "deadline-headers-audit",
-                        "fault-delay-beyond-timeout", "fault-abort-side-hop"}
+                        "fault-delay-beyond-timeout", "fault-abort-side-hop",
+                        "broker-partition", "consumer-kill-redelivery", "queue-backlog-deadline"}
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
@@ -74,8 +76,10 @@ def test_configuration_defaults_to_the_local_target_and_declares_every_key(path:
     # each key reads its MESHCHAOS_<KEY> variable, so --var > environment > default holds
     assert {k: v["key"] for k, v in config.items()} == {k: env_name(k) for k in config}
     assert config["target"] == {"type": "env", "key": "MESHCHAOS_TARGET", "default": "local"}
-    assert config["meshchaos_manifests"]["default"] == "fixtures/k8s"
-    assert (ROOT / config["meshchaos_manifests"]["default"]).is_dir()
+    # the reference chain, and for the messaging experiments its messaging leg beside it
+    dirs = config["meshchaos_manifests"]["default"].split(",")
+    assert dirs[0] == "fixtures/k8s" and set(dirs[1:]) <= {"fixtures/broker/k8s"}
+    assert all((ROOT / d).is_dir() for d in dirs)
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=IDS)
@@ -133,7 +137,10 @@ def test_faults_have_a_baseline_before_and_an_effect_probe_after(path: Path) -> 
     assert "baseline" in phases
     faulted = any(a["type"] == "action" for a in experiment["method"])
     assert ("effect" in phases) == faulted
-    assert experiment["runtime"]["hypothesis"]["strategy"] == "after-method-only"
+    # during-method-only where the hypothesis must span the fault (a kill is over at once,
+    # but the messages it stranded are judged only after they were redelivered)
+    assert experiment["runtime"]["hypothesis"]["strategy"] == DURING.get(path.stem,
+                                                                         "after-method-only")
 
 
 SLOW = {"requests": 8, "statuses": {"504": 8}, "latency_ms": {"p50": 1300.0, "p90": 1310.0,
@@ -142,8 +149,11 @@ HEALTHY = {"requests": 8, "statuses": {"200": 8}, "latency_ms": {"p50": 20.0, "p
                                                                  "p99": 40.0, "max": 45.0}}
 
 
-# Their effect is not latency: pods going not Ready, no fault at all, calls flagged FI.
-NOT_LATENCY = ("sidecar-failure", "deadline-headers-audit", "fault-abort-side-hop")
+# Their effect is not latency: pods going not Ready, no fault at all, calls flagged FI, a
+# consumer replaced, messages missing their deadline.
+NOT_LATENCY = ("sidecar-failure", "deadline-headers-audit", "fault-abort-side-hop",
+               "consumer-kill-redelivery", "queue-backlog-deadline")
+DURING = {"consumer-kill-redelivery": "during-method-only"}
 
 
 @pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem not in NOT_LATENCY],

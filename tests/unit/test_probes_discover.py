@@ -19,7 +19,8 @@ PROBES = {("probes.tracing", "trace_continuity"), ("probes.deadlines", "deadline
           ("probes.deadlines", "virtual_service_audit"), ("probes.cancellation", "orphan_work"),
           ("probes.slo", "steady_state"), ("probes.slo", "recovery_time"),
           ("probes.pods", "service_pods_ready"), ("probes.sidecalls", "flagged_calls"),
-          ("probes.sidecalls", "side_call_fallback")}
+          ("probes.sidecalls", "side_call_fallback"), ("probes.pods", "workload_replaced"),
+          ("probes.messaging", "message_flow")}
 ACTIONS = {("probes.chaos", "apply_chaos"), ("probes.chaos", "remove_chaos"),
            ("probes.chaos", "remove_run_chaos"), ("probes.chaos", "remove_suite_chaos"),
            ("probes.routefaults", "apply_route_fault"),

@@ -40,7 +40,7 @@ AUDIT_CHECKS = ["timeout-inversion", "retries-fit-timeout", "per-try-retried"]
 
 def experiment_checks(experiment: dict[str, Any]) -> set[str]:
     """The check names the hypothesis probes of ``experiment`` can report."""
-    from probes.checks import deadlines, tracing
+    from probes.checks import deadlines, messaging, tracing
 
     names: set[str] = set()
     for probe in experiment["steady-state-hypothesis"]["probes"]:
@@ -60,6 +60,11 @@ def experiment_checks(experiment: dict[str, Any]) -> set[str]:
             names.add("recovery")
         elif func == "orphan_work":
             names.add("orphan-work")
+        elif func == "message_flow":
+            scoped = args.get("scoped", True)
+            names |= set(args.get("checks") or [
+                n for n in messaging.ALL
+                if scoped or n not in ("deadline-in-message", "no-work-after-deadline")])
         elif func == "side_call_fallback":
             names |= {"side-call-fallback", "aborted-call-not-served"}
         else:
