@@ -11,6 +11,7 @@ publisher confirms and manual acknowledgements.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from fixtures.chain import messaging as mq
+from fixtures.chain import telemetry as tm
 from fixtures.chain.config import ChainConfig, WorkSpec
 from fixtures.chain.defects import Defect
 from fixtures.chain.ledger import WorkLedger
@@ -351,3 +353,55 @@ async def _delivered(chan: aio_pika.abc.AbstractChannel) -> None:
 async def test_each_messaging_twin_does_its_one_bug_and_nothing_else(
         broker: int, channel: aio_pika.abc.AbstractChannel, defect: Defect) -> None:
     assert await _profile(broker, channel, defect) == {**GOOD, **AMQP_BUG[defect]}
+
+
+async def test_a_worker_retries_a_broker_address_that_accepts_and_closes_until_it_answers(
+        broker: int, provider: TracerProvider, exporter: InMemorySpanExporter,
+        channel: aio_pika.abc.AbstractChannel) -> None:
+    """Envoy's tcp_proxy with no healthy upstream accepts, then closes (``UH``, fidelity §2.6):
+    aiormq reports that as StopAsyncIteration when the close arrives before it reads its first
+    frame, as IncompatibleProtocolError or a reset otherwise (which one is a race). A worker that
+    started before the broker was Ready must keep trying, then consume, then work on one
+    message at a time (CHAIN_CONCURRENCY=1)."""
+    closed = 0
+
+    async def front(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal closed
+        if closed < 3:  # the first connections meet a sidecar with no upstream yet
+            closed += 1
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", broker)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer),
+                             return_exceptions=True)
+
+    server = await asyncio.start_server(front, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = ChainConfig(name="worker", consume=parse_consume(f"amqp://127.0.0.1:{port}/{mq.QUEUE}"),
+                      work_before=WorkSpec("fixed", 80.0))
+    worker = Worker(cfg, provider.get_tracer("t"), WorkLedger(), {})
+    try:
+        await worker.start()
+        await worker.wait_ready(20.0)
+        assert closed == 3
+        for n in range(3):
+            await _publish(channel, {}, f"one-at-a-time-{n}")
+        spans = await _consumer_spans(exporter, 3)
+        starts = sorted(e.timestamp for s in spans for e in s.events
+                        if e.name == tm.EVENT_WORK_START)
+        # delivered together (prefetch), worked on in turn: 80 ms of work apart
+        assert len(starts) == 3
+        assert all(b - a >= 75_000_000 for a, b in itertools.pairwise(starts))
+    finally:
+        await worker.close()
+        server.close()
+        await server.wait_closed()

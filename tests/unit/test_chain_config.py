@@ -130,3 +130,28 @@ def test_a_question_mark_after_the_mode_marks_an_optional_call() -> None:
     stages = parse_calls("par:http://a:8080/a;par?:http://b:8080/b")
     assert [c.optional for c in stages[0]] == [False, True]
     assert stages[0][1].mode == "par"
+
+
+def test_a_publish_url_may_make_its_events_unscoped() -> None:
+    """``?deadline=none``: an event processed whatever its requester does, with no TTL and no
+    x-deadline-unix-ms (docs/fidelity.md §9.2); the default carries the request's deadline."""
+    scoped = parse_args([], {"CHAIN_PUBLISH": "amqp://broker:5672/chain.events/work"})
+    unscoped = parse_args([], {"CHAIN_PUBLISH":
+                               "?amqp://broker:5672/chain.events/work?deadline=none"})
+    assert scoped.publish is not None and scoped.publish.scoped
+    assert unscoped.publish is not None and not unscoped.publish.scoped
+    assert unscoped.publish.optional
+    with pytest.raises(ConfigError, match="deadline=request\\|none"):
+        parse_args([], {"CHAIN_PUBLISH": "amqp://broker:5672/chain.events/work?ttl=5"})
+
+
+def test_a_worker_takes_its_concurrency_and_serves_http_only() -> None:
+    """A worker's readiness is its /healthz: a gRPC server would have none to give."""
+    cfg = parse_args([], {"CHAIN_CONSUME": "amqp://broker:5672/chain.work",
+                          "CHAIN_CONCURRENCY": "3"})
+    assert cfg.concurrency == 3 and parse_args([], {}).concurrency == 1
+    with pytest.raises(ConfigError, match=r"CHAIN_PROTOCOL.*serves /healthz over http"):
+        parse_args([], {"CHAIN_CONSUME": "amqp://broker:5672/chain.work",
+                        "CHAIN_PROTOCOL": "grpc"})
+    with pytest.raises(ConfigError, match="CHAIN_CONCURRENCY"):
+        parse_args([], {"CHAIN_CONCURRENCY": "0"})
