@@ -48,6 +48,7 @@ __all__ = ["message_flow"]
 
 QUIET_S = 0.5  # no new firehose copy for this long: the queue has settled
 CONSUMER_QUIET_S = 1.0  # no call of the consumer ended for this long: it has nothing left
+LOST_AFTER_IDLE_S = 1.5  # consumer and broker idle this long: unworked messages are not coming
 READ_AGAIN_S = 0.3  # between log reads while delivered messages show no work yet
 _POLL_S = 0.05
 
@@ -152,8 +153,13 @@ def _read_until_worked(tap: FirehoseTap, sent: list[SentRequest],
         # A message past its deadline may still be worked on late (the bug the deadline rule
         # is after): the consumer must also have been quiet a while.
         ends = [r.end_us for r in records if r.hop == consumer and r.end_us is not None]
-        quiet = not ends or time.time() - max(ends) / 1e6 >= CONSUMER_QUIET_S
-        if (not pending and quiet) or not evidence.callees() or time.monotonic() >= end:
+        idle_s = time.time() - max(ends) / 1e6 if ends else float("inf")
+        copies_idle_s = time.time() - traced[-1].at_us / 1e6 if traced else float("inf")
+        # Messages still without work while neither the consumer nor the broker did anything
+        # for a while are not coming (acked and dropped, lost): no use waiting for them.
+        given_up = idle_s >= LOST_AFTER_IDLE_S and copies_idle_s >= LOST_AFTER_IDLE_S
+        if (not pending and idle_s >= CONSUMER_QUIET_S) or (pending and given_up) \
+                or not evidence.callees() or time.monotonic() >= end:
             return traced, records, unparsed
         time.sleep(READ_AGAIN_S)
 
@@ -173,8 +179,13 @@ def _inject_duplicates(tap: FirehoseTap, sent: list[SentRequest], count: int, af
     end = time.monotonic() + min(5.0, deadline.remaining() / 4)
     while len(done) < count and time.monotonic() < end:
         last_delivery: dict[str, int] = {}
-        for c in tap.records():
-            if c.event == "deliver" and c.message_id:
+        records = tap.records()
+        # After a redelivery the consumer may be a new one (a kill): only what was delivered
+        # since then is surely in its memory.
+        since = max((c.at_us for c in records if c.event == "deliver" and c.redelivered),
+                    default=0)
+        for c in records:
+            if c.event == "deliver" and c.message_id and c.at_us >= since:
                 last_delivery[c.message_id] = c.at_us
         originals = {m.message_id: m for m in _probe_messages(tap, sent) if m.message_id}
         now_us = time.time_ns() // 1000
