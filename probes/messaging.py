@@ -26,6 +26,7 @@ from typing import Any
 
 from probes import _common
 from probes.checks.messaging import (
+    DEADLINE_HEADER,
     MessageEvidence,
     evaluate,
     expired_unprocessed,
@@ -49,7 +50,8 @@ __all__ = ["message_flow"]
 QUIET_S = 0.5  # no new firehose copy for this long: the queue has settled
 CONSUMER_QUIET_S = 1.0  # no call of the consumer ended for this long: it has nothing left
 LOST_AFTER_IDLE_S = 1.5  # consumer and broker idle this long: unworked messages are not coming
-READ_AGAIN_S = 0.3  # between log reads while delivered messages show no work yet
+READ_AGAIN_S = 0.3
+DUPLICATE_MIN_LEFT_MS = 100.0  # a duplicate goes out only while its deadline is this far off  # between log reads while delivered messages show no work yet
 _POLL_S = 0.05
 
 
@@ -192,7 +194,8 @@ def _inject_duplicates(tap: FirehoseTap, sent: list[SentRequest], count: int, af
         # the most recently delivered first: a consumer replaced meanwhile (a kill)
         # remembers only what it processed itself
         ripe = sorted((at, mid) for mid, at in last_delivery.items()
-                      if mid in originals and mid not in done and now_us - at >= after_s * 1e6)
+                      if mid in originals and mid not in done and now_us - at >= after_s * 1e6
+                      and _time_left_ms(originals[mid], now_us) > DUPLICATE_MIN_LEFT_MS)
         for _, mid in reversed(ripe):
             if len(done) >= count:
                 break
@@ -200,6 +203,18 @@ def _inject_duplicates(tap: FirehoseTap, sent: list[SentRequest], count: int, af
             done.add(mid)
         time.sleep(_POLL_S)
     return len(done)
+
+
+def _time_left_ms(message: TracedMessage, now_us: int) -> float:
+    """What is left of a message's deadline (infinite for an unscoped one): a copy that
+    would expire before a consumer gets to it tests nothing."""
+    deadlines = []
+    header = message.header(DEADLINE_HEADER)
+    if isinstance(header, int) and not isinstance(header, bool):
+        deadlines.append(header * 1000)
+    if message.expiration_ms is not None:
+        deadlines.append(message.at_us + message.expiration_ms * 1000)
+    return (min(deadlines) - now_us) / 1000 if deadlines else float("inf")
 
 
 def _wait_settled(tap: FirehoseTap, sent: list[SentRequest], limit_s: float) -> float:
