@@ -81,7 +81,9 @@ def _epoch(stamp: str) -> float:
 def _activities(journal: dict[str, Any]) -> list[dict[str, Any]]:
     runs = list(journal.get("run") or [])
     for state in (journal.get("steady_states") or {}).values():
-        runs += list((state or {}).get("probes") or [])
+        # "during" (a during-method-only hypothesis) is a list of states, one per iteration
+        for one in state if isinstance(state, list) else [state]:
+            runs += list((one or {}).get("probes") or [])
     runs += list(journal.get("rollbacks") or [])
     return runs
 

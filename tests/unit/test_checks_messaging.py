@@ -260,3 +260,31 @@ def test_firehose_copies_parse_into_publish_and_delivery_records() -> None:
 def test_a_copy_without_properties_is_an_evidence_error_naming_it() -> None:
     with pytest.raises(EvidenceError, match=r"'publish\.mail\.events' has no properties table"):
         parse_traced("publish.mail.events", {"exchange_name": "mail.events"}, b"", 0)
+
+
+def test_a_malformed_traceparent_in_a_message_is_reported_at_the_producer() -> None:
+    """W3C Trace Context §3.2: a traceparent that does not parse is invalid; the consumer must
+    start a new trace, and the probe says the producer sent something unusable."""
+    traced = [publish(20, headers={"x-request-id": RID, "traceparent": "00-not-a-trace-01"}),
+              deliver(22)]
+    result = judge(traced, [PRODUCER_IN, *mailer_call(trace=OTHER_TRACE)])
+    check = result["trace-in-message"]
+    assert check.verdict == "failed" and check.hop == PRODUCER
+    assert "'00-not-a-trace-01', which is not W3C Trace Context" in check.observed
+
+
+def test_a_broker_that_refuses_the_tap_is_an_evidence_error_without_the_password() -> None:
+    """A real refused connection on loopback: the probe cannot read the firehose, so it
+    cannot measure (ActivityFailed), naming the broker but not its credentials."""
+    import socket
+
+    from probes.evidence.firehose import FirehoseTap
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"amqp://guest:s3cret@127.0.0.1:{port}/"
+    with pytest.raises(EvidenceError, match=f"broker amqp://guest@127.0.0.1:{port}/") as err:
+        with FirehoseTap(url, connect_timeout_s=2.0):
+            pass
+    assert "s3cret" not in str(err.value)
