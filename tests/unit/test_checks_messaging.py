@@ -284,7 +284,7 @@ def test_a_broker_that_refuses_the_tap_is_an_evidence_error_without_the_password
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"amqp://guest:s3cret@127.0.0.1:{port}/"
-    with pytest.raises(EvidenceError, match=f"broker amqp://guest@127.0.0.1:{port}/") as err:
-        with FirehoseTap(url, connect_timeout_s=2.0):
-            pass
+    with (pytest.raises(EvidenceError, match=f"broker amqp://guest@127.0.0.1:{port}/") as err,
+          FirehoseTap(url, connect_timeout_s=2.0)):
+        pass
     assert "s3cret" not in str(err.value)
