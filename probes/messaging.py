@@ -48,7 +48,7 @@ from probes.traffic import Load, send_load
 __all__ = ["message_flow"]
 
 QUIET_S = 0.5  # no new firehose copy for this long: the queue has settled
-CONSUMER_QUIET_S = 1.0  # no call of the consumer ended for this long: it has nothing left
+CONSUMER_QUIET_S = 0.6  # no call of the consumer ended for this long: it has nothing left
 LOST_AFTER_IDLE_S = 1.5  # consumer and broker idle this long: unworked messages are not coming
 READ_AGAIN_S = 0.3  # between log reads while delivered messages show no work yet
 DUPLICATE_MIN_LEFT_MS = 100.0  # a duplicate goes out only while its deadline is this far off
