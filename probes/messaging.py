@@ -35,11 +35,10 @@ from probes.checks.messaging import (
 )
 from probes.config import resolve
 from probes.deadline import Deadline
-from probes.errors import EvidenceError
 from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.broker import find_broker
 from probes.evidence.firehose import FirehoseTap, TracedMessage
-from probes.evidence.kube import read_mesh_settings, read_proxy_logs
+from probes.evidence.kube import read_access_log_settings, read_proxy_logs
 from probes.evidence.request import SentRequest
 from probes.results import probe_result
 from probes.target import target_of
@@ -77,10 +76,8 @@ def message_flow(requests: int = 10, rate: float = 20.0, checks: list[str] | Non
     consumer = settings.service("consumer_service")
     client = target.api_client()
     try:
-        mesh = read_mesh_settings(client, timeout_s=min(5.0, deadline.check("reading mesh")))
-        if not mesh.access_log_enabled:
-            raise EvidenceError("the mesh access log is off (istio-system/istio accessLogFile "
-                                "is empty): no sidecar evidence of the consumer's work")
+        mesh = read_access_log_settings(client, timeout_s=min(5.0, deadline.check(
+            "reading mesh")), why="no sidecar evidence of the consumer's work")
         broker = find_broker(settings, target, client)
         if settings.broker_firehose == "enable":
             broker.enable_firehose()

@@ -25,8 +25,9 @@ from probes.evidence.formats import ISTIO_JSON, ISTIO_TEXT
 from probes.evidence.gcpause import gc_paused
 from probes.evidence.routes import Route
 
-__all__ = ["MeshSettings", "parse_duration_ms", "parse_mesh_config", "read_mesh_settings",
-           "read_proxy_logs", "read_routes", "routes_from_virtual_services"]
+__all__ = ["MeshSettings", "parse_duration_ms", "parse_mesh_config", "read_access_log_settings",
+           "read_mesh_settings", "read_proxy_logs", "read_routes",
+           "routes_from_virtual_services"]
 
 HONOR_ANNOTATION = "meshchaos.io/honor-app-envoy-headers"
 
@@ -92,6 +93,16 @@ def read_mesh_settings(api_client: Any, *, timeout_s: float = 5.0) -> MeshSettin
         raise EvidenceError(f"could not read {what}: the API sent no JSON ({exc})") from exc
     return parse_mesh_config((cm.get("data") or {}).get("mesh"),
                              (cm.get("metadata") or {}).get("annotations") or {})
+
+
+def read_access_log_settings(api_client: Any, *, timeout_s: float, why: str) -> MeshSettings:
+    """The mesh settings of a probe that reads access logs: an :class:`EvidenceError` saying
+    ``why`` it needs them when the mesh's access log is off."""
+    mesh = read_mesh_settings(api_client, timeout_s=timeout_s)
+    if not mesh.access_log_enabled:
+        raise EvidenceError("the mesh access log is off (istio-system/istio accessLogFile is "
+                            f"empty): {why}")
+    return mesh
 
 
 def read_proxy_logs(api_client: Any, namespace: str, log_format: LogFormat, *,

@@ -11,7 +11,7 @@ from probes.deadline import Deadline
 from probes.errors import EvidenceError
 from probes.evidence.accesslog import AccessLogRecord
 from probes.evidence.collect import merge_lines, sleep_past
-from probes.evidence.kube import read_mesh_settings, read_proxy_logs
+from probes.evidence.kube import read_access_log_settings, read_proxy_logs
 from probes.evidence.request import (
     LogIndex,
     RequestEvidence,
@@ -41,10 +41,8 @@ def read_back_logs(target: Target, sent: Sequence[SentRequest],
     first = min(r.started_us for r in sent) / 1e6
     client = target.api_client()
     try:
-        mesh = read_mesh_settings(client, timeout_s=min(5.0, deadline.check("reading mesh")))
-        if not mesh.access_log_enabled:
-            raise EvidenceError("the mesh access log is off (istio-system/istio "
-                                "accessLogFile is empty): no sidecar evidence to read")
+        mesh = read_access_log_settings(client, timeout_s=min(5.0, deadline.check(
+            "reading mesh")), why="no sidecar evidence to read")
         time.sleep(min(max(0.0, answered + lag - time.time()), deadline.remaining() / 4))
         stop = time.monotonic() + min(2 * lag + 1.0, deadline.check("reading logs") * 0.6)
         previous = -1

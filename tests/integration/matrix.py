@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +41,7 @@ from probes.slo import steady_state
 from probes.tracing import trace_continuity
 
 __all__ = ["COLUMNS", "EXPECTED", "PROBES", "ROWS", "Cell", "Row", "expected_cell", "render",
-           "run_probes", "scenario_env", "write_section"]
+           "run_probes", "scenario_env", "table_rows", "write_section"]
 
 PRICING_WORK_MS = 240  # under pricing's 300 ms route timeout: plain traffic still succeeds
 INVENTORY_WORK_MS = 15
@@ -206,6 +206,28 @@ def run_probes(state_dir: Path) -> tuple[dict[str, Cell], dict[str, float]]:
     return cells, seconds
 
 
+def table_rows(rows: Sequence[Row], columns: Sequence[str],
+               observed: Mapping[str, Mapping[str, Cell]],
+               expected: Callable[[Row, str], Cell]) -> list[str]:
+    """The Markdown rows of a matrix (a cell that differs from the expected one in bold), then
+    the line that says whether observed equals expected."""
+    lines, wrong = [], 0
+    for row in rows:
+        if row.label not in observed:
+            continue
+        texts = []
+        for column in columns:
+            cell, want = observed[row.label][column], expected(row, column)
+            text = cell.text()
+            if cell.key() != want.key():
+                wrong += 1
+                text = f"**{text}** (expected {want.text()})"
+            texts.append(text)
+        lines.append(f"| {row.label} | " + " | ".join(texts) + " |")
+    return [*lines, "", "Observed equals expected." if not wrong else
+            f"**{wrong} cell(s) differ from the expected matrix** (in bold): the test fails."]
+
+
 def render(observed: Mapping[str, Mapping[str, Cell]], seconds: float | None = None) -> str:
     """The observed matrix as Markdown (rows in ROWS order)."""
     lines = [
@@ -221,22 +243,8 @@ def render(observed: Mapping[str, Mapping[str, Cell]], seconds: float | None = N
         "| row | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
     ]
-    wrong = 0
-    for row in ROWS:
-        if row.label in observed:
-            texts = []
-            for column in COLUMNS:
-                cell, want = observed[row.label][column], expected_cell(row, column)
-                text = cell.text()
-                if cell.key() != want.key():
-                    wrong += 1
-                    text = f"**{text}** (expected {want.text()})"
-                texts.append(text)
-            lines.append(f"| {row.label} | " + " | ".join(texts) + " |")
+    lines += table_rows(ROWS, COLUMNS, observed, expected_cell)
     lines += [
-        "",
-        "Observed equals expected." if not wrong else
-        f"**{wrong} cell(s) differ from the expected matrix** (in bold): the test fails.",
         "",
         "Scenario, identical in every row (env overrides on correct hops): pricing works "
         f"{PRICING_WORK_MS} ms, inventory works {INVENTORY_WORK_MS} ms before its call, ratings "

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from probes.messaging import message_flow
-from tests.integration.matrix import Cell, Row, to_cell
+from tests.integration.matrix import Cell, Row, table_rows, to_cell
 
 __all__ = ["COLUMNS", "EXPECTED", "ROWS", "expected_cell", "render", "run_probes",
            "scenario_env"]
@@ -91,22 +91,8 @@ def render(observed: Mapping[str, Mapping[str, Cell]], seconds: float | None = N
              "docs/fidelity.md §9.6-9.7) against the chain with its broker and worker, "
              "correct and with each messaging twin.", "",
              "| row | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-    wrong = 0
-    for row in ROWS:
-        if row.label not in observed:
-            continue
-        texts = []
-        for column in COLUMNS:
-            cell, want = observed[row.label][column], expected_cell(row, column)
-            text = cell.text()
-            if cell.key() != want.key():
-                wrong += 1
-                text = f"**{text}** (expected {want.text()})"
-            texts.append(text)
-        lines.append(f"| {row.label} | " + " | ".join(texts) + " |")
-    lines += ["", "Observed equals expected." if not wrong else
-              f"**{wrong} cell(s) differ from the expected matrix** (in bold): the test fails.",
-              "", f"Scenario: pricing publishes request-scoped events, shipping works "
+    lines += table_rows(ROWS, COLUMNS, observed, expected_cell)
+    lines += ["", f"Scenario: pricing publishes request-scoped events, shipping works "
               f"{SHIPPING_WORK_MS} ms per message, one at a time. Duplicates column: 8 requests "
               f"at 20/s, 3 messages published again {DUPLICATE_AFTER_S:g} s after delivery. "
               "Backlog column: 16 requests at 50/s. `amqp-ack-before-work` needs a kill to "
