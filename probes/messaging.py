@@ -26,7 +26,6 @@ from typing import Any
 
 from probes import _common
 from probes.checks.messaging import (
-    DEADLINE_HEADER,
     MessageEvidence,
     evaluate,
     expired_unprocessed,
@@ -163,9 +162,18 @@ def _read_until_worked(tap: FirehoseTap, sent: list[SentRequest],
         time.sleep(READ_AGAIN_S)
 
 
-def _probe_messages(tap: FirehoseTap, sent: list[SentRequest]) -> list[TracedMessage]:
+def _probe_messages(records: list[TracedMessage], sent: list[SentRequest]
+                    ) -> list[TracedMessage]:
+    """The publishes of the probe's own requests among the tap's copies."""
     rids = {r.request_id for r in sent}
-    return [c for c in tap.records() if c.event == "publish" and c.request_id in rids]
+    return [c for c in records if c.event == "publish" and c.request_id in rids]
+
+
+def _time_left_ms(message: TracedMessage, now_us: int) -> float:
+    """What is left of a message's deadline (infinite for an unscoped one): a copy that
+    would expire before a consumer gets to it tests nothing."""
+    deadline = message.deadline_us
+    return float("inf") if deadline is None else (deadline - now_us) / 1000
 
 
 def _inject_duplicates(tap: FirehoseTap, sent: list[SentRequest], count: int, after_s: float,
@@ -186,7 +194,7 @@ def _inject_duplicates(tap: FirehoseTap, sent: list[SentRequest], count: int, af
         for c in records:
             if c.event == "deliver" and c.message_id and c.at_us >= since:
                 last_delivery[c.message_id] = c.at_us
-        originals = {m.message_id: m for m in _probe_messages(tap, sent) if m.message_id}
+        originals = {m.message_id: m for m in _probe_messages(records, sent) if m.message_id}
         now_us = time.time_ns() // 1000
         # the most recently delivered first: a consumer replaced meanwhile (a kill)
         # remembers only what it processed itself
@@ -202,18 +210,6 @@ def _inject_duplicates(tap: FirehoseTap, sent: list[SentRequest], count: int, af
     return len(done)
 
 
-def _time_left_ms(message: TracedMessage, now_us: int) -> float:
-    """What is left of a message's deadline (infinite for an unscoped one): a copy that
-    would expire before a consumer gets to it tests nothing."""
-    deadlines = []
-    header = message.header(DEADLINE_HEADER)
-    if isinstance(header, int) and not isinstance(header, bool):
-        deadlines.append(header * 1000)
-    if message.expiration_ms is not None:
-        deadlines.append(message.at_us + message.expiration_ms * 1000)
-    return (min(deadlines) - now_us) / 1000 if deadlines else float("inf")
-
-
 def _wait_settled(tap: FirehoseTap, sent: list[SentRequest], limit_s: float) -> float:
     """Wait until each message of the probe's requests was delivered (or its TTL passed), the
     queues they went to hold nothing ready (a killed consumer's messages wait there for its
@@ -225,9 +221,9 @@ def _wait_settled(tap: FirehoseTap, sent: list[SentRequest], limit_s: float) -> 
         last = records[-1].at_us / 1e6 if records else 0.0
         delivered = {c.message_id for c in records if c.event == "deliver"}
         now = time.time()
-        mine = _probe_messages(tap, sent)
+        mine = _probe_messages(records, sent)
         open_ = [m for m in mine if m.message_id not in delivered
-                 and (m.expiration_ms is None or m.at_us / 1e6 + m.expiration_ms / 1000 > now)]
+                 and (m.deadline_us is None or m.deadline_us / 1e6 > now)]
         if not open_ and now - last >= QUIET_S:
             queues = sorted({q for m in mine for q in m.routed_queues})
             if all(tap.ready_messages(q) == 0 for q in queues):

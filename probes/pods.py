@@ -27,11 +27,6 @@ from probes.target import resolve_target
 __all__ = ["service_pods_ready", "workload_replaced"]
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or ()
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def service_pods_ready(service: str = "", ready: bool = True, timeout_s: float = 10.0,
                        configuration: dict[str, Any] | None = None,
                        secrets: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -44,14 +39,11 @@ def service_pods_ready(service: str = "", ready: bool = True, timeout_s: float =
     target = resolve_target(configuration)
     client = target.api_client()
     try:
-        selector = services.pod_selector(client, target.namespace, service, "service")
-        labels = ",".join(f"{k}={v}" for k, v in sorted(selector["labelSelectors"].items()))
-        listing = core_get_json(client, f"/api/v1/namespaces/{quote(target.namespace)}/pods",
-                                query={"labelSelector": labels},
-                                timeout_s=deadline.check("reading pods"))
+        labels, items = services.service_pods(client, target.namespace, service, "service",
+                                              timeout_s=deadline.check("reading pods"))
     finally:
         client.close()
-    pods = {str(p["metadata"]["name"]): _ready(p) for p in listing.get("items") or ()}
+    pods = {str(p["metadata"]["name"]): services.is_ready(p) for p in items}
     if not pods:
         raise EvidenceError(f"Service '{target.namespace}/{service}' selects no pod "
                             f"(selector {labels})")
@@ -90,7 +82,8 @@ def workload_replaced(app: str = "", ready_timeout_s: float = 15.0,
             listing = core_get_json(client, f"/api/v1/namespaces/{quote(target.namespace)}/pods",
                                     query={"labelSelector": f"app={app}"},
                                     timeout_s=deadline.check("reading pods"))
-            fresh = {str(p["metadata"]["name"]): _ready(p) for p in listing.get("items") or ()
+            fresh = {str(p["metadata"]["name"]): services.is_ready(p)
+                     for p in listing.get("items") or ()
                      if f"{target.namespace}/{p['metadata']['name']}" not in killed}
             if any(fresh.values()) or deadline.remaining() < 5.0:
                 break

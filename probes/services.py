@@ -22,7 +22,8 @@ from probes.errors import ConfigurationError, EvidenceError
 from probes.evidence.kube import read_routes
 from probes.evidence.routes import Route
 
-__all__ = ["RouteBudget", "pod_selector", "route_budget", "target_port"]
+__all__ = ["RouteBudget", "is_ready", "pod_selector", "route_budget", "service_pods",
+           "target_port"]
 
 _TIMEOUT_S = 10.0
 
@@ -65,6 +66,23 @@ def pod_selector(api_client: Any, namespace: str, service: str, key: str) -> dic
         raise ConfigurationError(f"configuration '{key}': Service '{namespace}/{service}' has "
                                  "no spec.selector, so no pods can be chosen for chaos")
     return {"namespaces": [namespace], "labelSelectors": dict(labels)}
+
+
+def service_pods(api_client: Any, namespace: str, service: str, key: str, *,
+                 timeout_s: float = _TIMEOUT_S) -> tuple[str, list[dict[str, Any]]]:
+    """The label selector of Service ``namespace/service`` (``key`` named it) and the pods
+    it selects, as the API lists them."""
+    selector = pod_selector(api_client, namespace, service, key)
+    labels = ",".join(f"{k}={v}" for k, v in sorted(selector["labelSelectors"].items()))
+    listing = core_get_json(api_client, f"/api/v1/namespaces/{quote(namespace)}/pods",
+                            query={"labelSelector": labels}, timeout_s=timeout_s)
+    return labels, list(listing.get("items") or ())
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    """The pod's ``Ready`` condition: whether it takes traffic."""
+    conditions = (pod.get("status") or {}).get("conditions") or ()
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def target_port(api_client: Any, namespace: str, service: str, key: str) -> int | None:

@@ -42,14 +42,13 @@ from dataclasses import dataclass, field
 
 from probes.checks.findings import Finding, Judged, NotJudged, Outcome, aggregate
 from probes.evidence.accesslog import AccessLogRecord, parse_traceparent
-from probes.evidence.firehose import TracedMessage
+from probes.evidence.firehose import DEADLINE_HEADER, TracedMessage
 from probes.evidence.request import SentRequest
 from probes.results import Check
 
-__all__ = ["ALL", "CORE", "DEADLINE_HEADER", "Message", "MessageEvidence", "evaluate",
+__all__ = ["ALL", "DEADLINE_HEADER", "Message", "MessageEvidence", "evaluate",
            "expired_unprocessed", "group_messages", "missed_deadline", "summary"]
 
-DEADLINE_HEADER = "x-deadline-unix-ms"
 TOLERANCE_MS = 10.0  # integer-ms rounding and the tap's own delay, as the deadline rules allow
 # A callee's inbound line may begin this much before the firehose copy of the delivery arrives
 # at the tap (both on this machine's clock; the copy travels after the delivery).
@@ -57,7 +56,6 @@ DELIVERY_SKEW_MS = 50.0
 ALL = ("trace-in-message", "trace-across-queue", "deadline-in-message",
        "no-work-after-deadline", "processed-once", "nothing-lost")
 _DEADLINE_RULES = ("deadline-in-message", "no-work-after-deadline")
-CORE = ALL  # every rule rests on mesh and broker evidence only
 
 
 @dataclass(frozen=True)
@@ -83,15 +81,8 @@ class Message:
 
     @property
     def deadline_us(self) -> int | None:
-        """The earlier of ``x-deadline-unix-ms`` and the first publish plus ``expiration``
-        (RabbitMQ counts a per-message TTL from the enqueue, §9.2)."""
-        deadlines = []
-        header = self.first.header(DEADLINE_HEADER)
-        if isinstance(header, int) and not isinstance(header, bool):
-            deadlines.append(header * 1000)
-        if self.first.expiration_ms is not None:
-            deadlines.append(self.first.at_us + self.first.expiration_ms * 1000)
-        return min(deadlines) if deadlines else None
+        """The deadline its first publish gave it."""
+        return self.first.deadline_us
 
     def describe(self) -> str:
         return f"message {self.id[:12]} (request {self.request.request_id[:8]})"

@@ -18,19 +18,16 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from localmesh.statedir import StateDir
 from probes import services
 from probes.config import Settings
-from probes.coreapi import core_get_json
 from probes.errors import ConfigurationError, EvidenceError
 from probes.target import Target
 
 __all__ = ["Broker", "find_broker"]
 
 APP_PORT_ANNOTATION = "meshchaos.io/app-port"
-_TIMEOUT_S = 10.0
 _LOCAL_URL = "amqp://guest:guest@127.0.0.1:{port}/"
 
 
@@ -79,19 +76,12 @@ class Broker:
                                 " did not finish in 30 s") from exc
 
 
-def _ready(pod: dict[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or ()
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
 def find_broker(settings: Settings, target: Target, api_client: Any) -> Broker:
     """The broker behind ``broker_service``: a Ready pod of it and the URL to reach it."""
     service = settings.service("broker_service")
-    selector = services.pod_selector(api_client, target.namespace, service, "broker_service")
-    labels = ",".join(f"{k}={v}" for k, v in sorted(selector["labelSelectors"].items()))
-    listing = core_get_json(api_client, f"/api/v1/namespaces/{quote(target.namespace)}/pods",
-                            query={"labelSelector": labels}, timeout_s=_TIMEOUT_S)
-    pods = [p for p in listing.get("items") or () if _ready(p)]
+    labels, items = services.service_pods(api_client, target.namespace, service,
+                                          "broker_service")
+    pods = [p for p in items if services.is_ready(p)]
     if not pods:
         raise EvidenceError(f"Service '{target.namespace}/{service}' (broker_service) has no "
                             f"Ready pod (selector {labels})")

@@ -24,9 +24,10 @@ from typing import Any, Literal
 
 from probes.errors import EvidenceError
 
-__all__ = ["TRACE_EXCHANGE", "FirehoseTap", "TracedMessage", "parse_traced"]
+__all__ = ["DEADLINE_HEADER", "TRACE_EXCHANGE", "FirehoseTap", "TracedMessage", "parse_traced"]
 
 TRACE_EXCHANGE = "amq.rabbitmq.trace"
+DEADLINE_HEADER = "x-deadline-unix-ms"  # an absolute deadline some producers add to the TTL
 CONNECT_TIMEOUT_S = 5.0
 _STOP_TIMEOUT_S = 5.0
 
@@ -64,9 +65,16 @@ class TracedMessage:
         return self.text_header("x-request-id") or self.correlation_id
 
     @property
-    def key(self) -> str | None:
-        """What identifies the message across publish and deliveries: its message id."""
-        return self.message_id
+    def deadline_us(self) -> int | None:
+        """The earlier of ``x-deadline-unix-ms`` and this copy's arrival plus ``expiration``
+        (RabbitMQ counts a per-message TTL from the enqueue, docs/fidelity.md §9.2)."""
+        deadlines = []
+        header = self.headers.get(DEADLINE_HEADER)
+        if isinstance(header, int) and not isinstance(header, bool):
+            deadlines.append(header * 1000)
+        if self.expiration_ms is not None:
+            deadlines.append(self.at_us + self.expiration_ms * 1000)
+        return min(deadlines) if deadlines else None
 
 
 def _text(value: Any) -> str | None:

@@ -41,7 +41,7 @@ from probes.slo import steady_state
 from probes.tracing import trace_continuity
 
 __all__ = ["COLUMNS", "EXPECTED", "PROBES", "ROWS", "Cell", "Row", "expected_cell", "render",
-           "run_probes", "scenario_env", "table_rows", "write_section"]
+           "run_probes", "scenario_env", "table_rows", "with_twin", "write_section"]
 
 PRICING_WORK_MS = 240  # under pricing's 300 ms route timeout: plain traffic still succeeds
 INVENTORY_WORK_MS = 15
@@ -121,22 +121,30 @@ EXPECTED: dict[str, tuple[str, ...]] = {  # column -> defects that must fail it 
 }
 
 
-def expected_cell(row: Row, column: str) -> Cell:
-    if row.hop is not None and row.defect in EXPECTED[column]:
+def expected_cell(row: Row, column: str,
+                  expected: Mapping[str, tuple[str, ...]] = EXPECTED) -> Cell:
+    """FAIL at the twin's hop where ``expected`` aims the column at its defect, else PASS."""
+    if row.hop is not None and row.defect in expected[column]:
         return Cell(False, frozenset({row.hop}))
     return Cell(True)
 
 
+def with_twin(scenario: dict[tuple[str, str], dict[str, str]], row: Row
+              ) -> dict[tuple[str, str], dict[str, str]]:
+    """A row's env overrides: the scenario every row shares, plus its twin's hop."""
+    if row.hop is not None:
+        scenario.setdefault(("shop", row.hop), {}).update({**row.env,
+                                                           "CHAIN_DEFECT": row.defect})
+    return scenario
+
+
 def scenario_env(row: Row) -> dict[tuple[str, str], dict[str, str]]:
     """The env overrides of one row's mesh: the common scenario plus the twin."""
-    env: dict[tuple[str, str], dict[str, str]] = {
+    return with_twin({
         ("shop", "pricing"): {"CHAIN_WORK_BEFORE": str(PRICING_WORK_MS)},
         ("shop", "inventory"): {"CHAIN_WORK_BEFORE": str(INVENTORY_WORK_MS)},
         ("shop", "ratings"): {"CHAIN_STATUS": "503"},
-    }
-    if row.hop is not None:
-        env.setdefault(("shop", row.hop), {}).update({**row.env, "CHAIN_DEFECT": row.defect})
-    return env
+    }, row)
 
 
 # A probe waits for each trace to hold every hop (at most 0.6 of its time left): a twin

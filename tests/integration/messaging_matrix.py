@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from probes.messaging import message_flow
+from tests.integration import matrix
 from tests.integration.matrix import Cell, Row, table_rows, to_cell
 
 __all__ = ["COLUMNS", "EXPECTED", "ROWS", "expected_cell", "render", "run_probes",
@@ -47,19 +48,14 @@ EXPECTED: dict[str, tuple[str, ...]] = {
 
 
 def expected_cell(row: Row, column: str) -> Cell:
-    if row.hop is not None and row.defect in EXPECTED[column]:
-        return Cell(False, frozenset({row.hop}))
-    return Cell(True)
+    return matrix.expected_cell(row, column, EXPECTED)
 
 
 def scenario_env(row: Row) -> dict[tuple[str, str], dict[str, str]]:
-    env: dict[tuple[str, str], dict[str, str]] = {
+    return matrix.with_twin({
         ("shop", "pricing"): {"CHAIN_PUBLISH": PUBLISH},
         ("shop", "shipping"): {"CHAIN_WORK_BEFORE": str(SHIPPING_WORK_MS)},
-    }
-    if row.hop is not None:
-        env.setdefault(("shop", row.hop), {}).update({**row.env, "CHAIN_DEFECT": row.defect})
-    return env
+    }, row)
 
 
 def _duplicates(config: dict[str, Any]) -> dict[str, Any]:
